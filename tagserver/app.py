@@ -1,0 +1,250 @@
+"""The ASGI application. Read top to bottom to follow a hit.
+
+request ─▶ built-in route? (/healthz, /metrics, /preview, /collector.js ...)
+        └▶ handle_hit: first client that claims it ─▶ read body (bounded)
+           ─▶ RequestContext ─▶ client.handle(request, Hit) ─▶ runtime per event
+           ─▶ outbox commit ─▶ response (+ cookies set by the client)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from . import metrics
+from .container import ContainerError, load_file
+from .errors import HitError, PayloadTooLarge
+from .event import RequestContext
+from .hit import Hit, HitTrace, new_trace_id
+from .outbox import Outbox
+from .plugins import Registry, load_registry
+from .preview import Preview
+from .redact import Redactor
+from .reload import ContainerWatcher
+from .runtime import Runtime
+from .settings import Settings
+
+log = logging.getLogger("tagserver")
+
+
+@dataclass
+class State:
+    settings: Settings
+    registry: Registry
+    runtime: Runtime
+    outbox: Outbox
+    preview: Preview
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def redact(self) -> Redactor:
+        return self.runtime.redact
+
+
+def state_of(request: Request) -> State:
+    return request.app.state.tagserver
+
+
+# -- the hit path ------------------------------------------------------------------------------
+
+
+async def handle_hit(request: Request) -> Response:
+    state = state_of(request)
+    started = time.perf_counter()
+    runtime = state.runtime  # one container for the whole hit, even if a reload lands meanwhile
+    client = next((c for c in runtime.container.clients if c.claim(request)), None)
+    session = state.preview.session_for(request)
+    if client is None:
+        response = JSONResponse(
+            {"error": f"no client claims {request.method} {request.url.path}"}, 404
+        )
+        metrics.HITS.labels("none", "404").inc()
+        if session:
+            _record_unclaimed(state, request, session, response.status_code)
+        return response
+
+    trace = None
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        ctx = request_context(request, state.settings, body)
+        ctx.client_name = client.name
+        if session:
+            trace = HitTrace(
+                new_trace_id(), session, time.time(), _request_snapshot(ctx, state), client.name
+            )
+        hit = Hit(
+            request=ctx, client_name=client.name, runtime=runtime, outbox=state.outbox, trace=trace
+        )
+        response = await client.handle(request, hit)
+    except HitError as exc:
+        response = JSONResponse({"error": exc.reason}, exc.status, headers=exc.headers)
+        if trace is not None:
+            trace.error = exc.reason
+    except Exception as exc:  # a bug in a client: log it, never show a traceback
+        log.exception("client %r failed on %s %s", client.name, request.method, request.url.path)
+        response = JSONResponse({"error": "internal error while handling the hit"}, 500)
+        if trace is not None:
+            trace.error = state.redact.text(f"{type(exc).__name__}: {exc}")
+
+    metrics.HITS.labels(client.name, str(response.status_code)).inc()
+    metrics.HIT_LATENCY.observe(time.perf_counter() - started)
+    if trace is not None:
+        trace.status = response.status_code
+        trace.duration_ms = (time.perf_counter() - started) * 1000
+        state.preview.record_hit(trace.as_dict())
+    return response
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # so a client may still call `await request.body()`
+    return body
+
+
+def request_context(request: Request, settings: Settings, body: bytes = b"") -> RequestContext:
+    peer = request.client.host if request.client else ""
+    return RequestContext.from_scope(
+        method=request.method,
+        url=str(request.url),
+        path=request.url.path,
+        query=dict(request.query_params),
+        headers={
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]
+        },
+        cookies=request.cookies,
+        peer_ip=peer,
+        scheme=request.url.scheme,
+        settings=settings,
+        body=body,
+    )
+
+
+def _request_snapshot(ctx: RequestContext, state: State) -> dict[str, Any]:
+    body = ctx.body.decode("utf-8", "replace")
+    if len(body) > 65536:
+        body = body[:65536] + "… (truncated)"
+    return state.redact(
+        {
+            "method": ctx.method,
+            "url": ctx.url,
+            "ip": ctx.ip,
+            "headers": ctx.headers,
+            "cookies": {
+                k: v for k, v in ctx.cookies.items() if not k.startswith("tagserver_preview")
+            },
+            "body": body,
+        }
+    )
+
+
+def _record_unclaimed(state: State, request: Request, session: str, status: int) -> None:
+    ctx = request_context(request, state.settings)
+    trace = HitTrace(new_trace_id(), session, time.time(), _request_snapshot(ctx, state), None)
+    trace.status, trace.error = status, "no client claimed this request"
+    state.preview.record_hit(trace.as_dict())
+
+
+# -- built-in endpoints ------------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    state = state_of(request)
+    body = {"status": "ok", "container": state.runtime.container.describe()}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def builtin_routes(preview: Preview) -> list[BaseRoute]:
+    from importlib.resources import files
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        *preview.routes(),
+        Mount("/static", StaticFiles(directory=str(files("static"))), name="static"),
+    ]
+    return routes
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def configure_logging(settings: Settings) -> None:
+    """Plain-text lines on stderr, once per process (uvicorn workers start fresh)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the app; the container is loaded now so a broken one fails the start loudly."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings)
+    registry = load_registry()
+    container = load_file(settings.container, registry, settings)
+    preview = Preview(settings)
+    state = State(
+        settings=settings,
+        registry=registry,
+        runtime=Runtime(container, settings),
+        outbox=Outbox(settings),
+        preview=preview,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.outbox.start()
+        await preview.start()
+        watcher = ContainerWatcher(settings, registry, state)
+        state.background.append(asyncio.create_task(watcher.run(), name="container-watcher"))
+        log.info(
+            "tagserver ready: container %s (version %s, hash %s), %d clients, %d tags",
+            container.name, container.version, container.hash, len(container.clients), len(container.tags),
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            for task in state.background:
+                task.cancel()
+            await asyncio.gather(*state.background, return_exceptions=True)
+            await preview.close()
+            await state.outbox.close()
+
+    routes = builtin_routes(preview)
+    routes.append(
+        Route(
+            "/{path:path}",
+            handle_hit,
+            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        )
+    )
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.tagserver = state
+    return app
+
+
+__all__ = ["create_app", "ContainerError", "State"]

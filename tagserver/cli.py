@@ -1,0 +1,139 @@
+"""The `tagserver` command: serve, validate, schema, settings (and outbox tools)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from .container import ContainerError, load_file
+from .plugins import load_registry
+from .settings import PREFIX, Settings, SettingsError, settings_table
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="tagserver")
+def main() -> None:
+    """tagserver: a self-hosted, first-party server-side tagging server."""
+
+
+@main.command()
+@click.option("--host", help="Address to listen on.  [env: TAGSERVER_HOST]")
+@click.option("--port", type=int, help="Port.  [env: TAGSERVER_PORT]")
+@click.option(
+    "--container",
+    "container",
+    type=click.Path(),
+    help="container.json path.  [env: TAGSERVER_CONTAINER]",
+)
+@click.option(
+    "--data-dir", type=click.Path(), help="Outbox and state directory.  [env: TAGSERVER_DATA_DIR]"
+)
+@click.option("--workers", type=int, help="Worker processes.  [env: TAGSERVER_WORKERS]")
+@click.option("--access-log/--no-access-log", default=None, help="Per-request access log.")
+def serve(**flags: object) -> None:
+    """Run the server (uvicorn with uvloop and httptools)."""
+    import uvicorn
+
+    # Flags become environment variables so that every worker process sees the same settings.
+    for name, value in flags.items():
+        if value is not None:
+            os.environ[PREFIX + name.upper()] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    registry = load_registry()
+    try:
+        load_file(settings.container, registry, settings)  # fail here, loudly, before forking
+    except ContainerError as exc:
+        click.echo(f"{settings.container} is invalid ({len(exc.problems)} problems):", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(1)
+    settings.signing_key()  # create the shared key once, before workers race for it
+    _before_serve(settings)
+    uvicorn.run(
+        "tagserver.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers if settings.workers > 1 else None,
+        loop="uvloop",
+        http="httptools",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        proxy_headers=False,  # tagserver applies its own trusted-proxy rules
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+
+
+def _before_serve(settings: Settings) -> None:
+    """Start-up hooks that must run once in the parent process (preview token ...)."""
+    try:
+        from .preview import announce
+    except ImportError:
+        return
+    announce(settings)
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path())
+def validate(path: str | None) -> None:
+    """Check a container file; print every problem with its JSON path."""
+    settings = _settings()
+    path = path or settings.container
+    registry = load_registry()
+    for error in registry.errors:
+        click.echo(f"warning: {error}", err=True)
+    try:
+        container = load_file(path, registry, settings)
+    except ContainerError as exc:
+        click.echo(f"{path}: {len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}")
+        for problem in exc.problems:
+            click.echo(f"  {problem}")
+        sys.exit(1)
+    click.echo(
+        f"{path}: valid — container {container.name!r} version {container.version!r}, "
+        f"{len(container.clients)} clients, {len(container.variables)} variables, "
+        f"{len(container.triggers)} triggers, {len(container.tags)} tags"
+    )
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of container.json (every installed client and tag included)."""
+    from .schema import container_schema
+
+    click.echo(json.dumps(container_schema(load_registry()), indent=2))
+
+
+@main.command(name="settings")
+def show_settings() -> None:
+    """List every TAGSERVER_* setting with its default."""
+    for name, default, help_text in settings_table():
+        click.echo(f"{name:<38} {default or '(empty)':<28} {help_text}")
+
+
+def _register_optional_commands() -> None:
+    try:
+        from .outbox_cli import outbox
+    except ImportError:
+        return
+    main.add_command(outbox)
+
+
+_register_optional_commands()

@@ -1,0 +1,496 @@
+"""container.json: parse, validate as a whole, compile.
+
+Validation never stops at the first mistake: it collects every problem with its JSON path
+(`tags[2].fire_on[0]: no trigger named "purchse" — did you mean "purchase"?`) so a marketer
+fixes the file in one pass. A container that validates is compiled into plain objects the
+runtime walks without parsing anything per event.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .event import CONSENT_TYPES
+from .plugins import Client, Param, Registry, Tag
+from .refs import Compiled, compile_value, has_refs, references
+from .settings import Settings
+from .triggers import OPERATORS, Trigger, variable_name
+from .variables import VARIABLE_TYPES, Variable, compile_variable, is_builtin
+
+TOP_LEVEL_KEYS = (
+    "$schema", "name", "version", "description", "consent_mode", "clients", "variables",
+    "triggers", "tags",
+)  # fmt: skip
+CLIENT_KEYS = ("name", "type", "priority", "params", "description")
+TAG_KEYS = ("name", "type", "fire_on", "block_on", "consent", "paused", "params", "description")
+TRIGGER_KEYS = ("name", "event", "conditions", "description")
+CONDITION_KEYS = ("variable", "operator", "value", "negate", "ignore_case")
+NUMERIC_OPERATORS = ("greater_than", "greater_or_equal", "less_than", "less_or_equal")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ContainerError(Exception):
+    """The container cannot be used; `problems` lists every reason with its place."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f' — did you mean "{close[0]}"?' if close else ""
+
+
+# -- compiled form ---------------------------------------------------------------------------
+
+
+@dataclass
+class CompiledTag:
+    name: str
+    type: str
+    instance: Tag
+    fire_on: list[Trigger]
+    block_on: list[Trigger]
+    consent: list[str]
+    paused: bool
+    params: Compiled
+    secret_params: frozenset[str]
+
+
+@dataclass
+class Container:
+    name: str
+    version: str
+    hash: str
+    consent_mode: str
+    clients: list[Client]  # highest priority first
+    variables: dict[str, Variable]
+    triggers: dict[str, Trigger]
+    tags: list[CompiledTag]
+    secrets: frozenset[str] = field(default_factory=frozenset)
+    secret_variables: frozenset[str] = field(default_factory=frozenset)
+    source: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "hash": self.hash}
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def parse_json(raw: str | bytes, where: str = "container.json") -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ContainerError(
+            [
+                Problem(
+                    "", f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+                )
+            ]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ContainerError([Problem("", f"{where}: not UTF-8 text ({exc.reason})")]) from None
+
+
+def load_file(path: str | Path, registry: Registry, settings: Settings) -> Container:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ContainerError([Problem("", f"cannot read {path}: {exc.strerror}")]) from None
+    return load(parse_json(raw, str(path)), registry, settings, raw=raw)
+
+
+def load(data: Any, registry: Registry, settings: Settings, raw: bytes | None = None) -> Container:
+    problems = validate(data, registry)
+    if problems:
+        raise ContainerError(problems)
+    return _compile(data, registry, settings, raw)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+class _Validator:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.problems: list[Problem] = []
+        self.variable_names: set[str] = set()
+        self.trigger_names: set[str] = set()
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def unknown_keys(self, obj: dict[str, Any], allowed: Iterable[str], path: str) -> None:
+        allowed = tuple(allowed)
+        for key in obj:
+            if key not in allowed:
+                self.add(
+                    f"{path}.{key}" if path else key,
+                    f'unknown field "{key}"{did_you_mean(key, allowed)}',
+                )
+
+    def named_list(self, data: dict[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:
+        """Entries of a list of named objects, with duplicate and shape checks."""
+        items = data.get(key, [])
+        if not isinstance(items, list):
+            self.add(key, f"must be a list, got {type(items).__name__}")
+            return []
+        seen: dict[str, int] = {}
+        out = []
+        for i, item in enumerate(items):
+            path = f"{key}[{i}]"
+            if not isinstance(item, dict):
+                self.add(path, "must be an object")
+                continue
+            name = item.get("name")
+            if not isinstance(name, str) or not name.strip():
+                self.add(f"{path}.name", "required: a non-empty string")
+                continue
+            if name in seen:
+                self.add(f"{path}.name", f'duplicate name "{name}" (also {key}[{seen[name]}])')
+                continue
+            seen[name] = i
+            out.append((path, item))
+        return out
+
+    def params(self, declared: Iterable[Param], given: Any, path: str, what: str) -> None:
+        declared = {p.name: p for p in declared}
+        if given is None:
+            given = {}
+        if not isinstance(given, dict):
+            self.add(path, "must be an object")
+            return
+        for key, value in given.items():
+            param = declared.get(key)
+            if param is None:
+                self.add(
+                    f"{path}.{key}", f'{what} has no parameter "{key}"{did_you_mean(key, declared)}'
+                )
+                continue
+            self.refs(value, f"{path}.{key}")
+            if not has_refs(value):
+                problem = param.check(value)
+                if problem:
+                    self.add(f"{path}.{key}", problem)
+        for name, param in declared.items():
+            if param.required and given.get(name) in (None, ""):
+                self.add(f"{path}.{name}", f"required parameter of {what} is missing")
+
+    def refs(self, value: Any, path: str) -> None:
+        for name in references(value):
+            if name not in self.variable_names and not is_builtin(name):
+                self.add(
+                    path, f'no variable named "{name}"{did_you_mean(name, self.variable_names)}'
+                )
+
+    def run(self, data: Any) -> list[Problem]:
+        if not isinstance(data, dict):
+            self.add("", "the container must be a JSON object")
+            return self.problems
+        self.unknown_keys(data, TOP_LEVEL_KEYS, "")
+        for key in ("name", "version", "description"):
+            if key in data and not isinstance(data[key], (str, int)):
+                self.add(key, "must be a string")
+        if data.get("consent_mode", "basic") not in ("basic", "strict"):
+            self.add("consent_mode", 'must be "basic" or "strict"')
+
+        variables = self.named_list(data, "variables")
+        self.variable_names = {item["name"] for _, item in variables}
+        triggers = self.named_list(data, "triggers")
+        self.trigger_names = {item["name"] for _, item in triggers}
+
+        for path, item in variables:
+            self.variable(path, item)
+        self.cycles(variables)
+        for path, item in triggers:
+            self.trigger(path, item)
+        for path, item in self.named_list(data, "clients"):
+            self.client(path, item)
+        for path, item in self.named_list(data, "tags"):
+            self.tag(path, item)
+        return self.problems
+
+    def variable(self, path: str, item: dict[str, Any]) -> None:
+        name, kind = item["name"], item.get("type")
+        if is_builtin(name):
+            self.add(f"{path}.name", f'"{name}" is a built-in variable; choose another name')
+        if kind not in VARIABLE_TYPES:
+            self.add(
+                f"{path}.type",
+                f'unknown variable type "{kind}"{did_you_mean(str(kind), VARIABLE_TYPES)}',
+            )
+            return
+        fields = {k: v for k, v in item.items() if k not in ("name", "type", "description")}
+        self.params(VARIABLE_TYPES[kind], fields, path, f'variable type "{kind}"')
+        table = item.get("table")
+        if kind == "regex_table" and isinstance(table, list):
+            flags = re.IGNORECASE if item.get("ignore_case") else 0
+            for i, row in enumerate(table):
+                row_path = f"{path}.table[{i}]"
+                if not isinstance(row, dict) or "pattern" not in row or "value" not in row:
+                    self.add(row_path, 'must be {"pattern": ..., "value": ...}')
+                    continue
+                self.regex(row["pattern"], f"{row_path}.pattern", flags)
+        well_formed_rows = isinstance(table, list) and all(
+            isinstance(r, dict) and "key" in r and "value" in r for r in table
+        )
+        if kind == "lookup_table" and not isinstance(table, dict) and not well_formed_rows:
+            self.add(f"{path}.table", 'must be an object or a list of {"key": ..., "value": ...}')
+
+    def cycles(self, variables: list[tuple[str, dict[str, Any]]]) -> None:
+        deps = {
+            item["name"]: {r for r in references(item) if r in self.variable_names}
+            for _, item in variables
+        }
+        paths = {item["name"]: path for path, item in variables}
+        reported: set[str] = set()
+        for start in deps:
+            stack, on_path = [(start, iter(sorted(deps[start])))], [start]
+            while stack:
+                node, children = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    stack.pop()
+                    on_path.pop()
+                elif child in on_path:
+                    cycle = on_path[on_path.index(child) :] + [child]
+                    if not reported & set(cycle):
+                        self.add(paths[cycle[0]], "reference cycle: " + " → ".join(cycle))
+                        reported.update(cycle)
+                elif len(stack) < 100:
+                    stack.append((child, iter(sorted(deps.get(child, ())))))
+                    on_path.append(child)
+
+    def regex(self, pattern: Any, path: str, flags: int = 0) -> None:
+        if not isinstance(pattern, str):
+            self.add(path, "must be a string (a regular expression)")
+            return
+        if has_refs(pattern):
+            return
+        try:
+            re.compile(pattern, flags)
+        except re.error as exc:
+            self.add(path, f"invalid regular expression: {exc}")
+
+    def trigger(self, path: str, item: dict[str, Any]) -> None:
+        self.unknown_keys(item, TRIGGER_KEYS, path)
+        event = item.get("event", "*")
+        if isinstance(event, dict):
+            if set(event) - {"regex", "ignore_case"} or "regex" not in event:
+                self.add(
+                    f"{path}.event", 'must be a name, a list of names, "*" or {"regex": "..."}'
+                )
+            else:
+                self.regex(
+                    event["regex"], f"{path}.event.regex", re.I if event.get("ignore_case") else 0
+                )
+        elif isinstance(event, list):
+            if not event or not all(isinstance(e, str) for e in event):
+                self.add(f"{path}.event", "must be a non-empty list of event names")
+        elif not isinstance(event, str) or not event:
+            self.add(f"{path}.event", 'must be a name, a list of names, "*" or {"regex": "..."}')
+        conditions = item.get("conditions", [])
+        if not isinstance(conditions, list):
+            self.add(f"{path}.conditions", "must be a list")
+            return
+        for i, cond in enumerate(conditions):
+            self.condition(f"{path}.conditions[{i}]", cond)
+
+    def condition(self, path: str, cond: Any) -> None:
+        if not isinstance(cond, dict):
+            self.add(path, "must be an object")
+            return
+        self.unknown_keys(cond, CONDITION_KEYS, path)
+        var = cond.get("variable")
+        if not isinstance(var, str) or not var.strip():
+            self.add(f"{path}.variable", "required: the name of a variable")
+        else:
+            name = variable_name(var)
+            if name not in self.variable_names and not is_builtin(name):
+                self.add(
+                    f"{path}.variable",
+                    f'no variable named "{name}"{did_you_mean(name, self.variable_names)}',
+                )
+        op = cond.get("operator")
+        if op not in OPERATORS:
+            self.add(
+                f"{path}.operator", f'unknown operator "{op}"{did_you_mean(str(op), OPERATORS)}'
+            )
+            return
+        if "value" not in cond:
+            self.add(f"{path}.value", f'required by operator "{op}"')
+            return
+        value = cond["value"]
+        self.refs(value, f"{path}.value")
+        for flag in ("negate", "ignore_case"):
+            if flag in cond and not isinstance(cond[flag], bool):
+                self.add(f"{path}.{flag}", "must be true or false")
+        if has_refs(value):
+            return
+        if op == "matches_regex":
+            self.regex(value, f"{path}.value", re.I if cond.get("ignore_case") else 0)
+        elif op in NUMERIC_OPERATORS:
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                self.add(f"{path}.value", f'operator "{op}" needs a number, got {value!r}')
+        elif op == "in_cidr":
+            for net in value if isinstance(value, list) else str(value).split(","):
+                try:
+                    ipaddress.ip_network(str(net).strip(), strict=False)
+                except ValueError:
+                    self.add(f"{path}.value", f"not an IP network: {net!r}")
+
+    def client(self, path: str, item: dict[str, Any]) -> None:
+        self.unknown_keys(item, CLIENT_KEYS, path)
+        kind = item.get("type")
+        cls = self.registry.clients.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            self.add(
+                f"{path}.type",
+                f'unknown client type "{kind}"{did_you_mean(str(kind), self.registry.clients)}',
+            )
+            return
+        if "priority" in item and (
+            not isinstance(item["priority"], int) or isinstance(item["priority"], bool)
+        ):
+            self.add(f"{path}.priority", "must be an integer")
+        self.params(cls.params, item.get("params"), f"{path}.params", f'client "{kind}"')
+
+    def tag(self, path: str, item: dict[str, Any]) -> None:
+        self.unknown_keys(item, TAG_KEYS, path)
+        kind = item.get("type")
+        cls = self.registry.tags.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            self.add(
+                f"{path}.type",
+                f'unknown tag type "{kind}"{did_you_mean(str(kind), self.registry.tags)}',
+            )
+        else:
+            self.params(cls.params, item.get("params"), f"{path}.params", f'tag "{kind}"')
+        fire_on = item.get("fire_on")
+        if not isinstance(fire_on, list) or not fire_on:
+            self.add(f"{path}.fire_on", "required: a non-empty list of trigger names")
+        for key in ("fire_on", "block_on"):
+            names = item.get(key, [])
+            if not isinstance(names, list):
+                if key == "block_on":
+                    self.add(f"{path}.{key}", "must be a list of trigger names")
+                continue
+            for i, name in enumerate(names):
+                if name not in self.trigger_names:
+                    self.add(
+                        f"{path}.{key}[{i}]",
+                        f'no trigger named "{name}"{did_you_mean(str(name), self.trigger_names)}',
+                    )
+        consent = item.get("consent", [])
+        if not isinstance(consent, list):
+            self.add(f"{path}.consent", "must be a list of consent types")
+        else:
+            for i, ctype in enumerate(consent):
+                if ctype not in CONSENT_TYPES:
+                    self.add(
+                        f"{path}.consent[{i}]",
+                        f'unknown consent type "{ctype}"{did_you_mean(str(ctype), CONSENT_TYPES)}',
+                    )
+        if "paused" in item and not isinstance(item["paused"], bool):
+            self.add(f"{path}.paused", "must be true or false")
+
+
+def validate(data: Any, registry: Registry) -> list[Problem]:
+    """Every problem in the container, each with its JSON path. Empty when valid."""
+    return _Validator(registry).run(data)
+
+
+# -- compiling -------------------------------------------------------------------------------
+
+
+def _static_params(params: dict[str, Any], declared: Iterable[Param]) -> dict[str, Any]:
+    """Literal params with declared defaults filled in (templated ones are left out)."""
+    out = {p.name: p.default for p in declared if p.default is not None}
+    out.update({k: v for k, v in params.items() if not has_refs(v)})
+    return out
+
+
+def _compile(
+    data: dict[str, Any], registry: Registry, settings: Settings, raw: bytes | None
+) -> Container:
+    variables = {v["name"]: compile_variable(v) for v in data.get("variables", [])}
+    secret_variables = frozenset(n for n, v in variables.items() if v.secret)
+    secrets: set[str] = set(settings.secret_values())
+    for spec in data.get("variables", []):
+        if spec.get("secret"):
+            for value in (os.environ.get(spec["env"]), spec.get("default")):
+                if isinstance(value, str) and value and not has_refs(value):
+                    secrets.add(value)
+
+    triggers = {t["name"]: Trigger(t) for t in data.get("triggers", [])}
+
+    clients = []
+    for order, spec in enumerate(data.get("clients", [])):
+        cls = registry.clients[spec["type"]]
+        params = _static_params(spec.get("params") or {}, cls.params)
+        client = cls(spec["name"], params, settings)
+        client.priority = spec.get("priority", cls.default_priority)  # type: ignore[attr-defined]
+        client.order = order  # type: ignore[attr-defined]
+        clients.append(client)
+    clients.sort(key=lambda c: (-c.priority, c.order))  # type: ignore[attr-defined]
+
+    tags = []
+    for spec in data.get("tags", []):
+        cls = registry.tags[spec["type"]]
+        params = dict(spec.get("params") or {})
+        secret_params = frozenset(p.name for p in cls.params if p.secret)
+        for pname in secret_params:
+            literal = params.get(pname)
+            if isinstance(literal, str) and literal and not has_refs(literal):
+                secrets.add(literal)
+        defaults = {p.name: p.default for p in cls.params if p.default is not None}
+        tags.append(
+            CompiledTag(
+                name=spec["name"],
+                type=spec["type"],
+                instance=cls(spec["name"], _static_params(params, cls.params), settings),
+                fire_on=[triggers[n] for n in spec["fire_on"]],
+                block_on=[triggers[n] for n in spec.get("block_on", [])],
+                consent=list(spec.get("consent", [])),
+                paused=bool(spec.get("paused", False)),
+                params=compile_value({**defaults, **params}),
+                secret_params=secret_params,
+            )
+        )
+
+    digest = hashlib.sha256(raw if raw is not None else json.dumps(data, sort_keys=True).encode())
+    return Container(
+        name=str(data.get("name", "container")),
+        version=str(data.get("version", "")),
+        hash=digest.hexdigest()[:12],
+        consent_mode=data.get("consent_mode", "basic"),
+        clients=clients,
+        variables=variables,
+        triggers=triggers,
+        tags=tags,
+        secrets=frozenset(s for s in secrets if len(s) >= 4),
+        secret_variables=secret_variables,
+        source=data,
+    )

@@ -1,0 +1,116 @@
+"""One incoming hit: the object a client uses to run its events and store their messages."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .event import Event, RequestContext
+from .runtime import EventResult, Runtime
+
+if TYPE_CHECKING:
+    from .outbox import Outbox
+
+
+@dataclass
+class HitTrace:
+    """Everything preview shows about one hit. Built only when the hit is previewed."""
+
+    id: str
+    session: str
+    started: float
+    request: dict[str, Any]
+    client: str | None = None
+    events: list[EventResult] = field(default_factory=list)
+    status: int | None = None
+    error: str | None = None
+    duration_ms: float = 0.0
+    console: list[dict[str, Any]] = field(default_factory=list)
+
+    def log(self, level: str, message: str) -> None:
+        self.console.append({"time": time.time(), "level": level, "message": message})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "session": self.session,
+            "time": self.started,
+            "request": self.request,
+            "client": self.client,
+            "status": self.status,
+            "error": self.error,
+            "duration_ms": round(self.duration_ms, 3),
+            "console": self.console,
+            "events": [
+                {
+                    "event": r.event,
+                    "tags": [t.as_dict() for t in r.tags],
+                    "variables": r.variables,
+                }
+                for r in self.events
+            ],
+        }
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Hit:
+    """Handed to `Client.handle`: run events through the container, store what they produce."""
+
+    def __init__(
+        self,
+        *,
+        request: RequestContext,
+        client_name: str,
+        runtime: Runtime,
+        outbox: Outbox,
+        trace: HitTrace | None = None,
+    ) -> None:
+        self.request = request
+        self.client_name = client_name
+        self.runtime = runtime
+        self.outbox = outbox
+        self.trace = trace
+        self._next_index = 0
+
+    @property
+    def body(self) -> bytes:
+        return self.request.body
+
+    @property
+    def previewed(self) -> bool:
+        return self.trace is not None
+
+    async def run(self, events: list[Event]) -> list[EventResult]:
+        """Run every event, then wait until their messages are durably in the outbox.
+
+        Raises `Unavailable` when the outbox cannot take them: the client must then answer
+        503 so the sender retries, because nothing of this hit was stored.
+        """
+        request = self.request
+        trace_id = self.trace.id if self.trace else None
+        results = []
+        for event in events:
+            index, self._next_index = self._next_index, self._next_index + 1
+            if not event.get("event_id"):
+                event["event_id"] = request.derived_event_id(index)
+            event.setdefault("event_time", int(request.received_at))
+            if not event.get("ip_override"):
+                event["ip_override"] = request.ip
+            if not event.get("user_agent") and request.user_agent:
+                event["user_agent"] = request.user_agent
+            results.append(
+                self.runtime.run_event(
+                    event, request, self.client_name, trace=trace_id is not None, trace_id=trace_id
+                )
+            )
+        outgoing = [message for result in results for message in result.outgoing]
+        if outgoing:
+            await self.outbox.put(outgoing)
+        if self.trace is not None:
+            self.trace.events.extend(results)
+        return results

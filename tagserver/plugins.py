@@ -1,0 +1,261 @@
+"""The plugin API: what a client or a tag type declares and implements.
+
+Built-in clients and tags use exactly this API and register through the same entry points a
+third-party package would (`tagserver.clients`, `tagserver.tags` in its pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from .event import Event, RequestContext
+
+if TYPE_CHECKING:
+    import httpx
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from .hit import Hit
+    from .settings import Settings
+
+log = logging.getLogger("tagserver.plugins")
+
+ParamType = Literal["string", "number", "integer", "boolean", "object", "array", "any"]
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter of a client or tag: validated at load, shown in the schema."""
+
+    name: str
+    type: ParamType = "string"
+    required: bool = False
+    default: Any = None
+    secret: bool = False
+    choices: tuple[Any, ...] | None = None
+    description: str = ""
+
+    def check(self, value: Any) -> str | None:
+        """A problem with a literal value, or None. Templated values are checked when resolved."""
+        if self.type == "any" or value is None:
+            return None
+        allowed = _JSON_TYPES[self.type]
+        if isinstance(value, bool) and self.type != "boolean":
+            return f"expected {self.type}, got boolean"
+        if not isinstance(value, allowed):
+            return f"expected {self.type}, got {_json_type(value)}"
+        if self.choices is not None and value not in self.choices:
+            options = ", ".join(repr(c) for c in self.choices)
+            return f"{value!r} is not one of {options}"
+        return None
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {}
+        if self.type != "any":
+            # a "{{variable}}" string is always allowed in place of the declared type
+            schema["anyOf"] = [
+                {"type": self.type},
+                {"type": "string", "pattern": r"^\{\{.+\}\}$"},
+            ]
+            if self.choices is not None:
+                schema["anyOf"][0]["enum"] = list(self.choices)
+        if self.default is not None:
+            schema["default"] = self.default
+        description = self.description + (" (secret: redacted everywhere)" if self.secret else "")
+        if description:
+            schema["description"] = description
+        return schema
+
+
+def _json_type(value: Any) -> str:
+    for name, types in _JSON_TYPES.items():
+        if name != "integer" and isinstance(value, types):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def params_schema(params: Sequence[Param]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {p.name: p.json_schema() for p in params},
+        "required": [p.name for p in params if p.required],
+        "additionalProperties": False,
+    }
+
+
+# -- what tags produce and senders report ---------------------------------------------------
+
+
+@dataclass
+class Outgoing:
+    """One message for a vendor, built by a tag. Its payload is final: PII already hashed.
+
+    `destination` groups messages that may share one vendor request and is safe to show
+    (a tag type plus a non-secret identity, e.g. `meta:<pixel>:<token hash>`). `route` holds
+    what the sender needs to reach the vendor (URL, token ...): it is stored once per
+    destination and never shown.
+    """
+
+    destination: str
+    payload: Any
+    dedup_id: str
+    tag_type: str
+    tag_name: str = ""
+    route: dict[str, Any] = field(default_factory=dict)
+    deadline: float | None = None  # unix seconds; past it the vendor would refuse the message
+    created_at: float = field(default_factory=time.time)
+    trace_id: str | None = None  # set when the hit is previewed, so delivery shows there too
+    preview: dict[str, Any] | None = None  # optional human-friendly view for preview
+
+
+Outcome = Literal["delivered", "retry", "permanent"]
+
+
+@dataclass
+class Delivery:
+    """The sender's verdict for one message of a batch."""
+
+    outcome: Outcome
+    status: int | None = None  # HTTP status of the vendor request, when there was one
+    error: str = ""  # vendor's message (secrets already removed)
+    code: str = ""  # vendor's error code/subcode, e.g. "100/2804003"
+    trace: str = ""  # vendor's trace id (fbtrace_id ...)
+    retry_after: float | None = None  # seconds, when the vendor said
+    response: Any = None  # parsed vendor response body, for preview
+    latency_ms: float | None = None
+
+
+@dataclass
+class Message:
+    """A stored outgoing message as the dispatcher hands it to a sender."""
+
+    id: int
+    destination: str
+    payload: Any
+    dedup_id: str
+    attempts: int
+    created_at: float
+    deadline: float | None = None
+    trace_id: str | None = None
+
+
+class Sender:
+    """Delivers batches of messages for one tag type. One instance per process."""
+
+    def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
+        self.http = http
+        self.settings = settings
+
+    async def send(self, route: dict[str, Any], batch: list[Message]) -> list[Delivery]:
+        """Deliver `batch` (all for one destination); one Delivery per message, same order."""
+        raise NotImplementedError
+
+
+# -- tags -----------------------------------------------------------------------------------
+
+
+class TagRejected(Exception):
+    """Raised by `Tag.fire` when an event must not be sent; the message says why."""
+
+
+@dataclass
+class FireContext:
+    """What a tag sees beside the event: the request, the settings and a notepad for preview."""
+
+    request: RequestContext
+    settings: Settings
+    tag_name: str
+    notes: dict[str, Any] = field(default_factory=dict)
+    redact: Callable[[Any], Any] = lambda value: value  # removes the container's secrets
+
+    def note(self, key: str, value: Any) -> None:
+        """Attach information to the tag's result (shown in preview, e.g. match quality)."""
+        self.notes[key] = value
+
+
+class Tag:
+    """A tag type. One instance per tag in the container, created when the container loads."""
+
+    type_name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    params: ClassVar[Sequence[Param]] = ()
+    batch_size: ClassVar[int] = 1  # most messages the sender accepts in one call
+    sender_class: ClassVar[type[Sender] | None] = None  # None: the tag sends nothing
+
+    def __init__(self, name: str, static_params: dict[str, Any], settings: Settings) -> None:
+        """`static_params` are the literal (non-templated) params, for precomputation."""
+        self.name = name
+        self.settings = settings
+
+    def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
+        """Build the vendor messages for one event: fast, synchronous, no I/O."""
+        raise NotImplementedError
+
+
+# -- clients --------------------------------------------------------------------------------
+
+
+class Client:
+    """A request parser. Exactly one client claims a request; it turns it into events."""
+
+    type_name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    params: ClassVar[Sequence[Param]] = ()
+    default_priority: ClassVar[int] = 0
+
+    def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
+        self.name = name
+        self.settings = settings
+
+    def claim(self, request: Request) -> bool:
+        """Cheap, path-based: is this request mine?"""
+        raise NotImplementedError
+
+    async def handle(self, request: Request, hit: Hit) -> Response:
+        """Parse the request into events, run them with `hit.run(events)`, build the response."""
+        raise NotImplementedError
+
+
+# -- registry -------------------------------------------------------------------------------
+
+
+@dataclass
+class Registry:
+    clients: dict[str, type[Client]] = field(default_factory=dict)
+    tags: dict[str, type[Tag]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def load_registry() -> Registry:
+    """Every client and tag type registered by an installed distribution's entry points."""
+    registry = Registry()
+    for group, target, base in (
+        ("tagserver.clients", registry.clients, Client),
+        ("tagserver.tags", registry.tags, Tag),
+    ):
+        for ep in entry_points(group=group):
+            try:
+                cls = ep.load()
+            except Exception as exc:  # a broken plugin must not take the server down
+                registry.errors.append(f"{group}:{ep.name}: cannot load {ep.value}: {exc}")
+                log.error("plugin %s:%s failed to load: %s", group, ep.name, exc)
+                continue
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                registry.errors.append(f"{group}:{ep.name}: {ep.value} is not a {base.__name__}")
+                continue
+            target.setdefault(ep.name, cls)
+    return registry

@@ -1,0 +1,84 @@
+"""`{{name}}` references inside container values, compiled once at load.
+
+A string that is exactly `{{name}}` resolves to the variable's value with its type kept;
+`{{name}}` inside a longer string is interpolated as text. Dicts and lists are compiled
+recursively; values with no reference compile to a constant, so the hot path only walks what
+really varies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+REF = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
+
+
+class Resolver(Protocol):
+    def get(self, name: str) -> Any: ...
+
+
+Compiled = Callable[[Resolver], Any]
+
+
+def references(value: Any) -> Iterator[str]:
+    """Every variable name referenced anywhere inside `value`."""
+    if isinstance(value, str):
+        yield from REF.findall(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from references(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from references(v)
+
+
+def has_refs(value: Any) -> bool:
+    return next(references(value), None) is not None
+
+
+def text(value: Any) -> str:
+    """How a resolved value reads inside an interpolated string."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (dict, list)):
+        import orjson
+
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def compile_value(value: Any) -> Compiled:
+    if not has_refs(value):
+        return lambda _scope, _v=value: _v
+    if isinstance(value, str):
+        return _compile_string(value)
+    if isinstance(value, dict):
+        items = [(k, compile_value(v)) for k, v in value.items()]
+        return lambda scope: {k: fn(scope) for k, fn in items}
+    if isinstance(value, list):
+        fns = [compile_value(v) for v in value]
+        return lambda scope: [fn(scope) for fn in fns]
+    return lambda _scope, _v=value: _v
+
+
+def _compile_string(value: str) -> Compiled:
+    whole = REF.fullmatch(value.strip())
+    if whole:
+        name = whole.group(1)
+        return lambda scope: scope.get(name)
+    parts: list[tuple[bool, str]] = []
+    pos = 0
+    for match in REF.finditer(value):
+        if match.start() > pos:
+            parts.append((False, value[pos : match.start()]))
+        parts.append((True, match.group(1)))
+        pos = match.end()
+    if pos < len(value):
+        parts.append((False, value[pos:]))
+    return lambda scope: "".join(text(scope.get(p)) if is_ref else p for is_ref, p in parts)

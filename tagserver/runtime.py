@@ -1,0 +1,201 @@
+"""The runtime: for one event, decide every tag, fire those that should, keep why.
+
+The order of decisions for a tag is: paused → firing triggers (any) → blocking triggers
+(none) → consent → fire. Each step that stops a tag records the reason with the values it
+saw, so preview and the events API can answer "why did (not) my tag fire?".
+A tag that raises is recorded as an error and never affects other tags or the response.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .container import CompiledTag, Container
+from .event import Event, RequestContext
+from .plugins import FireContext, Outgoing, TagRejected
+from .redact import REDACTED, Redactor
+from .settings import Settings
+from .triggers import TriggerCheck
+from .variables import Scope
+
+log = logging.getLogger("tagserver.runtime")
+
+TagStatus = Literal["fired", "not_fired", "blocked", "paused", "no_consent", "rejected", "error"]
+
+GRANTED = frozenset({True, "granted", "1", "true", "yes", "allow", "allowed"})
+DENIED = frozenset({False, "denied", "0", "false", "no", "deny"})
+
+
+@dataclass
+class TagResult:
+    tag: str
+    type: str
+    status: TagStatus
+    reason: str
+    triggers: list[TriggerCheck] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+    outgoing: list[Outgoing] = field(default_factory=list)
+    params: dict[str, Any] | None = None  # resolved, secrets redacted; only when traced
+    duration_ms: float = 0.0
+
+    @property
+    def fired(self) -> bool:
+        return self.status == "fired"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "type": self.type,
+            "status": self.status,
+            "fired": self.fired,
+            "reason": self.reason,
+            "triggers": [t.as_dict() for t in self.triggers],
+            "notes": self.notes,
+            "params": self.params,
+            "outgoing": [
+                {"destination": o.destination, "dedup_id": o.dedup_id, "payload": o.payload}
+                for o in self.outgoing
+            ],
+            "duration_ms": round(self.duration_ms, 3),
+        }
+
+
+@dataclass
+class EventResult:
+    event: Event
+    tags: list[TagResult]
+    variables: dict[str, Any] | None = None  # only when traced
+
+    @property
+    def outgoing(self) -> list[Outgoing]:
+        return [o for t in self.tags for o in t.outgoing]
+
+    @property
+    def fired(self) -> list[str]:
+        return [t.tag for t in self.tags if t.fired]
+
+    def summary(self) -> dict[str, Any]:
+        """What the events API tells its caller about one event."""
+        return {
+            "event_id": self.event.get("event_id"),
+            "event_name": self.event.get("event_name"),
+            "tags_fired": self.fired,
+            "tags_not_fired": {t.tag: t.reason for t in self.tags if not t.fired},
+        }
+
+
+def consent_decision(tag: CompiledTag, event: Event, strict: bool) -> str | None:
+    """None when the tag may fire, else the reason it may not."""
+    if not tag.consent:
+        return None
+    state = event.get("consent")
+    state = state if isinstance(state, dict) else {}
+    for ctype in tag.consent:
+        value = state.get(ctype)
+        if isinstance(value, str):
+            value = value.strip().lower()
+        if value in GRANTED:
+            continue
+        if value in DENIED:
+            return f"consent: {ctype} is denied"
+        if strict:
+            return f"consent: {ctype} was not granted (consent_mode is strict)"
+    return None
+
+
+class Runtime:
+    """Runs events through one container. Swapped as a whole when the container reloads."""
+
+    def __init__(self, container: Container, settings: Settings) -> None:
+        self.container = container
+        self.settings = settings
+        self.redact = Redactor(container.secrets)
+        self.strict = container.consent_mode == "strict"
+
+    def run_event(
+        self,
+        event: Event,
+        request: RequestContext,
+        client_name: str,
+        *,
+        trace: bool = False,
+        trace_id: str | None = None,
+    ) -> EventResult:
+        scope = Scope(event, request, self.container.variables, client_name)
+        results = [
+            self._decide(tag, event, scope, request, trace, trace_id) for tag in self.container.tags
+        ]
+        variables = scope.snapshot(set(self.container.secret_variables)) if trace else None
+        if variables is not None:
+            variables = self.redact(variables)
+        return EventResult(event=event, tags=results, variables=variables)
+
+    def _decide(
+        self,
+        tag: CompiledTag,
+        event: Event,
+        scope: Scope,
+        request: RequestContext,
+        trace: bool,
+        trace_id: str | None,
+    ) -> TagResult:
+        if tag.paused:
+            return TagResult(tag.name, tag.type, "paused", "tag is paused")
+
+        checks: list[TriggerCheck] = []
+        firing = None
+        for trigger in tag.fire_on:
+            check = trigger.check(scope)
+            checks.append(check)
+            if check.matched:
+                firing = check
+                break
+        if firing is None:
+            reason = "; ".join(c.explain() for c in checks) or "no firing trigger"
+            return TagResult(
+                tag.name, tag.type, "not_fired", f"no firing trigger matched: {reason}", checks
+            )
+
+        for trigger in tag.block_on:
+            check = trigger.check(scope)
+            if check.matched:
+                checks.append(check)
+                return TagResult(
+                    tag.name, tag.type, "blocked", f"blocked by trigger {trigger.name!r}", checks
+                )
+
+        denied = consent_decision(tag, event, self.strict)
+        if denied:
+            return TagResult(tag.name, tag.type, "no_consent", denied, checks)
+
+        started = time.perf_counter()
+        params: dict[str, Any] = {}
+        ctx = FireContext(
+            request=request, settings=self.settings, tag_name=tag.name, redact=self.redact
+        )
+        result = TagResult(
+            tag.name, tag.type, "fired", f"fired by trigger {firing.trigger!r}", checks
+        )
+        try:
+            params = tag.params(scope)
+            outgoing = tag.instance.fire(event, params, ctx)
+            for message in outgoing:
+                message.tag_name = tag.name
+                message.trace_id = trace_id
+            result.outgoing = list(outgoing)
+        except TagRejected as exc:
+            result.status, result.reason = "rejected", f"not sent: {self.redact.text(str(exc))}"
+        except Exception as exc:  # one broken tag never affects the others
+            result.status = "error"
+            result.reason = f"error: {type(exc).__name__}: {self.redact.text(str(exc))}"
+            log.warning("tag %r raised %s", tag.name, result.reason)
+        result.duration_ms = (time.perf_counter() - started) * 1000
+        result.notes = self.redact(ctx.notes) if ctx.notes else {}
+        if trace:
+            result.params = self.redact(
+                {k: (REDACTED if k in tag.secret_params and v else v) for k, v in params.items()}
+            )
+        return result

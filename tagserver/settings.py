@@ -1,0 +1,202 @@
+"""Settings: one dataclass, filled from `TAGSERVER_*` environment variables.
+
+Every field documents itself (env name, type, default, help), so the README's settings table
+and `tagserver settings` are generated from this one place and cannot drift from the code.
+The CLI turns its flags into the same environment variables before starting uvicorn, so
+every worker process builds identical settings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PREFIX = "TAGSERVER_"
+
+
+def setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+class SettingsError(ValueError):
+    """A `TAGSERVER_*` variable holds a value of the wrong shape."""
+
+
+@dataclass
+class Settings:
+    # -- server
+    host: str = setting("127.0.0.1", "Address to listen on (`0.0.0.0` behind a proxy).")
+    port: int = setting(8080, "Port to listen on.")
+    workers: int = setting(1, "Worker processes (they share the data dir safely).")
+    container: str = setting("container.json", "Path of the container file (hot-reloaded).")
+    data_dir: str = setting("data", "Directory for the outbox, preview store and secret key.")
+    reload_interval: float = setting(1.0, "Seconds between checks of the container file.")
+    access_log: bool = setting(False, "Per-request access log (costs throughput).")
+    log_level: str = setting("info", "Log level: debug, info, warning, error.")
+    trusted_proxies: str = setting(
+        "127.0.0.1/32,::1/128",
+        "Comma-separated CIDRs whose `X-Forwarded-For`/`X-Forwarded-Proto` are believed.",
+    )
+    max_body_bytes: int = setting(1_048_576, "Largest accepted request body; larger gets 413.")
+    max_events_per_request: int = setting(500, "Most events one request may carry.")
+    secret_key: str = setting(
+        "", "Key for signed cookies; generated once into the data dir when empty.", secret=True
+    )
+    # -- clients
+    api_keys: str = setting(
+        "", "Comma-separated bearer keys accepted by the events API.", secret=True
+    )
+    # -- cookies / collector
+    cookie_domain: str = setting("", "Cookie Domain; empty = registrable domain (eTLD+1).")
+    cookie_max_age_days: int = setting(90, "Lifetime of `_fbp`/`_fbc` in days.")
+    client_id_max_age_days: int = setting(400, "Lifetime of the HttpOnly client id cookie.")
+    allowed_origins: str = setting(
+        "",
+        "Comma-separated origins allowed to send credentialed hits; empty = any origin under "
+        "the server's registrable domain.",
+    )
+    collector_path: str = setting(
+        "", "Extra path serving collector.js (a custom loader path ad blockers do not know)."
+    )
+    demo: bool = setting(True, "Serve the demo shop page at `/demo`.")
+    # -- delivery
+    outbox_max_messages: int = setting(1_000_000, "Pending messages above which new hits get 503.")
+    outbox_min_free_bytes: int = setting(
+        64 * 1024 * 1024, "Free disk below which new hits get 503."
+    )
+    retry_base_seconds: float = setting(2.0, "First retry delay (exponential, full jitter).")
+    retry_cap_seconds: float = setting(600.0, "Longest retry delay.")
+    send_timeout_seconds: float = setting(30.0, "Timeout of one vendor request.")
+    send_concurrency: int = setting(4, "Concurrent vendor requests per destination.")
+    shutdown_grace_seconds: float = setting(10.0, "On SIGTERM, time allowed for in-flight sends.")
+    # -- vendors
+    meta_graph_url: str = setting(
+        "https://graph.facebook.com", "Base URL of the Graph API (tests, proxies)."
+    )
+    # -- preview
+    preview_password: str = setting(
+        "", "Password for `/preview`; empty = a one-time token printed at start-up.", secret=True
+    )
+    preview_token_ttl_seconds: int = setting(3600, "Lifetime of a preview session token.")
+    preview_max_hits: int = setting(1000, "Previewed hits kept in all (oldest dropped).")
+    preview_max_hits_per_session: int = setting(200, "Previewed hits kept per session.")
+    redis_url: str = setting(
+        "", "Redis URL for the preview store when instances span machines.", secret=True
+    )
+
+    _trusted: list[Any] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            self._trusted = [
+                ipaddress.ip_network(part.strip(), strict=False)
+                for part in self.trusted_proxies.split(",")
+                if part.strip()
+            ]
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}TRUSTED_PROXIES: {exc}") from None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if not f.init:
+                continue
+            name = PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = _convert(name, env[name], f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    # -- derived values
+
+    def is_trusted_proxy(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def allowed_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+
+    @property
+    def data_path(self) -> Path:
+        path = Path(self.data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def signing_key(self) -> str:
+        """The configured key, or one generated once and shared by all workers via the data dir."""
+        if self.secret_key:
+            return self.secret_key
+        key_file = self.data_path / "secret_key"
+        if not key_file.exists():
+            tmp = key_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(secrets.token_urlsafe(48))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, key_file)  # atomic: the first worker wins, the others read its key
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        return key_file.read_text().strip()
+
+    def secret_values(self) -> list[str]:
+        """Values that must be redacted wherever they could show."""
+        out = []
+        for f in fields(self):
+            if f.metadata.get("secret"):
+                value = getattr(self, f.name)
+                if value:
+                    out.append(value)
+                    out.extend(p.strip() for p in value.split(",") if len(p.strip()) >= 4)
+        return out
+
+
+def _convert(name: str, raw: str, type_name: Any) -> Any:
+    type_name = str(type_name)
+    try:
+        if type_name == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"expected true/false, got {raw!r}")
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    return raw
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, help) rows for the README and `tagserver settings`."""
+    rows = []
+    for f in fields(Settings):
+        if not f.init:
+            continue
+        default = f.default
+        shown = (
+            ""
+            if default == ""
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
+        rows.append((PREFIX + f.name.upper(), shown, f.metadata.get("help", "")))
+    return rows
