@@ -1,0 +1,140 @@
+"""Test helpers: real server processes and in-process apps, loopback only."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.testclient import TestClient
+
+from tagserver.app import create_app
+from tagserver.settings import Settings
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def write_container(directory: Path, container: dict[str, Any]) -> Path:
+    path = directory / "container.json"
+    path.write_text(json.dumps(container, indent=2))
+    return path
+
+
+def minimal_container(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "test",
+        "version": "1",
+        "clients": [{"name": "events_api", "type": "events_api"}],
+        "variables": [],
+        "triggers": [{"name": "all", "event": "*"}],
+        "tags": [{"name": "log_all", "type": "log", "fire_on": ["all"]}],
+    }
+    base.update(overrides)
+    return base
+
+
+@contextlib.contextmanager
+def app_client(tmp_path: Path, container: dict[str, Any], **settings: Any) -> Iterator[TestClient]:
+    """The app in-process (lifespan included), for fast HTTP-level tests."""
+    path = write_container(tmp_path, container)
+    options = {"container": str(path), "data_dir": str(tmp_path / "data"), "api_keys": "test-key"}
+    options.update(settings)
+    app = create_app(Settings(**options))
+    with TestClient(app, base_url="http://sgtm.shop.test") as client:
+        yield client
+
+
+class ServerProcess:
+    """`tagserver serve` as a real subprocess on a free loopback port."""
+
+    def __init__(self, tmp_path: Path, container: dict[str, Any] | Path, env: dict[str, str] | None = None,
+                 workers: int = 1, port: int | None = None, data_dir: Path | None = None) -> None:
+        self.tmp_path = tmp_path
+        self.container_path = container if isinstance(container, Path) else write_container(tmp_path, container)
+        self.port = port or free_port()
+        self.data_dir = data_dir or tmp_path / "data"
+        self.workers = workers
+        self.log_path = tmp_path / f"server-{self.port}.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")},
+            "TAGSERVER_API_KEYS": "test-key",
+            "TAGSERVER_RELOAD_INTERVAL": "0.2",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tagserver", "serve", "--host", LOOPBACK, "--port", str(self.port),
+             "--container", str(self.container_path), "--data-dir", str(self.data_dir),
+             "--workers", str(self.workers)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy in {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """kill -9 the whole process group (parent and workers)."""
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
