@@ -73,6 +73,7 @@ class CompiledTag:
     paused: bool
     params: Compiled
     secret_params: frozenset[str]
+    templated_params: tuple[Param, ...] = ()  # checked against their type once resolved
 
 
 @dataclass
@@ -477,6 +478,7 @@ def _compile(
                 paused=bool(spec.get("paused", False)),
                 params=compile_value({**defaults, **params}),
                 secret_params=secret_params,
+                templated_params=tuple(p for p in cls.params if has_refs(params.get(p.name))),
             )
         )
 

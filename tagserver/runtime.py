@@ -181,6 +181,10 @@ class Runtime:
         )
         try:
             params = tag.params(scope)
+            for param in tag.templated_params:
+                problem = param.check(params.get(param.name))
+                if problem:
+                    raise TypeError(f"params.{param.name}: {problem}")
             outgoing = tag.instance.fire(event, params, ctx)
             for message in outgoing:
                 message.tag_name = tag.name

@@ -62,10 +62,19 @@ def app_client(tmp_path: Path, container: dict[str, Any], **settings: Any) -> It
 class ServerProcess:
     """`tagserver serve` as a real subprocess on a free loopback port."""
 
-    def __init__(self, tmp_path: Path, container: dict[str, Any] | Path, env: dict[str, str] | None = None,
-                 workers: int = 1, port: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        container: dict[str, Any] | Path,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        port: int | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.tmp_path = tmp_path
-        self.container_path = container if isinstance(container, Path) else write_container(tmp_path, container)
+        self.container_path = (
+            container if isinstance(container, Path) else write_container(tmp_path, container)
+        )
         self.port = port or free_port()
         self.data_dir = data_dir or tmp_path / "data"
         self.workers = workers
@@ -86,10 +95,26 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tagserver", "serve", "--host", LOOPBACK, "--port", str(self.port),
-             "--container", str(self.container_path), "--data-dir", str(self.data_dir),
-             "--workers", str(self.workers)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "tagserver",
+                "serve",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--container",
+                str(self.container_path),
+                "--data-dir",
+                str(self.data_dir),
+                "--workers",
+                str(self.workers),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

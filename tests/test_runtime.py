@@ -1,0 +1,216 @@
+"""Triggers, operators, consent and tag decisions, observed through the events API."""
+
+import pytest
+from support import app_client
+
+AUTH = {"Authorization": "Bearer test-key"}
+
+
+def container_with(
+    conditions=None,
+    event="*",
+    tag_extra=None,
+    triggers_extra=(),
+    variables=(),
+    consent_mode="basic",
+):
+    return {
+        "name": "t",
+        "consent_mode": consent_mode,
+        "clients": [{"name": "api", "type": "events_api"}],
+        "variables": list(variables),
+        "triggers": [
+            {"name": "t", "event": event, "conditions": conditions or []},
+            *triggers_extra,
+        ],
+        "tags": [{"name": "tag", "type": "log", "fire_on": ["t"], **(tag_extra or {})}],
+    }
+
+
+def send(client, *events):
+    response = client.post("/api/events", json={"events": list(events)}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def fired(tmp_path, container, event):
+    with app_client(tmp_path, container) as client:
+        result = send(client, event)[0]
+    return result["tags_fired"] == ["tag"], result
+
+
+OPERATOR_CASES = [
+    # operator, expected value, actual event, should fire
+    ("equals", "purchase", {"event_name": "purchase"}, True),
+    ("equals", "Purchase", {"event_name": "purchase"}, False),
+    ("equals", 10, {"event_name": "e", "value": "10.0"}, True),
+    ("contains", "shop", {"event_name": "e", "page_location": "https://shop.test/a"}, True),
+    ("contains", "blog", {"event_name": "e", "page_location": "https://shop.test/a"}, False),
+    ("starts_with", "https://", {"event_name": "e", "page_location": "https://shop.test/a"}, True),
+    ("starts_with", "http://", {"event_name": "e", "page_location": "https://shop.test/a"}, False),
+    ("ends_with", "/a", {"event_name": "e", "page_location": "https://shop.test/a"}, True),
+    ("ends_with", "/b", {"event_name": "e", "page_location": "https://shop.test/a"}, False),
+    (
+        "matches_regex",
+        r"^/products/\d+$",
+        {"event_name": "e", "page_location": "https://shop.test/products/42"},
+        True,
+    ),
+    (
+        "matches_regex",
+        r"^/products/\d+$",
+        {"event_name": "e", "page_location": "https://shop.test/products/x"},
+        False,
+    ),
+    ("greater_than", 100, {"event_name": "e", "value": 150}, True),
+    ("greater_than", 100, {"event_name": "e", "value": 100}, False),
+    ("greater_or_equal", 100, {"event_name": "e", "value": 100}, True),
+    ("greater_or_equal", 100, {"event_name": "e", "value": 99.5}, False),
+    ("less_than", 100, {"event_name": "e", "value": 99}, True),
+    ("less_than", 100, {"event_name": "e", "value": 150}, False),
+    ("less_or_equal", 100, {"event_name": "e", "value": 100}, True),
+    ("less_or_equal", 100, {"event_name": "e", "value": 101}, False),
+    ("in", ["EUR", "USD"], {"event_name": "e", "currency": "USD"}, True),
+    ("in", "EUR, USD", {"event_name": "e", "currency": "GBP"}, False),
+    ("in_cidr", "203.0.113.0/24", {"event_name": "e", "ip_override": "203.0.113.9"}, True),
+    ("in_cidr", ["2001:db8::/32"], {"event_name": "e", "ip_override": "2001:db8::1"}, True),
+    ("in_cidr", "203.0.113.0/24", {"event_name": "e", "ip_override": "198.51.100.1"}, False),
+]
+VARIABLE_FOR = {
+    "equals": None,
+    "contains": "page_location",
+    "starts_with": "page_location",
+    "ends_with": "page_location",
+    "matches_regex": "page_path",
+    "greater_than": "value",
+    "greater_or_equal": "value",
+    "less_than": "value",
+    "less_or_equal": "value",
+    "in": "currency",
+    "in_cidr": "client_ip",
+}
+
+
+@pytest.mark.parametrize(("operator", "expected", "event", "should_fire"), OPERATOR_CASES)
+def test_operator(tmp_path, operator, expected, event, should_fire):
+    variable = VARIABLE_FOR[operator] or ("value" if "value" in event else "event_name")
+    condition = {"variable": variable, "operator": operator, "value": expected}
+    did_fire, result = fired(tmp_path, container_with([condition]), event)
+    assert did_fire is should_fire, result
+    negated = dict(condition, negate=True)
+    did_fire, result = fired(tmp_path, container_with([negated]), event)
+    assert did_fire is (not should_fire), result
+
+
+@pytest.mark.parametrize(
+    "operator", ["equals", "contains", "starts_with", "ends_with", "matches_regex", "in"]
+)
+def test_ignore_case(tmp_path, operator):
+    value = {
+        "equals": "PURCHASE",
+        "contains": "URCH",
+        "starts_with": "PUR",
+        "ends_with": "ASE",
+        "matches_regex": "^PUR",
+        "in": ["PURCHASE"],
+    }[operator]
+    condition = {"variable": "event_name", "operator": operator, "value": value}
+    assert fired(tmp_path, container_with([condition]), {"event_name": "purchase"})[0] is False
+    condition["ignore_case"] = True
+    assert fired(tmp_path, container_with([condition]), {"event_name": "purchase"})[0] is True
+
+
+def test_not_fired_reason_names_the_condition_and_values(tmp_path):
+    condition = {"variable": "value", "operator": "greater_than", "value": 100}
+    did_fire, result = fired(
+        tmp_path, container_with([condition]), {"event_name": "purchase", "value": 20}
+    )
+    assert not did_fire
+    reason = result["tags_not_fired"]["tag"]
+    assert "value = 20" in reason and "greater than 100" in reason
+
+
+@pytest.mark.parametrize(
+    ("event_filter", "name", "should_fire"),
+    [
+        ("purchase", "purchase", True),
+        ("purchase", "refund", False),
+        (["purchase", "refund"], "refund", True),
+        (["purchase", "refund"], "page_view", False),
+        ("*", "anything", True),
+        ({"regex": "^(add_to|view)_"}, "add_to_cart", True),
+        ({"regex": "^(add_to|view)_"}, "purchase", False),
+        ({"regex": "^PAGE", "ignore_case": True}, "page_view", True),
+    ],
+)
+def test_event_name_filter(tmp_path, event_filter, name, should_fire):
+    did_fire, result = fired(tmp_path, container_with(event=event_filter), {"event_name": name})
+    assert did_fire is should_fire, result
+
+
+def test_block_on_and_paused(tmp_path):
+    bots = {
+        "name": "bots",
+        "conditions": [{"variable": "user_agent.is_bot", "operator": "equals", "value": True}],
+    }
+    container = container_with(tag_extra={"block_on": ["bots"]}, triggers_extra=[bots])
+    with app_client(tmp_path, container) as client:
+        human = client.post(
+            "/api/events",
+            json={"event_name": "e"},
+            headers={
+                **AUTH,
+                "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36",
+            },
+        ).json()
+        bot = client.post(
+            "/api/events",
+            json={"event_name": "e"},
+            headers={**AUTH, "User-Agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"},
+        ).json()
+    assert human["results"][0]["tags_fired"] == ["tag"]
+    assert bot["results"][0]["tags_not_fired"]["tag"] == "blocked by trigger 'bots'"
+    did_fire, result = fired(
+        tmp_path, container_with(tag_extra={"paused": True}), {"event_name": "e"}
+    )
+    assert not did_fire and result["tags_not_fired"]["tag"] == "tag is paused"
+
+
+@pytest.mark.parametrize(
+    ("mode", "consent", "should_fire"),
+    [
+        ("basic", None, True),
+        ("basic", {"ad_storage": "granted"}, True),
+        ("basic", {"ad_storage": "denied"}, False),
+        ("basic", {"analytics_storage": "denied"}, True),
+        ("strict", None, False),
+        ("strict", {"ad_storage": "granted"}, True),
+        ("strict", {"ad_storage": "denied"}, False),
+    ],
+)
+def test_consent(tmp_path, mode, consent, should_fire):
+    event = {"event_name": "e", **({"consent": consent} if consent else {})}
+    container = container_with(tag_extra={"consent": ["ad_storage"]}, consent_mode=mode)
+    did_fire, result = fired(tmp_path, container, event)
+    assert did_fire is should_fire, result
+    if not should_fire:
+        assert "ad_storage" in result["tags_not_fired"]["tag"]
+
+
+def test_a_raising_tag_does_not_affect_other_tags(tmp_path):
+    container = container_with()
+    # The log tag's `fields` param must be an object; a {{variable}} resolving to a list makes it raise.
+    container["variables"] = [{"name": "bad", "type": "constant", "value": ["not", "an", "object"]}]
+    container["tags"] = [
+        {"name": "broken", "type": "log", "fire_on": ["t"], "params": {"fields": "{{bad}}"}},
+        {"name": "tag", "type": "log", "fire_on": ["t"]},
+    ]
+    with app_client(tmp_path, container) as client:
+        response = client.post("/api/events", json={"event_name": "e"}, headers=AUTH)
+    assert response.status_code == 200
+    result = response.json()["results"][0]
+    assert result["tags_fired"] == ["tag"]
+    assert (
+        result["tags_not_fired"]["broken"]
+        == "error: TypeError: params.fields: expected object, got array"
+    )
