@@ -205,6 +205,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     configure_logging(settings)
     registry = load_registry()
+    for error in registry.errors:
+        log.error("plugin not loaded: %s", error)
     container = load_file(settings.container, registry, settings)
     preview = Preview(settings)
     state = State(

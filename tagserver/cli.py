@@ -122,9 +122,16 @@ def schema() -> None:
 
 
 @main.command(name="settings")
-def show_settings() -> None:
+@click.option("--markdown", is_flag=True, help="Print a Markdown table (as in the README).")
+def show_settings(markdown: bool) -> None:
     """List every TAGSERVER_* setting with its default."""
-    for name, default, help_text in settings_table():
+    rows = settings_table()
+    if markdown:
+        click.echo("| variable | default | meaning |\n|---|---|---|")
+        for name, default, help_text in rows:
+            click.echo(f"| `{name}` | {f'`{default}`' if default else '—'} | {help_text} |")
+        return
+    for name, default, help_text in rows:
         click.echo(f"{name:<38} {default or '(empty)':<28} {help_text}")
 
 

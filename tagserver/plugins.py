@@ -6,7 +6,6 @@ third-party package would (`tagserver.clients`, `tagserver.tags` in its pyprojec
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +21,6 @@ if TYPE_CHECKING:
 
     from .hit import Hit
     from .settings import Settings
-
-log = logging.getLogger("tagserver.plugins")
 
 ParamType = Literal["string", "number", "integer", "boolean", "object", "array", "any"]
 
@@ -252,7 +249,6 @@ def load_registry() -> Registry:
                 cls = ep.load()
             except Exception as exc:  # a broken plugin must not take the server down
                 registry.errors.append(f"{group}:{ep.name}: cannot load {ep.value}: {exc}")
-                log.error("plugin %s:%s failed to load: %s", group, ep.name, exc)
                 continue
             if not (isinstance(cls, type) and issubclass(cls, base)):
                 registry.errors.append(f"{group}:{ep.name}: {ep.value} is not a {base.__name__}")
