@@ -176,12 +176,15 @@ async def healthz(request: Request) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def builtin_routes(preview: Preview) -> list[BaseRoute]:
+def builtin_routes(preview: Preview, settings: Settings) -> list[BaseRoute]:
     from importlib.resources import files
+
+    from . import pages
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         *preview.routes(),
+        *pages.routes(settings),  # /collector.js (+ custom path), /demo
         Mount("/static", StaticFiles(directory=str(files("static"))), name="static"),
     ]
     return routes
@@ -236,7 +239,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await preview.close()
             await state.outbox.close()
 
-    routes = builtin_routes(preview)
+    routes = builtin_routes(preview, settings)
     routes.append(
         Route(
             "/{path:path}",

@@ -1,0 +1,100 @@
+"""What the server serves to sites' browsers besides hits: `collector.js` and the `/demo` shop.
+
+`collector.js` is served at `/collector.js` and, when `TAGSERVER_COLLECTOR_PATH` is set, at that
+path too (a name ad blockers do not know). The file is read once, its full-line comments and
+indentation are dropped, and a gzipped copy is kept, so every request is a memory copy with an
+ETag (304 on revalidation) and a short public cache lifetime so updates reach browsers quickly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.resources import files
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .settings import Settings
+
+SCRIPT_CACHE_SECONDS = 3600
+_COMMENT_LINE = re.compile(r"^\s*//.*\n", re.MULTILINE)
+_INDENT = re.compile(r"^[ \t]+", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    gzipped: bytes
+    etag: str
+    media_type: str
+
+
+def compact_js(source: str) -> str:
+    """Drop full-line `//` comments and indentation: safe for our own script, halves its size."""
+    return _INDENT.sub("", _COMMENT_LINE.sub("", source))
+
+
+@lru_cache(maxsize=1)
+def collector_script() -> Asset:
+    source = (files("static") / "collector.js").read_text("utf-8")
+    body = compact_js(source).encode("utf-8")
+    etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+    return Asset(body, gzip.compress(body, 9, mtime=0), etag, "text/javascript; charset=utf-8")
+
+
+def serve(asset: Asset, request: Request) -> Response:
+    headers = {
+        "ETag": asset.etag,
+        "Cache-Control": f"public, max-age={SCRIPT_CACHE_SECONDS}",
+        "Vary": "Accept-Encoding",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if asset.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    body = asset.body
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        body, headers["Content-Encoding"] = asset.gzipped, "gzip"
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(body))
+        return Response(b"", headers=headers, media_type=asset.media_type)
+    return Response(body, headers=headers, media_type=asset.media_type)
+
+
+async def collector_js(request: Request) -> Response:
+    return serve(collector_script(), request)
+
+
+@lru_cache(maxsize=1)
+def _templates():  # type: ignore[no-untyped-def]
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(
+        loader=PackageLoader("tagserver", "templates"), autoescape=select_autoescape(["html"])
+    )
+
+
+async def demo(request: Request) -> Response:
+    container = request.app.state.tagserver.runtime.container
+    collector = next((c for c in container.clients if c.type_name == "collector"), None)
+    html = (
+        _templates()
+        .get_template("demo.html")
+        .render(collect_path=getattr(collector, "path", None), container=container.name)
+    )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+def routes(settings: Settings) -> list[BaseRoute]:
+    """The routes for `builtin_routes`: the script (one or two paths) and the demo page."""
+    out: list[BaseRoute] = [Route("/collector.js", collector_js, methods=["GET", "HEAD"])]
+    extra = settings.collector_path.strip()
+    if extra and extra != "/collector.js":
+        out.append(Route("/" + extra.lstrip("/"), collector_js, methods=["GET", "HEAD"]))
+    if settings.demo:
+        out.append(Route("/demo", demo, methods=["GET", "HEAD"]))
+    return out
