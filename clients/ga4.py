@@ -136,7 +136,10 @@ class Ga4Client(Client):
         if not self.meta_cookies and not self.server_managed:
             return None
         js_client_id = next((e["client_id"] for e in events if e.get("client_id")), None)
-        page_location = next((e["page_location"] for e in events if e.get("page_location")), None)
+        locations = [e["page_location"] for e in events if e.get("page_location")]
+        page_location = next((u for u in locations if "fbclid=" in u), None) or next(
+            iter(locations), None
+        )
         consent = _strictest_consent(events)
         cookie_name = self.cookie_name if self.server_managed else None
         request = ctx

@@ -161,12 +161,16 @@ def decode_params(raw: bytes) -> dict[str, str]:
         if not part:
             continue
         key_raw, _, value_raw = part.partition(b"=")
-        key = _decode(key_raw, "a parameter name")
+        key = _decode(key_raw)
+        if key is None:
+            raise HitParseError(f"a parameter name: {_why(key_raw)}")
         if not key:
             continue
         if len(key) > MAX_KEY_CHARS:
             raise HitParseError(f"a parameter name is longer than {MAX_KEY_CHARS} characters")
-        value = _decode(value_raw, f"parameter {_show(key)}")
+        value = _decode(value_raw)
+        if value is None:
+            raise HitParseError(f"parameter {_show(key)}: {_why(value_raw)}")
         if len(value) > MAX_VALUE_CHARS:
             raise HitParseError(
                 f"parameter {_show(key)} has {len(value)} characters, "
@@ -178,17 +182,30 @@ def decode_params(raw: bytes) -> dict[str, str]:
     return params
 
 
-def _decode(raw: bytes, what: str) -> str:
-    if b"%" in raw and _BAD_PERCENT.search(raw):
-        raise HitParseError(f"{what}: malformed percent-encoding")
-    data = unquote_to_bytes(raw.replace(b"+", b" "))
+def _decode(raw: bytes) -> str | None:
+    """Form-decode one name or value; None when it is unreadable (`_why` says how)."""
+    if b"%" not in raw and raw.isascii():  # most gtag values: nothing to unescape
+        text = raw.decode("ascii")
+        if "+" in text:
+            text = text.replace("+", " ")
+    else:
+        if b"%" in raw and _BAD_PERCENT.search(raw):
+            return None
+        try:
+            text = unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None if "\x00" in text else text
+
+
+def _why(raw: bytes) -> str:
+    if _BAD_PERCENT.search(raw):
+        return "malformed percent-encoding"
     try:
-        text = data.decode("utf-8")
+        unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
-        raise HitParseError(f"{what}: not valid UTF-8") from None
-    if "\x00" in text:
-        raise HitParseError(f"{what}: contains a NUL character")
-    return text
+        return "not valid UTF-8"
+    return "contains a NUL character"
 
 
 def _show(text: str, limit: int = 40) -> str:
