@@ -87,6 +87,11 @@ class Settings:
     redis_url: str = setting(
         "", "Redis URL for the preview store when instances span machines.", secret=True
     )
+    preview_store: str = setting(
+        "",
+        "SQLite file of the preview store; empty = in shared memory (/dev/shm) when available, "
+        "else `preview.sqlite3` in the data dir. Unused when TAGSERVER_REDIS_URL is set.",
+    )
 
     _trusted: list[Any] = field(default_factory=list, init=False, repr=False, compare=False)
 
