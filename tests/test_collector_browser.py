@@ -1,0 +1,188 @@
+"""collector.js in a real headless Chromium: a shop on www.shop.test, tagserver on sgtm.shop.test.
+
+Both names resolve to 127.0.0.1 through Chromium's host-resolver rules; the shop page is served
+by a tiny HTTP server in the test, tagserver by a real `tagserver serve` subprocess. What the
+server received is read from the log tag's lines in the server's log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import LOOPBACK, ServerProcess, minimal_container, wait_until
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+SHOP_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Test shop</title>
+<script>
+  window.tagserver = window.tagserver || function () { (tagserver.q = tagserver.q || []).push(arguments); };
+  tagserver('config', {send_page_view: true, spa: true});
+  tagserver('event', 'early_event', {value: 1}, {event_id: 'early-1'});
+</script>
+<script async src="http://sgtm.shop.test:%(port)d/collector.js"></script>
+</head><body><h1>Shop</h1>
+<script>
+  window.results = [];
+  function buy() {
+    return tagserver('event', 'purchase', {value: 9.5, currency: 'EUR'}, {callback: function (id, row) {
+      window.results.push({id: id, row: row});
+    }});
+  }
+</script>
+</body></html>
+"""
+
+
+class ShopServer:
+    """The site's own web server: the same page for every path."""
+
+    def __init__(self, tagserver_port: int) -> None:
+        page = (SHOP_PAGE % {"port": tagserver_port}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the browser navigated away meanwhile
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ShopServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--host-resolver-rules=MAP *.shop.test 127.0.0.1"],
+        )  # fmt: skip
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[ServerProcess, ShopServer]]:
+    server = ServerProcess(
+        tmp_path, minimal_container(clients=[{"name": "collector", "type": "collector"}])
+    )
+    with server, ShopServer(server.port) as shop:
+        yield server, shop
+
+
+def received(server: ServerProcess) -> list[dict[str, Any]]:
+    """The events the server ran, as the log tag wrote them."""
+    out = []
+    for line in server.logs().splitlines():
+        if "tagserver.tag.log: " in line:
+            out.append(json.loads(line.split("tagserver.tag.log: ", 1)[1])["event"])
+    return out
+
+
+def wait_for_event(server: ServerProcess, predicate: Any, count: int = 1) -> list[dict[str, Any]]:
+    return wait_until(
+        lambda: (m := [e for e in received(server) if predicate(e)]) and len(m) >= count and m, 15
+    )
+
+
+def is_view(event: dict[str, Any]) -> bool:
+    return event["event_name"] == "page_view"
+
+
+def cookie(page: Page, name: str) -> str | None:
+    for part in page.evaluate("document.cookie").split("; "):
+        key, _, value = part.partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def test_collector_in_a_real_browser(
+    browser: Browser, setup: tuple[ServerProcess, ShopServer]
+) -> None:
+    server, shop = setup
+    site = f"http://www.shop.test:{shop.port}"
+    context = browser.new_context()
+    page = context.new_page()
+
+    # 1. a page view with the right page data; the call made before the script loaded arrives
+    url = f"{site}/product/mug?color=blue"
+    page.goto(url)
+    [view] = wait_for_event(server, lambda e: e["event_name"] == "page_view")
+    assert view["page_location"] == url and view["page_title"] == "Test shop"
+    assert view["page_hostname"] == "www.shop.test" and view["page_path"] == "/product/mug"
+    assert "page_referrer" not in view or view["page_referrer"] == ""
+    assert re.fullmatch(r"\d+x\d+", view["screen_resolution"]) and view["language"]
+    [early] = wait_for_event(server, lambda e: e["event_name"] == "early_event")
+    assert early["event_id"] == "early-1" and early["value"] == 1
+
+    # 2. _fbp is a first-party cookie of www.shop.test (Domain=shop.test), readable by the page
+    fbp = wait_until(lambda: cookie(page, "_fbp"), 10)
+    assert re.fullmatch(r"fb\.1\.\d{13}\.\d+", fbp)
+    assert view["x-fb-ck-fbp"] == fbp
+    assert cookie(page, "tagserver_cid") is None  # HttpOnly
+    cid = next(c for c in context.cookies() if c["name"] == "tagserver_cid")
+    assert cid["domain"] in (".shop.test", "shop.test") and cid["httpOnly"]
+    assert view["client_id"] == cid["value"]
+
+    # 3. the event id the page gets back is the one the server used
+    returned = page.evaluate("buy()")
+    wait_until(lambda: page.evaluate("window.results.length"), 10)
+    result = page.evaluate("window.results[0]")
+    assert result["id"] == returned and result["row"]["event_id"] == returned
+    [purchase] = wait_for_event(server, lambda e: e["event_name"] == "purchase")
+    assert purchase["event_id"] == returned and purchase["x-fb-ck-fbp"] == fbp
+
+    # 4. SPA navigation sends a page_view with the previous URL as referrer
+    page.evaluate("history.pushState({}, '', '/checkout')")
+    [spa] = wait_for_event(server, lambda e: e.get("page_path") == "/checkout")
+    assert spa["event_name"] == "page_view" and spa["page_referrer"] == url
+
+    # 5. ?fbclid=AbC123 yields _fbc ending in .AbC123; a second visit keeps the very same _fbc
+    page.goto(f"{site}/?fbclid=AbC123")
+    wait_for_event(server, lambda e: is_view(e) and "fbclid=AbC123" in e["page_location"])
+    fbc = wait_until(lambda: cookie(page, "_fbc"), 10)
+    assert re.fullmatch(r"fb\.1\.\d{13}\.AbC123", fbc)
+    page.wait_for_timeout(20)  # the second visit must come at a later millisecond
+    page.goto(f"{site}/landing?fbclid=AbC123")
+    [_, second] = wait_for_event(
+        server, lambda e: is_view(e) and "fbclid=AbC123" in e["page_location"], 2
+    )
+    assert second["x-fb-ck-fbc"] == fbc and cookie(page, "_fbc") == fbc
+    assert cookie(page, "_fbp") == fbp
+
+    # 6. a preview link is forwarded on the hit's URL and kept out of page_location
+    with page.expect_request(lambda r: r.url.split("?")[0].endswith("/collect")) as hit:
+        page.goto(f"{site}/?tagserver_preview=tok123")
+    assert "tagserver_preview=tok123" in hit.value.url
+    wait_for_event(server, lambda e: is_view(e) and e["page_location"] == site + "/")
+    assert all("tok123" not in json.dumps(e) for e in received(server))
+    context.close()
