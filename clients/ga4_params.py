@@ -113,7 +113,10 @@ for _path, _names in {
 BARE_USER_DATA = {"em", "ph", "email", "phone", "email_address", "phone_number"}
 
 # event keys a browser must not set through ep./epn.: they are filled from the request or
-# built from dedicated parameters. Such a parameter is kept as `x-ga-ep.NAME`.
+# built from dedicated parameters, and so is any `x-…` vendor key except the Meta pixel's own
+# user/custom data keys a page may send (`x-fb-ud-em`, `x-fb-cd-…`, read by the Meta tag).
+# Such a parameter is kept as `x-ga-ep.NAME`.
+PAGE_SET = ("x-fb-ud-", "x-fb-cd-")
 PROTECTED = {
     "event_name", "client_id", "ip_override", "user_agent", "event_time", "consent", "items",
     "user_data", "client_hints", "action_source", "x-ga-mp2-user_properties",
@@ -351,11 +354,12 @@ def build_event(params: dict[str, str], warnings: list[str], where: str = "hit")
                 if typed is None:
                     warnings.append(f"{where}: {key} {_show(value)} is not a number, dropped")
                     continue
-            if rest in USER_DATA:
-                _put_user_data(event, USER_DATA[rest], value)
+            person = rest[8:] if rest.startswith("x-fb-ud-") else rest
+            if person in USER_DATA:
+                _put_user_data(event, USER_DATA[person], value)
             elif prefix in ("up", "upn"):
                 user_properties[rest] = typed
-            elif rest in PROTECTED or rest.startswith("x-"):
+            elif rest in PROTECTED or (rest.startswith("x-") and not rest.startswith(PAGE_SET)):
                 event[f"x-ga-{key}"] = value
                 warnings.append(f"{where}: {key} may not set {rest}, kept as x-ga-{key}")
             elif rest == "value" and isinstance(typed, str):

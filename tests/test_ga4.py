@@ -172,6 +172,14 @@ def test_browser_cannot_set_request_derived_keys_through_ep():
     assert len(parsed.warnings) == 4
 
 
+def test_meta_pixel_keys_pass_through_ep_and_personal_ones_go_to_user_data():
+    query = b"en=x&ep.x-fb-ud-em=a%40b.example&ep.x-fb-ud-ct=Paris&ep.x-fb-cd-x=1&ep.x-fb-ud-y=2"
+    event = parse_hit(query, b"", max_events=1).events[0]
+    assert event["user_data"] == {"email_address": "a@b.example", "address": {"city": "Paris"}}
+    assert "x-fb-ud-em" not in event
+    assert event["x-fb-cd-x"] == "1" and event["x-fb-ud-y"] == "2"
+
+
 def test_unknown_parameters_are_kept_under_x_ga():
     event = parse_hit(b"en=x&_z=ccd.v9B&richsstsse=&_tu=AAI", b"", max_events=1).events[0]
     assert event["x-ga-_z"] == "ccd.v9B"
