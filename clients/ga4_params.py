@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
+from clients.collector import strip_preview
 from tagserver.event import Event, add_page_parts
 
 MAX_KEY_CHARS = 256
@@ -412,6 +413,9 @@ def build_event(params: dict[str, str], warnings: list[str], where: str = "hit")
         event["consent"] = consent
     if "gcs" in params and not _GCS.fullmatch(params["gcs"]):
         warnings.append(f"{where}: gcs {_show(params['gcs'])} is not G1xy, consent not read")
+    for key in ("page_location", "page_referrer"):
+        if "tagserver_preview=" in event.get(key, ""):  # the token must not reach vendors
+            event[key] = strip_preview(event[key])
     add_page_parts(event)
     return event
 

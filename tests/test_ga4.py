@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import app_client, minimal_container
+from support import app_client, minimal_container, wait_until
 
 from clients.ga4_params import HitParseError, parse_hit
 
@@ -178,6 +178,16 @@ def test_meta_pixel_keys_pass_through_ep_and_personal_ones_go_to_user_data():
     assert event["user_data"] == {"email_address": "a@b.example", "address": {"city": "Paris"}}
     assert "x-fb-ud-em" not in event
     assert event["x-fb-cd-x"] == "1" and event["x-fb-ud-y"] == "2"
+
+
+def test_preview_token_is_removed_from_page_urls():
+    query = (
+        b"en=x&dl=https%3A%2F%2Fwww.shop.test%2F%3Fa%3D1%26tagserver_preview%3DSECRET%26b%3D2"
+        b"&dr=https%3A%2F%2Fwww.shop.test%2F%3Ftagserver_preview%3DSECRET"
+    )
+    event = parse_hit(query, b"", max_events=1).events[0]
+    assert event["page_location"] == "https://www.shop.test/?a=1&b=2"
+    assert event["page_referrer"] == "https://www.shop.test/"
 
 
 def test_unknown_parameters_are_kept_under_x_ga():
@@ -562,3 +572,34 @@ def test_fuzz_http_endpoint_never_answers_5xx(tmp_path):
                 assert r.json()["error"]
 
         check()
+
+
+def test_preview_shows_skipped_lines_and_why_a_tag_did_not_fire(tmp_path):
+    container = ga4_container()
+    container["tags"][0]["consent"] = ["ad_storage"]
+    body = b"en=ok&dt=a\r\nno_name=1\r\nen=ok2&epn.value=abc"
+    with app_client(tmp_path, container, preview_password="pw-for-tests") as client:
+        signed_in = client.post("/preview/login", data={"password": "pw-for-tests"})
+        assert signed_in.status_code in (200, 303)
+        session = client.post("/preview/sessions", headers={"accept": "application/json"}).json()
+        r = client.post(
+            "/g/collect?v=2&cid=1.2&gcs=G100",
+            content=body,
+            headers={"x-tagserver-preview": session["token"]},
+        )
+        assert r.status_code == 204
+
+        def recorded():
+            hits = client.get(f"/preview/api/s/{session['id']}/hits").json()["hits"]
+            return hits[0] if hits else None
+
+        listed = wait_until(recorded, timeout=10)
+        hit = client.get(f"/preview/api/s/{session['id']}/hits/{listed['id']}").json()
+    console = [line["message"] for line in hit["console"]]
+    assert "GA4 batch: 3 lines, 2 events" in console
+    assert "skipped line 2: missing en (the event name)" in console
+    assert "line 3: epn.value 'abc' is not a number, dropped" in console
+    assert [e["event"]["event_name"] for e in hit["events"]] == ["ok", "ok2"]
+    tag = hit["events"][0]["tags"][0]
+    assert tag["status"] == "no_consent"
+    assert tag["reason"] == "consent: ad_storage is denied"
