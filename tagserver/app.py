@@ -25,8 +25,10 @@ from starlette.staticfiles import StaticFiles
 
 from . import metrics
 from .container import ContainerError, load_file
+from .dispatch import Dispatcher
 from .errors import HitError, PayloadTooLarge
 from .event import RequestContext
+from .exposition import metrics_endpoint
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox import Outbox
 from .plugins import Registry, load_registry
@@ -46,6 +48,7 @@ class State:
     runtime: Runtime
     outbox: Outbox
     preview: Preview
+    dispatcher: Dispatcher | None = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -183,6 +186,7 @@ def builtin_routes(preview: Preview, settings: Settings) -> list[BaseRoute]:
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         *preview.routes(),
         *pages.routes(settings),  # /collector.js (+ custom path), /demo
         Mount("/static", StaticFiles(directory=str(files("static"))), name="static"),
@@ -223,6 +227,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.outbox.start()
+        dispatcher = state.dispatcher = Dispatcher(
+            state.outbox, registry, settings, preview=preview, redact=lambda: state.runtime.redact
+        )
+        await dispatcher.start()  # resumes whatever the outbox holds
         await preview.start()
         watcher = ContainerWatcher(settings, registry, state)
         state.background.append(asyncio.create_task(watcher.run(), name="container-watcher"))
@@ -233,6 +241,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await dispatcher.close()  # in-flight sends get the grace period
             for task in state.background:
                 task.cancel()
             await asyncio.gather(*state.background, return_exceptions=True)

@@ -18,3 +18,29 @@ HIT_LATENCY = Histogram(
     "Time to answer a hit (parse, run, outbox commit)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+DELIVERIES = Counter(
+    "tagserver_deliveries_total",
+    "Delivery attempts by destination and outcome (delivered, retry, permanent, deadline)",
+    ["destination", "outcome"],
+)
+VENDOR_LATENCY = Histogram(
+    "tagserver_vendor_seconds",
+    "Time of one sender call (one vendor request, or several when it splits), by tag type",
+    ["tag_type"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+OUTBOX_COMMIT = Histogram(
+    "tagserver_outbox_commit_seconds",
+    "Time of one outbox group commit (all hits that arrived meanwhile)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+
+_tag_results: dict[tuple[str, str], Counter] = {}
+
+
+def tag_result(tag: str, status: str) -> None:
+    """Count one tag decision; the labelled child is looked up once (the hot path)."""
+    child = _tag_results.get((tag, status))
+    if child is None:
+        child = _tag_results[(tag, status)] = TAG_RESULTS.labels(tag, status)
+    child.inc()

@@ -1,21 +1,732 @@
-"""The outbox (interface only for now; the durable SQLite outbox lands with the delivery issue)."""
+"""The outbox: where a hit's outgoing messages wait, durably, until they are delivered.
+
+SQLite in WAL mode under the data dir. Writes are grouped: every `put` that arrives while the
+previous commit runs goes into the next transaction, done in one writer thread, and each hit
+waits only for the commit that holds its messages. So a 2xx to a hit means its messages are on
+disk, and one fsync is shared by everything that arrived in the meantime.
+
+Tables:
+- `destinations`: one row per destination key, with its `route` (URL, token …: secrets) and a
+  `pending` count kept by triggers. The route is stored once here, never in message rows.
+- `messages`: pending messages; `next_attempt_at` says when a message may be claimed. A claim
+  sets `claimed_by`/`lease_until` and pushes `next_attempt_at` to the lease end in one UPDATE,
+  so two workers never claim the same message and a dead worker's claims come back when the
+  lease runs out.
+- `dead_letters`: messages that can never be delivered, with the vendor's reason.
+
+The dispatcher's bookkeeping (claims, settlements) goes through the same writer, so it shares
+the group commits instead of competing with hits for the SQLite write lock.
+"""
 
 from __future__ import annotations
 
-from .plugins import Outgoing
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import metrics
+from .errors import Unavailable
+from .plugins import Message, Outgoing
 from .settings import Settings
+
+log = logging.getLogger("tagserver.outbox")
+
+FILENAME = "outbox.sqlite3"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS destinations (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,           -- safe to show: tag type + non-secret identity
+    tag_type TEXT NOT NULL,
+    route BLOB NOT NULL,                -- JSON; holds secrets; never shown
+    pending INTEGER NOT NULL DEFAULT 0, -- kept by the triggers below
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    destination_id INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    dedup_id TEXT NOT NULL,
+    tag_name TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    deadline REAL,
+    trace_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_at REAL,
+    last_attempt_at REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    next_attempt_at REAL NOT NULL,
+    claimed_by TEXT,
+    lease_until REAL
+);
+CREATE INDEX IF NOT EXISTS messages_due
+    ON messages (destination_id, next_attempt_at, created_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    destination_id INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    dedup_id TEXT NOT NULL,
+    tag_name TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    deadline REAL,
+    trace_id TEXT,
+    attempts INTEGER NOT NULL,
+    first_attempt_at REAL,
+    last_attempt_at REAL,
+    status INTEGER,
+    error TEXT NOT NULL DEFAULT '',
+    code TEXT NOT NULL DEFAULT '',
+    trace TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters (destination_id);
+CREATE TRIGGER IF NOT EXISTS messages_counted AFTER INSERT ON messages BEGIN
+    UPDATE destinations SET pending = pending + 1 WHERE id = NEW.destination_id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_uncounted AFTER DELETE ON messages BEGIN
+    UPDATE destinations SET pending = pending - 1 WHERE id = OLD.destination_id;
+END;
+"""
+
+_INSERT = (
+    "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at, deadline,"
+    " trace_id, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# A row as `put` hands it to the writer: destination key, tag type, route, then the message.
+Row = tuple[str, str, dict[str, Any], bytes, str, str, float, "float | None", "str | None"]
+
+
+def database_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / FILENAME
+
+
+def connect(path: Path, sync: str = "full") -> sqlite3.Connection:
+    """A connection in autocommit mode (we BEGIN ourselves) with the outbox's pragmas."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # routes hold secrets
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'NORMAL' if sync.lower() == 'normal' else 'FULL'}")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or "database or disk is full" in str(exc)
+    )
+
+
+@dataclass
+class Claim:
+    """Messages one worker claimed for one destination, with the route to send them."""
+
+    route: dict[str, Any] | None
+    messages: list[Message]
+    tag_names: dict[int, str] = field(default_factory=dict)
+    next_due: float | None = None  # when the destination's next message becomes due
+
+
+@dataclass
+class Settlement:
+    """What to do with claimed messages after a send (one writer job)."""
+
+    delivered: list[int] = field(default_factory=list)
+    # (id, next_attempt_at, status, error)
+    retry: list[tuple[int, float, int | None, str]] = field(default_factory=list)
+    # (id, attempted, status, error, code, trace, reason)
+    dead: list[tuple[int, bool, int | None, str, str, str, str]] = field(default_factory=list)
+
+
+class Store:
+    """Plain synchronous access to the outbox database: used by the writer thread and the CLI."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._destinations: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    @classmethod
+    def open(cls, path: Path, sync: str = "full") -> Store:
+        store = cls(connect(path, sync))
+        store.create_schema()
+        return store
+
+    def create_schema(self) -> None:
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        try:  # several workers may race here: the IMMEDIATE lock makes them take turns
+            self.conn.executescript(
+                f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+            )
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions
+
+    def transaction(self, work: Callable[[], Any]) -> Any:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._destinations.clear()  # ids learnt in a rolled-back transaction are void
+            raise
+        return result
+
+    # -- writing messages
+
+    def destination_id(self, key: str, tag_type: str, route: dict[str, Any], now: float) -> int:
+        cached = self._destinations.get(key)
+        if cached is not None and cached[1] == route:
+            return cached[0]
+        row = self.conn.execute(
+            "INSERT INTO destinations (key, tag_type, route, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET tag_type = excluded.tag_type,"
+            " route = excluded.route, updated_at = excluded.updated_at RETURNING id",
+            (key, tag_type, orjson.dumps(route, option=orjson.OPT_SORT_KEYS), now),
+        ).fetchone()
+        self._destinations[key] = (row[0], route)
+        return row[0]
+
+    def insert(self, rows: Sequence[Row], now: float) -> dict[int, tuple[str, str]]:
+        """Insert messages (in a transaction); the destinations they went to: id → (key, type)."""
+        touched: dict[int, tuple[str, str]] = {}
+        values = []
+        for key, tag_type, route, payload, dedup_id, tag_name, created, deadline, trace in rows:
+            dest = self.destination_id(key, tag_type, route, now)
+            touched[dest] = (key, tag_type)
+            values.append((dest, payload, dedup_id, tag_name, created, deadline, trace, now))
+        self.conn.executemany(_INSERT, values)
+        return touched
+
+    def pending_total(self) -> int:
+        return int(self.conn.execute("SELECT total(pending) FROM destinations").fetchone()[0])
+
+    # -- the dispatcher's side
+
+    def claim(
+        self, destination_id: int, worker: str, limit: int, lease_until: float, now: float
+    ) -> Claim:
+        rows = self.conn.execute(
+            "UPDATE messages SET claimed_by = ?, lease_until = ?, next_attempt_at = ?"
+            " WHERE id IN (SELECT id FROM messages WHERE destination_id = ?"
+            "  AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+            " RETURNING id, payload, dedup_id, attempts, created_at, deadline, trace_id, tag_name",
+            (worker, lease_until, lease_until, destination_id, now, limit),
+        ).fetchall()
+        rows.sort()
+        claim = Claim(route=None, messages=[])
+        for mid, payload, dedup_id, attempts, created, deadline, trace_id, tag_name in rows:
+            claim.messages.append(
+                Message(
+                    id=mid,
+                    destination="",
+                    payload=orjson.loads(payload),
+                    dedup_id=dedup_id,
+                    attempts=attempts,
+                    created_at=created,
+                    deadline=deadline,
+                    trace_id=trace_id,
+                )
+            )
+            claim.tag_names[mid] = tag_name
+        dest = self.conn.execute(
+            "SELECT key, route FROM destinations WHERE id = ?", (destination_id,)
+        ).fetchone()
+        if dest is not None:
+            claim.route = orjson.loads(dest[1])
+            for message in claim.messages:
+                message.destination = dest[0]
+        claim.next_due = self.next_due(destination_id)
+        return claim
+
+    def next_due(self, destination_id: int) -> float | None:
+        return self.conn.execute(
+            "SELECT min(next_attempt_at) FROM messages WHERE destination_id = ?",
+            (destination_id,),
+        ).fetchone()[0]
+
+    def settle(self, worker: str, plan: Settlement, now: float) -> None:
+        conn = self.conn
+        if plan.delivered:
+            # delivered is final whoever holds the lease now: deleting stops a second send
+            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in plan.delivered])
+        if plan.retry:
+            conn.executemany(
+                "UPDATE messages SET attempts = attempts + 1,"
+                " first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?,"
+                " last_status = ?, last_error = ?, next_attempt_at = ?,"
+                " claimed_by = NULL, lease_until = NULL WHERE id = ? AND claimed_by = ?",
+                [
+                    (now, now, status, error, at, mid, worker)
+                    for mid, at, status, error in plan.retry
+                ],
+            )
+        if plan.dead:
+            conn.executemany(
+                "INSERT INTO dead_letters (destination_id, payload, dedup_id, tag_name,"
+                " created_at, deadline, trace_id, attempts, first_attempt_at, last_attempt_at,"
+                " status, error, code, trace, reason, dead_at)"
+                " SELECT destination_id, payload, dedup_id, tag_name, created_at, deadline,"
+                " trace_id, attempts + ?1, CASE WHEN ?1 THEN coalesce(first_attempt_at, ?2)"
+                " ELSE first_attempt_at END, CASE WHEN ?1 THEN ?2 ELSE last_attempt_at END,"
+                " coalesce(?3, last_status), CASE WHEN ?4 = '' THEN coalesce(last_error, '')"
+                " ELSE ?4 END, ?5, ?6, ?7, ?2 FROM messages WHERE id = ?8 AND claimed_by = ?9",
+                [
+                    (int(attempted), now, status, error, code, trace, reason, mid, worker)
+                    for mid, attempted, status, error, code, trace, reason in plan.dead
+                ],
+            )
+            conn.executemany(
+                "DELETE FROM messages WHERE id = ? AND claimed_by = ?",
+                [(d[0], worker) for d in plan.dead],
+            )
+
+    def extend(self, worker: str, ids: Iterable[int], lease_until: float) -> None:
+        self.conn.executemany(
+            "UPDATE messages SET lease_until = ?1, next_attempt_at = ?1"
+            " WHERE id = ?2 AND claimed_by = ?3",
+            [(lease_until, i, worker) for i in ids],
+        )
+
+    def release(self, worker: str, ids: Iterable[int], now: float) -> None:
+        self.conn.executemany(
+            "UPDATE messages SET claimed_by = NULL, lease_until = NULL, next_attempt_at = ?1"
+            " WHERE id = ?2 AND claimed_by = ?3",
+            [(now, i, worker) for i in ids],
+        )
+
+    # -- reading (dispatcher polls, metrics, CLI)
+
+    def due(self) -> list[tuple[int, str, str, float]]:
+        """Destinations with pending messages: (id, key, tag type, next due time)."""
+        rows = self.conn.execute(
+            "SELECT id, key, tag_type, (SELECT min(next_attempt_at) FROM messages"
+            " WHERE destination_id = destinations.id) FROM destinations WHERE pending > 0"
+        ).fetchall()
+        return [r for r in rows if r[3] is not None]
+
+    def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
+        """Per destination: pending, oldest age, next try, dead letters (no routes)."""
+        dead = dict(
+            self.conn.execute(
+                "SELECT destination_id, count(*) FROM dead_letters GROUP BY destination_id"
+            ).fetchall()
+        )
+        out = []
+        for dest_id, key, tag_type, pending in self.conn.execute(
+            "SELECT id, key, tag_type, pending FROM destinations ORDER BY key"
+        ).fetchall():
+            if not pending and not dead.get(dest_id):
+                continue
+            oldest, next_due = (None, None)
+            if pending:
+                oldest, next_due = self.conn.execute(
+                    "SELECT min(created_at), min(next_attempt_at) FROM messages"
+                    " WHERE destination_id = ?",
+                    (dest_id,),
+                ).fetchone()
+            row = {
+                "destination": key,
+                "tag_type": tag_type,
+                "pending": pending,
+                "oldest_age_seconds": round(now - oldest, 3) if oldest else None,
+                "next_attempt_in_seconds": round(max(0.0, next_due - now), 3) if next_due else None,
+                "dead_letters": dead.get(dest_id, 0),
+            }
+            if in_flight and pending:
+                row["in_flight"] = self.conn.execute(
+                    "SELECT count(*) FROM messages WHERE destination_id = ? AND lease_until > ?",
+                    (dest_id, now),
+                ).fetchone()[0]
+            out.append(row)
+        return out
+
+    def dead_letters(
+        self, destination: str | None = None, limit: int = 100, ids: Sequence[int] = ()
+    ) -> list[dict[str, Any]]:
+        where, args = self._dead_filter(destination, ids)
+        rows = self.conn.execute(
+            "SELECT d.id, k.key, k.tag_type, d.tag_name, d.dedup_id, d.attempts, d.created_at,"
+            " d.first_attempt_at, d.last_attempt_at, d.status, d.code, d.trace, d.error, d.reason,"
+            " d.dead_at, d.payload FROM dead_letters d JOIN destinations k"
+            f" ON k.id = d.destination_id {where} ORDER BY d.id LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        names = [
+            "id",
+            "destination",
+            "tag_type",
+            "tag",
+            "dedup_id",
+            "attempts",
+            "created_at",
+            "first_attempt_at",
+            "last_attempt_at",
+            "status",
+            "code",
+            "trace",
+            "error",
+            "reason",
+            "dead_at",
+            "payload",
+        ]
+        out = []
+        for row in rows:
+            item = dict(zip(names, row, strict=True))
+            item["payload"] = orjson.loads(item["payload"])
+            out.append(item)
+        return out
+
+    def _dead_filter(self, destination: str | None, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        clauses, args = [], []
+        if destination:
+            clauses.append("d.destination_id = (SELECT id FROM destinations WHERE key = ?)")
+            args.append(destination)
+        if ids:
+            clauses.append(f"d.id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+    def requeue_dead_letters(
+        self, destination: str | None = None, ids: Sequence[int] = (), now: float | None = None
+    ) -> int:
+        """Move dead letters back to pending, attempts reset (inside a transaction)."""
+        now = time.time() if now is None else now
+        where, args = self._dead_filter(destination, ids)
+        self.conn.execute(
+            "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at,"
+            " deadline, trace_id, next_attempt_at) SELECT destination_id, payload, dedup_id,"
+            f" tag_name, created_at, deadline, trace_id, ? FROM dead_letters d {where}",
+            (now, *args),
+        )
+        return self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args).rowcount
+
+    def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int:
+        count = 0
+        if dead:
+            where, args = self._dead_filter(destination, ())
+            count += self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args).rowcount
+        if pending:
+            if destination:
+                count += self.conn.execute(
+                    "DELETE FROM messages WHERE destination_id ="
+                    " (SELECT id FROM destinations WHERE key = ?)",
+                    (destination,),
+                ).rowcount
+            else:
+                count += self.conn.execute("DELETE FROM messages").rowcount
+        return count
+
+    def checkpoint(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+# -- the async outbox the app uses ---------------------------------------------------------
+
+
+_Job = tuple[Callable[[Store, float], Any], "asyncio.Future[Any]"]
 
 
 class Outbox:
+    """Durable store for outgoing messages, with group commit and backpressure."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.pending: list[Outgoing] = []
+        self.path = database_path(settings.data_dir)
+        self.pending = 0  # all workers' pending messages, as of the last commit or poll
+        self.on_commit: Callable[[dict[int, tuple[str, str]]], None] | None = (
+            None  # the dispatcher's bell
+        )
+        self._store: Store | None = None
+        self._reader: Store | None = None
+        self._rows: list[Row] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._jobs: list[_Job] = []
+        self._wake: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-writer")
+        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-reader")
+        self._free_bytes: int | None = None
+        self._open = False
+        self._closing = False
+
+    # -- lifecycle
 
     async def start(self) -> None:
-        pass
+        loop = asyncio.get_running_loop()
+        self.settings.data_path  # noqa: B018 - creates the directory
+        self._store = await loop.run_in_executor(self._writer_pool, self._open_writer)
+        self._reader = await loop.run_in_executor(
+            self._reader_pool, Store, connect(self.path, self.settings.outbox_sync)
+        )
+        self.pending = await loop.run_in_executor(self._reader_pool, self._reader.pending_total)
+        self._check_disk()
+        self._wake = asyncio.Event()
+        self._open = True
+        self._committer = asyncio.create_task(self._commit_loop(), name="outbox-committer")
+        self._maintenance = asyncio.create_task(self._maintain(), name="outbox-maintenance")
+        log.info("outbox %s: %d messages pending", self.path, self.pending)
 
-    async def put(self, messages: list[Outgoing]) -> None:
-        self.pending.extend(messages)
+    def _open_writer(self) -> Store:
+        store = Store.open(self.path, self.settings.outbox_sync)
+        # checkpoints run in the maintenance thread, never inside a hit's commit
+        store.conn.execute("PRAGMA wal_autocheckpoint=0")
+        return store
 
     async def close(self) -> None:
-        pass
+        """Commit what is queued, then close. Later `put`s get 503."""
+        if not self._open:
+            return
+        self._open = False
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+        if self._committer is not None and self._wake is not None:
+            self._closing = True
+            self._wake.set()
+            await asyncio.gather(self._committer, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        if self._store is not None:
+            await loop.run_in_executor(self._writer_pool, self._final_checkpoint, self._store)
+        if self._reader is not None:
+            await loop.run_in_executor(self._reader_pool, self._reader.close)
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+
+    @staticmethod
+    def _final_checkpoint(store: Store) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            store.checkpoint()
+        store.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    # -- the hit path
+
+    async def put(self, messages: list[Outgoing]) -> None:
+        """Store `messages`; returns once they are committed. Raises `Unavailable` (→ 503)."""
+        if not messages:
+            return
+        if not self._open:
+            raise Unavailable("the server is starting or stopping; retry shortly", retry_after=5)
+        self._check_capacity(len(messages))
+        dumps = orjson.dumps
+        rows: list[Row] = [
+            (
+                m.destination,
+                m.tag_type,
+                m.route,
+                dumps(m.payload, default=str),
+                m.dedup_id,
+                m.tag_name,
+                m.created_at,
+                m.deadline,
+                m.trace_id,
+            )
+            for m in messages
+        ]
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rows.extend(rows)
+        self._waiters.append(waiter)
+        assert self._wake is not None
+        self._wake.set()
+        await waiter
+
+    def _check_capacity(self, incoming: int) -> None:
+        limit = self.settings.outbox_max_messages
+        queued = self.pending + len(self._rows)
+        if queued + incoming > limit:
+            raise Unavailable(
+                f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
+                "retry later",
+                retry_after=30,
+            )
+        free = self._free_bytes
+        if free is not None and free < self.settings.outbox_min_free_bytes:
+            raise Unavailable(
+                f"the disk holding the outbox has {free // 1_048_576} MiB free, below the "
+                f"minimum of {self.settings.outbox_min_free_bytes // 1_048_576} MiB; retry later",
+                retry_after=60,
+            )
+
+    def _check_disk(self) -> None:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        self._free_bytes = st.f_bavail * st.f_frsize
+
+    # -- the writer
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while True:
+            if self._closing and not self._rows and not self._jobs:
+                return
+            await self._wake.wait()
+            self._wake.clear()
+            rows, waiters, jobs = self._rows, self._waiters, self._jobs
+            if not rows and not jobs:
+                continue
+            self._rows, self._waiters, self._jobs = [], [], []
+            started = time.perf_counter()
+            try:
+                touched, results, pending = await loop.run_in_executor(
+                    self._writer_pool, self._commit, rows, [job for job, _ in jobs]
+                )
+            except Exception as exc:
+                self._fail(waiters, jobs, exc)
+                continue
+            metrics.OUTBOX_COMMIT.observe(time.perf_counter() - started)
+            self.pending = pending
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            for (_, future), (ok, value) in zip(jobs, results, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            if touched and self.on_commit is not None:
+                try:
+                    self.on_commit(touched)
+                except Exception:
+                    log.exception("outbox commit listener failed")
+
+    def _commit(
+        self, rows: list[Row], jobs: list[Callable[[Store, float], Any]]
+    ) -> tuple[dict[int, tuple[str, str]], list[tuple[bool, Any]], int]:
+        store = self._store
+        assert store is not None
+        now = time.time()
+
+        def work() -> tuple[dict[int, tuple[str, str]], list[tuple[bool, Any]], int]:
+            touched = store.insert(rows, now) if rows else {}
+            results: list[tuple[bool, Any]] = []
+            for job in jobs:
+                store.conn.execute("SAVEPOINT job")
+                try:
+                    results.append((True, job(store, now)))
+                    store.conn.execute("RELEASE job")
+                except sqlite3.Error as exc:
+                    if not store.conn.in_transaction or is_disk_full(exc):
+                        raise  # the whole transaction is lost: every waiter must know
+                    store.conn.execute("ROLLBACK TO job")
+                    store.conn.execute("RELEASE job")
+                    results.append((False, exc))
+                except Exception as exc:
+                    store.conn.execute("ROLLBACK TO job")
+                    store.conn.execute("RELEASE job")
+                    results.append((False, exc))
+            return touched, results, store.pending_total()
+
+        return store.transaction(work)
+
+    def _fail(self, waiters: list[asyncio.Future[None]], jobs: list[_Job], exc: Exception) -> None:
+        if is_disk_full(exc):
+            log.error("outbox commit failed, disk full: %s", exc)
+            error: Exception = Unavailable(
+                "the disk holding the outbox is full; nothing was stored, retry later",
+                retry_after=60,
+            )
+        else:
+            log.error("outbox commit failed: %s: %s", type(exc).__name__, exc)
+            error = Unavailable(
+                "the outbox could not store the messages; nothing was stored, retry later",
+                retry_after=10,
+            )
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        for _, future in jobs:
+            if not future.done():
+                future.set_exception(exc)
+
+    async def run(self, job: Callable[[Store, float], Any]) -> Any:
+        """Run `job(store, now)` inside the next group commit; its result once committed."""
+        if self._wake is None:
+            raise RuntimeError("the outbox is not started")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._jobs.append((job, future))
+        self._wake.set()
+        return await future
+
+    # -- the dispatcher's side (through the writer, so it shares group commits)
+
+    async def claim(self, destination_id: int, worker: str, limit: int) -> Claim:
+        lease = self.settings.outbox_lease_seconds
+        return await self.run(
+            lambda store, now: store.claim(destination_id, worker, limit, now + lease, now)
+        )
+
+    async def settle(self, worker: str, plan: Settlement) -> None:
+        await self.run(lambda store, now: store.settle(worker, plan, now))
+
+    async def extend(self, worker: str, ids: list[int]) -> None:
+        lease = self.settings.outbox_lease_seconds
+        await self.run(lambda store, now: store.extend(worker, ids, now + lease))
+
+    async def release(self, worker: str, ids: list[int]) -> None:
+        await self.run(lambda store, now: store.release(worker, ids, now))
+
+    # -- reads, on their own connection (WAL: readers never block the writer)
+
+    async def read(self, fn: Callable[[Store], Any]) -> Any:
+        if self._reader is None:
+            raise RuntimeError("the outbox is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, self._reader)
+
+    async def due(self) -> list[tuple[int, str, str, float]]:
+        return await self.read(Store.due)
+
+    async def stats(self) -> list[dict[str, Any]]:
+        return await self.read(lambda store: store.stats(time.time()))
+
+    async def _maintain(self) -> None:
+        """Once a second: free disk, pending count (other workers, CLI), WAL checkpoint."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self._check_disk()
+                self.pending = await self.read(self._refresh)
+            except Exception:
+                log.exception("outbox maintenance failed")
+
+    @staticmethod
+    def _refresh(store: Store) -> int:
+        try:
+            store.checkpoint()
+        except sqlite3.Error as exc:
+            log.debug("checkpoint skipped: %s", exc)
+        return store.pending_total()

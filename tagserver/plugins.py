@@ -134,6 +134,7 @@ class Delivery:
     retry_after: float | None = None  # seconds, when the vendor said
     response: Any = None  # parsed vendor response body, for preview
     latency_ms: float | None = None
+    request: dict[str, Any] | None = None  # summary of the vendor request for preview, no secrets
 
 
 @dataclass

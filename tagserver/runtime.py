@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import metrics
 from .container import CompiledTag, Container
 from .event import Event, RequestContext
 from .plugins import FireContext, Outgoing, TagRejected
@@ -128,6 +129,8 @@ class Runtime:
         results = [
             self._decide(tag, event, scope, request, trace, trace_id) for tag in self.container.tags
         ]
+        for result in results:
+            metrics.tag_result(result.tag, result.status)
         variables = scope.snapshot(set(self.container.secret_variables)) if trace else None
         if variables is not None:
             variables = self.redact(variables)

@@ -73,6 +73,14 @@ class Settings:
     send_timeout_seconds: float = setting(30.0, "Timeout of one vendor request.")
     send_concurrency: int = setting(4, "Concurrent vendor requests per destination.")
     shutdown_grace_seconds: float = setting(10.0, "On SIGTERM, time allowed for in-flight sends.")
+    outbox_lease_seconds: float = setting(
+        60.0, "How long a worker holds the messages it claimed; a dead worker's return after it."
+    )
+    outbox_sync: str = setting(
+        "full",
+        "SQLite `synchronous` for outbox commits: `full` survives power loss, `normal` only "
+        "process crashes (faster on disks with slow fsync).",
+    )
     # -- vendors
     meta_graph_url: str = setting(
         "https://graph.facebook.com", "Base URL of the Graph API (tests, proxies)."

@@ -1,0 +1,278 @@
+"""Tag `http_request`: send the event to any webhook — one HTTP request per event.
+
+    {"name": "crm_webhook", "type": "http_request", "fire_on": ["purchase"],
+     "params": {"url": "https://crm.example/hooks/orders",
+                "headers": {"X-Api-Key": "{{crm_key}}"},
+                "body": {"order": "{{transaction_id}}", "value": "{{value}}"}}}
+
+The body is built from `{{variables}}` by the engine; the message waits in the outbox and is
+delivered with retries: 2xx = delivered; 408, 429 and 5xx, timeouts and connection errors =
+retried (Retry-After honoured); any other status = dead letter with the response as reason.
+The destination key shows the host only: the URL and header values are hashed, since webhook
+URLs and API-key headers are credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+
+from tagserver.event import Event
+from tagserver.plugins import (
+    Delivery,
+    FireContext,
+    Message,
+    Outgoing,
+    Param,
+    Sender,
+    Tag,
+    TagRejected,
+)
+from tagserver.refs import text
+
+METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
+RETRY_STATUSES = frozenset({408, 429})
+MAX_RESPONSE_BYTES = 65536
+SHOWN_RESPONSE_CHARS = 2000
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def form_value(value: Any) -> str:
+    return text(value)
+
+
+def encode_form(body: Any) -> str:
+    if isinstance(body, dict):
+        return urlencode({str(k): form_value(v) for k, v in body.items()})
+    return text(body)
+
+
+def read_body(raw: bytes, content_type: str) -> Any:
+    """The vendor's answer for preview and dead letters: JSON when it is, else short text."""
+    if "json" in content_type:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    shown = raw[:SHOWN_RESPONSE_CHARS].decode("utf-8", "replace")
+    return shown + ("…" if len(raw) > SHOWN_RESPONSE_CHARS else "")
+
+
+def short(body: Any) -> str:
+    shown = body if isinstance(body, str) else orjson.dumps(body, default=str).decode()
+    return shown[:300] + ("…" if len(shown) > 300 else "")
+
+
+class HttpRequestSender(Sender):
+    """One request per message; the verdict comes from the HTTP status."""
+
+    async def send(self, route: dict[str, Any], batch: list[Message]) -> list[Delivery]:
+        return [await self.send_one(route, message) for message in batch]
+
+    def build(self, route: dict[str, Any], message: Message) -> dict[str, Any]:
+        method = route.get("method", "POST")
+        headers = dict(route.get("headers") or {})
+        names = {k.lower() for k in headers}
+        idempotency = route.get("idempotency_header")
+        if idempotency:
+            headers[idempotency] = message.dedup_id
+        request: dict[str, Any] = {"method": method, "url": route["url"], "headers": headers}
+        body = message.payload
+        if body is None:
+            return request
+        if route.get("body_format") == "form":
+            if method == "GET":
+                request["url"] = _with_query(route["url"], encode_form(body))
+                return request
+            request["content"] = encode_form(body).encode()
+            if "content-type" not in names:
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            if method == "GET":
+                if isinstance(body, dict):
+                    request["url"] = _with_query(route["url"], encode_form(body))
+                return request
+            request["content"] = (
+                body.encode() if isinstance(body, str) else orjson.dumps(body, default=str)
+            )
+            if "content-type" not in names:
+                headers["Content-Type"] = "application/json"
+        return request
+
+    async def send_one(self, route: dict[str, Any], message: Message) -> Delivery:
+        request = self.build(route, message)
+        url = httpx.URL(request["url"])
+        summary = {
+            "method": request["method"],
+            "url": f"{url.scheme}://{url.host}{':' + str(url.port) if url.port else ''}/…",
+            "headers": sorted(request["headers"]),
+            "body_bytes": len(request.get("content") or b""),
+        }
+        started = time.perf_counter()
+
+        def done(outcome: str, **fields: Any) -> Delivery:
+            latency = (time.perf_counter() - started) * 1000
+            return Delivery(outcome, latency_ms=round(latency, 3), request=summary, **fields)  # type: ignore[arg-type]
+
+        try:
+            async with self.http.stream(
+                request["method"],
+                request["url"],
+                headers=request["headers"],
+                content=request.get("content"),
+            ) as response:
+                raw = b""
+                async for chunk in response.aiter_bytes():
+                    raw += chunk
+                    if len(raw) >= MAX_RESPONSE_BYTES:
+                        break
+        except httpx.TimeoutException as exc:
+            return done("retry", error=f"timed out ({type(exc).__name__})")
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            return done("permanent", error=f"invalid URL: {exc}")
+        except httpx.TransportError as exc:
+            return done("retry", error=f"{type(exc).__name__}: {exc or 'connection failed'}")
+
+        status = response.status_code
+        body = read_body(raw, response.headers.get("content-type", ""))
+        if 200 <= status < 300:
+            return done("delivered", status=status, response=body)
+        error = f"HTTP {status}: {short(body)}" if raw else f"HTTP {status}"
+        if status in RETRY_STATUSES or status >= 500:
+            wait = retry_after_seconds(response.headers.get("retry-after"))
+            return done("retry", status=status, response=body, error=error, retry_after=wait)
+        if 300 <= status < 400:
+            error = (
+                f"HTTP {status}: redirect not followed (to {response.headers.get('location', '?')})"
+            )
+        return done("permanent", status=status, response=body, error=error)
+
+
+def _with_query(url: str, query: str) -> str:
+    if not query:
+        return url
+    return url + ("&" if "?" in url else "?") + query
+
+
+class HttpRequestTag(Tag):
+    type_name = "http_request"
+    description = "Send the event to any HTTP endpoint (webhook), with retries and dead letters."
+    params = (
+        Param("url", "string", required=True, description="http(s) URL of the endpoint."),
+        Param("method", "string", default="POST", choices=METHODS),
+        Param(
+            "headers",
+            "object",
+            secret=True,
+            description="Request headers, e.g. an API key; values may use {{variables}}.",
+        ),
+        Param(
+            "body",
+            "any",
+            description="Object (sent as JSON or form fields) or text, built from {{variables}}. "
+            "With GET an object becomes the query string.",
+        ),
+        Param("body_format", "string", default="json", choices=("json", "form")),
+        Param(
+            "idempotency_header",
+            "string",
+            description="Header carrying the event id, so the receiver can drop a repeat "
+            "(e.g. Idempotency-Key).",
+        ),
+        Param(
+            "deadline_hours",
+            "number",
+            default=72,
+            description="Give up (dead letter) when not delivered within this many hours.",
+        ),
+    )
+    batch_size = 1
+    sender_class = HttpRequestSender
+
+    def __init__(self, name: str, static_params: dict[str, Any], settings: Any) -> None:
+        super().__init__(name, static_params, settings)
+        self._destinations: dict[bytes, tuple[str, dict[str, Any]]] = {}
+
+    def destination(
+        self, method: str, url: str, headers: dict[str, str], body_format: str, idem: str
+    ) -> tuple[str, dict[str, Any]]:
+        """(destination key, route); remembered, since most tags use fixed URL and headers."""
+        identity = orjson.dumps(
+            [method, url, headers, body_format, idem], option=orjson.OPT_SORT_KEYS
+        )
+        found = self._destinations.get(identity)
+        if found is None:
+            try:
+                parsed = httpx.URL(url)
+            except httpx.InvalidURL as exc:
+                raise TagRejected(f"url is not a valid URL: {exc}") from None
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise TagRejected("url must be an http:// or https:// URL with a host")
+            digest = hashlib.sha256(identity).hexdigest()[:12]
+            route = {"method": method, "url": url, "headers": headers, "body_format": body_format}
+            if idem:
+                route["idempotency_header"] = idem
+            if len(self._destinations) > 1000:  # URLs built from event data: stay bounded
+                self._destinations.clear()
+            found = self._destinations[identity] = (f"http_request:{parsed.host}:{digest}", route)
+        return found
+
+    def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
+        url = params.get("url")
+        if not isinstance(url, str) or not url.strip():
+            raise TagRejected("url is empty")
+        method = str(params.get("method") or "POST").upper()
+        if method not in METHODS:
+            raise TagRejected(f"method {method!r} is not one of {', '.join(METHODS)}")
+        raw_headers = params.get("headers") or {}
+        if not isinstance(raw_headers, dict):
+            raise TagRejected("headers must be an object of name: value")
+        headers = {}
+        for name, value in raw_headers.items():
+            if value is None or value == "":
+                continue  # a header whose variable is empty is left out
+            value = text(value)
+            if "\n" in value or "\r" in value or "\n" in str(name) or ":" in str(name):
+                raise TagRejected(f"header {name!r} has a line break or colon")
+            headers[str(name)] = value
+        body_format = str(params.get("body_format") or "json")
+        idem = str(params.get("idempotency_header") or "")
+        key, route = self.destination(method, url.strip(), headers, body_format, idem)
+        hours = params.get("deadline_hours")
+        try:
+            hours = float(hours) if hours not in (None, "") else 72.0
+        except (TypeError, ValueError):
+            raise TagRejected(f"deadline_hours: {hours!r} is not a number") from None
+        now = time.time()
+        event_id = event.get("event_id")
+        return [
+            Outgoing(
+                destination=key,
+                payload=params.get("body"),
+                dedup_id=str(event_id) if event_id else f"{self.name}:{now}",
+                tag_type=self.type_name,
+                route=route,
+                deadline=now + hours * 3600,
+                created_at=now,
+            )
+        ]

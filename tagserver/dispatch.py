@@ -1,0 +1,471 @@
+"""The dispatcher: delivers what the outbox holds, one lane per destination.
+
+A lane claims up to its tag type's `batch_size` messages (a lease in the shared database, so
+several workers never send the same message), hands them to the tag type's sender, and settles
+each message by its `Delivery`: delivered → removed; retry → rescheduled with exponential
+backoff and full jitter (at least what the vendor's Retry-After asked); permanent, or out of
+time before its deadline → dead letter with the vendor's reason. A lane whose sends keep failing
+pauses itself — only itself: every destination has its own lane, so one broken vendor never
+slows the others. Senders share one `httpx.AsyncClient`; each lane keeps at most
+`send_concurrency` sends in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from . import metrics
+from .outbox import Claim, Outbox, Settlement
+from .plugins import Delivery, Message, Registry, Sender
+from .redact import Redactor
+from .settings import Settings
+
+log = logging.getLogger("tagserver.dispatch")
+
+POLL_SECONDS = 1.0  # how often to look for work written by other workers or the CLI
+FAILURES_BEFORE_PAUSE = 3  # consecutive failed sends before a lane pauses itself
+MAX_RETRY_AFTER = 86400.0  # a vendor's Retry-After is honoured up to a day
+_SECRET_KEY_PARTS = ("token", "secret", "key", "auth", "password", "signature", "proof", "cookie")
+
+
+def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Delay before retry number `attempt` (1 = first retry): full jitter, floor `base`.
+
+    The ceiling doubles with every attempt up to `cap`; the delay is uniform between `base`
+    and that ceiling, and never shorter than the vendor's Retry-After.
+    """
+    ceiling = min(cap, base * 2 ** min(max(attempt - 1, 0), 62))
+    delay = random.uniform(base, max(base, ceiling))
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
+
+
+def route_secrets(route: Any, key: str = "") -> list[str]:
+    """Values of a route that look like credentials (by their key), to redact everywhere."""
+    found: list[str] = []
+    if isinstance(route, dict):
+        for k, v in route.items():
+            found.extend(route_secrets(v, str(k)))
+    elif isinstance(route, list):
+        for v in route:
+            found.extend(route_secrets(v, key))
+    elif isinstance(route, str) and any(part in key.lower() for part in _SECRET_KEY_PARTS):
+        found.append(route)
+        if " " in route:  # "Bearer abc…": the credential alone too
+            found.append(route.split(" ", 1)[1])
+    return found
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Lane:
+    """One destination's delivery loop in this worker."""
+
+    def __init__(self, dispatcher: Dispatcher, destination_id: int, key: str, tag_type: str):
+        self.dispatcher = dispatcher
+        self.id = destination_id
+        self.key = key
+        self.tag_type = tag_type
+        self.wake = asyncio.Event()
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.failures = 0  # consecutive sends in which nothing got through
+        self.paused_until = 0.0
+        self._route: Any = None
+        self._redactor = Redactor()
+        self.task = asyncio.create_task(self.run(), name=f"lane {key}")
+
+    async def run(self) -> None:
+        d = self.dispatcher
+        while not d.stopping:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery lane %s failed; retrying in 1s", self.key)
+                await d.sleep(1.0)
+
+    async def step(self) -> None:
+        d = self.dispatcher
+        now = time.time()
+        if self.paused_until > now:
+            await d.sleep(self.paused_until - now)
+            return
+        limit = 1 if self.failures >= FAILURES_BEFORE_PAUSE else d.settings.send_concurrency
+        if len(self.inflight) >= max(1, limit):
+            await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+            return
+        sender, batch_size = d.sender_for(self.tag_type)
+        if sender is None:
+            await self.wait(None)
+            return
+        self.wake.clear()
+        claim = await d.outbox.claim(self.id, d.worker, batch_size)
+        if claim.messages:
+            d.claimed.update(m.id for m in claim.messages)
+            if d.stopping:  # claimed while shutting down: released by close()
+                return
+            task = asyncio.create_task(d.deliver(self, sender, claim))
+            self.inflight.add(task)
+            task.add_done_callback(self._done)
+            return
+        timeout = None if claim.next_due is None else max(0.0, claim.next_due - time.time())
+        await self.wait(timeout)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        self.wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery to %s failed", self.key, exc_info=task.exception())
+
+    async def wait(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout)
+
+    def redactor(self, route: Any) -> Redactor:
+        if route != self._route:
+            self._route = route
+            self._redactor = Redactor(route_secrets(route))
+        return self._redactor
+
+    def sent(self, reached: bool, throttle: float | None, error: str) -> None:
+        """Adjust the lane after a send: `reached` = the vendor answered for some message."""
+        settings = self.dispatcher.settings
+        if reached and not throttle:
+            if self.failures >= FAILURES_BEFORE_PAUSE:
+                log.info("destination %s recovered after %d failed sends", self.key, self.failures)
+            self.failures, self.paused_until = 0, 0.0
+            return
+        self.failures += 1
+        pause = 0.0
+        if throttle:
+            pause = min(throttle, MAX_RETRY_AFTER)
+        elif self.failures >= FAILURES_BEFORE_PAUSE:
+            pause = backoff(
+                self.failures - FAILURES_BEFORE_PAUSE + 1,
+                settings.retry_base_seconds,
+                settings.retry_cap_seconds,
+            )
+        if pause:
+            self.paused_until = max(self.paused_until, time.time() + pause)
+            log.warning(
+                "destination %s: %d failed sends in a row (last: %s); pausing it %.1fs",
+                self.key, self.failures, error or "no detail", pause,
+            )  # fmt: skip
+
+
+class Dispatcher:
+    """Every lane of this worker, the shared HTTP client and the senders."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        registry: Registry,
+        settings: Settings,
+        *,
+        preview: Any = None,
+        redact: Callable[[], Redactor] | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.registry = registry
+        self.settings = settings
+        self.preview = preview
+        self._container_redactor = redact or (lambda: _NO_SECRETS)
+        self.worker = worker_name()
+        self.http = http
+        self.lanes: dict[int, Lane] = {}
+        self.claimed: set[int] = set()  # claimed by this worker and not yet settled
+        self.stopping = False
+        self._senders: dict[str, tuple[Sender | None, int]] = {}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        # httpx logs every request's full URL at INFO: URLs may carry tokens
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
+        if self.http is None:
+            timeout = self.settings.send_timeout_seconds
+            self.http = httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                headers={"User-Agent": "tagserver"},
+                follow_redirects=False,
+            )
+        self.outbox.on_commit = self._on_commit
+        self._tasks = [
+            asyncio.create_task(self._poll(), name="dispatch-poll"),
+            asyncio.create_task(self._heartbeat(), name="dispatch-heartbeat"),
+        ]
+        log.info("dispatcher %s started", self.worker)
+
+    async def close(self) -> None:
+        """Stop claiming, give in-flight sends the grace period, release what is left."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._stop.set()
+        self.outbox.on_commit = None
+        for lane in self.lanes.values():
+            lane.wake.set()
+        lanes = [lane.task for lane in self.lanes.values()]
+        await asyncio.wait(lanes, timeout=5.0) if lanes else None
+        inflight = [t for lane in self.lanes.values() for t in lane.inflight]
+        if inflight:
+            log.info("waiting up to %.0fs for %d sends", self.settings.shutdown_grace_seconds, len(inflight))  # fmt: skip
+            _, late = await asyncio.wait(inflight, timeout=self.settings.shutdown_grace_seconds)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for task in [*lanes, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*lanes, *self._tasks, return_exceptions=True)
+        if self.claimed:
+            try:
+                await self.outbox.release(self.worker, sorted(self.claimed))
+                log.info("released %d claimed messages for the next start", len(self.claimed))
+            except Exception as exc:
+                log.error("could not release claimed messages (they return after the lease): %s", exc)  # fmt: skip
+            self.claimed.clear()
+        if self.http is not None:
+            await self.http.aclose()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the dispatcher stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), max(0.0, seconds))
+
+    # -- finding work
+
+    def lane(self, destination_id: int, key: str, tag_type: str) -> Lane:
+        lane = self.lanes.get(destination_id)
+        if lane is None:
+            lane = self.lanes[destination_id] = Lane(self, destination_id, key, tag_type)
+        return lane
+
+    def _on_commit(self, touched: dict[int, tuple[str, str]]) -> None:
+        if self.stopping:
+            return
+        for destination_id, (key, tag_type) in touched.items():
+            self.lane(destination_id, key, tag_type).wake.set()
+
+    async def _poll(self) -> None:
+        while not self.stopping:
+            try:
+                now = time.time()
+                for destination_id, key, tag_type, next_due in await self.outbox.due():
+                    lane = self.lane(destination_id, key, tag_type)
+                    if next_due <= now:
+                        lane.wake.set()
+            except Exception:
+                log.exception("dispatcher poll failed")
+            await self.sleep(POLL_SECONDS)
+
+    async def _heartbeat(self) -> None:
+        """Extend the leases of messages being sent, so a slow send keeps its claim."""
+        interval = max(0.05, self.settings.outbox_lease_seconds / 3)
+        while not self.stopping:
+            await self.sleep(interval)
+            if self.claimed and not self.stopping:
+                try:
+                    await self.outbox.extend(self.worker, sorted(self.claimed))
+                except Exception as exc:
+                    log.warning("could not extend leases: %s", exc)
+
+    def sender_for(self, tag_type: str) -> tuple[Sender | None, int]:
+        """The tag type's sender (one per process) and batch size; None when not installed."""
+        found = self._senders.get(tag_type)
+        if found is None:
+            cls = self.registry.tags.get(tag_type)
+            sender_class = getattr(cls, "sender_class", None)
+            if cls is None or sender_class is None:
+                log.error(
+                    "messages for tag type %r are waiting, but no installed tag type %r can "
+                    "send them; they stay in the outbox", tag_type, tag_type,
+                )  # fmt: skip
+                found = (None, 1)
+            else:
+                assert self.http is not None
+                found = (sender_class(self.http, self.settings), max(1, int(cls.batch_size)))
+            self._senders[tag_type] = found
+        return found
+
+    # -- one send
+
+    async def deliver(self, lane: Lane, sender: Sender, claim: Claim) -> None:
+        settings = self.settings
+        redactor = lane.redactor(claim.route)
+        container_redactor = self._container_redactor()
+
+        def clean(value: Any) -> Any:
+            return redactor(container_redactor(value))
+
+        now = time.time()
+        plan = Settlement()
+        records: list[tuple[Message, dict[str, Any]]] = []
+        live: list[Message] = []
+        for message in claim.messages:
+            if message.deadline is not None and now >= message.deadline:
+                reason = f"deadline passed before delivery ({message.attempts} attempts made)"
+                plan.dead.append((message.id, False, None, "", "", "", reason))
+                metrics.DELIVERIES.labels(lane.key, "deadline").inc()
+                records.append((message, {"outcome": "dead_letter", "reason": reason}))
+            else:
+                live.append(message)
+
+        reached, throttle, last_error = False, None, ""
+        if live and claim.route is None:
+            log.error("destination %s has no stored route; releasing its messages", lane.key)
+            await self.outbox.release(self.worker, [m.id for m in live])
+            self.claimed.difference_update(m.id for m in live)
+            live = []
+        if live:
+            results, elapsed = await self._send(lane, sender, claim.route or {}, live, clean)
+            for message, result in zip(live, results, strict=True):
+                error = clean(result.error) if result.error else ""
+                last_error = error or last_error
+                record = self._record(lane, message, result, clean, error, elapsed, len(live))
+                if result.outcome == "delivered":
+                    plan.delivered.append(message.id)
+                    reached = True
+                elif result.outcome == "permanent":
+                    reached = True
+                    reason = "refused by the vendor"
+                    plan.dead.append(
+                        (message.id, True, result.status, error, clean(result.code),
+                         clean(result.trace), reason)
+                    )  # fmt: skip
+                    record.update(outcome="dead_letter", reason=reason)
+                else:
+                    attempt = message.attempts + 1
+                    delay = backoff(
+                        attempt, settings.retry_base_seconds, settings.retry_cap_seconds,
+                        result.retry_after,
+                    )  # fmt: skip
+                    at = time.time() + delay
+                    if result.retry_after:
+                        throttle = max(throttle or 0.0, result.retry_after)
+                    if message.deadline is not None and at >= message.deadline:
+                        reason = (
+                            f"deadline: not delivered after {attempt} attempts, and the next "
+                            "retry would come after the message's deadline"
+                        )
+                        plan.dead.append(
+                            (message.id, True, result.status, error, clean(result.code),
+                             clean(result.trace), reason)
+                        )  # fmt: skip
+                        record.update(outcome="dead_letter", reason=reason)
+                        metrics.DELIVERIES.labels(lane.key, "deadline").inc()
+                    else:
+                        summary = error or (f"HTTP {result.status}" if result.status else "")
+                        plan.retry.append((message.id, at, result.status, summary))
+                        record.update(outcome="retry", next_attempt_in=round(delay, 3))
+                metrics.DELIVERIES.labels(lane.key, result.outcome).inc()
+                records.append((message, record))
+
+        try:
+            await self.outbox.settle(self.worker, plan)
+        except Exception as exc:
+            log.error(
+                "could not record delivery results for %s (the messages return after their "
+                "lease and may be sent again): %s", lane.key, exc,
+            )  # fmt: skip
+        finally:
+            self.claimed.difference_update(m.id for m in claim.messages)
+        if live:
+            lane.sent(reached, throttle, last_error)
+        if self.preview is not None:
+            for message, record in records:
+                if message.trace_id:
+                    self._preview(message, claim, lane, record)
+
+    async def _send(
+        self,
+        lane: Lane,
+        sender: Sender,
+        route: dict[str, Any],
+        batch: list[Message],
+        clean: Callable[[Any], Any],
+    ) -> tuple[list[Delivery], float]:
+        """Call the sender; an exception or a wrong answer counts as "retry" for the batch."""
+        started = time.perf_counter()
+        try:
+            results = await sender.send(route, batch)
+            if not isinstance(results, list) or len(results) != len(batch):
+                count = len(results) if isinstance(results, list) else type(results).__name__
+                raise RuntimeError(f"the sender returned {count} results for {len(batch)} messages")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = clean(f"{type(exc).__name__}: {exc}")
+            log.warning("sender for %s failed: %s", lane.key, error)
+            results = [Delivery("retry", error=f"sender failed: {error}") for _ in batch]
+        elapsed = time.perf_counter() - started
+        metrics.VENDOR_LATENCY.labels(lane.tag_type).observe(elapsed)
+        for result in results:
+            if result.outcome not in ("delivered", "retry", "permanent"):
+                result.error = f"the sender returned an unknown outcome {result.outcome!r}"
+                result.outcome = "retry"
+        return results, elapsed
+
+    def _record(
+        self,
+        lane: Lane,
+        message: Message,
+        result: Delivery,
+        clean: Callable[[Any], Any],
+        error: str,
+        elapsed: float,
+        batch_size: int,
+    ) -> dict[str, Any]:
+        if not message.trace_id or self.preview is None:
+            return {}
+        latency = result.latency_ms if result.latency_ms is not None else elapsed * 1000
+        return {
+            "outcome": result.outcome,
+            "status": result.status,
+            "error": error,
+            "code": clean(result.code),
+            "trace": clean(result.trace),
+            "retry_after": result.retry_after,
+            "response": clean(result.response),
+            "latency_ms": round(latency, 3),
+            "request": clean(result.request)
+            if result.request
+            else {"destination": lane.key, "messages_in_request": batch_size},
+        }
+
+    def _preview(self, message: Message, claim: Claim, lane: Lane, record: dict[str, Any]) -> None:
+        skipped = record.get("reason", "").startswith("deadline passed before")
+        entry = {
+            "time": time.time(),
+            "destination": lane.key,
+            "tag_type": lane.tag_type,
+            "tag": claim.tag_names.get(message.id, ""),
+            "dedup_id": message.dedup_id,
+            "attempt": message.attempts + (0 if skipped else 1),
+            **record,
+        }
+        try:
+            self.preview.record_delivery(message.trace_id, entry)
+        except Exception:
+            log.exception("preview could not record a delivery")
+
+
+_NO_SECRETS = Redactor()

@@ -1,0 +1,1 @@
+"""Stand-ins for vendors: real servers on loopback, never mocks."""
