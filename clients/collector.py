@@ -367,6 +367,7 @@ class CollectorClient(Client):
         self.max_events = int(params.get("max_events") or settings.max_events_per_request)
         self.client_id_cookie = params.get("client_id_cookie") or cookies.CLIENT_ID_COOKIE
         self.set_cookies = params.get("set_cookies", True) is not False
+        cookies.registrable_domain("example.com")  # load the Public Suffix List now, not on a hit
 
     def claim(self, request: Request) -> bool:
         return request.url.path == self.path

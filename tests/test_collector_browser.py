@@ -186,3 +186,22 @@ def test_collector_in_a_real_browser(
     wait_for_event(server, lambda e: is_view(e) and e["page_location"] == site + "/")
     assert all("tok123" not in json.dumps(e) for e in received(server))
     context.close()
+
+
+def test_demo_page_shows_the_event_ids_the_server_used(
+    browser: Browser, setup: tuple[ServerProcess, ShopServer]
+) -> None:
+    server, _ = setup
+    page = browser.new_page()
+    page.goto(server.url + "/demo")
+    wait_for_event(server, is_view)
+    page.click("#purchase")
+    row = page.locator("tr.event", has_text="accepted")
+    row.wait_for(timeout=10_000)
+    name, event_id, result = row.locator("td").all_inner_texts()
+    assert (name, result) == ("purchase", "accepted")
+    [purchase] = wait_for_event(server, lambda e: e["event_name"] == "purchase")
+    assert purchase["event_id"] == event_id and purchase["demo"] is True
+    assert set(purchase["user_data"]) == {"email_address", "phone_number", "address"}
+    assert purchase["user_id"] == "demo-customer-1"
+    page.close()
