@@ -1,0 +1,68 @@
+"""Event Match Quality, estimated locally: which match keys an event has, and a 0–10 score.
+
+Meta scores each event name 0–10 in Events Manager, days later, from the keys it received
+and how well they matched; it publishes no formula. This estimate is a plain sum of weights
+(capped at 10) so a marketer sees at once, per event, what is missing. The weights follow
+the keys Meta's docs call high-value (email, IP + user agent, fbc/fbp, phone, names):
+
+    em 3 · ph 2 · client_ip_address + client_user_agent together 2.5 (one alone 1)
+    fbc 1.5 · fbp 1.5 · external_id 1 · fn + ln together 1 (one alone 0.5)
+    ge, db, ct, st, zp, country 0.25 each
+
+An anonymous page view with IP, user agent and fbp scores 4; with an ad click (fbc) 5.5; a
+signed-in purchase with email and phone reaches 10. Bands as Events Manager labels them:
+0–3.9 poor, 4–5.9 ok, 6–7.9 good, 8–10 great.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .mapping import USER_DATA_KEYS
+
+__all__ = ["Quality", "assess", "WEIGHTS"]
+
+WEIGHTS = {
+    "em": 3.0,
+    "ph": 2.0,
+    "fbc": 1.5,
+    "fbp": 1.5,
+    "external_id": 1.0,
+    "ge": 0.25,
+    "db": 0.25,
+    "ct": 0.25,
+    "st": 0.25,
+    "zp": 0.25,
+    "country": 0.25,
+}
+PAIRS = (
+    (("client_ip_address", "client_user_agent"), 2.5, 1.0),
+    (("fn", "ln"), 1.0, 0.5),
+)
+BANDS = ((8.0, "great"), (6.0, "good"), (4.0, "ok"), (0.0, "poor"))
+
+
+@dataclass(frozen=True)
+class Quality:
+    keys: list[str]  # match keys present, in Meta's order
+    score: float  # 0–10, one decimal
+    band: str  # poor | ok | good | great
+
+    def missing(self) -> list[str]:
+        """High-value keys the event lacks, most valuable first (a hint for preview)."""
+        ranked = ("em", "ph", "client_ip_address", "client_user_agent", "fbc", "fbp",
+                  "external_id", "fn", "ln")  # fmt: skip
+        return [k for k in ranked if k not in self.keys]
+
+
+def assess(user_data: dict[str, Any]) -> Quality:
+    keys = [k for k in USER_DATA_KEYS if user_data.get(k)]
+    present = set(keys)
+    score = sum(WEIGHTS.get(k, 0.0) for k in keys)
+    for pair, both, one in PAIRS:
+        found = sum(k in present for k in pair)
+        score += both if found == 2 else one if found == 1 else 0.0
+    score = round(min(score, 10.0), 1)
+    band = next(label for floor, label in BANDS if score >= floor)
+    return Quality(keys, score, band)
