@@ -32,7 +32,7 @@ from ..settings import Settings
 from .auth import Auth, login_token, new_login_token
 from .recording import prepare_delivery, prepare_hit
 from .sessions import Sessions
-from .store import Store, open_store
+from .store import Store, open_store, sweep_orphans
 
 log = logging.getLogger("tagserver.preview")
 
@@ -204,6 +204,7 @@ class Preview:
                 log.warning("preview: sign in at /preview/login?token=%s", token)
         try:
             await asyncio.to_thread(self.store.prune)
+            await asyncio.to_thread(sweep_orphans)
         except Exception as exc:
             self._store_failed("pruning old sessions", exc)
 

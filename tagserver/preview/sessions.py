@@ -8,6 +8,7 @@ link or header handed out earlier keeps working when the operator renews the ses
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -42,7 +43,7 @@ class PreviewSession:
         return not self.stopped and (now or time.time()) < self.expires
 
     def remaining(self, now: float | None = None) -> int:
-        return max(0, int(self.expires - (now or time.time())))
+        return max(0, math.ceil(self.expires - (now or time.time())))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -81,7 +81,32 @@ def open_store(settings: Settings) -> Store:
     total = max(1, settings.preview_max_hits)
     if settings.redis_url:
         return RedisStore(settings.redis_url, per_session, total)
-    return SqliteStore(default_sqlite_path(settings), per_session, total)
+    path = default_sqlite_path(settings)
+    owner = None if settings.preview_store else str(Path(settings.data_dir).resolve())
+    return SqliteStore(path, per_session, total, owner=owner)
+
+
+def sweep_orphans() -> int:
+    """Remove shared-memory stores whose data dir is gone (its server is gone for good).
+
+    Each automatic store leaves `<file>.owner` naming its data dir; shared memory is not
+    cleaned before a reboot, so without this every deleted data dir would leave a file behind.
+    """
+    removed = 0
+    if not SHARED_MEMORY.is_dir():
+        return 0
+    for marker in SHARED_MEMORY.glob("tagserver-preview-*.sqlite3.owner"):
+        try:
+            if marker.stat().st_uid != os.getuid() or Path(marker.read_text()).exists():
+                continue
+            base = str(marker)[: -len(".owner")]
+            for suffix in ("", "-wal", "-shm"):
+                Path(base + suffix).unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _dumps(value: Any) -> str:
@@ -112,10 +137,11 @@ class SqliteStore:
     """The store of one machine. The file is opened on first use, so servers that never
     preview never create it."""
 
-    def __init__(self, path: Path, per_session: int, total: int) -> None:
+    def __init__(self, path: Path, per_session: int, total: int, owner: str | None = None) -> None:
         self.path = path
         self.per_session = per_session
         self.total = total
+        self.owner = owner  # the data dir this automatic (shared-memory) store belongs to
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -130,6 +156,9 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)  # owner-only from the start
         os.close(fd)
+        if self.owner:
+            Path(self.owner).mkdir(parents=True, exist_ok=True)  # the sweep keys on it
+            Path(f"{self.path}.owner").write_text(self.owner)
         conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")  # preview data is disposable: never wait on fsync
