@@ -363,7 +363,9 @@ def _phone(text: str, region: str | None = None) -> str | None:
             if fast:
                 return fast
         return _parsed(text, region, strict=False)
-    return _parsed("+" + digits, None, strict=True) if simple else None
+    if simple:
+        return _parsed("+" + digits, None, strict=True)
+    return _parsed(text, None, strict=False)  # "tel: +1 …": the parser finds the "+"
 
 
 # -- public API ------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ class FakeGraph:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+            wbufsize = 65536  # headers and body leave in one write (no delayed-ACK stall)
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 fake._handle(self)
@@ -114,7 +116,9 @@ class FakeGraph:
                 pass  # a dropped connection (outage "drop") is on purpose
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
