@@ -81,6 +81,12 @@ async def test_batch_is_delivered_in_one_request_with_trace_ids(graph):
     assert results[0].trace == request.answer["fbtrace_id"]
     assert results[0].status == 200
     assert results[0].response["events_received"] == 3
+    assert results[0].request == {
+        "method": "POST",
+        "url": f"{graph.url}/v25.0/1234567890/events",
+        "events": 3,
+        "bytes": len(request.raw_body),
+    }
     assert_no_token(results)
 
 

@@ -122,6 +122,13 @@ class MetaSender(Sender):
             if route.get(key):
                 body[key] = route[key]
         content = orjson.dumps(body)
+        shown = {  # what preview shows of the request: never the token
+            "method": "POST",
+            "url": url,
+            "events": len(messages),
+            "bytes": len(content),
+            **{k: body[k] for k in ("test_event_code", "partner_agent") if k in body},
+        }
         timeout = self.settings.send_timeout_seconds
         started = time.perf_counter()
         try:
@@ -134,10 +141,10 @@ class MetaSender(Sender):
             )
         except httpx.TimeoutException as exc:
             error = f"no answer from the Graph API within {timeout:g} s ({type(exc).__name__})"
-            return _Answer(Delivery("retry", error=error, latency_ms=_ms(started)))
+            return _Answer(Delivery("retry", error=error, latency_ms=_ms(started), request=shown))
         except httpx.HTTPError as exc:
             error = redact.text(f"cannot reach the Graph API: {type(exc).__name__}: {exc}")
-            return _Answer(Delivery("retry", error=error, latency_ms=_ms(started)))
+            return _Answer(Delivery("retry", error=error, latency_ms=_ms(started), request=shown))
         latency = _ms(started)
         status = response.status_code
         try:
@@ -154,6 +161,7 @@ class MetaSender(Sender):
                     trace=str(trace or header_trace),
                     response=redact(parsed) if parsed is not None else None,
                     latency_ms=latency,
+                    request=shown,
                 )
             )
 
@@ -180,6 +188,7 @@ class MetaSender(Sender):
                 if parsed is not None
                 else redact.text(response.text[:2000]),
                 latency_ms=latency,
+                request=shown,
             ),
             bisect=verdict.bisect,
         )

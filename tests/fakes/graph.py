@@ -60,6 +60,7 @@ class GraphRequest:
     query: dict[str, str]
     headers: dict[str, str]
     body: Any
+    raw_body: bytes = b""
     status: int = 0
     answer: Any = None
 
@@ -169,7 +170,7 @@ class FakeGraph:
         body = _decode(raw, headers.get("content-type", ""))
         if isinstance(body, dict) and "access_token" in body and "access_token" not in query:
             query["access_token"] = str(body.pop("access_token"))
-        record = GraphRequest("POST", parts.path, query, headers, body)
+        record = GraphRequest("POST", parts.path, query, headers, body, raw)
         with self._lock:
             self.requests.append(record)
 
