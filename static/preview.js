@@ -65,7 +65,7 @@
 
   function scalar(value) {
     var type = value === null ? 'null' : typeof value;
-    var text = type === 'string' ? JSON.stringify(value) : String(value);
+    var text = type === 'string' ? '"' + value + '"' : String(value);  // as devtools show it
     return el('span', 'j-' + type, text);
   }
 
@@ -267,6 +267,10 @@
 
   function addHit(hit) {
     if (state.byId[hit.id]) return;
+    if (state.autoConnect && !state.hits.length) {  // opened for lack of hits: make room now
+      state.autoConnect = false;
+      $('connect').hidden = true;
+    }
     state.byId[hit.id] = hit;
     state.hits.push(hit);
     var list = $('hit-list');
@@ -424,7 +428,8 @@
       add(card, block);
     });
     var extra = el('div', 'tag-extra');
-    if (tag.params) add(extra, section('Parameters (resolved)', tree(tag.params, 1)));
+    // collapsed: the reason and the triggers above are what a tag card is read for
+    if (tag.params) add(extra, section('Parameters (resolved)', tree(tag.params, 2)));
     if (tag.notes && Object.keys(tag.notes).length) add(extra, section('Notes', tree(tag.notes, 1)));
     if ((tag.outgoing || []).length) add(extra, el('p', 'muted', plural(tag.outgoing.length, 'outgoing message') + ' — see Outgoing'));
     if (tag.duration_ms) add(extra, el('p', 'muted', 'ran in ' + tag.duration_ms + ' ms'));
@@ -591,7 +596,10 @@
 
   $('renew').addEventListener('click', function () { post('renew').then(showSession, problem); });
   $('stop').addEventListener('click', function () { post('stop').then(showSession, problem); });
-  $('toggle-connect').addEventListener('click', function () { $('connect').hidden = !$('connect').hidden; });
+  $('toggle-connect').addEventListener('click', function () {
+    state.autoConnect = false;
+    $('connect').hidden = !$('connect').hidden;
+  });
   $('mark').addEventListener('click', function () {
     post(state.session.marked ? 'unmark' : 'mark').then(function (s) { showSession(s); }, problem);
   });
@@ -615,7 +623,7 @@
     state.cursor = data.cursor;
     data.hits.forEach(addHit);
     updateCount();
-    if (!data.hits.length) $('connect').hidden = false;
+    if (!data.hits.length) { $('connect').hidden = false; state.autoConnect = true; }
     connect();
   }).catch(problem);
 })();

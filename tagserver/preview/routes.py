@@ -372,9 +372,15 @@ def sse(event: str, data: Any, event_id: int | None = None) -> bytes:
 
 
 def same_origin(request: Request) -> bool:
+    """A POST must come from a preview page itself (the SameSite=Strict cookie is the first
+    guard; this is the second). Browsers say so in Sec-Fetch-Site; with our no-referrer
+    policy their Origin is "null", so Origin is only compared when it is a real one."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
     origin = request.headers.get("origin")
-    if not origin:
-        return True  # not a browser's cross-site request (those always send Origin on POST)
+    if not origin or origin == "null":
+        return True  # not a browser, or one that only says "null": the cookie guards
     try:
         netloc = urlsplit(origin).netloc
     except ValueError:
