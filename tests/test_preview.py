@@ -656,3 +656,34 @@ def test_the_default_store_lives_in_shared_memory_and_is_swept_with_its_data_dir
     shutil.rmtree(data)
     assert sweep_orphans() >= 1
     assert not store.path.exists() and not Path(f"{store.path}.owner").exists()
+
+
+@pytest.mark.slow
+def test_the_start_up_link_signs_in_on_every_worker_and_open_streams_do_not_hold_a_stop(tmp_path):
+    with ServerProcess(tmp_path, minimal_container(), workers=2) as server:
+        link = wait_until(
+            lambda: [ln for ln in server.logs().splitlines() if "/preview/login?token=" in ln]
+        )
+        token = link[0].split("?token=")[1].split()[0].rstrip(";")
+        for _ in range(6):  # new connections land on either worker: all know the same token
+            r = httpx.get(f"{server.url}/preview/login?token={token}",
+                          headers={"Connection": "close"})  # fmt: skip
+            assert r.status_code == 303 and "tagserver_preview_auth" in r.headers["set-cookie"]
+        ui = httpx.Client(base_url=server.url, cookies=r.cookies, timeout=10)
+        session = ui.post("/preview/sessions", headers={"Accept": "application/json"}).json()
+        opened = threading.Event()
+
+        def listen() -> None:
+            with ui.stream("GET", f"/preview/api/s/{session['id']}/stream") as stream:
+                opened.set()
+                for _ in stream.iter_lines():
+                    pass
+
+        reader = threading.Thread(target=listen, daemon=True)
+        reader.start()
+        assert opened.wait(10)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 5  # not the whole graceful-shutdown timeout
+        reader.join(5)
+        assert not reader.is_alive()
