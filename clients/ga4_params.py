@@ -395,7 +395,9 @@ def build_event(params: dict[str, str], warnings: list[str], where: str = "hit")
                 hints[hint] = parse_full_version_list(value)
             else:
                 hints[hint] = value
-        elif key in BARE_USER_DATA:
+        elif key in BARE_USER_DATA and not value.startswith("tv."):
+            # `tv.1~em.…` is Google's own hashed user-provided data: Google normalizes before
+            # hashing differently from Meta, so it is kept (as x-ga-em) but not used
             _put_user_data(event, USER_DATA[key], value)
         else:
             event[f"x-ga-{key}"] = value

@@ -160,6 +160,12 @@ def test_user_data_plain_forms_are_moved_into_user_data():
     assert leftovers == set()
 
 
+def test_googles_hashed_user_data_format_is_kept_aside():
+    event = parse_hit(b"en=x&em=tv.1~em.abcDEF123", b"", max_events=1).events[0]
+    assert "user_data" not in event
+    assert event["x-ga-em"] == "tv.1~em.abcDEF123"
+
+
 def test_browser_cannot_set_request_derived_keys_through_ep():
     query = (
         "en=x&ep.ip_override=9.9.9.9&ep.user_agent=evil&epn.event_time=1&ep.x-fb-ck-fbp=fb.1.1.1"
