@@ -64,6 +64,10 @@ def serve(**flags: object) -> None:
             click.echo(f"  {problem}", err=True)
         sys.exit(1)
     settings.signing_key()  # create the shared key once, before workers race for it
+    if settings.workers > 1:
+        from .exposition import prepare_multiprocess
+
+        prepare_multiprocess(settings)  # /metrics then sums every worker's counters
     _before_serve(settings)
     uvicorn.run(
         "tagserver.app:create_app",

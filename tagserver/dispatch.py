@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -114,14 +115,20 @@ class Lane:
             await self.wait(None)
             return
         self.wake.clear()
-        claim = await d.outbox.claim(self.id, d.worker, batch_size)
+        # one claim fills every free slot: fewer transactions when batches are small
+        free = max(1, limit) - len(self.inflight)
+        claim = await d.outbox.claim(self.id, d.worker, batch_size * free)
         if claim.messages:
             d.claimed.update(m.id for m in claim.messages)
             if d.stopping:  # claimed while shutting down: released by close()
                 return
-            task = asyncio.create_task(d.deliver(self, sender, claim))
-            self.inflight.add(task)
-            task.add_done_callback(self._done)
+            for start in range(0, len(claim.messages), batch_size):
+                batch = dataclasses.replace(
+                    claim, messages=claim.messages[start : start + batch_size]
+                )
+                task = asyncio.create_task(d.deliver(self, sender, batch))
+                self.inflight.add(task)
+                task.add_done_callback(self._done)
             return
         timeout = None if claim.next_due is None else max(0.0, claim.next_due - time.time())
         await self.wait(timeout)

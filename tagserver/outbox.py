@@ -412,6 +412,13 @@ class Store:
             args.extend(ids)
         return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
+    def count_past_deadline(self, destination: str | None, ids: Sequence[int], now: float) -> int:
+        where, args = self._dead_filter(destination, ids)
+        where = f"{where} AND" if where else "WHERE"
+        return self.conn.execute(
+            f"SELECT count(*) FROM dead_letters d {where} d.deadline <= ?", (*args, now)
+        ).fetchone()[0]
+
     def requeue_dead_letters(
         self, destination: str | None = None, ids: Sequence[int] = (), now: float | None = None
     ) -> int:

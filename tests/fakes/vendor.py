@@ -252,6 +252,17 @@ class FakeVendor:
             self._conns.discard(writer)
 
 
+def webhook_tag(url: str, name: str = "hook", **params: Any) -> dict[str, Any]:
+    """An `http_request` tag (container.json entry) that posts each event's id and name."""
+    body = {"event_id": "{{event_id}}", "event_name": "{{event_name}}"}
+    return {
+        "name": name,
+        "type": "http_request",
+        "fire_on": ["all"],
+        "params": {"url": url, "body": body, **params},
+    }
+
+
 def main() -> None:
     """Run a fake vendor on a port (for benchmarks): python -m fakes.vendor PORT."""
     import sys

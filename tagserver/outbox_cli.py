@@ -1,0 +1,202 @@
+"""`tagserver outbox …`: look at and repair the outbox, with or without the server running.
+
+    tagserver outbox status                     pending per destination, oldest age, dead letters
+    tagserver outbox dead-letters               what could not be delivered, and why
+    tagserver outbox retry [--destination D]    send dead letters again
+    tagserver outbox purge --dead-letters|--pending [--destination D] --yes
+
+The outbox is a SQLite file in WAL mode, so these commands are safe while the server runs:
+a running dispatcher picks requeued messages up within a second. Routes (tokens, webhook
+URLs) are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .outbox import Store, database_path
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    envvar="TAGSERVER_DATA_DIR",
+    default="data",
+    show_default=True,
+    help="The server's data directory.  [env: TAGSERVER_DATA_DIR]",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def open_store(data_dir: str) -> Store:
+    path = database_path(data_dir)
+    if not path.exists():
+        raise click.ClickException(
+            f"no outbox at {path} (is --data-dir / TAGSERVER_DATA_DIR the server's?)"
+        )
+    return Store.open(Path(path))
+
+
+def in_transaction(store: Store, work: Callable[[], Any]) -> Any:
+    try:
+        return store.transaction(work)
+    finally:
+        store.close()
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds // 60 % 60:02d}m"
+    return f"{seconds // 86400}d {seconds // 3600 % 24:02d}h"
+
+
+def when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@click.group()
+def outbox() -> None:
+    """Inspect and repair the delivery outbox (pending messages and dead letters)."""
+
+
+@outbox.command()
+@data_dir_option
+@json_option
+def status(data_dir: str, as_json: bool) -> None:
+    """Pending messages per destination, the oldest one's age, dead letters."""
+    store = open_store(data_dir)
+    try:
+        rows = store.stats(time.time(), in_flight=True)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"destinations": rows}, indent=2))
+        return
+    if not rows:
+        click.echo("the outbox is empty: nothing pending, no dead letters")
+        return
+    width = max(len("DESTINATION"), *(len(r["destination"]) for r in rows))
+    click.echo(
+        f"{'DESTINATION':<{width}}  {'PENDING':>8}  {'IN FLIGHT':>9}  {'OLDEST':>8}  "
+        f"{'NEXT TRY':>8}  {'DEAD':>6}"
+    )
+    for r in rows:
+        next_try = r["next_attempt_in_seconds"]
+        click.echo(
+            f"{r['destination']:<{width}}  {r['pending']:>8}  {r.get('in_flight', 0):>9}  "
+            f"{age(r['oldest_age_seconds']):>8}  "
+            f"{('now' if next_try == 0 else age(next_try)) if next_try is not None else '-':>8}  "
+            f"{r['dead_letters']:>6}"
+        )
+    pending = sum(r["pending"] for r in rows)
+    dead = sum(r["dead_letters"] for r in rows)
+    click.echo(f"total: {pending} pending, {dead} dead letters")
+
+
+@outbox.command(name="dead-letters")
+@data_dir_option
+@click.option("--destination", help="Only this destination (as `status` shows it).")
+@click.option("--limit", type=int, default=100, show_default=True, help="Most rows shown.")
+@click.option("--payload", "show_payload", is_flag=True, help="Also print each message.")
+@json_option
+def dead_letters(
+    data_dir: str, destination: str | None, limit: int, show_payload: bool, as_json: bool
+) -> None:
+    """Messages that will not be delivered, with the vendor's reason."""
+    store = open_store(data_dir)
+    try:
+        rows = store.dead_letters(destination, limit)
+    finally:
+        store.close()
+    if not show_payload and not as_json:
+        for row in rows:
+            row.pop("payload")
+    if as_json:
+        click.echo(json.dumps({"dead_letters": rows}, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no dead letters")
+        return
+    for row in rows:
+        vendor = " ".join(
+            part
+            for part in (
+                f"HTTP {row['status']}" if row["status"] else "",
+                f"code {row['code']}" if row["code"] else "",
+                f"trace {row['trace']}" if row["trace"] else "",
+            )
+            if part
+        )
+        click.echo(
+            f"#{row['id']} {row['destination']}  tag {row['tag'] or '-'}  id {row['dedup_id']}"
+        )
+        click.echo(f"    reason:   {row['reason']}")
+        if vendor:
+            click.echo(f"    vendor:   {vendor}")
+        if row["error"]:
+            click.echo(f"    error:    {row['error']}")
+        click.echo(
+            f"    attempts: {row['attempts']}, first {when(row['first_attempt_at'])}, "
+            f"last {when(row['last_attempt_at'])}; created {when(row['created_at'])}"
+        )
+        if show_payload:
+            click.echo(f"    payload:  {json.dumps(row['payload'], default=str)}")
+    if len(rows) == limit:
+        click.echo(f"(first {limit} shown; --limit to see more)")
+
+
+@outbox.command()
+@data_dir_option
+@click.option("--destination", help="Only this destination's dead letters.")
+@click.option("--id", "ids", type=int, multiple=True, help="Only this dead letter (repeatable).")
+def retry(data_dir: str, destination: str | None, ids: tuple[int, ...]) -> None:
+    """Put dead letters back in the outbox, attempts reset (after fixing the cause)."""
+    store = open_store(data_dir)
+    now = time.time()
+    expired = store.count_past_deadline(destination, ids, now)
+    count = in_transaction(store, lambda: store.requeue_dead_letters(destination, ids, now))
+    click.echo(f"requeued {count} dead letter{'s' if count != 1 else ''}")
+    if expired:
+        click.echo(
+            f"warning: {expired} of them are past their deadline (the vendor would refuse them) "
+            "and will be dead-lettered again",
+            err=True,
+        )
+
+
+@outbox.command()
+@data_dir_option
+@click.option("--dead-letters", "dead", is_flag=True, help="Delete dead letters.")
+@click.option("--pending", is_flag=True, help="Delete pending messages (they are never sent).")
+@click.option("--destination", help="Only this destination.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(data_dir: str, dead: bool, pending: bool, destination: str | None, yes: bool) -> None:
+    """Delete dead letters and/or pending messages for good."""
+    if not dead and not pending:
+        raise click.UsageError("say what to purge: --dead-letters, --pending or both")
+    what = " and ".join(
+        w for w, on in (("pending messages", pending), ("dead letters", dead)) if on
+    )
+    scope = f" of {destination}" if destination else ""
+    if not yes:
+        click.confirm(f"Delete all {what}{scope}? This cannot be undone", abort=True)
+    store = open_store(data_dir)
+    count = in_transaction(
+        store, lambda: store.purge(pending=pending, dead=dead, destination=destination)
+    )
+    click.echo(f"deleted {count} {what}{scope}")

@@ -1,0 +1,193 @@
+"""The outbox: what a 2xx promises is on disk; routes stored once; 503 when it cannot store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+
+import pytest
+from click.testing import CliRunner
+from fakes.vendor import FakeVendor, webhook_tag
+from prometheus_client import REGISTRY
+from support import app_client, minimal_container, wait_until
+
+from tagserver.cli import main
+from tagserver.outbox import Outbox, database_path
+from tagserver.plugins import Outgoing
+from tagserver.settings import Settings
+
+AUTH = {"Authorization": "Bearer test-key"}
+SECRET = "sk_live_0123456789abcdef"
+FAST = {"retry_base_seconds": 0.05, "retry_cap_seconds": 0.2}
+
+
+@pytest.fixture
+def vendor():
+    with FakeVendor() as v:
+        yield v
+
+
+@pytest.fixture
+def dead_vendor():
+    """A port where nothing listens (yet): connections are refused."""
+    v = FakeVendor()
+    yield v
+    v.close()
+
+
+def container(url: str, **params):
+    return minimal_container(tags=[webhook_tag(url, **params)])
+
+
+def post(client, event_id: str, **extra):
+    return client.post(
+        "/api/events", json={"event_name": "purchase", "event_id": event_id, **extra}, headers=AUTH
+    )
+
+
+def outbox_status(data_dir) -> dict:
+    result = CliRunner().invoke(main, ["outbox", "status", "--json", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def pending(data_dir) -> int:
+    return sum(d["pending"] for d in outbox_status(data_dir)["destinations"])
+
+
+def test_a_2xx_means_the_message_is_on_disk(tmp_path, dead_vendor):
+    with app_client(tmp_path, container(dead_vendor.url + "/hook"), **FAST) as client:
+        for i in range(5):
+            assert post(client, f"e{i}").status_code == 200
+        # read by another connection, as another process (the CLI) would
+        assert pending(tmp_path / "data") == 5
+
+
+async def test_puts_that_arrive_together_share_one_commit(tmp_path):
+    outbox = Outbox(Settings(data_dir=str(tmp_path)))
+    await outbox.start()
+    before = REGISTRY.get_sample_value("tagserver_outbox_commit_seconds_count") or 0
+    messages = [
+        [Outgoing("dest", {"n": i}, f"id{i}", "http_request", route={"url": "http://x"})]
+        for i in range(300)
+    ]
+    await asyncio.gather(*(outbox.put(m) for m in messages))
+    commits = (REGISTRY.get_sample_value("tagserver_outbox_commit_seconds_count") or 0) - before
+    await outbox.close()
+    conn = sqlite3.connect(database_path(tmp_path))
+    assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 300
+    assert commits <= 3
+
+
+async def test_put_returns_after_its_commit(tmp_path):
+    outbox = Outbox(Settings(data_dir=str(tmp_path)))
+    await outbox.start()
+    try:
+        await outbox.put([Outgoing("dest", {"n": 1}, "id1", "http_request", route={})])
+        conn = sqlite3.connect(database_path(tmp_path))
+        assert conn.execute("SELECT dedup_id FROM messages").fetchall() == [("id1",)]
+    finally:
+        await outbox.close()
+
+
+def test_routes_with_secrets_are_stored_once_and_never_with_messages(tmp_path, dead_vendor):
+    tag_params = {"headers": {"Authorization": f"Bearer {SECRET}"}}
+    with app_client(tmp_path, container(dead_vendor.url + "/hook", **tag_params), **FAST) as client:
+        for i in range(20):
+            assert post(client, f"e{i}").status_code == 200
+        metrics = client.get("/metrics").text
+    conn = sqlite3.connect(database_path(tmp_path / "data"))
+    routes = conn.execute("SELECT route FROM destinations").fetchall()
+    assert len(routes) == 1 and SECRET.encode() in routes[0][0]
+    rows = conn.execute("SELECT * FROM messages").fetchall()
+    assert len(rows) == 20
+    assert SECRET not in repr(rows)
+    assert SECRET not in metrics
+    for command in (["status"], ["dead-letters", "--payload"], ["dead-letters", "--json"]):
+        result = CliRunner().invoke(
+            main, ["outbox", *command, "--data-dir", str(tmp_path / "data")]
+        )
+        assert result.exit_code == 0 and SECRET not in result.output
+
+
+def test_outbox_full_answers_503_and_keeps_everything_acknowledged(tmp_path, dead_vendor):
+    settings = {**FAST, "outbox_max_messages": 5}
+    with app_client(tmp_path, container(dead_vendor.url + "/hook"), **settings) as client:
+        answers = {f"e{i}": post(client, f"e{i}") for i in range(9)}
+        acked = [eid for eid, r in answers.items() if r.status_code == 200]
+        refused = [r for r in answers.values() if r.status_code == 503]
+        assert len(acked) == 5 and len(refused) == 4
+        assert all(int(r.headers["retry-after"]) > 0 for r in refused)
+        assert "the outbox is full" in refused[0].json()["error"]
+        assert client.get("/healthz").status_code == 200  # the server stays up
+
+        dead_vendor.up()
+        received = dead_vendor.wait_for(5, timeout=15)
+        time.sleep(0.3)  # nothing more arrives
+        assert sorted(r.json()["event_id"] for r in dead_vendor.accepted) == sorted(acked)
+        assert len(received) == 5
+        assert post(client, "after").status_code == 200  # room again
+
+
+def test_low_disk_answers_503_with_retry_after(tmp_path, vendor):
+    settings = {**FAST, "outbox_min_free_bytes": 10**18}
+    with app_client(tmp_path, container(vendor.url + "/hook"), **settings) as client:
+        r = post(client, "e1")
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) > 0
+        assert "free" in r.json()["error"]
+        assert client.get("/healthz").status_code == 200
+    time.sleep(0.2)
+    assert vendor.received == []
+
+
+def test_sqlite_disk_full_answers_503_and_loses_nothing_acknowledged(tmp_path, dead_vendor):
+    big = "x" * 20000  # a few pages per message
+    tag = webhook_tag(dead_vendor.url + "/hook")
+    tag["params"]["body"]["padding"] = "{{event.padding}}"
+    with app_client(tmp_path, minimal_container(tags=[tag]), **FAST) as client:
+        outbox = client.app.state.tagserver.outbox
+
+        def limit(extra_pages: int | None) -> None:
+            """A real SQLITE_FULL: cap the database file a few pages above its size."""
+
+            def job(store, now):
+                if extra_pages is None:
+                    store.conn.execute("PRAGMA max_page_count = 1073741823")
+                else:
+                    count = store.conn.execute("PRAGMA page_count").fetchone()[0]
+                    store.conn.execute(f"PRAGMA max_page_count = {count + extra_pages}")
+
+            client.portal.call(outbox.run, job)
+
+        limit(12)
+        answers = {f"e{i}": post(client, f"e{i}", padding=big) for i in range(8)}
+        acked = [eid for eid, r in answers.items() if r.status_code == 200]
+        full = [r for r in answers.values() if r.status_code == 503]
+        assert acked and full, {k: r.status_code for k, r in answers.items()}
+        assert "disk holding the outbox is full" in full[0].json()["error"]
+        assert "retry-after" in full[0].headers
+        assert client.get("/healthz").status_code == 200
+
+        limit(None)  # space again
+        assert post(client, "later", padding=big).status_code == 200
+        acked.append("later")
+        dead_vendor.up()
+        dead_vendor.wait_for(len(acked), timeout=15)
+        time.sleep(0.3)
+        assert sorted(r.json()["event_id"] for r in dead_vendor.accepted) == sorted(acked)
+
+
+def test_messages_left_at_shutdown_are_sent_after_the_next_start(tmp_path, dead_vendor):
+    tags = container(dead_vendor.url + "/hook")
+    with app_client(tmp_path, tags, **FAST) as client:
+        for i in range(3):
+            assert post(client, f"e{i}").status_code == 200
+    assert pending(tmp_path / "data") == 3
+    dead_vendor.up()
+    with app_client(tmp_path, tags, **FAST):
+        dead_vendor.wait_for(3, timeout=10)
+        wait_until(lambda: pending(tmp_path / "data") == 0, timeout=5)
+    assert sorted(r.json()["event_id"] for r in dead_vendor.accepted) == ["e0", "e1", "e2"]
