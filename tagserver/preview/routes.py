@@ -327,6 +327,8 @@ class Views:
             return session
         raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         after = int(raw) if raw.isdigit() else 0
+        if after > await asyncio.to_thread(self.preview.store.cursor):
+            after = 0  # the store was emptied (restart, Redis flush): resend, the page de-dups
         return StreamingResponse(
             self._events(session, after),
             media_type="text/event-stream",
