@@ -275,6 +275,15 @@ def test_preview_in_a_real_browser(
     expect(ui.locator("#token")).not_to_have_text(token)
     expect(ui.locator("#session-state")).to_contain_text("recording")
 
+    ui.click("#tabs button[data-tab=console]")
+    ui.locator("#hit-list button.event", has_text="purchase").last.click()
+    expect(panel).to_contain_text("delivery delivered (HTTP 200)")
+    shot(ui, "preview-console")
+    ui.click("a:has-text('All sessions')")
+    expect(ui.locator("ul.sessions li")).to_contain_text(["checkout test"])
+    expect(ui.locator("ul.sessions li .badge")).to_contain_text(["live"])
+    shot(ui, "preview-sessions")
+
     # nothing ran: no flag set on any page, no dialog opened
     for page in (ui, shop_page, plain):
         assert page.evaluate("window.__xss") is None
