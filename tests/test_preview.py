@@ -399,6 +399,31 @@ def test_secrets_and_the_preview_token_never_reach_the_preview_data(tmp_path, mo
         assert "test-key" not in listing and "second-api-key-42" not in listing
 
 
+def test_a_meta_access_token_never_shows_in_preview(tmp_path):
+    token = "EAAGm0PX4ZCpsBAsecretaccesstoken1234567890"
+    container = minimal_container(tags=[
+        {"name": "meta", "type": "meta_capi", "fire_on": ["all"],
+         "params": {"pixel_id": "123456789012345", "access_token": token}},
+    ])  # fmt: skip
+    with FakeVendor() as graph, preview_app(tmp_path, container,
+                                            meta_graph_url=graph.url.rsplit("/", 1)[0]) as c:  # fmt: skip
+        sign_in(c)
+        session = start_session(c)
+        send(c, session["token"], "purchase", value=10, currency="EUR",
+             page_location="https://www.shop.test/checkout", ip_override="203.0.113.5",
+             user_data={"email_address": "Jane@Example.com"})  # fmt: skip
+        [hit] = wait_hits(c, session["id"], 1)
+        url = f"/preview/api/s/{session['id']}/hits/{hit['id']}"
+        detail = wait_until(lambda: (d := c.get(url)).json()["deliveries"] and d, 15)
+        assert graph.received  # the token went to the vendor ...
+        assert token not in detail.text  # ... and nowhere into preview
+        [tag] = detail.json()["events"][0]["tags"]
+        assert tag["status"] == "fired" and tag["params"]["access_token"] == "[redacted]"
+        assert "Jane@Example.com" not in json.dumps(tag["outgoing"])  # the payload is hashed
+        page = c.get(f"/preview/s/{session['id']}")
+        assert token not in page.text
+
+
 def test_tags_show_why_they_did_not_fire_and_deliveries_show_the_vendor_answer(tmp_path):
     with FakeVendor() as vendor, preview_app(tmp_path, webhook_container(vendor.url)) as c:
         sign_in(c)
