@@ -298,3 +298,17 @@ def test_external_id_keeps_its_case():
 )
 def test_currency(raw, expected):
     assert normalize.currency(raw) == expected
+
+
+def test_only_low_cardinality_fields_are_remembered_and_the_memory_is_bounded():
+    for key, raw in (("em", "memo.check@example.com"), ("ph", "+1 650 555 0199"),
+                     ("fn", "Memocheck"), ("db", "19700101"), ("zp", "SW1A 2AA"),
+                     ("external_id", "memo-id-1")):  # fmt: skip
+        hash_value(key, raw, "gb")
+        assert not any(raw in k for k in normalize._MEMO), key
+    assert hash_value("country", "Memoland Republic") is None
+    assert hash_value("ct", "Springfield") == sha("springfield")
+    assert ("ct", "Springfield", None) in normalize._MEMO
+    for i in range(normalize._MEMO_MAX + 10):
+        hash_value("ct", f"Town {i}")
+    assert len(normalize._MEMO) <= normalize._MEMO_MAX

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -61,24 +61,6 @@ USER_DATA_KEYS = (
 )  # fmt: skip
 PLAIN_KEYS = frozenset({"client_ip_address", "client_user_agent", "fbc", "fbp"})
 
-# where each hashed key is found in common event data, first match wins
-_PERSON_SOURCES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "em": (("user_data", "email_address"), ("user_data", "sha256_email_address"),
-           ("user_data", "email"), ("x-fb-ud-em",)),
-    "ph": (("user_data", "phone_number"), ("user_data", "sha256_phone_number"),
-           ("user_data", "phone"), ("x-fb-ud-ph",)),
-    "ge": (("user_data", "gender"), ("x-fb-ud-ge",)),
-    "db": (("user_data", "date_of_birth"), ("x-fb-ud-db",)),
-    "external_id": (("user_id",), ("user_data", "external_id"), ("x-fb-ud-external_id",)),
-}  # fmt: skip
-_ADDRESS_SOURCES: dict[str, tuple[str, ...]] = {
-    "fn": ("first_name", "sha256_first_name"),
-    "ln": ("last_name", "sha256_last_name"),
-    "ct": ("city",),
-    "st": ("region",),
-    "zp": ("postal_code",),
-    "country": ("country",),
-}
 _DROP_REASONS = {
     "em": "not an email address",
     "ph": "not a phone number (a national number needs the address country or "
@@ -147,112 +129,153 @@ def user_data(
     event_time: int,
     dropped: dict[str, str],
 ) -> dict[str, Any]:
-    """Hashed customer information plus the never-hashed IP, user agent, fbc and fbp."""
-    raw: dict[str, list[Any]] = {}
-    ud = event.get("user_data")
-    ud = ud if isinstance(ud, dict) else {}
-    for key, sources in _PERSON_SOURCES.items():
-        for source in sources:
-            container = ud if source[0] == "user_data" else event
-            value = container.get(source[-1])
-            if _present(value):
-                raw[key] = _values(value)
-                break
-    addresses = ud.get("address")
-    if isinstance(addresses, dict):
-        addresses = [addresses]
-    countries: list[str | None] = []
-    for address in addresses if isinstance(addresses, list) else ():
-        if not isinstance(address, dict):
-            continue
-        given = address.get("country")
-        country = NORMALIZERS["country"](given.strip(), None) if isinstance(given, str) else None
-        countries.append(country)
-        for key, fields in _ADDRESS_SOURCES.items():
-            for f in fields:
-                value = address.get(f)
-                if _present(value):
-                    raw.setdefault(key, []).extend((v, country) for v in _values(value))
-                    break
-    for key in _ADDRESS_SOURCES:  # the Meta pixel's own keys, as GA4 hits may carry them
-        value = event.get("x-fb-ud-" + key)
-        if key not in raw and _present(value):
-            raw[key] = [(v, None) for v in _values(value)]
+    """Hashed customer information plus the never-hashed IP, user agent, fbc and fbp.
 
+    Sources, first match wins: the tag's `user_data` param; sGTM's `user_data` (email_address,
+    phone_number, gender, date_of_birth, address{first_name, last_name, city, region,
+    postal_code, country} — an address may be a list — and their sha256_* forms); `user_id`
+    for external_id; the Meta pixel's `x-fb-ud-*` keys.
+    """
+    acc: dict[str, list[str]] = {}
+    raw_ids = params.get("external_id_hashing") == "raw"
     configured = params.get("user_data")
     plain: dict[str, Any] = {}
-    if isinstance(configured, dict):
+    taken: set[str] | frozenset[str] = frozenset()
+    if configured.__class__ is dict and configured:
+        taken = set()
         for key, value in configured.items():
+            if value is None or value == "":
+                continue
             if key in PLAIN_KEYS:
-                if _present(value):
-                    plain[key] = value
-            elif key in NORMALIZERS and _present(value):
-                raw[key] = _values(value)
+                plain[key] = value
+            elif key in NORMALIZERS:
+                taken.add(key)
+                cc = _region(configured.get("country")) if key in ("st", "zp", "ph") else None
+                if key == "ph" and cc is None:
+                    cc = _region(params.get("default_phone_country"))
+                _add(acc, key, value, cc, dropped, raw_ids)
 
-    address_country = next((c for c in countries if c), None)
-    phone_region = address_country or _region(params.get("default_phone_country"))
-    external_raw = params.get("external_id_hashing") == "raw"
-    out: dict[str, Any] = {}
-    for key in USER_DATA_KEYS:
-        values = raw.get(key)
-        if not values:
+    ud = event.get("user_data")
+    if ud.__class__ is not dict:
+        ud = {}
+    address_cc = None
+    addresses = ud.get("address")
+    if addresses:
+        for address in (addresses,) if addresses.__class__ is dict else addresses:
+            if address.__class__ is not dict:
+                continue
+            given = address.get("country")
+            cc = _COUNTRY(given.strip(), None) if given.__class__ is str and given else None
+            if address_cc is None:
+                address_cc = cc
+            for key, field, hashed_field in _ADDRESS_FIELDS:
+                if key in taken:
+                    continue
+                value = address.get(field) or (hashed_field and address.get(hashed_field))
+                if value:
+                    _add(acc, key, value, cc, dropped, raw_ids)
+    for key, sources, pixel_key in _PERSON_FIELDS:
+        if key in taken:
             continue
-        hashed: list[str] = []
-        for value in values:
-            context = None
-            if isinstance(value, tuple):
-                value, context = value
-            if key == "ph":
-                context = context or phone_region
-            elif key in ("st", "zp"):
-                context = context or address_country
-            if key == "external_id" and external_raw:
-                result = str(value).strip() or None
+        value = event.get("user_id") if key == "external_id" else None
+        if not value:
+            for source in sources:
+                value = ud.get(source)
+                if value:
+                    break
             else:
-                result = hash_value(key, value, context)
-            if result is None:
-                dropped.setdefault(key, _DROP_REASONS.get(key, "empty after normalization"))
-            elif result not in hashed:
-                hashed.append(result)
-        if hashed:
-            out[key] = hashed
+                value = event.get(pixel_key)
+        if value:
+            cc = None
+            if key == "ph":
+                cc = address_cc or _region(params.get("default_phone_country"))
+            _add(acc, key, value, cc, dropped, raw_ids)
+    for key, _field, _hashed in _ADDRESS_FIELDS:  # the pixel's own keys (GA4 hits)
+        if key not in acc and key not in taken:
+            value = event.get("x-fb-ud-" + key)
+            if value:
+                _add(acc, key, value, address_cc, dropped, raw_ids)
 
+    out: dict[str, Any] = {}
+    for key in HASHED_ORDER:
+        values = acc.get(key)
+        if values:
+            out[key] = values
     ip = plain.get("client_ip_address") or event.get("ip_override")
-    if _present(ip):
-        valid = _ip(str(ip).strip())
+    if ip:
+        valid = _ip(ip.strip()) if ip.__class__ is str else None
         if valid:
             out["client_ip_address"] = valid
         else:
             dropped["client_ip_address"] = "not an IP address"
     agent = plain.get("client_user_agent") or event.get("user_agent")
-    if isinstance(agent, str) and agent.strip():
-        out["client_user_agent"] = agent.strip()
+    if agent.__class__ is str and agent:
+        agent = agent.strip()
+        if agent:
+            out["client_user_agent"] = agent
     fbc = _fbc(plain.get("fbc"), event, request, event_time, dropped)
     if fbc:
         out["fbc"] = fbc
     fbp = plain.get("fbp") or event.get("x-fb-ck-fbp") or request.cookies.get("_fbp")
-    if _present(fbp):
-        if isinstance(fbp, str) and FBP_RE.fullmatch(fbp):
+    if fbp:
+        if fbp.__class__ is str and FBP_RE.fullmatch(fbp):
             out["fbp"] = fbp
         else:
             dropped["fbp"] = "malformed _fbp value (expected fb.N.TIME.RANDOM)"
     return out
 
 
-def _present(value: Any) -> bool:
-    if value is None or value == "" or isinstance(value, bool):
-        return False
-    if isinstance(value, list):
-        return any(_present(v) for v in value)
-    return isinstance(value, (str, int, float))
+HASHED_ORDER = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
+# key, user_data fields in order of preference, the Meta pixel's top-level key
+_PERSON_FIELDS = (
+    ("em", ("email_address", "sha256_email_address", "email"), "x-fb-ud-em"),
+    ("ph", ("phone_number", "sha256_phone_number", "phone"), "x-fb-ud-ph"),
+    ("ge", ("gender",), "x-fb-ud-ge"),
+    ("db", ("date_of_birth",), "x-fb-ud-db"),
+    ("external_id", ("external_id",), "x-fb-ud-external_id"),
+)
+# key, address field, its already-hashed form
+_ADDRESS_FIELDS = (
+    ("fn", "first_name", "sha256_first_name"),
+    ("ln", "last_name", "sha256_last_name"),
+    ("ct", "city", ""),
+    ("st", "region", ""),
+    ("zp", "postal_code", ""),
+    ("country", "country", ""),
+)
+_COUNTRY = NORMALIZERS["country"]
 
 
-def _values(value: Any) -> list[Any]:
-    if isinstance(value, list):
-        return [v for v in value if _present(v)]
-    if isinstance(value, float) and value.is_integer():
-        return [int(value)]
-    return [value]
+def _add(
+    acc: dict[str, list[str]],
+    key: str,
+    value: Any,
+    context: str | None,
+    dropped: dict[str, str],
+    raw_ids: bool,
+) -> None:
+    """Normalize + hash one raw value (or each of a list) into `acc[key]`, without repeats."""
+    if value.__class__ is list:
+        for item in value:
+            if item is not None and item != "":
+                _add(acc, key, item, context, dropped, raw_ids)
+        return
+    if key == "external_id" and raw_ids:
+        result = value.strip() if value.__class__ is str else None
+        if result is None and isinstance(value, int) and not isinstance(value, bool):
+            result = str(value)
+    else:
+        if value.__class__ is float and value.is_integer():
+            value = int(value)
+        result = hash_value(key, value, context)
+    if not result:
+        dropped.setdefault(key, _DROP_REASONS.get(key, "empty after normalization"))
+        return
+    found = acc.get(key)
+    if found is None:
+        acc[key] = [result]
+    elif result not in found:
+        found.append(result)
 
 
 def _region(value: Any) -> str | None:
@@ -261,16 +284,27 @@ def _region(value: Any) -> str | None:
     return None
 
 
-@lru_cache(maxsize=4096)
+_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+)
+
+
 def _ip(text: str) -> str | None:
     """A valid IP as Meta wants it (IPv4-mapped IPv6 unwrapped), or None."""
+    if _IPV4.fullmatch(text):  # the common case, without ipaddress's slow parser
+        return text
+    return _ipv6(text)
+
+
+@lru_cache(maxsize=1024)
+def _ipv6(text: str) -> str | None:
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
         return None
     if addr.version == 6 and addr.ipv4_mapped is not None:  # type: ignore[union-attr]
         return str(addr.ipv4_mapped)  # type: ignore[union-attr]
-    return text if addr.version == 4 else str(addr)
+    return str(addr)
 
 
 def _fbc(
@@ -283,7 +317,7 @@ def _fbc(
     """`fbc`: the tag's or the event's value (the collector resolved it), else the `_fbc`
     cookie unless the page URL brings another click id, else one built from that `fbclid`."""
     given = configured or event.get("x-fb-ck-fbc")
-    if _present(given):
+    if given:
         if isinstance(given, str) and FBC_RE.fullmatch(given):
             return given
         dropped["fbc"] = "malformed _fbc value (expected fb.N.TIME.FBCLID)"
@@ -322,8 +356,8 @@ def custom_data(event: Event, configured: Any) -> dict[str, Any]:
     if isinstance(currency, str) and currency.strip():
         out["currency"] = currency.strip().upper()
     items = event.get("items")
-    if isinstance(items, list) and items:
-        contents = list(_contents(items))
+    if items.__class__ is list and items:
+        contents = _contents(items)
         if contents:
             out["contents"] = contents
             out["content_ids"] = [c["id"] for c in contents]
@@ -348,35 +382,42 @@ def custom_data(event: Event, configured: Any) -> dict[str, Any]:
     return out
 
 
-def _contents(items: list[Any]) -> Iterator[dict[str, Any]]:
+def _contents(items: list[Any]) -> list[dict[str, Any]]:
+    """GA4 items → Meta contents: item_id (else item_name) → id, quantity (default 1),
+    price → item_price, delivery_category kept; items without an id are skipped."""
+    out = []
     for item in items:
-        if not isinstance(item, dict):
+        if item.__class__ is not dict:
             continue
         ident = item.get("item_id")
         if ident is None or ident == "":
             ident = item.get("item_name")
         if ident is None or ident == "" or isinstance(ident, (dict, list, bool)):
             continue
-        quantity = _number(item.get("quantity", 1))
+        quantity = item.get("quantity", 1)
+        if quantity.__class__ is not int:
+            quantity = _number(quantity)
+            quantity = int(quantity) if isinstance(quantity, (int, float)) else 1
         entry: dict[str, Any] = {
-            "id": str(ident),
-            "quantity": int(quantity) if isinstance(quantity, (int, float)) and quantity > 0 else 1,
+            "id": ident if ident.__class__ is str else str(ident),
+            "quantity": quantity if quantity > 0 else 1,
         }
-        price = _number(item.get("price"))
-        if isinstance(price, (int, float)):
-            entry["item_price"] = price
+        price = item.get("price")
+        if price is not None:
+            price = _number(price)
+            if isinstance(price, (int, float)) and not isinstance(price, bool):
+                entry["item_price"] = price
         category = item.get("delivery_category")
-        if isinstance(category, str) and category:
+        if category.__class__ is str and category:
             entry["delivery_category"] = category
-        yield entry
+        out.append(entry)
+    return out
 
 
 def _number(value: Any) -> Any:
     """A number from a number or numeric text; anything else is returned unchanged (and
     `checks` refuses it where a number is required)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
+    if value.__class__ is float or value.__class__ is int:
         return value
     if isinstance(value, str):
         try:

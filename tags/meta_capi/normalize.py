@@ -48,6 +48,7 @@ __all__ = [
 HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_MISSING = object()
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@.]+")
 
 
@@ -77,13 +78,17 @@ def _nfc_lower(text: str) -> str:
     return text.lower()
 
 
+_ASCII_ALPHA_ONLY = {c: None for c in range(128) if not chr(c).isalpha()}
+_ASCII_ALNUM_ONLY = {c: None for c in range(128) if not chr(c).isalnum()}
+
+
 def _keep(text: str, *, digits: bool) -> str:
     """Only letters (any script, with their combining marks) and, if asked, digits: no
     punctuation, symbols or spaces."""
     if text.isascii():
         if text.isalpha():
             return text
-        return "".join(ch for ch in text if ch.isalpha() or (digits and ch.isdigit()))
+        return text.translate(_ASCII_ALNUM_ONLY if digits else _ASCII_ALPHA_ONLY)
     kinds = "LMN" if digits else "LM"
     return "".join(ch for ch in text if unicodedata.category(ch)[0] in kinds)
 
@@ -131,10 +136,14 @@ _DATE_MONDY = re.compile(r"([a-z]+)\.?[\s\-./]*(\d{1,2})(?:st|nd|rd|th)?[\s,\-./
 
 
 def _date_of_birth(text: str, cc: str | None = None) -> str | None:
+    if len(text) == 8 and text.isdigit():  # already YYYYMMDD: only check it is a date
+        days = _DAYS.get(text[4:6])
+        day = text[6:]
+        if days is None or not "01" <= day <= days or not "1900" <= text[:4] <= _THIS_YEAR_TEXT:
+            return None
+        return text if day != "29" or text[4:6] != "02" or _leap(int(text[:4])) else None
     text = text.lower()
-    if len(text) == 8 and text.isdigit():
-        y, m, d = int(text[:4]), int(text[4:6]), int(text[6:])
-    elif match := _DATE_YMD.fullmatch(text):
+    if match := _DATE_YMD.fullmatch(text):
         y, m, d = int(match[1]), int(match[2]), int(match[3])
     elif match := _DATE_XYY.fullmatch(text):
         first, sep, second, y = int(match[1]), match[2], int(match[3]), int(match[4])
@@ -158,6 +167,14 @@ def _date_of_birth(text: str, cc: str | None = None) -> str | None:
 
 
 _THIS_YEAR = date.today().year + 1
+_THIS_YEAR_TEXT = str(_THIS_YEAR)
+_DAYS = {
+    f"{m:02d}": str(d) for m, d in enumerate((31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31), 1)
+}
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
 def _city(text: str, cc: str | None = None) -> str | None:
@@ -250,17 +267,22 @@ def _state(text: str, cc: str | None = None) -> str | None:
     return _keep(_nfc_lower(text), digits=True) or None
 
 
-_US_ZIP = re.compile(r"(\d{5})(?:\d{4})?")
-
-
 def _postal_code(text: str, cc: str | None = None) -> str | None:
-    text = "".join(text.lower().split("-", 1)[0].split())
-    if cc == "us" and text.isdigit() and 3 <= len(text) < 5:
-        text = text.zfill(5)  # a ZIP that went through a number type lost its leading zeros
+    text = text.lower()
+    dash = text.find("-")
+    if dash >= 0:
+        text = text[:dash]
+    if not text.isalnum():
+        text = "".join(text.split())
     if cc is None or cc == "us":
-        match = _US_ZIP.fullmatch(text)
-        if match:
-            return match[1]
+        if text.isdigit():
+            size = len(text)
+            if size == 5:
+                return text
+            if size == 9:  # ZIP+4 written without its dash
+                return text[:5]
+            if cc == "us" and 3 <= size < 5:
+                return text.zfill(5)  # a ZIP that went through a number lost its zeros
         if cc == "us":
             return text[:5] if len(text) >= 5 and text[:5].isdigit() else None
     return text if len(text) >= 2 else None
@@ -309,13 +331,15 @@ def _fast_international(digits: str) -> str | None:
         region = _CALLING_CODES.get(digits[:size])
         if region is None:
             continue
-        info = _region_info(region)
+        info = _REGION_INFO.get(region, _MISSING)
+        if info is _MISSING:
+            info = _region_info(region)
         if info is None:
             return None
-        national, trunk = digits[size:], info[1]
+        national, trunk = digits[size:], info[1]  # type: ignore[index]
         if trunk and national.startswith(trunk):
             return None  # "+44 020 …": a trunk prefix written after the country code
-        return digits if info[2].fullmatch(national) else None
+        return digits if info[2].fullmatch(national) else None  # type: ignore[index]
     return None
 
 
@@ -343,7 +367,7 @@ def _parsed(text: str, region: str | None, strict: bool) -> str | None:
 
 
 def _phone(text: str, region: str | None = None) -> str | None:
-    if "(" in text:
+    if "(0" in text or "( " in text:
         text = _TRUNK_MARKER.sub(" ", text)
     plus = text.startswith("+")
     compact = text.translate(_SEPARATORS)
@@ -458,5 +482,24 @@ def hash_value(key: str, value: Any, context: str | None = None) -> str | None:
             return None
     if len(text) == 64 and _HEX64.fullmatch(text):
         return text.lower()
-    normalized = NORMALIZERS[key](text, context)
-    return hashlib.sha256(normalized.encode()).hexdigest() if normalized else None
+    if key not in _MEMO_KEYS:
+        normalized = NORMALIZERS[key](text, context)
+        return _sha256(normalized.encode()).hexdigest() if normalized else None
+    memo_key = (key, text, context)
+    result = _MEMO.get(memo_key, _MISSING)
+    if result is _MISSING:
+        normalized = NORMALIZERS[key](text, context)
+        result = _sha256(normalized.encode()).hexdigest() if normalized else None
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.clear()
+        _MEMO[memo_key] = result
+    return result  # type: ignore[return-value]
+
+
+# Gender, country, state and city take few distinct values and say little about a person on
+# their own, so their hashes are remembered (bounded); emails, phones, names, birth dates,
+# postal codes and ids are never kept: no raw personal data outlives the event in memory.
+_MEMO_KEYS = frozenset({"ge", "country", "st", "ct"})
+_MEMO: dict[tuple[str, str, str | None], str | None] = {}
+_MEMO_MAX = 50_000
+_sha256 = hashlib.sha256

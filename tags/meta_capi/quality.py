@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .mapping import USER_DATA_KEYS
-
 __all__ = ["Quality", "assess", "WEIGHTS"]
 
 WEIGHTS = {
@@ -29,6 +27,10 @@ WEIGHTS = {
     "fbc": 1.5,
     "fbp": 1.5,
     "external_id": 1.0,
+    "client_ip_address": 1.0,
+    "client_user_agent": 1.0,
+    "fn": 0.5,
+    "ln": 0.5,
     "ge": 0.25,
     "db": 0.25,
     "ct": 0.25,
@@ -36,10 +38,7 @@ WEIGHTS = {
     "zp": 0.25,
     "country": 0.25,
 }
-PAIRS = (
-    (("client_ip_address", "client_user_agent"), 2.5, 1.0),
-    (("fn", "ln"), 1.0, 0.5),
-)
+IP_AND_AGENT_BONUS = 0.5  # IP + user agent together: 2.5, more than each alone (1 + 1)
 BANDS = ((8.0, "great"), (6.0, "good"), (4.0, "ok"), (0.0, "poor"))
 
 
@@ -57,12 +56,15 @@ class Quality:
 
 
 def assess(user_data: dict[str, Any]) -> Quality:
-    keys = [k for k in USER_DATA_KEYS if user_data.get(k)]
-    present = set(keys)
-    score = sum(WEIGHTS.get(k, 0.0) for k in keys)
-    for pair, both, one in PAIRS:
-        found = sum(k in present for k in pair)
-        score += both if found == 2 else one if found == 1 else 0.0
+    """`user_data` as the mapping builds it: only keys with a value, in Meta's order."""
+    keys = list(user_data)
+    score = 0.0
+    for key in keys:
+        score += WEIGHTS.get(key, 0.0)
+    if "client_ip_address" in user_data and "client_user_agent" in user_data:
+        score += IP_AND_AGENT_BONUS
     score = round(min(score, 10.0), 1)
-    band = next(label for floor, label in BANDS if score >= floor)
-    return Quality(keys, score, band)
+    for floor, band in BANDS:
+        if score >= floor:
+            return Quality(keys, score, band)
+    return Quality(keys, score, "poor")  # pragma: no cover - the last floor is 0

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from tagserver import metrics
@@ -113,18 +114,22 @@ class MetaCapiTag(Tag):
         ),
     )
 
+    def __init__(self, name: str, static_params: dict[str, Any], settings: Any) -> None:
+        super().__init__(name, static_params, settings)
+        self._targets: dict[tuple[Any, ...], Target] = {}
+
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
-        now = time.time()
         built = build(event, params, ctx.request)
         server = built.event
         quality = assess(server["user_data"])
-        ctx.note("match_keys", quality.keys)
-        ctx.note("match_quality", quality.score)
-        ctx.note("match_quality_band", quality.band)
+        notes = ctx.notes
+        notes["match_keys"] = quality.keys
+        notes["match_quality"] = quality.score
+        notes["match_quality_band"] = quality.band
         if built.dropped:
-            ctx.note("dropped_user_data", built.dropped)
+            notes["dropped_user_data"] = built.dropped
         try:
-            check(server, now)
+            check(server, time.time())
         except MetaRefusal as refusal:
             metrics.META_REFUSED.labels(refusal.code).inc()
             log.info(
@@ -133,63 +138,103 @@ class MetaCapiTag(Tag):
             )  # fmt: skip
             raise
         name = server["event_name"]
-        metrics.META_MATCH_QUALITY.labels(name if name in STANDARD_EVENTS else "custom").observe(
-            quality.score
-        )
+        _quality_metric(name).observe(quality.score)
 
-        pixel_id = _text(params.get("pixel_id"))
-        token = _text(params.get("access_token"))
-        version = _text(params.get("api_version")) or DEFAULT_API_VERSION
-        test_code = _text(params.get("test_event_code"))
-        partner = _text(params.get("partner_agent"))
-        if pixel_id and not _PIXEL_ID.fullmatch(pixel_id):
-            raise MetaRefusal("bad_pixel_id", f"pixel_id {pixel_id[:30]!r} is not a number")
-        if not _API_VERSION.fullmatch(version):
-            raise MetaRefusal(
-                "bad_api_version", f"api_version {version[:20]!r} is not like {DEFAULT_API_VERSION}"
-            )
-        if not pixel_id or not token:
-            missing = " and ".join(
-                n for n, v in (("pixel_id", pixel_id), ("access_token", token)) if not v
-            )
-            body: dict[str, Any] = {"data": [server]}
-            if test_code:
-                body["test_event_code"] = test_code
-            if partner:
-                body["partner_agent"] = partner
-            ctx.note("status", f"dry run: no {missing}, so nothing is sent")
-            ctx.note("dry_run_payload", body)
+        target = self._target(params)
+        if target.problem is not None:
+            raise MetaRefusal(*target.problem)
+        if target.route is None:
+            body: dict[str, Any] = {"data": [server], **target.extra}
+            notes["status"] = f"dry run: no {target.missing}, so nothing is sent"
+            notes["dry_run_payload"] = body
             return []
-
-        token_id = hashlib.sha256(token.encode()).hexdigest()[:8]
-        deadline = server["event_time"] + max_age(server["action_source"]) - DEADLINE_MARGIN_SECONDS
-        route: dict[str, Any] = {
-            "pixel_id": pixel_id,
-            "access_token": token,
-            "api_version": version,
-        }
-        if test_code:
-            route["test_event_code"] = test_code
-        if partner:
-            route["partner_agent"] = partner
         return [
             Outgoing(
-                destination=f"meta:{pixel_id}:{token_id}:{test_code or '-'}:{version}",
+                destination=target.destination,
                 payload=server,
                 # Meta deduplicates on event name + id; the outbox the same way, so one hit
                 # resent is stored once, and two events that share an id are both kept
                 dedup_id=f"{name}:{server['event_id']}",
                 tag_type=self.type_name,
-                route=route,
-                deadline=deadline,
+                route=dict(target.route),
+                deadline=server["event_time"]
+                + max_age(server["action_source"])
+                - DEADLINE_MARGIN_SECONDS,
                 preview={
-                    "request": f"POST /{version}/{pixel_id}/events",
-                    "test_event_code": test_code,
+                    "request": target.request,
+                    "test_event_code": target.extra.get("test_event_code"),
                     "match_quality": quality.score,
                     "match_keys": quality.keys,
                 },
             )
         ]
+
+    def _target(self, params: dict[str, Any]) -> Target:
+        """Where the event goes, from the resolved params; the same few combinations repeat
+        for every event, so they are worked out once."""
+        key = tuple(params.get(k) for k in _TARGET_PARAMS)
+        try:
+            target = self._targets.get(key)
+        except TypeError:  # a templated param resolved to something unhashable
+            return Target.of(*key)
+        if target is None:
+            if len(self._targets) >= 64:
+                self._targets.clear()
+            target = self._targets[key] = Target.of(*key)
+        return target
+
+
+_TARGET_PARAMS = ("pixel_id", "access_token", "api_version", "test_event_code", "partner_agent")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The destination of a tag's events: its route for the sender, or why there is none."""
+
+    destination: str = ""
+    route: dict[str, Any] | None = None  # None: dry run
+    missing: str = ""  # what a dry run lacks
+    extra: dict[str, Any] = field(default_factory=dict)  # test_event_code, partner_agent
+    request: str = ""
+    problem: tuple[str, str] | None = None  # (code, reason) of a MetaRefusal
+
+    @classmethod
+    def of(cls, pixel: Any, token: Any, version: Any, test_code: Any, partner: Any) -> Target:
+        pixel_id, access_token = _text(pixel), _text(token)
+        api_version = _text(version) or DEFAULT_API_VERSION
+        extra = {k: v for k, v in (("test_event_code", _text(test_code)),
+                                   ("partner_agent", _text(partner))) if v}  # fmt: skip
+        if pixel_id and not _PIXEL_ID.fullmatch(pixel_id):
+            return cls(problem=("bad_pixel_id", f"pixel_id {pixel_id[:30]!r} is not a number"))
+        if not _API_VERSION.fullmatch(api_version):
+            reason = f"api_version {api_version[:20]!r} is not like {DEFAULT_API_VERSION}"
+            return cls(problem=("bad_api_version", reason))
+        if not pixel_id or not access_token:
+            missing = " and ".join(
+                n for n, v in (("pixel_id", pixel_id), ("access_token", access_token)) if not v
+            )
+            return cls(missing=missing, extra=extra)
+        token_id = hashlib.sha256(access_token.encode()).hexdigest()[:8]
+        code = extra.get("test_event_code") or "-"
+        route = {"pixel_id": pixel_id, "access_token": access_token, "api_version": api_version}
+        return cls(
+            destination=f"meta:{pixel_id}:{token_id}:{code}:{api_version}",
+            route={**route, **extra},
+            extra=extra,
+            request=f"POST /{api_version}/{pixel_id}/events",
+        )
+
+
+_quality_children: dict[str, Any] = {}
+
+
+def _quality_metric(name: str) -> Any:
+    """The labelled histogram child: standard names as themselves, any other as "custom"."""
+    label = name if name in STANDARD_EVENTS else "custom"
+    child = _quality_children.get(label)
+    if child is None:
+        child = _quality_children[label] = metrics.META_MATCH_QUALITY.labels(label)
+    return child
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,285 @@
+"""Benchmark: building the Conversions API request body for 10,000 full Purchase events.
+
+    python bench/bench_meta.py [--events 10000] [--rounds 2]
+
+"Building" = normalize + hash + serialize, from raw event data to the JSON bytes of the
+requests (1000 events each):
+
+- tagserver: `MetaCapiTag.fire` for each event (mapping, normalization, SHA-256, refusal
+  checks, match quality, the Outgoing message), then the sender's body (`orjson`).
+- Meta's official SDK (`facebook-business`, in the `bench` extra): `UserData`, `CustomData`,
+  `Content` and `Event` objects from the same raw values, `EventRequest.get_params()` (its
+  normalization and hashing), then the body `EventRequest.execute()` would send: the SDK's
+  own top-level JSON encoding, form-encoded by `requests` as the SDK's session does.
+
+Inputs are identical and chosen so the SDK accepts them (it refuses country names, formatted
+dates and the like); tagserver does more work on them (it also hashes external_id, checks
+what Meta would refuse, scores match quality). Every event has 13 user_data keys (em, ph, fn,
+ln, ge, db, ct, st, zp, country, external_id, client_ip_address, client_user_agent) and 2–3
+contents. The two run alternately, A B A B, in one process; the report gives each round, the
+medians and the ratio, after checking that both produce the same hashes for the same inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson  # noqa: E402
+
+from tags.meta_capi import MetaCapiTag  # noqa: E402
+from tagserver.event import RequestContext  # noqa: E402
+from tagserver.plugins import FireContext  # noqa: E402
+from tagserver.settings import Settings  # noqa: E402
+
+BATCH = 1000
+PIXEL = "1234567890123456"
+TOKEN = "EAAbenchmarkTOKEN"
+UA = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.4 Safari/605.1.15"
+)
+FIRST = ["Mary", "James", "Zoë", "José", "Anna", "Liam", "Sofía", "Noah", "Emma", "Oliver"]
+LAST = ["Smith", "García", "Müller", "Johnson", "Rossi", "Brown", "Nguyen", "Kowalski"]
+CITIES = [("San Francisco", "ca", "941"), ("New York", "ny", "100"), ("Austin", "tx", "787"),
+          ("Seattle", "wa", "981"), ("Chicago", "il", "606"), ("Boston", "ma", "021")]  # fmt: skip
+AREAS = ["415", "212", "512", "206", "312", "617", "650", "718"]
+
+
+def raw_events(count: int, now: int) -> list[dict[str, Any]]:
+    """Raw purchase data, one dict per event (what a shop backend would have)."""
+    out = []
+    for i in range(count):
+        city, state, zip3 = CITIES[i % len(CITIES)]
+        items = [
+            {"id": f"SKU-{i % 500}", "quantity": 1 + i % 3, "price": 19.99},
+            {"id": f"SKU-{(i * 7) % 500}", "quantity": 1, "price": 5.5},
+        ]
+        if i % 2:
+            items.append({"id": f"SKU-{(i * 13) % 500}", "quantity": 2, "price": 12.0})
+        out.append(
+            {
+                "event_id": f"order-{i}",
+                "event_time": now - 60 - i % 3600,
+                "url": f"https://www.shop.example/checkout/thanks?order={i}",
+                "email": f"Customer.{i}@Example.com",
+                "phone": f"+1 ({AREAS[i % len(AREAS)]}) 555-{i % 10000:04d}",
+                "first_name": FIRST[i % len(FIRST)],
+                "last_name": LAST[(i // 3) % len(LAST)],
+                "gender": "f" if i % 2 else "m",
+                "birth": f"19{50 + i % 50}{1 + i % 12:02d}{1 + i % 28:02d}",
+                "city": city,
+                "state": state,
+                "zip": f"{zip3}{i % 100:02d}-{i % 10000:04d}",
+                "country": "us",
+                "customer_id": f"cust-{i}",
+                "ip": f"203.0.{(i // 256) % 256}.{i % 256}",
+                "items": items,
+                "value": round(sum(it["price"] * it["quantity"] for it in items), 2),
+                "currency": "usd",
+            }
+        )
+    return out
+
+
+# -- tagserver ----------------------------------------------------------------------------------
+
+
+def tagserver_events(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same data as common event data (what a client hands the tag)."""
+    return [
+        {
+            "event_name": "purchase",
+            "event_id": r["event_id"],
+            "event_time": r["event_time"],
+            "page_location": r["url"],
+            "ip_override": r["ip"],
+            "user_agent": UA,
+            "user_id": r["customer_id"],
+            "value": r["value"],
+            "currency": r["currency"],
+            "transaction_id": r["event_id"],
+            "items": [
+                {"item_id": it["id"], "quantity": it["quantity"], "price": it["price"]}
+                for it in r["items"]
+            ],
+            "user_data": {
+                "email_address": r["email"],
+                "phone_number": r["phone"],
+                "gender": r["gender"],
+                "date_of_birth": r["birth"],
+                "address": {
+                    "first_name": r["first_name"],
+                    "last_name": r["last_name"],
+                    "city": r["city"],
+                    "region": r["state"],
+                    "postal_code": r["zip"],
+                    "country": r["country"],
+                },
+            },
+        }
+        for r in raw
+    ]
+
+
+def run_tagserver(events: list[dict[str, Any]]) -> list[bytes]:
+    settings = Settings()
+    request = RequestContext.from_scope(
+        method="POST", url="https://sgtm.shop.example/api/events", path="/api/events",
+        query={}, headers={"user-agent": "bench"}, cookies={}, peer_ip="127.0.0.1",
+        scheme="https", settings=settings,
+    )  # fmt: skip
+    tag = MetaCapiTag("meta", {}, settings)
+    params = {"pixel_id": PIXEL, "access_token": TOKEN, "api_version": "v25.0",
+              "action_source": "website", "external_id_hashing": "sha256"}  # fmt: skip
+    payloads = []
+    for event in events:
+        ctx = FireContext(request=request, settings=settings, tag_name="meta")
+        payloads.extend(o.payload for o in tag.fire(event, params, ctx))
+    # the sender's request body, 1000 events per request
+    return [orjson.dumps({"data": payloads[i : i + BATCH]}) for i in range(0, len(payloads), BATCH)]
+
+
+# -- Meta's SDK ---------------------------------------------------------------------------------
+
+
+def run_sdk(raw: list[dict[str, Any]]) -> list[bytes]:
+    from facebook_business.adobjects.serverside.action_source import ActionSource
+    from facebook_business.adobjects.serverside.content import Content
+    from facebook_business.adobjects.serverside.custom_data import CustomData
+    from facebook_business.adobjects.serverside.event import Event
+    from facebook_business.adobjects.serverside.event_request import EventRequest
+    from facebook_business.adobjects.serverside.gender import Gender
+    from facebook_business.adobjects.serverside.user_data import UserData
+    from facebook_business.api import _top_level_param_json_encode
+    from requests.models import RequestEncodingMixin
+
+    events = []
+    for r in raw:
+        user = UserData(
+            emails=[r["email"]],
+            phones=[r["phone"]],
+            first_names=[r["first_name"]],
+            last_names=[r["last_name"]],
+            genders=[Gender.FEMALE if r["gender"] == "f" else Gender.MALE],
+            dates_of_birth=[r["birth"]],
+            cities=[r["city"]],
+            states=[r["state"]],
+            zip_codes=[r["zip"]],
+            country_codes=[r["country"]],
+            external_ids=[r["customer_id"]],
+            client_ip_address=r["ip"],
+            client_user_agent=UA,
+        )
+        contents = [
+            Content(product_id=it["id"], quantity=it["quantity"], item_price=it["price"])
+            for it in r["items"]
+        ]
+        custom = CustomData(
+            value=r["value"],
+            currency=r["currency"],
+            contents=contents,
+            content_ids=[it["id"] for it in r["items"]],
+            num_items=sum(it["quantity"] for it in r["items"]),
+            content_type="product",
+            order_id=r["event_id"],
+        )
+        events.append(
+            Event(
+                event_name="Purchase",
+                event_time=r["event_time"],
+                event_id=r["event_id"],
+                event_source_url=r["url"],
+                action_source=ActionSource.WEBSITE,
+                user_data=user,
+                custom_data=custom,
+            )
+        )
+    bodies = []
+    for i in range(0, len(events), BATCH):
+        request = EventRequest(pixel_id=PIXEL, events=events[i : i + BATCH], access_token=TOKEN)
+        # what EventRequest.execute() sends: the SDK JSON-encodes the top-level params and
+        # requests form-encodes them (application/x-www-form-urlencoded)
+        params = _top_level_param_json_encode(request.get_params())
+        bodies.append(RequestEncodingMixin._encode_params(params).encode())
+    return bodies
+
+
+# -- checks and timing ------------------------------------------------------------------------
+
+
+def same_hashes(ours: list[bytes], sdk: list[bytes]) -> list[str]:
+    """Keys whose hashes agree for every event (external_id: the SDK sends it unhashed)."""
+    a = [e["user_data"] for b in ours for e in orjson.loads(b)["data"]]
+    b = [
+        json.loads(e)["user_data"]
+        for body in sdk
+        for e in json.loads(parse_qs(body.decode())["data"][0])
+    ]
+    assert len(a) == len(b)
+    keys = ["em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country"]
+    agree = [k for k in keys if all(x[k] == y[k] for x, y in zip(a, b, strict=True))]
+    return agree
+
+
+def timed(fn: Any, *args: Any) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - started, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=2, help="A B pairs (default 2: A B A B)")
+    args = parser.parse_args()
+
+    import facebook_business
+
+    now = int(time.time())
+    raw = raw_events(args.events, now)
+    events = tagserver_events(raw)
+    # warm-up (imports, lazy metadata, caches of the interpreter), not timed
+    run_tagserver(tagserver_events(raw_events(200, now)))
+    run_sdk(raw_events(200, now))
+
+    ours_times, sdk_times = [], []
+    for round_no in range(1, args.rounds + 1):
+        t, ours = timed(run_tagserver, [dict(e) for e in events])
+        ours_times.append(t)
+        print(
+            f"round {round_no} A tagserver      {t * 1000:8.1f} ms  {t / args.events * 1e6:6.1f} µs/event"
+        )
+        t, sdk = timed(run_sdk, raw)
+        sdk_times.append(t)
+        print(
+            f"round {round_no} B facebook-sdk   {t * 1000:8.1f} ms  {t / args.events * 1e6:6.1f} µs/event"
+        )
+
+    agree = same_hashes(ours, sdk)
+    ours_med, sdk_med = statistics.median(ours_times), statistics.median(sdk_times)
+    print()
+    print(f"events: {args.events}, requests: {len(ours)} (≤ {BATCH} events each)")
+    print(f"body bytes: tagserver {sum(map(len, ours)):,}, facebook-sdk {sum(map(len, sdk)):,}")
+    print(f"identical hashes for: {', '.join(agree)}")
+    print(f"python {platform.python_version()}, facebook-business {facebook_business.__version__}")
+    print(
+        f"median tagserver    {ours_med * 1000:8.1f} ms  ({ours_med / args.events * 1e6:.1f} µs/event)"
+    )
+    print(
+        f"median facebook-sdk {sdk_med * 1000:8.1f} ms  ({sdk_med / args.events * 1e6:.1f} µs/event)"
+    )
+    print(f"ratio: tagserver is {sdk_med / ours_med:.1f}× faster")
+
+
+if __name__ == "__main__":
+    main()
