@@ -40,6 +40,7 @@ HEADER = b"x-tagserver-preview"
 PARAM = "tagserver_preview"
 COOKIE = "tagserver_preview"
 MAX_QUEUE = 10_000  # records waiting for the writer; beyond it the oldest are dropped
+PRUNE_SECONDS = 3600.0
 UNKNOWN_DELIVERY_SECONDS = 30.0  # a delivery may come before its hit is written; wait this long
 
 
@@ -81,6 +82,7 @@ class Preview:
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._store_errors = 0
 
     # -- the hit path: cheap, no I/O for hits that are not previewed
@@ -195,6 +197,7 @@ class Preview:
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="preview-writer")
+        self._pruner = asyncio.create_task(self._prune_loop(), name="preview-pruner")
         self._watch_shutdown_signals()
         if self._queue:
             self._wake.set()
@@ -202,11 +205,16 @@ class Preview:
             token, created = login_token(self.settings)
             if created:  # started without `tagserver serve` (which announces it): say it once
                 log.warning("preview: sign in at /preview/login?token=%s", token)
-        try:
-            await asyncio.to_thread(self.store.prune)
-            await asyncio.to_thread(sweep_orphans)
-        except Exception as exc:
-            self._store_failed("pruning old sessions", exc)
+
+    async def _prune_loop(self) -> None:
+        """Forget sessions a day after they expired, now and every hour."""
+        while True:
+            try:
+                await asyncio.to_thread(self.store.prune)
+                await asyncio.to_thread(sweep_orphans)
+            except Exception as exc:
+                self._store_failed("pruning old sessions", exc)
+            await asyncio.sleep(PRUNE_SECONDS)
 
     def _watch_shutdown_signals(self) -> None:
         """End live streams as soon as the server is asked to stop.
@@ -234,11 +242,12 @@ class Preview:
     async def close(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+        for task in (self._writer, self._pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer = self._pruner = None
         with contextlib.suppress(Exception):
             await self._flush()
         with contextlib.suppress(Exception):
