@@ -16,8 +16,7 @@ signed-in purchase with email and phone reaches 10. Bands as Events Manager labe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Quality", "assess", "WEIGHTS"]
 
@@ -42,8 +41,7 @@ IP_AND_AGENT_BONUS = 0.5  # IP + user agent together: 2.5, more than each alone 
 BANDS = ((8.0, "great"), (6.0, "good"), (4.0, "ok"), (0.0, "poor"))
 
 
-@dataclass(frozen=True)
-class Quality:
+class Quality(NamedTuple):
     keys: list[str]  # match keys present, in Meta's order
     score: float  # 0–10, one decimal
     band: str  # poor | ok | good | great
