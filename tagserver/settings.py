@@ -102,6 +102,9 @@ class Settings:
     )
 
     _trusted: list[Any] = field(default_factory=list, init=False, repr=False, compare=False)
+    _trusted_seen: dict[str, bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )  # peer address → trusted?, asked twice per hit: parsing it is the costly part
 
     def __post_init__(self) -> None:
         try:
@@ -129,11 +132,17 @@ class Settings:
     # -- derived values
 
     def is_trusted_proxy(self, ip: str) -> bool:
+        known = self._trusted_seen.get(ip)
+        if known is not None:
+            return known
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return False
-        return any(addr in net for net in self._trusted)
+        trusted = any(addr in net for net in self._trusted)
+        if len(self._trusted_seen) < 4096:  # bounded: peers are few, but keep it safe
+            self._trusted_seen[ip] = trusted
+        return trusted
 
     @property
     def api_key_list(self) -> list[str]:

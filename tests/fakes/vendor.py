@@ -63,8 +63,10 @@ def _free_port() -> int:
 
 
 class FakeVendor:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, keep: bool = True) -> None:
         self.port = port or _free_port()
+        self.keep = keep  # False: only count requests (benchmarks, long outages)
+        self.count = 0
         self.received: list[Received] = []
         self._plan: deque[Answer] = deque()
         self._rules: list[Responder] = []
@@ -218,7 +220,9 @@ class FakeVendor:
                 request = Received(method, path, headers, body, time.time())
                 answer = self._next_answer(request)
                 with self._lock:
-                    self.received.append(request)
+                    self.count += 1
+                    if self.keep:
+                        self.received.append(request)
                 if answer.delay:
                     await asyncio.sleep(answer.delay)
                 if answer.action == "reset":

@@ -1,0 +1,387 @@
+"""Benchmark: hits per second, end to end, against a bare Starlette app on the same machine.
+
+    python bench/bench_hits.py                      # throughput, then a 5-minute vendor outage
+    python bench/bench_hits.py --mode hits          # throughput only
+    python bench/bench_hits.py --mode outage --outage-minutes 1
+
+Throughput (`hits`): A = a bare Starlette app answering 204, B = `tagserver serve` handling the
+same POST /api/events end to end (events API client → container with one `http_request` tag
+→ outbox group commit → 200, while its dispatcher delivers to a fake vendor). One worker
+each, uvloop + httptools, `wrk` at 64 connections, runs alternating A B A B. Prints hits/s,
+p50/p99 per run and the ratio of the medians.
+
+Outage (`outage`): the fake vendor is down for N minutes while `hey` sends a steady rate of
+hits; prints the server's RSS and the outbox backlog over time (memory stays flat: the backlog
+lives on disk), then brings the vendor back and prints how fast the backlog drains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fakes.vendor import FakeVendor  # noqa: E402
+
+API_KEY = "bench-key"
+BODY = {
+    "event_name": "purchase",
+    "client_id": "1234567890.1700000000",
+    "page_location": "https://shop.example/checkout/thanks?order=1",
+    "value": 42.5,
+    "currency": "EUR",
+    "transaction_id": "T-1",
+    "items": [{"item_id": "SKU-1", "price": 42.5, "quantity": 1}],
+}
+LUA = """
+local counter = 0
+local body = [[%s]]
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+request = function()
+  counter = counter + 1
+  local id = string.format("bench-%%d-%%d", os.time(), counter)
+  return wrk.format(nil, "/api/events", nil, (body:gsub("EVENT_ID", id)))
+end
+"""
+BARE_APP = """
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+async def hit(request):
+    return Response(status_code=204)
+
+
+app = Starlette(routes=[Route("/api/events", hit, methods=["POST"])])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer in {timeout}s")
+
+
+class Servers:
+    """The fake vendor, the bare app and tagserver, all on loopback."""
+
+    def __init__(self, work: Path, vendor_up: bool = True, env: dict[str, str] | None = None):
+        self.work = work
+        self.vendor = FakeVendor(keep=False)
+        if vendor_up:
+            self.vendor.up()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")}
+        self.env.update(env or {})
+
+    def start_bare(self) -> str:
+        (self.work / "bare_app.py").write_text(BARE_APP)
+        port = free_port()
+        proc = self._spawn(
+            [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(self.work),
+             "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http",
+             "httptools", "--no-access-log", "--log-level", "warning"],
+            "bare",
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url + "/", proc)
+        return url
+
+    def start_tagserver(self) -> tuple[str, subprocess.Popen[bytes]]:
+        container = {
+            "name": "bench",
+            "version": "1",
+            "clients": [{"name": "events_api", "type": "events_api"}],
+            "triggers": [{"name": "all", "event": "*"}],
+            "tags": [
+                {
+                    "name": "webhook",
+                    "type": "http_request",
+                    "fire_on": ["all"],
+                    "params": {
+                        "url": self.vendor.url + "/orders",
+                        "headers": {"X-Api-Key": "vendor-key"},
+                        "body": {
+                            "event_id": "{{event_id}}",
+                            "event": "{{event_name}}",
+                            "order": "{{transaction_id}}",
+                            "value": "{{value}}",
+                            "currency": "{{currency}}",
+                            "ip": "{{client_ip}}",
+                        },
+                    },
+                }
+            ],
+        }
+        path = self.work / "container.json"
+        path.write_text(json.dumps(container))
+        port = free_port()
+        env = {
+            "TAGSERVER_API_KEYS": API_KEY,
+            "TAGSERVER_LOG_LEVEL": "warning",
+            "TAGSERVER_PREVIEW_PASSWORD": "bench-preview-password",
+        }
+        proc = self._spawn(
+            [sys.executable, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
+             str(port), "--container", str(path), "--data-dir", str(self.work / "data"),
+             "--workers", "1"],
+            "tagserver", env,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url + "/healthz", proc)
+        return url, proc
+
+    def _spawn(
+        self, args: list[str], name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            args, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=self.work,
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.vendor.close()
+
+
+# -- wrk ---------------------------------------------------------------------------------------
+
+
+def to_ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url: str, seconds: float, connections: int, script: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rate,
+        "p50": to_ms(latency["50"]),
+        "p99": to_ms(latency["99"]),
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+    }
+
+
+def outbox_pending(data_dir: Path) -> int:
+    path = data_dir / "outbox.sqlite3"
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(conn.execute("SELECT total(pending) FROM destinations").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    load = os.getloadavg()[0]
+    return f"{cpus} CPUs, load average {load:.2f} at start, Python {sys.version.split()[0]}"
+
+
+# -- modes ---------------------------------------------------------------------------------------
+
+
+def run_hits(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-hits-"))
+    script = work / "post.lua"
+    body = json.dumps({**BODY, "event_id": "EVENT_ID"})
+    script.write_text(LUA % (body, API_KEY))
+    servers = Servers(work)
+    try:
+        bare = servers.start_bare()
+        tagserver, _ = servers.start_tagserver()
+        print(f"# hits: {args.connections} connections, {args.duration}s per run, {machine()}")
+        for url in (bare, tagserver):  # warm up both
+            wrk(url, 2, args.connections, script)
+        runs: dict[str, list[dict[str, Any]]] = {"A bare starlette": [], "B tagserver": []}
+        for round_no in range(args.rounds):
+            for name, url in (("A bare starlette", bare), ("B tagserver", tagserver)):
+                result = wrk(url, args.duration, args.connections, script)
+                runs[name].append(result)
+                print(
+                    f"round {round_no + 1} {name:<17} {result['rps']:>9.0f} hits/s  "
+                    f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms"
+                    + (f"  non-2xx {result['non2xx']}" if result["non2xx"] else "")
+                    + (f"  socket errors: {result['socket_errors']}" if result["socket_errors"] else "")
+                )  # fmt: skip
+        stored = sum(r["requests"] for r in runs["B tagserver"])
+        summary = {}
+        for name, results in runs.items():
+            summary[name] = {
+                "rps": statistics.median(r["rps"] for r in results),
+                "p50": statistics.median(r["p50"] for r in results),
+                "p99": max(r["p99"] for r in results),
+            }
+        a, b = summary["A bare starlette"], summary["B tagserver"]
+        ratio = b["rps"] / a["rps"]
+        print(
+            f"median: bare {a['rps']:.0f} hits/s (p50 {a['p50']:.2f} ms, p99 {a['p99']:.2f} ms) | "
+            f"tagserver {b['rps']:.0f} hits/s (p50 {b['p50']:.2f} ms, worst p99 {b['p99']:.2f} ms)"
+        )
+        print(f"ratio tagserver / bare = {ratio:.2f} (target ≥ 0.5; p99 target ≤ 25 ms)")
+        time.sleep(1)
+        print(
+            f"vendor received {servers.vendor.count} messages during and right after the runs; "
+            f"outbox backlog now {outbox_pending(work / 'data')} "
+            f"(~{stored} measured hits, plus warm-up)"
+        )
+        return {"summary": summary, "ratio": ratio}
+    finally:
+        servers.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_outage(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-outage-"))
+    body_file = work / "body.json"
+    body_file.write_text(json.dumps(BODY))
+    cap = str(args.retry_cap)
+    servers = Servers(work, vendor_up=False, env={"TAGSERVER_RETRY_CAP_SECONDS": cap})
+    try:
+        url, proc = servers.start_tagserver()
+        seconds = int(args.outage_minutes * 60)
+        print(
+            f"# outage: vendor down {seconds}s, steady load {args.rate} hits/s (hey), "
+            f"retry cap {cap}s, {machine()}"
+        )
+        workers = 4
+        load = subprocess.Popen(
+            ["hey", "-z", f"{seconds}s", "-c", str(workers), "-q", str(args.rate / workers),
+             "-m", "POST", "-T", "application/json", "-H", f"Authorization: Bearer {API_KEY}",
+             "-D", str(body_file), url + "/api/events"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        started = time.time()
+        samples = []
+        step = max(5.0, seconds / 12)
+        next_sample = started
+        while load.poll() is None:
+            now = time.time()
+            if now >= next_sample:
+                sample = (now - started, rss_mb(proc.pid), outbox_pending(work / "data"))
+                samples.append(sample)
+                print(f"t={sample[0]:6.0f}s  RSS {sample[1]:6.1f} MB  backlog {sample[2]:>7}")
+                next_sample += step
+            time.sleep(0.5)
+        hey_out = load.stdout.read() if load.stdout else ""
+        status = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", hey_out))
+        backlog = outbox_pending(work / "data")
+        db_mb = sum(p.stat().st_size for p in (work / "data").glob("outbox.sqlite3*")) / 1e6
+        print(
+            f"load done: responses by status {status}; backlog {backlog} messages, "
+            f"RSS {rss_mb(proc.pid):.1f} MB, outbox files {db_mb:.1f} MB on disk"
+        )
+        servers.vendor.up()
+        up_at = time.time()
+        first = None
+        last_count = 0
+        print("vendor up: draining")
+        while True:
+            pending = outbox_pending(work / "data")
+            count = servers.vendor.count
+            if first is None and count > last_count:
+                first = time.time() - up_at
+            last_count = count
+            if pending == 0:
+                break
+            if time.time() - up_at > args.drain_timeout:
+                print(f"drain not finished after {args.drain_timeout}s: {pending} left")
+                break
+            time.sleep(0.5)
+        took = time.time() - up_at
+        drained = backlog - outbox_pending(work / "data")
+        sending = took - (first or 0)
+        rate = drained / sending if sending > 0 else 0.0
+        print(
+            f"drained {drained} messages in {took:.1f}s: first delivery {first or 0:.1f}s after "
+            f"the vendor came back (the paused lane's next probe), then {rate:.0f} messages/s; "
+            f"RSS {rss_mb(proc.pid):.1f} MB"
+        )
+        return {"samples": samples, "backlog": backlog, "drain_rate": rate, "first": first}
+    finally:
+        servers.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("all", "hits", "outage"), default="all")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="A B rounds")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--outage-minutes", type=float, default=5)
+    parser.add_argument("--rate", type=float, default=200, help="hits/s during the outage")
+    parser.add_argument("--retry-cap", type=float, default=30, help="TAGSERVER_RETRY_CAP_SECONDS")
+    parser.add_argument("--drain-timeout", type=float, default=900)
+    args = parser.parse_args()
+    for tool in ("wrk", "hey"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is needed on PATH")
+    if args.mode in ("all", "hits"):
+        run_hits(args)
+    if args.mode in ("all", "outage"):
+        run_outage(args)
+
+
+if __name__ == "__main__":
+    main()
