@@ -386,21 +386,37 @@ class Dispatcher:
                 metrics.DELIVERIES.labels(lane.key, result.outcome).inc()
                 records.append((message, record))
 
-        try:
-            await self.outbox.settle(self.worker, plan)
-        except Exception as exc:
-            log.error(
-                "could not record delivery results for %s (the messages return after their "
-                "lease and may be sent again): %s", lane.key, exc,
-            )  # fmt: skip
-        finally:
-            self.claimed.difference_update(m.id for m in claim.messages)
+        await self._settle(lane, plan)
+        self.claimed.difference_update(m.id for m in claim.messages)
         if live:
             lane.sent(reached, throttle, last_error)
         if self.preview is not None:
             for message, record in records:
                 if message.trace_id:
                     self._preview(message, claim, lane, record)
+
+    async def _settle(self, lane: Lane, plan: Settlement) -> None:
+        """Record the results; while the disk is full, keep trying for about a lease.
+
+        A failed settlement is rolled back whole, so trying again is exact. The messages keep
+        their lease meanwhile; given up, they come back when it ends and may be sent again.
+        """
+        started = time.monotonic()
+        for attempt in range(1000):
+            try:
+                await self.outbox.settle(self.worker, plan)
+                return
+            except Exception as exc:
+                waited = time.monotonic() - started
+                if self.stopping or waited > self.settings.outbox_lease_seconds:
+                    log.error(
+                        "could not record delivery results for %s (the messages return after "
+                        "their lease and may be sent again): %s", lane.key, exc,
+                    )  # fmt: skip
+                    return
+                if attempt == 0:
+                    log.warning("recording delivery results for %s failed, retrying: %s", lane.key, exc)  # fmt: skip
+                await self.sleep(min(2.0, 0.05 * 2**attempt))
 
     async def _send(
         self,

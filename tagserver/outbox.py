@@ -542,7 +542,7 @@ class Outbox:
         """Store `messages`; returns once they are committed. Raises `Unavailable` (→ 503)."""
         if not messages:
             return
-        if not self._open:
+        if not self._open or self._committer is None or self._committer.done():
             raise Unavailable("the server is starting or stopping; retry shortly", retry_after=5)
         self._check_capacity(len(messages))
         dumps = orjson.dumps
@@ -682,8 +682,8 @@ class Outbox:
 
     async def run(self, job: Callable[[Store, float], Any]) -> Any:
         """Run `job(store, now)` inside the next group commit; its result once committed."""
-        if self._wake is None:
-            raise RuntimeError("the outbox is not started")
+        if self._wake is None or self._committer is None or self._committer.done():
+            raise RuntimeError("the outbox is not running")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._jobs.append((job, future))
         self._wake.set()
