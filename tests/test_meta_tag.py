@@ -461,8 +461,7 @@ def test_outgoing_message_for_the_sender():
     assert message.deadline == NOW - 30 + 7 * 86400 - 600
     assert message.payload["event_id"] == "order-1001"
     assert message.tag_type == "meta_capi"
-    visible = json.dumps([message.destination, message.payload, message.dedup_id,
-                          message.preview, ctx.notes])  # fmt: skip
+    visible = json.dumps([message.destination, message.payload, message.dedup_id, ctx.notes])
     assert TOKEN not in visible
 
 
@@ -555,3 +554,9 @@ def test_preview_shows_the_dry_run_payload_and_match_quality_without_secrets(tmp
         assert tag["notes"]["match_quality"] == 5.5
         assert TOKEN not in page.text
         assert "Buyer@Example.com" not in json.dumps(tag)
+
+
+def test_odd_types_from_the_events_api_are_refused_not_crashing():
+    assert "is not an ISO 4217 code" in refused(purchase(custom_data={"currency": ["USD"]}))
+    assert "is not a number" in refused(purchase(custom_data={"value": {"amount": 5}}))
+    assert "is not a number" in refused(purchase(custom_data={"value": True}))

@@ -13,6 +13,7 @@ from typing import Any
 from tagserver.plugins import TagRejected
 
 from .mapping import ACTION_SOURCES
+from .normalize import CURRENCIES as ISO_CURRENCIES
 from .normalize import currency as iso_currency
 
 __all__ = ["MetaRefusal", "check", "WEAK_SUBSETS", "MAX_AGE_SECONDS", "FUTURE_TOLERANCE_SECONDS"]
@@ -30,6 +31,9 @@ WEAK_SUBSETS = (
     frozenset({"fn", "ge"}),
     frozenset({"ln", "ge"}),
 )
+
+
+_LARGEST_WEAK = max(len(w) for w in WEAK_SUBSETS)
 
 
 class MetaRefusal(TagRejected):
@@ -97,8 +101,8 @@ def check(server: dict[str, Any], now: float) -> None:
             "no customer information at all (no email, phone, IP, user agent, fbp, fbc, "
             "external_id ...); Meta needs at least one key",
         )
-    keys = frozenset(user)
-    for weak in WEAK_SUBSETS:
+    keys = user.keys()
+    for weak in WEAK_SUBSETS if len(keys) <= _LARGEST_WEAK else ():
         if keys <= weak:
             raise MetaRefusal(
                 "weak_user_data",
@@ -119,12 +123,14 @@ def check(server: dict[str, Any], now: float) -> None:
 def _check_custom_data(custom: dict[str, Any], name: str) -> None:
     if "value" in custom:
         value = custom["value"]  # numeric text was made a number by the mapping
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if value.__class__ is not float and value.__class__ is not int:
             raise MetaRefusal("bad_value", f"value {str(value)[:40]!r} is not a number")
         if not math.isfinite(value):
             raise MetaRefusal("bad_value", f"value {value!r} is not a finite number")
     if "currency" in custom:
-        code = iso_currency(custom["currency"])
+        code = custom["currency"]
+        if code.__class__ is not str or code not in ISO_CURRENCIES:
+            code = iso_currency(code)  # lowercase or padded: the long way
         if code is None:
             raise MetaRefusal(
                 "bad_currency",

@@ -353,39 +353,42 @@ def custom_data(event: Event, configured: Any) -> dict[str, Any]:
     if value is not None and value != "":
         out["value"] = _number(value)
     currency = event.get("currency")
-    if isinstance(currency, str) and currency.strip():
-        out["currency"] = currency.strip().upper()
+    if currency.__class__ is str and currency:
+        currency = currency.strip()
+        if currency:
+            out["currency"] = currency.upper()
     items = event.get("items")
     if items.__class__ is list and items:
-        contents = _contents(items)
-        if contents:
-            out["contents"] = contents
-            out["content_ids"] = [c["id"] for c in contents]
-            out["num_items"] = sum(c["quantity"] for c in contents)
-            out["content_type"] = "product"
+        _contents(items, out)
     order = event.get("transaction_id")
     if order is not None and order != "":
-        out["order_id"] = str(order)
+        out["order_id"] = order if order.__class__ is str else str(order)
     search = event.get("search_term")
-    if isinstance(search, str) and search:
+    if search.__class__ is str and search:
         out["search_string"] = search
-    for key, value in event.items():  # the Meta pixel's own custom data keys (GA4 hits)
-        if key.startswith("x-fb-cd-") and len(key) > 8 and value is not None and value != "":
-            out[key[8:]] = value
+    for key in event:  # the Meta pixel's own custom data keys (GA4 hits)
+        if key[:8] == "x-fb-cd-" and len(key) > 8:
+            value = event[key]
+            if value is not None and value != "":
+                out[key[8:]] = value
+    extra = False
     own = event.get("custom_data")
-    if isinstance(own, dict):
+    if own.__class__ is dict and own:
         out.update({k: v for k, v in own.items() if v is not None and v != ""})
-    if isinstance(configured, dict):
+        extra = True
+    if configured.__class__ is dict and configured:
         out.update({k: v for k, v in configured.items() if v is not None and v != ""})
-    if "value" in out:
+        extra = True
+    if extra and "value" in out:
         out["value"] = _number(out["value"])
     return out
 
 
-def _contents(items: list[Any]) -> list[dict[str, Any]]:
-    """GA4 items → Meta contents: item_id (else item_name) → id, quantity (default 1),
-    price → item_price, delivery_category kept; items without an id are skipped."""
-    out = []
+def _contents(items: list[Any], out: dict[str, Any]) -> None:
+    """GA4 items → Meta `contents` (item_id, else item_name → id; quantity, default 1;
+    price → item_price; delivery_category), `content_ids`, `num_items`, `content_type`.
+    Items without an id are skipped."""
+    contents, ids, count = [], [], 0
     for item in items:
         if item.__class__ is not dict:
             continue
@@ -394,24 +397,31 @@ def _contents(items: list[Any]) -> list[dict[str, Any]]:
             ident = item.get("item_name")
         if ident is None or ident == "" or isinstance(ident, (dict, list, bool)):
             continue
+        if ident.__class__ is not str:
+            ident = str(ident)
         quantity = item.get("quantity", 1)
         if quantity.__class__ is not int:
             quantity = _number(quantity)
             quantity = int(quantity) if isinstance(quantity, (int, float)) else 1
-        entry: dict[str, Any] = {
-            "id": ident if ident.__class__ is str else str(ident),
-            "quantity": quantity if quantity > 0 else 1,
-        }
+        if quantity < 1:
+            quantity = 1
+        entry: dict[str, Any] = {"id": ident, "quantity": quantity}
         price = item.get("price")
         if price is not None:
             price = _number(price)
-            if isinstance(price, (int, float)) and not isinstance(price, bool):
+            if price.__class__ is float or price.__class__ is int:
                 entry["item_price"] = price
         category = item.get("delivery_category")
         if category.__class__ is str and category:
             entry["delivery_category"] = category
-        out.append(entry)
-    return out
+        contents.append(entry)
+        ids.append(ident)
+        count += quantity
+    if contents:
+        out["contents"] = contents
+        out["content_ids"] = ids
+        out["num_items"] = count
+        out["content_type"] = "product"
 
 
 def _number(value: Any) -> Any:

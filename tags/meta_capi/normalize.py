@@ -41,6 +41,7 @@ __all__ = [
     "country",
     "external_id",
     "currency",
+    "CURRENCIES",
     "NORMALIZERS",
 ]
 
@@ -440,7 +441,7 @@ postal_code = _public(_postal_code)
 external_id = _public(_external_id)
 phone = _public(_phone)
 
-_CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
+CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
 
 
 def currency(value: Any) -> str | None:
@@ -449,7 +450,7 @@ def currency(value: Any) -> str | None:
     if text is None:
         return None
     code = text.upper()
-    return code if code in _CURRENCIES else None
+    return code if code in CURRENCIES else None
 
 
 # key → normalizer; `ph` gets the phone region instead of the address country

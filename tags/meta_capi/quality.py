@@ -43,26 +43,28 @@ BANDS = ((8.0, "great"), (6.0, "good"), (4.0, "ok"), (0.0, "poor"))
 
 class Quality(NamedTuple):
     keys: list[str]  # match keys present, in Meta's order
-    score: float  # 0–10, one decimal
+    score: float  # 0–10, in steps of 0.25
     band: str  # poor | ok | good | great
-
-    def missing(self) -> list[str]:
-        """High-value keys the event lacks, most valuable first (a hint for preview)."""
-        ranked = ("em", "ph", "client_ip_address", "client_user_agent", "fbc", "fbp",
-                  "external_id", "fn", "ln")  # fmt: skip
-        return [k for k in ranked if k not in self.keys]
 
 
 def assess(user_data: dict[str, Any]) -> Quality:
     """`user_data` as the mapping builds it: only keys with a value, in Meta's order."""
-    keys = list(user_data)
-    score = 0.0
-    for key in keys:
-        score += WEIGHTS.get(key, 0.0)
-    if "client_ip_address" in user_data and "client_user_agent" in user_data:
+    keys = tuple(user_data)
+    found = _SCORES.get(keys)
+    if found is None:  # few key combinations exist: each is scored once
+        found = _score(keys)
+        if len(_SCORES) < 4096:
+            _SCORES[keys] = found
+    return Quality(list(keys), found[0], found[1])
+
+
+_SCORES: dict[tuple[str, ...], tuple[float, str]] = {}
+
+
+def _score(keys: tuple[str, ...]) -> tuple[float, str]:
+    score = sum(WEIGHTS.get(key, 0.0) for key in keys)
+    if "client_ip_address" in keys and "client_user_agent" in keys:
         score += IP_AND_AGENT_BONUS
-    score = round(min(score, 10.0), 1)
-    for floor, band in BANDS:
-        if score >= floor:
-            return Quality(keys, score, band)
-    return Quality(keys, score, "poor")  # pragma: no cover - the last floor is 0
+    score = min(score, 10.0)
+    band = next(label for floor, label in BANDS if score >= floor)
+    return score, band

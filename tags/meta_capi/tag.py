@@ -156,16 +156,10 @@ class MetaCapiTag(Tag):
                 # resent is stored once, and two events that share an id are both kept
                 dedup_id=f"{name}:{server['event_id']}",
                 tag_type=self.type_name,
-                route=dict(target.route),
+                route=target.route,  # shared by the tag's messages, read-only
                 deadline=server["event_time"]
                 + max_age(server["action_source"])
                 - DEADLINE_MARGIN_SECONDS,
-                preview={
-                    "request": target.request,
-                    "test_event_code": target.extra.get("test_event_code"),
-                    "match_quality": quality.score,
-                    "match_keys": quality.keys,
-                },
             )
         ]
 
@@ -195,7 +189,6 @@ class Target:
     route: dict[str, Any] | None = None  # None: dry run
     missing: str = ""  # what a dry run lacks
     extra: dict[str, Any] = field(default_factory=dict)  # test_event_code, partner_agent
-    request: str = ""
     problem: tuple[str, str] | None = None  # (code, reason) of a MetaRefusal
 
     @classmethod
@@ -221,7 +214,6 @@ class Target:
             destination=f"meta:{pixel_id}:{token_id}:{code}:{api_version}",
             route={**route, **extra},
             extra=extra,
-            request=f"POST /{api_version}/{pixel_id}/events",
         )
 
 
