@@ -560,3 +560,51 @@ def test_odd_types_from_the_events_api_are_refused_not_crashing():
     assert "is not an ISO 4217 code" in refused(purchase(custom_data={"currency": ["USD"]}))
     assert "is not a number" in refused(purchase(custom_data={"value": {"amount": 5}}))
     assert "is not a number" in refused(purchase(custom_data={"value": True}))
+
+
+# -- robustness: whatever a client lets through, the tag answers with a result, never a crash --
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+KEYS = ["event_name", "event_id", "event_time", "page_location", "page_referrer", "ip_override",
+        "user_agent", "value", "currency", "items", "transaction_id", "search_term", "user_id",
+        "user_data", "action_source", "opt_out", "custom_data", "data_processing_options",
+        "x-fb-ck-fbp", "x-fb-ck-fbc", "x-fb-ud-em", "x-fb-cd-content_name"]  # fmt: skip
+user_data_values = st.fixed_dictionaries(
+    {},
+    optional={
+        "email_address": json_values, "phone_number": json_values, "gender": json_values,
+        "date_of_birth": json_values,
+        "address": json_values | st.dictionaries(
+            st.sampled_from(["first_name", "last_name", "city", "region", "postal_code", "country"]),
+            json_values, max_size=6),
+    },
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    event=st.dictionaries(st.sampled_from(KEYS), json_values, max_size=12),
+    user=user_data_values,
+    params=st.dictionaries(
+        st.sampled_from(["custom_data", "user_data", "event_name_map", "default_phone_country",
+                         "data_processing_options", "data_processing_options_country"]),
+        json_values, max_size=3),
+)  # fmt: skip
+def test_any_event_gives_a_payload_or_a_reason(event, user, params):
+    event = dict(event, user_data=user) if user else event
+    try:
+        outgoing, ctx = fire(event, {**params, "pixel_id": PIXEL, "access_token": TOKEN})
+    except TagRejected as exc:
+        assert str(exc)
+        return
+    [message] = outgoing
+    json.dumps(message.payload)  # JSON-ready
+    assert TOKEN not in json.dumps(message.payload)

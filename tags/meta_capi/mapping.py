@@ -81,7 +81,7 @@ class Built:
 
 def meta_event_name(name: str, custom: dict[str, Any] | None) -> str:
     """The tag's own map first, then the GA4 → Meta table, else the name unchanged."""
-    if custom:
+    if custom.__class__ is dict and custom:
         mapped = custom.get(name)
         if isinstance(mapped, str) and mapped.strip():
             return mapped.strip()
@@ -93,7 +93,9 @@ def build(event: Event, params: dict[str, Any], request: RequestContext) -> Buil
     dropped: dict[str, str] = {}
     name = event.get("event_name")
     event_time = event.get("event_time")
-    if not isinstance(event_time, (int, float)) or isinstance(event_time, bool):
+    if event_time.__class__ is not int and (
+        event_time.__class__ is not float or not math.isfinite(event_time)
+    ):
         event_time = request.received_at
     event_time = int(event_time)
     event_id = event.get("event_id") or request.derived_event_id(0)
@@ -160,8 +162,10 @@ def user_data(
         ud = {}
     address_cc = None
     addresses = ud.get("address")
-    if addresses:
-        for address in (addresses,) if addresses.__class__ is dict else addresses:
+    if addresses.__class__ is dict:
+        addresses = (addresses,)
+    if addresses.__class__ is tuple or addresses.__class__ is list:
+        for address in addresses:
             if address.__class__ is not dict:
                 continue
             given = address.get("country")
@@ -361,8 +365,8 @@ def custom_data(event: Event, configured: Any) -> dict[str, Any]:
     if items.__class__ is list and items:
         _contents(items, out)
     order = event.get("transaction_id")
-    if order is not None and order != "":
-        out["order_id"] = order if order.__class__ is str else str(order)
+    if (order.__class__ is str or order.__class__ is int) and order != "":
+        out["order_id"] = str(order)
     search = event.get("search_term")
     if search.__class__ is str and search:
         out["search_string"] = search
@@ -402,14 +406,17 @@ def _contents(items: list[Any], out: dict[str, Any]) -> None:
         quantity = item.get("quantity", 1)
         if quantity.__class__ is not int:
             quantity = _number(quantity)
-            quantity = int(quantity) if isinstance(quantity, (int, float)) else 1
+            if quantity.__class__ is float and math.isfinite(quantity):
+                quantity = int(quantity)
+            elif quantity.__class__ is not int:
+                quantity = 1
         if quantity < 1:
             quantity = 1
         entry: dict[str, Any] = {"id": ident, "quantity": quantity}
         price = item.get("price")
         if price is not None:
             price = _number(price)
-            if price.__class__ is float or price.__class__ is int:
+            if price.__class__ is int or (price.__class__ is float and math.isfinite(price)):
                 entry["item_price"] = price
         category = item.get("delivery_category")
         if category.__class__ is str and category:
