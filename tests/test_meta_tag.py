@@ -589,7 +589,7 @@ user_data_values = st.fixed_dictionaries(
 )  # fmt: skip
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     event=st.dictionaries(st.sampled_from(KEYS), json_values, max_size=12),
     user=user_data_values,
