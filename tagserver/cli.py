@@ -10,6 +10,7 @@ import sys
 import click
 
 from .container import ContainerError, load_file
+from .outbox_cli import outbox
 from .plugins import load_registry
 from .settings import PREFIX, Settings, SettingsError, settings_table
 
@@ -86,12 +87,10 @@ def serve(**flags: object) -> None:
 
 
 def _before_serve(settings: Settings) -> None:
-    """Start-up hooks that must run once in the parent process (preview token ...)."""
-    try:
-        from .preview import announce
-    except ImportError:
-        return
-    announce(settings)
+    """Start-up work that must run once in the parent process, before workers fork."""
+    from .preview import announce
+
+    announce(settings)  # the preview sign-in link with its one-time token
 
 
 @main.command()
@@ -139,12 +138,4 @@ def show_settings(markdown: bool) -> None:
         click.echo(f"{name:<38} {default or '(empty)':<28} {help_text}")
 
 
-def _register_optional_commands() -> None:
-    try:
-        from .outbox_cli import outbox
-    except ImportError:
-        return
-    main.add_command(outbox)
-
-
-_register_optional_commands()
+main.add_command(outbox)
