@@ -20,7 +20,8 @@ ln, ge, db, ct, st, zp, country, external_id, client_ip_address, client_user_age
 contents. The two run alternately, A B A B, in one process; the report gives each round, the
 medians and the ratio, after checking that both produce the same hashes for the same inputs.
 For reference each round also times tagserver's mapping alone (normalize + hash + serialize,
-the SDK's scope, without refusal checks, match quality and the outbox message).
+the SDK's scope, without refusal checks, match quality and the outbox message), and the SDK
+with a plain `json.dumps` body instead of the form encoding its `execute()` does.
 """
 
 from __future__ import annotations
@@ -196,7 +197,13 @@ def run_sdk(raw: list[dict[str, Any]]) -> list[bytes]:
     return bodies
 
 
-def _sdk_body(raw: list[dict[str, Any]]) -> bytes:
+def run_sdk_json_only(raw: list[dict[str, Any]]) -> list[bytes]:
+    """The SDK's objects and normalization, but a plain `json.dumps(get_params())` body
+    instead of the form encoding execute() does. For reference."""
+    return [_sdk_body(raw[s : s + BATCH], form=False) for s in range(0, len(raw), BATCH)]
+
+
+def _sdk_body(raw: list[dict[str, Any]], form: bool = True) -> bytes:
     events = []
     for r in raw:
         user = UserData(
@@ -239,6 +246,8 @@ def _sdk_body(raw: list[dict[str, Any]]) -> bytes:
             )
         )
     request = EventRequest(pixel_id=PIXEL, events=events, access_token=TOKEN)
+    if not form:
+        return json.dumps(request.get_params()).encode()
     # what EventRequest.execute() sends: the SDK JSON-encodes the top-level params and
     # requests form-encodes them (application/x-www-form-urlencoded)
     params = _top_level_param_json_encode(request.get_params())
@@ -286,7 +295,7 @@ def main() -> None:
     run_tagserver(tagserver_events(raw_events(200, now)))
     run_sdk(raw_events(200, now))
 
-    ours_times, sdk_times, mapping_times = [], [], []
+    ours_times, sdk_times, mapping_times, sdk_json_times = [], [], [], []
     for round_no in range(1, args.rounds + 1):
         t, ours = timed(run_tagserver, [dict(e) for e in events])
         ours_times.append(t)
@@ -297,6 +306,9 @@ def main() -> None:
         t, _ = timed(run_mapping_only, [dict(e) for e in events])
         mapping_times.append(t)
         line(round_no, "  tagserver mapping only", t, args.events)
+        t, _ = timed(run_sdk_json_only, raw)
+        sdk_json_times.append(t)
+        line(round_no, "  facebook-sdk, JSON body", t, args.events)
 
     agree = same_hashes(ours, sdk)
     ours_med, sdk_med = statistics.median(ours_times), statistics.median(sdk_times)
@@ -318,6 +330,12 @@ def main() -> None:
     print(f"ratio (medians): tagserver is {sdk_med / ours_med:.1f}× faster")
     print(f"ratio (best rounds): {min(sdk_times) / min(ours_times):.1f}×")
     print(f"ratio of the mapping alone (medians): {sdk_med / map_med:.1f}×")
+    json_med = statistics.median(sdk_json_times)
+    print(
+        f"for reference, facebook-sdk with a plain JSON body (no form encoding): "
+        f"{json_med / args.events * 1e6:.1f} µs/event; tag {json_med / ours_med:.1f}×, "
+        f"mapping {json_med / map_med:.1f}×"
+    )
 
 
 if __name__ == "__main__":
