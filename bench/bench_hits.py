@@ -4,11 +4,13 @@
     python bench/bench_hits.py --mode hits          # throughput only
     python bench/bench_hits.py --mode outage --outage-minutes 1
 
-Throughput (`hits`): A = a bare Starlette app answering 204, B = `tagserver serve` handling the
+Throughput (`hits`): A = a bare Starlette app answering 204; B = `tagserver serve` handling the
 same POST /api/events end to end (events API client → container with one `http_request` tag
-→ outbox group commit → 200, while its dispatcher delivers to a fake vendor). One worker
-each, uvloop + httptools, `wrk` at 64 connections, runs alternating A B A B. Prints hits/s,
-p50/p99 per run and the ratio of the medians.
+→ outbox group commit → 200) while its dispatcher delivers every message to a fake vendor;
+C = the same with the vendor unreachable (its lane pauses, messages pile up on disk): the hit
+path alone. One worker each, uvloop + httptools, `wrk` at 64 connections with a unique event
+id per request, runs alternating A B C A B C. Prints hits/s, p50/p99 per run, the medians and
+the ratios to A; then p50/p99 of each at a fixed rate (`hey`), half of C's maximum.
 
 Outage (`outage`): the fake vendor is down for N minutes while `hey` sends a steady rate of
 hits; prints the server's RSS and the outbox backlog over time (memory stays flat: the backlog
@@ -107,7 +109,7 @@ class Servers:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")}
         self.env.update(env or {})
 
-    def start_bare(self) -> str:
+    def start_bare(self) -> tuple[str, subprocess.Popen[bytes]]:
         (self.work / "bare_app.py").write_text(BARE_APP)
         port = free_port()
         proc = self._spawn(
@@ -118,9 +120,12 @@ class Servers:
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url + "/", proc)
-        return url
+        return url, proc
 
-    def start_tagserver(self) -> tuple[str, subprocess.Popen[bytes]]:
+    def start_tagserver(
+        self, name: str = "tagserver", vendor_url: str | None = None
+    ) -> tuple[str, subprocess.Popen[bytes]]:
+        vendor_url = vendor_url or self.vendor.url
         container = {
             "name": "bench",
             "version": "1",
@@ -132,7 +137,7 @@ class Servers:
                     "type": "http_request",
                     "fire_on": ["all"],
                     "params": {
-                        "url": self.vendor.url + "/orders",
+                        "url": vendor_url + "/orders",
                         "headers": {"X-Api-Key": "vendor-key"},
                         "body": {
                             "event_id": "{{event_id}}",
@@ -146,7 +151,7 @@ class Servers:
                 }
             ],
         }
-        path = self.work / "container.json"
+        path = self.work / f"{name}.json"
         path.write_text(json.dumps(container))
         port = free_port()
         env = {
@@ -156,9 +161,9 @@ class Servers:
         }
         proc = self._spawn(
             [sys.executable, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
-             str(port), "--container", str(path), "--data-dir", str(self.work / "data"),
+             str(port), "--container", str(path), "--data-dir", str(self.work / name),
              "--workers", "1"],
-            "tagserver", env,
+            name, env,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url + "/healthz", proc)
@@ -178,6 +183,7 @@ class Servers:
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             try:
@@ -214,6 +220,19 @@ def wrk(url: str, seconds: float, connections: int, script: Path) -> dict[str, A
     }
 
 
+def hey(url: str, seconds: float, rate: float, body_file: Path, connections: int = 64) -> dict:
+    """A fixed request rate (not flat out): latency when the server is not saturated."""
+    out = subprocess.run(
+        ["hey", "-z", f"{int(seconds)}s", "-c", str(connections), "-q", f"{rate / connections:.3f}",
+         "-m", "POST", "-T", "application/json", "-H", f"Authorization: Bearer {API_KEY}",
+         "-D", str(body_file), url + "/api/events"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    latency = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": latency.get("50", 0.0), "p99": latency.get("99", 0.0)}
+
+
 def outbox_pending(data_dir: Path) -> int:
     path = data_dir / "outbox.sqlite3"
     if not path.exists():
@@ -248,44 +267,71 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
     script.write_text(LUA % (body, API_KEY))
     servers = Servers(work)
     try:
-        bare = servers.start_bare()
-        tagserver, _ = servers.start_tagserver()
+        started = {
+            "A bare starlette": servers.start_bare(),
+            # B: its dispatcher delivers every message to the fake vendor meanwhile
+            "B tagserver": servers.start_tagserver("tagserver"),
+            # C: vendor unreachable, its lane paused: the hit path alone (messages pile up)
+            "C tagserver, vendor down": servers.start_tagserver("tagserver-c", f"http://127.0.0.1:{free_port()}"),
+        }  # fmt: skip
+        contenders = {name: url for name, (url, _) in started.items()}
+
+        def only(name: str) -> None:
+            """Freeze the others (SIGSTOP), so B's background delivery never steals their CPU."""
+            for other, (_, proc) in started.items():
+                os.killpg(proc.pid, signal.SIGCONT if other == name else signal.SIGSTOP)
+            time.sleep(0.2)
+
         print(f"# hits: {args.connections} connections, {args.duration}s per run, {machine()}")
-        for url in (bare, tagserver):  # warm up both
+        for name, url in contenders.items():  # warm up
+            only(name)
             wrk(url, 2, args.connections, script)
-        runs: dict[str, list[dict[str, Any]]] = {"A bare starlette": [], "B tagserver": []}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
         for round_no in range(args.rounds):
-            for name, url in (("A bare starlette", bare), ("B tagserver", tagserver)):
+            for name, url in contenders.items():
+                only(name)
                 result = wrk(url, args.duration, args.connections, script)
                 runs[name].append(result)
                 print(
-                    f"round {round_no + 1} {name:<17} {result['rps']:>9.0f} hits/s  "
+                    f"round {round_no + 1} {name:<25} {result['rps']:>7.0f} hits/s  "
                     f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms"
                     + (f"  non-2xx {result['non2xx']}" if result["non2xx"] else "")
                     + (f"  socket errors: {result['socket_errors']}" if result["socket_errors"] else "")
                 )  # fmt: skip
-        stored = sum(r["requests"] for r in runs["B tagserver"])
-        summary = {}
-        for name, results in runs.items():
-            summary[name] = {
+        summary = {
+            name: {
                 "rps": statistics.median(r["rps"] for r in results),
                 "p50": statistics.median(r["p50"] for r in results),
                 "p99": max(r["p99"] for r in results),
             }
-        a, b = summary["A bare starlette"], summary["B tagserver"]
-        ratio = b["rps"] / a["rps"]
-        print(
-            f"median: bare {a['rps']:.0f} hits/s (p50 {a['p50']:.2f} ms, p99 {a['p99']:.2f} ms) | "
-            f"tagserver {b['rps']:.0f} hits/s (p50 {b['p50']:.2f} ms, worst p99 {b['p99']:.2f} ms)"
-        )
-        print(f"ratio tagserver / bare = {ratio:.2f} (target ≥ 0.5; p99 target ≤ 25 ms)")
+            for name, results in runs.items()
+        }
+        bare = summary["A bare starlette"]["rps"]
+        print("median of the rounds (p99: the worst round):")
+        for name, row in summary.items():
+            print(
+                f"  {name:<25} {row['rps']:>7.0f} hits/s  p50 {row['p50']:6.2f} ms  "
+                f"p99 {row['p99']:6.2f} ms  ratio to bare {row['rps'] / bare:.2f}"
+            )
+        print("target: ratio ≥ 0.5, p99 ≤ 25 ms")
+        rate = args.steady_rate or round(summary["C tagserver, vendor down"]["rps"] / 2, -2)
+        body_file = work / "body.json"
+        body_file.write_text(json.dumps(BODY))
+        for name, url in contenders.items():
+            only(name)
+            result = hey(url, args.duration, rate, body_file)
+            print(
+                f"steady {rate:.0f} hits/s {name:<25} got {result['rps']:>6.0f}/s  "
+                f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms  (hey, 64 connections)"
+            )
+        for _, proc in started.values():
+            os.killpg(proc.pid, signal.SIGCONT)
         time.sleep(1)
         print(
-            f"vendor received {servers.vendor.count} messages during and right after the runs; "
-            f"outbox backlog now {outbox_pending(work / 'data')} "
-            f"(~{stored} measured hits, plus warm-up)"
+            f"B delivered {servers.vendor.count} messages to the vendor meanwhile; its outbox "
+            f"holds {outbox_pending(work / 'tagserver')}, C's {outbox_pending(work / 'tagserver-c')}"
         )
-        return {"summary": summary, "ratio": ratio}
+        return {"summary": summary}
     finally:
         servers.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -318,15 +364,15 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
         while load.poll() is None:
             now = time.time()
             if now >= next_sample:
-                sample = (now - started, rss_mb(proc.pid), outbox_pending(work / "data"))
+                sample = (now - started, rss_mb(proc.pid), outbox_pending(work / "tagserver"))
                 samples.append(sample)
                 print(f"t={sample[0]:6.0f}s  RSS {sample[1]:6.1f} MB  backlog {sample[2]:>7}")
                 next_sample += step
             time.sleep(0.5)
         hey_out = load.stdout.read() if load.stdout else ""
         status = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", hey_out))
-        backlog = outbox_pending(work / "data")
-        db_mb = sum(p.stat().st_size for p in (work / "data").glob("outbox.sqlite3*")) / 1e6
+        backlog = outbox_pending(work / "tagserver")
+        db_mb = sum(p.stat().st_size for p in (work / "tagserver").glob("outbox.sqlite3*")) / 1e6
         print(
             f"load done: responses by status {status}; backlog {backlog} messages, "
             f"RSS {rss_mb(proc.pid):.1f} MB, outbox files {db_mb:.1f} MB on disk"
@@ -337,7 +383,7 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
         last_count = 0
         print("vendor up: draining")
         while True:
-            pending = outbox_pending(work / "data")
+            pending = outbox_pending(work / "tagserver")
             count = servers.vendor.count
             if first is None and count > last_count:
                 first = time.time() - up_at
@@ -349,7 +395,7 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
                 break
             time.sleep(0.5)
         took = time.time() - up_at
-        drained = backlog - outbox_pending(work / "data")
+        drained = backlog - outbox_pending(work / "tagserver")
         sending = took - (first or 0)
         rate = drained / sending if sending > 0 else 0.0
         print(
@@ -369,6 +415,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--steady-rate", type=float, default=0, help="hits/s of the fixed-rate latency run "
+        "(default: half of tagserver's measured maximum)",
+    )  # fmt: skip
     parser.add_argument("--outage-minutes", type=float, default=5)
     parser.add_argument("--rate", type=float, default=200, help="hits/s during the outage")
     parser.add_argument("--retry-cap", type=float, default=30, help="TAGSERVER_RETRY_CAP_SECONDS")
