@@ -44,7 +44,7 @@ from .settings import Settings
 log = logging.getLogger("tagserver.outbox")
 
 FILENAME = "outbox.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: payloads stored as JSON text (were blobs)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS destinations (
@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS destinations (
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
     destination_id INTEGER NOT NULL,
-    payload BLOB NOT NULL,
+    payload TEXT NOT NULL,              -- JSON
     dedup_id TEXT NOT NULL,
     tag_name TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
@@ -78,7 +78,7 @@ CREATE INDEX IF NOT EXISTS messages_due
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     destination_id INTEGER NOT NULL,
-    payload BLOB NOT NULL,
+    payload TEXT NOT NULL,              -- JSON
     dedup_id TEXT NOT NULL,
     tag_name TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
@@ -116,7 +116,12 @@ def _insert_sql(count: int) -> str:
 
 
 # A row as `put` hands it to the writer: destination key, tag type, route, then the message.
-Row = tuple[str, str, dict[str, Any], bytes, str, str, float, "float | None", "str | None"]
+Row = tuple[str, str, dict[str, Any], str, str, str, float, "float | None", "str | None"]
+
+
+def _json(value: Any) -> str:
+    """A statement parameter read with json_each (text: SQLite before 3.45 refuses blobs)."""
+    return orjson.dumps(value).decode()
 
 
 def database_path(data_dir: str | Path) -> Path:
@@ -125,6 +130,8 @@ def database_path(data_dir: str | Path) -> Path:
 
 def connect(path: Path, sync: str = "full") -> sqlite3.Connection:
     """A connection in autocommit mode (we BEGIN ourselves) with the outbox's pragmas."""
+    if sqlite3.sqlite_version_info < (3, 33, 0):  # UPDATE … FROM
+        raise RuntimeError(f"the outbox needs SQLite 3.33 or newer, found {sqlite3.sqlite_version}")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # routes hold secrets
@@ -181,7 +188,11 @@ class Store:
             return
         try:  # several workers may race here: the IMMEDIATE lock makes them take turns
             self.conn.executescript(
-                f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+                f"BEGIN IMMEDIATE;{SCHEMA}"
+                "UPDATE messages SET payload = CAST(payload AS TEXT) WHERE typeof(payload) = 'blob';"
+                "UPDATE dead_letters SET payload = CAST(payload AS TEXT)"
+                " WHERE typeof(payload) = 'blob';"
+                f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
             )
         except BaseException:
             if self.conn.in_transaction:
@@ -252,39 +263,38 @@ class Store:
 
     # -- the dispatcher's side
 
+    # Every statement below handles all its rows at once (JSON arrays in, one JSON array
+    # out): the writer thread then takes the GIL back once per statement, not once per row.
+
     def claim(
         self, destination_id: int, worker: str, limit: int, lease_until: float, now: float
     ) -> Claim:
-        rows = self.conn.execute(
-            "UPDATE messages SET claimed_by = ?, lease_until = ?, next_attempt_at = ?"
-            " WHERE id IN (SELECT id FROM messages WHERE destination_id = ?"
-            "  AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-            " RETURNING id, payload, dedup_id, attempts, created_at, deadline, trace_id, tag_name",
-            (worker, lease_until, lease_until, destination_id, now, limit),
-        ).fetchall()
-        rows.sort()
+        """Lease up to `limit` due messages to `worker` (inside the group-commit transaction)."""
+        found = self.conn.execute(
+            "SELECT json_group_array(json_array(id, json(payload), dedup_id, attempts,"
+            " created_at, deadline, trace_id, tag_name)) FROM (SELECT * FROM messages"
+            " WHERE destination_id = ? AND next_attempt_at <= ? ORDER BY next_attempt_at"
+            " LIMIT ?)",
+            (destination_id, now, limit),
+        ).fetchone()[0]
         claim = Claim(route=None, messages=[])
-        for mid, payload, dedup_id, attempts, created, deadline, trace_id, tag_name in rows:
-            claim.messages.append(
-                Message(
-                    id=mid,
-                    destination="",
-                    payload=orjson.loads(payload),
-                    dedup_id=dedup_id,
-                    attempts=attempts,
-                    created_at=created,
-                    deadline=deadline,
-                    trace_id=trace_id,
-                )
+        rows = orjson.loads(found) if found else []
+        if rows:
+            self.conn.execute(
+                "UPDATE messages SET claimed_by = ?, lease_until = ?, next_attempt_at = ?"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (worker, lease_until, lease_until, _json([r[0] for r in rows])),
             )
-            claim.tag_names[mid] = tag_name
-        dest = self.conn.execute(
-            "SELECT key, route FROM destinations WHERE id = ?", (destination_id,)
-        ).fetchone()
-        if dest is not None:
-            claim.route = orjson.loads(dest[1])
-            for message in claim.messages:
-                message.destination = dest[0]
+            key, route = self.conn.execute(
+                "SELECT key, route FROM destinations WHERE id = ?", (destination_id,)
+            ).fetchone()
+            claim.route = orjson.loads(route)
+            rows.sort(key=lambda r: r[0])
+            for mid, payload, dedup_id, attempts, created, deadline, trace_id, tag_name in rows:
+                claim.messages.append(
+                    Message(mid, key, payload, dedup_id, attempts, created, deadline, trace_id)
+                )
+                claim.tag_names[mid] = tag_name
         claim.next_due = self.next_due(destination_id)
         return claim
 
@@ -298,50 +308,56 @@ class Store:
         conn = self.conn
         if plan.delivered:
             # delivered is final whoever holds the lease now: deleting stops a second send
-            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in plan.delivered])
+            conn.execute(
+                "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
+                (_json(plan.delivered),),
+            )
         if plan.retry:
-            conn.executemany(
+            conn.execute(
                 "UPDATE messages SET attempts = attempts + 1,"
-                " first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?,"
-                " last_status = ?, last_error = ?, next_attempt_at = ?,"
-                " claimed_by = NULL, lease_until = NULL WHERE id = ? AND claimed_by = ?",
-                [
-                    (now, now, status, error, at, mid, worker)
-                    for mid, at, status, error in plan.retry
-                ],
+                " first_attempt_at = coalesce(first_attempt_at, ?1), last_attempt_at = ?1,"
+                " last_status = json_extract(r.value, '$[2]'), last_error = json_extract(r.value, '$[3]'),"
+                " next_attempt_at = json_extract(r.value, '$[1]'), claimed_by = NULL, lease_until = NULL"
+                " FROM json_each(?2) AS r"
+                " WHERE messages.id = json_extract(r.value, '$[0]') AND messages.claimed_by = ?3",
+                (now, _json(plan.retry), worker),
             )
         if plan.dead:
-            conn.executemany(
+            conn.execute(
                 "INSERT INTO dead_letters (destination_id, payload, dedup_id, tag_name,"
                 " created_at, deadline, trace_id, attempts, first_attempt_at, last_attempt_at,"
                 " status, error, code, trace, reason, dead_at)"
-                " SELECT destination_id, payload, dedup_id, tag_name, created_at, deadline,"
-                " trace_id, attempts + ?1, CASE WHEN ?1 THEN coalesce(first_attempt_at, ?2)"
-                " ELSE first_attempt_at END, CASE WHEN ?1 THEN ?2 ELSE last_attempt_at END,"
-                " coalesce(?3, last_status), CASE WHEN ?4 = '' THEN coalesce(last_error, '')"
-                " ELSE ?4 END, ?5, ?6, ?7, ?2 FROM messages WHERE id = ?8 AND claimed_by = ?9",
-                [
-                    (int(attempted), now, status, error, code, trace, reason, mid, worker)
-                    for mid, attempted, status, error, code, trace, reason in plan.dead
-                ],
+                " SELECT m.destination_id, m.payload, m.dedup_id, m.tag_name, m.created_at,"
+                " m.deadline, m.trace_id, m.attempts + (json_extract(d.value, '$[1]')),"
+                " CASE WHEN json_extract(d.value, '$[1]') THEN coalesce(m.first_attempt_at, ?1)"
+                "  ELSE m.first_attempt_at END,"
+                " CASE WHEN json_extract(d.value, '$[1]') THEN ?1 ELSE m.last_attempt_at END,"
+                " coalesce(json_extract(d.value, '$[2]'), m.last_status),"
+                " CASE WHEN json_extract(d.value, '$[3]') = '' THEN coalesce(m.last_error, '')"
+                "  ELSE json_extract(d.value, '$[3]') END,"
+                " json_extract(d.value, '$[4]'), json_extract(d.value, '$[5]'), json_extract(d.value, '$[6]'), ?1"
+                " FROM json_each(?2) AS d JOIN messages AS m ON m.id = json_extract(d.value, '$[0]')"
+                " WHERE m.claimed_by = ?3",
+                (now, _json(plan.dead), worker),
             )
-            conn.executemany(
-                "DELETE FROM messages WHERE id = ? AND claimed_by = ?",
-                [(d[0], worker) for d in plan.dead],
+            conn.execute(
+                "DELETE FROM messages WHERE claimed_by = ?"
+                " AND id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
+                (worker, _json(plan.dead)),
             )
 
     def extend(self, worker: str, ids: Iterable[int], lease_until: float) -> None:
-        self.conn.executemany(
+        self.conn.execute(
             "UPDATE messages SET lease_until = ?1, next_attempt_at = ?1"
-            " WHERE id = ?2 AND claimed_by = ?3",
-            [(lease_until, i, worker) for i in ids],
+            " WHERE claimed_by = ?2 AND id IN (SELECT value FROM json_each(?3))",
+            (lease_until, worker, _json(list(ids))),
         )
 
     def release(self, worker: str, ids: Iterable[int], now: float) -> None:
-        self.conn.executemany(
+        self.conn.execute(
             "UPDATE messages SET claimed_by = NULL, lease_until = NULL, next_attempt_at = ?1"
-            " WHERE id = ?2 AND claimed_by = ?3",
-            [(now, i, worker) for i in ids],
+            " WHERE claimed_by = ?2 AND id IN (SELECT value FROM json_each(?3))",
+            (now, worker, _json(list(ids))),
         )
 
     # -- reading (dispatcher polls, metrics, CLI)
@@ -579,7 +595,7 @@ class Outbox:
                 m.destination,
                 m.tag_type,
                 m.route,
-                dumps(m.payload, default=str),
+                dumps(m.payload, default=str).decode(),
                 m.dedup_id,
                 m.tag_name,
                 m.created_at,
