@@ -244,6 +244,10 @@ def outbox_pending(data_dir: Path) -> int:
         conn.close()
 
 
+def disk_mb(data_dir: Path) -> float:
+    return sum(p.stat().st_size for p in data_dir.glob("outbox.sqlite3*")) / 1e6
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -364,15 +368,23 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
         while load.poll() is None:
             now = time.time()
             if now >= next_sample:
-                sample = (now - started, rss_mb(proc.pid), outbox_pending(work / "tagserver"))
+                sample = (
+                    now - started,
+                    rss_mb(proc.pid),
+                    outbox_pending(work / "tagserver"),
+                    disk_mb(work / "tagserver"),
+                )
                 samples.append(sample)
-                print(f"t={sample[0]:6.0f}s  RSS {sample[1]:6.1f} MB  backlog {sample[2]:>7}")
+                print(
+                    f"t={sample[0]:6.0f}s  RSS {sample[1]:6.1f} MB  backlog {sample[2]:>7}  "
+                    f"outbox files {sample[3]:6.1f} MB"
+                )
                 next_sample += step
             time.sleep(0.5)
         hey_out = load.stdout.read() if load.stdout else ""
         status = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", hey_out))
         backlog = outbox_pending(work / "tagserver")
-        db_mb = sum(p.stat().st_size for p in (work / "tagserver").glob("outbox.sqlite3*")) / 1e6
+        db_mb = disk_mb(work / "tagserver")
         print(
             f"load done: responses by status {status}; backlog {backlog} messages, "
             f"RSS {rss_mb(proc.pid):.1f} MB, outbox files {db_mb:.1f} MB on disk"

@@ -105,7 +105,7 @@ def status(data_dir: str, as_json: bool) -> None:
         )
     pending = sum(r["pending"] for r in rows)
     dead = sum(r["dead_letters"] for r in rows)
-    click.echo(f"total: {pending} pending, {dead} dead letters")
+    click.echo(f"total: {pending} pending, {dead} dead letter{'' if dead == 1 else 's'}")
 
 
 @outbox.command(name="dead-letters")

@@ -101,3 +101,37 @@ async def test_kill_9_mid_load_loses_nothing_acknowledged(tmp_path, vendor_at_ki
         if restarted is not None:
             restarted.stop()
         vendor.close()
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_sends_then_leaves_the_rest_for_the_next_start(tmp_path):
+    with FakeVendor() as vendor:
+        # both are in flight when SIGTERM comes: "first" finishes within the grace, "late" not
+        delays = {"first": 0.5, "late": 30}
+        vendor.respond(lambda r: Answer(delay=delays.get(r.json()["event_id"], 0)))
+        env = {**ENV, "TAGSERVER_SHUTDOWN_GRACE_SECONDS": "1.5", "TAGSERVER_OUTBOX_LEASE_SECONDS": "600"}  # fmt: skip
+        container = minimal_container(tags=[webhook_tag(vendor.url + "/hook")])
+        server = ServerProcess(tmp_path, container, env=env).start()
+        try:
+            for event_id in ("first", "late"):
+                r = httpx.post(
+                    server.url + "/api/events",
+                    json={"event_name": "purchase", "event_id": event_id},
+                    headers=AUTH,
+                )
+                assert r.status_code == 200
+            deadline = time.monotonic() + 5
+            while len(vendor.received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            stopping = time.monotonic()
+            server.stop()  # SIGTERM
+            took = time.monotonic() - stopping
+        finally:
+            server.stop()
+        assert took < 6, server.logs()
+        assert [r.json()["event_id"] for r in vendor.accepted] == ["first"]  # finished in grace
+        assert "released 1 claimed messages" in server.logs()
+        delays.clear()
+        with ServerProcess(tmp_path, server.container_path, env=env):
+            vendor.wait_for(2, timeout=10)  # "late" again, released, not held for the lease
+        assert [r.json()["event_id"] for r in vendor.accepted] == ["first", "late"]
