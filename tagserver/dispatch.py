@@ -38,6 +38,7 @@ POLL_SECONDS = 1.0  # how often to look for work written by other workers or the
 FAILURES_BEFORE_PAUSE = 3  # consecutive failed sends before a lane pauses itself
 MAX_RETRY_AFTER = 86400.0  # a vendor's Retry-After is honoured up to a day
 _SECRET_KEY_PARTS = ("token", "secret", "key", "auth", "password", "signature", "proof", "cookie")
+_PLAIN_HEADERS = frozenset({"content-type", "accept", "user-agent"})
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -53,19 +54,28 @@ def backoff(attempt: int, base: float, cap: float, retry_after: float | None = N
     return delay
 
 
-def route_secrets(route: Any, key: str = "") -> list[str]:
-    """Values of a route that look like credentials (by their key), to redact everywhere."""
+def route_secrets(route: Any, key: str = "", headers: bool = False) -> list[str]:
+    """Values of a route that look like credentials, to redact everywhere.
+
+    A value counts when its key says so (token, secret, key, auth …), and every value of a
+    `headers` object does (API keys hide under any header name), but for plain ones such as
+    Content-Type.
+    """
     found: list[str] = []
     if isinstance(route, dict):
         for k, v in route.items():
-            found.extend(route_secrets(v, str(k)))
+            found.extend(route_secrets(v, str(k), headers=headers or str(k).lower() == "headers"))
     elif isinstance(route, list):
         for v in route:
-            found.extend(route_secrets(v, key))
-    elif isinstance(route, str) and any(part in key.lower() for part in _SECRET_KEY_PARTS):
-        found.append(route)
-        if " " in route:  # "Bearer abc…": the credential alone too
-            found.append(route.split(" ", 1)[1])
+            found.extend(route_secrets(v, key, headers))
+    elif isinstance(route, str):
+        name = key.lower()
+        if any(part in name for part in _SECRET_KEY_PARTS) or (
+            headers and name not in _PLAIN_HEADERS
+        ):
+            found.append(route)
+            if " " in route:  # "Bearer abc…": the credential alone too
+                found.append(route.split(" ", 1)[1])
     return found
 
 

@@ -444,3 +444,17 @@ async def test_a_sender_that_raises_counts_as_retry(tmp_path, vendor):
         await outbox.close()
     assert [r.json() for r in vendor.accepted] == [[{"n": 1}]]
     assert Flaky.calls == 2
+
+
+def test_secrets_echoed_by_the_vendor_are_removed_from_dead_letters(tmp_path, vendor):
+    def echo(request):
+        key = request.headers["x-shop-hmac"]
+        return Answer(400, f'{{"error":"bad key {key} for /hook"}}'.encode())
+
+    vendor.respond(echo)
+    tag = webhook_tag(vendor.url + "/hook", headers={"X-Shop-Hmac": SECRET})
+    with app_client(tmp_path, container(tag), **FAST) as client:
+        post(client, "e1")
+        (letter,) = wait_until(lambda: dead_letters(tmp_path / "data"), timeout=10)
+    assert SECRET not in json.dumps(letter)
+    assert "bad key [redacted] for /hook" in letter["error"]
