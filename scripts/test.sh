@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# Install what the test suite needs on a fresh Debian machine, then run it all.
+# Install what the test suite needs on a fresh Debian machine, then run it all:
+# Debian's chromium (real-browser tests) and redis-server (shared preview store), the test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null 2>&1; then
-    echo "installing Debian's chromium for the browser tests"
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "installing Debian's redis-server for the shared preview store tests"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 python -m pip install -q -e '.[test]'
 exec python -m pytest "$@"
