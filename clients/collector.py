@@ -370,7 +370,7 @@ class CollectorClient(Client):
         cookies.registrable_domain("example.com")  # load the Public Suffix List now, not on a hit
 
     def claim(self, request: Request) -> bool:
-        return request.url.path == self.path
+        return request.scope["path"] == self.path
 
     async def handle(self, request: Request, hit: Hit) -> Response:
         grant = cors.grant_headers(hit.request, self.settings)
@@ -433,7 +433,7 @@ class CollectorClient(Client):
                 "event_name": result.event.get("event_name"),
                 "event_id": result.event.get("event_id"),
             }
-        metrics.EVENTS.labels(self.name).inc(len(accepted))
+        metrics.labelled(metrics.EVENTS, self.name).inc(len(accepted))
         response = json_response(
             {"accepted": len(accepted), "rejected": len(rows) - len(accepted), "events": rows}
         )

@@ -28,11 +28,12 @@ from tagserver.hit import Hit
 from tagserver.plugins import Client, Param
 
 MAX_STRING = 8192
-STRING_FIELDS = (
+STRING_FIELDS = frozenset((
     "event_name", "event_id", "client_id", "user_agent", "page_location", "page_referrer",
     "page_title", "page_hostname", "page_path", "language", "screen_resolution", "user_id",
     "currency", "transaction_id", "search_term", "action_source",
-)  # fmt: skip
+))  # fmt: skip
+ID_FIELDS = frozenset(("event_id", "client_id", "user_id", "transaction_id"))  # ints become strings
 OBJECT_FIELDS = ("user_data", "consent", "custom_data")
 
 
@@ -85,12 +86,12 @@ def check_event(raw: Any, now: float) -> Event:
         raise EventError("event_name: required, a non-empty string")
     if len(name) > 100:
         raise EventError("event_name: longer than 100 characters")
-    for key in STRING_FIELDS:
-        value = event.get(key)
+    for key in STRING_FIELDS.intersection(event):
+        value = event[key]
         if value is None:
             continue
         if (
-            key in ("event_id", "client_id", "user_id", "transaction_id")
+            key in ID_FIELDS
             and isinstance(value, int)
             and not isinstance(value, bool)
         ):
@@ -157,7 +158,7 @@ class EventsApiClient(Client):
         self.keys = [k.encode() for k in settings.api_key_list]
 
     def claim(self, request: Request) -> bool:
-        return request.url.path == self.path
+        return request.scope["path"] == self.path
 
     def authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
@@ -207,7 +208,7 @@ class EventsApiClient(Client):
         results = await hit.run([event for _, event in accepted])
         for (index, _), result in zip(accepted, results, strict=True):
             rows[index] = {"index": index, "accepted": True, **result.summary()}
-        metrics.EVENTS.labels(self.name).inc(len(accepted))
+        metrics.labelled(metrics.EVENTS, self.name).inc(len(accepted))
         status = 200 if accepted else 400
         return json_response(
             {

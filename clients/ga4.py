@@ -93,7 +93,7 @@ class Ga4Client(Client):
         self.max_events = int(params.get("max_events") or settings.max_events_per_request)
 
     def claim(self, request: Request) -> bool:
-        return request.url.path in self.paths
+        return request.scope["path"] in self.paths
 
     async def handle(self, request: Request, hit: Hit) -> Response:
         ctx = hit.request
@@ -118,7 +118,7 @@ class Ga4Client(Client):
         events = parsed.events
         visitor = self._identify(ctx, events)
         await hit.run(events)
-        metrics.EVENTS.labels(self.name).inc(len(events))
+        metrics.labelled(metrics.EVENTS, self.name).inc(len(events))
 
         response = Response(status_code=204)
         cors.apply(response, grant)

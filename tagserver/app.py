@@ -12,23 +12,25 @@ import asyncio
 import contextlib
 import gc
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import Request, cookie_parser
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import metrics
 from .container import ContainerError, load_file
 from .dispatch import Dispatcher
-from .errors import HitError, PayloadTooLarge
+from .errors import BadRequest, HitError, PayloadTooLarge
 from .event import RequestContext
 from .exposition import metrics_endpoint
 from .hit import Hit, HitTrace, new_trace_id
@@ -66,8 +68,8 @@ def state_of(request: Request) -> State:
 # -- the hit path ------------------------------------------------------------------------------
 
 
-async def handle_hit(request: Request) -> Response:
-    state = state_of(request)
+async def handle_hit(request: Request, state: State | None = None) -> Response:
+    state = state or state_of(request)
     started = time.perf_counter()
     runtime = state.runtime  # one container for the whole hit, even if a reload lands meanwhile
     client = next((c for c in runtime.container.clients if c.claim(request)), None)
@@ -76,7 +78,7 @@ async def handle_hit(request: Request) -> Response:
         response = JSONResponse(
             {"error": f"no client claims {request.method} {request.url.path}"}, 404
         )
-        metrics.HITS.labels("none", "404").inc()
+        metrics.labelled(metrics.HITS, "none", "404").inc()
         if session:
             _record_unclaimed(state, request, session, response.status_code)
         return response
@@ -104,7 +106,7 @@ async def handle_hit(request: Request) -> Response:
         if trace is not None:
             trace.error = state.redact.text(f"{type(exc).__name__}: {exc}")
 
-    metrics.HITS.labels(client.name, str(response.status_code)).inc()
+    metrics.labelled(metrics.HITS, client.name, str(response.status_code)).inc()
     metrics.HIT_LATENCY.observe(time.perf_counter() - started)
     if trace is not None:
         trace.status = response.status_code
@@ -118,30 +120,40 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    chunks, size, more = [], 0, True
+    while more:  # straight from ASGI `receive`: Request.stream() is an async generator per hit
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
+        more = message.get("more_body", False)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     request._body = body  # so a client may still call `await request.body()`
     return body
 
 
 def request_context(request: Request, settings: Settings, body: bytes = b"") -> RequestContext:
-    peer = request.client.host if request.client else ""
+    """The hit's request, read straight from the ASGI scope: no URL or query objects unless
+    the request has a query string or cookies (most hits to the events API have neither)."""
+    scope = request.scope
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    query_string = scope.get("query_string", b"").decode("latin-1")
+    scheme = scope.get("scheme", "http")
+    url = f"{scheme}://{headers.get('host', '')}{scope.get('root_path', '')}{scope['path']}"
+    client = scope.get("client")
     return RequestContext.from_scope(
-        method=request.method,
-        url=str(request.url),
-        path=request.url.path,
-        query=dict(request.query_params),
-        headers={
-            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]
-        },
-        cookies=request.cookies,
-        peer_ip=peer,
-        scheme=request.url.scheme,
+        method=scope["method"],
+        url=f"{url}?{query_string}" if query_string else url,
+        path=scope["path"],
+        query=dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {},
+        headers=headers,
+        cookies=cookie_parser(headers["cookie"]) if "cookie" in headers else {},
+        peer_ip=client[0] if client else "",
+        scheme=scheme,
         settings=settings,
         body=body,
     )
@@ -199,23 +211,40 @@ def builtin_routes(preview: Preview, settings: Settings) -> list[BaseRoute]:
 HIT_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def hits_first(builtins: list[BaseRoute]) -> list[BaseRoute]:
-    """A hit route tried before the built-ins, for paths whose first segment none of them uses.
-
-    Starlette tries routes in order; with the catch-all last, every hit paid ~20 regex matches
-    (about as much as a whole bare Starlette request). Paths that share a first segment with a
-    built-in (`/preview/...`) still go through the built-ins, then the catch-all.
-    """
+def first_segments(routes: list[BaseRoute]) -> frozenset[str] | None:
+    """The first path segments the built-in routes use; None if one starts with a parameter."""
     segments = set()
-    for route in builtins:
+    for route in routes:
         first = str(getattr(route, "path", "{")).lstrip("/").split("/", 1)[0]
         if "{" in first:
-            return []  # a built-in with a parameter up front: hits cannot be told apart
+            return None
         segments.add(first)
-    route = Route("/{path:path}", handle_hit, methods=HIT_METHODS)
-    taken = "|".join(re.escape(s) for s in sorted(segments))
-    route.path_regex = re.compile(rf"^/(?!(?:{taken})(?:/|$))(?P<path>.*)$")
-    return [route]
+    return frozenset(segments)
+
+
+class HitsFirst:
+    """ASGI middleware: a request whose first path segment no built-in route uses is a hit,
+    handed straight to `handle_hit`.
+
+    Starlette's exception middleware, router and endpoint wrappers cost about as much as a
+    whole bare Starlette request; hits are the hot path and need none of them (`handle_hit`
+    turns every error into a response itself). Other requests (`/healthz`, `/preview/...`)
+    take the normal route, where the catch-all still sends unknown paths to `handle_hit`.
+    """
+
+    def __init__(self, app: ASGIApp, builtin_segments: frozenset[str] | None, state: State) -> None:
+        self.app = app
+        self.builtin = builtin_segments
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.builtin is not None:
+            first = scope["path"][1:].split("/", 1)[0]
+            if first not in self.builtin:
+                response = await handle_hit(Request(scope, receive), self.state)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # -- lifecycle ---------------------------------------------------------------------------------
@@ -289,8 +318,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             gc.set_threshold(*thresholds)
 
     routes = builtin_routes(preview, settings)
-    routes = [*hits_first(routes), *routes, Route("/{path:path}", handle_hit, methods=HIT_METHODS)]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=[*routes, Route("/{path:path}", handle_hit, methods=HIT_METHODS)],
+        middleware=[Middleware(HitsFirst, builtin_segments=first_segments(routes), state=state)],
+        lifespan=lifespan,
+    )
     app.state.tagserver = state
     return app
 
