@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import LOOPBACK, ServerProcess, minimal_container, wait_until
+from support import PageServer, ServerProcess, minimal_container, wait_until
 
 pytest.importorskip("playwright")
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -44,57 +42,12 @@ SHOP_PAGE = """<!doctype html>
 """
 
 
-class ShopServer:
-    """The site's own web server: the same page for every path."""
-
-    def __init__(self, tagserver_port: int) -> None:
-        page = (SHOP_PAGE % {"port": tagserver_port}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/html; charset=utf-8")
-                    self.send_header("Content-Length", str(len(page)))
-                    self.end_headers()
-                    self.wfile.write(page)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the browser navigated away meanwhile
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> ShopServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--host-resolver-rules=MAP *.shop.test 127.0.0.1"],
-        )  # fmt: skip
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[ServerProcess, ShopServer]]:
+def setup(tmp_path: Path) -> Iterator[tuple[ServerProcess, PageServer]]:
     server = ServerProcess(
         tmp_path, minimal_container(clients=[{"name": "collector", "type": "collector"}])
     )
-    with server, ShopServer(server.port) as shop:
+    with server, PageServer(SHOP_PAGE % {"port": server.port}) as shop:
         yield server, shop
 
 
@@ -126,7 +79,7 @@ def cookie(page: Page, name: str) -> str | None:
 
 
 def test_collector_in_a_real_browser(
-    browser: Browser, setup: tuple[ServerProcess, ShopServer]
+    browser: Browser, setup: tuple[ServerProcess, PageServer]
 ) -> None:
     server, shop = setup
     site = f"http://www.shop.test:{shop.port}"
@@ -189,7 +142,7 @@ def test_collector_in_a_real_browser(
 
 
 def test_demo_page_shows_the_event_ids_the_server_used(
-    browser: Browser, setup: tuple[ServerProcess, ShopServer]
+    browser: Browser, setup: tuple[ServerProcess, PageServer]
 ) -> None:
     server, _ = setup
     page = browser.new_page()

@@ -10,20 +10,19 @@ Set PREVIEW_SCREENSHOTS=<dir> to save screenshots of the UI along the way.
 
 from __future__ import annotations
 
+import html
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import LOOPBACK, ServerProcess, minimal_container, wait_until
+from support import PageServer, ServerProcess, minimal_container, wait_until
 from test_preview import FakeVendor
 
 pytest.importorskip("playwright")
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -51,40 +50,6 @@ SHOP_PAGE = """<!doctype html>
 """
 
 
-class ShopServer:
-    """The site's own web server: the same page (with a hostile title) for every path."""
-
-    def __init__(self, tagserver_port: int) -> None:
-        title = XSS_TITLE.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        page = (SHOP_PAGE % {"port": tagserver_port, "title": title}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/html; charset=utf-8")
-                    self.send_header("Content-Length", str(len(page)))
-                    self.end_headers()
-                    self.wfile.write(page)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> ShopServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def container(vendor_url: str) -> dict[str, Any]:
     return minimal_container(
         clients=[{"name": "collector", "type": "collector"},
@@ -106,25 +71,13 @@ def container(vendor_url: str) -> dict[str, Any]:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--host-resolver-rules=MAP *.shop.test 127.0.0.1"],
-        )  # fmt: skip
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[ServerProcess, ShopServer, FakeVendor]]:
+def stack(tmp_path: Path) -> Iterator[tuple[ServerProcess, PageServer, FakeVendor]]:
     with FakeVendor() as vendor:
         env = {"TAGSERVER_PREVIEW_PASSWORD": PASSWORD,
                "TAGSERVER_PREVIEW_STORE": str(tmp_path / "preview.sqlite3")}  # fmt: skip
         server = ServerProcess(tmp_path, container(vendor.url), env=env)
-        with server, ShopServer(server.port) as shop:
+        with server, PageServer(SHOP_PAGE % {"port": server.port, "title": html.escape(XSS_TITLE, quote=False)}) as shop:
             yield server, shop, vendor
 
 
@@ -140,7 +93,7 @@ def watch_for_scripts(page: Page, dialogs: list[str]) -> None:
 
 
 def test_preview_in_a_real_browser(
-    browser: Browser, stack: tuple[ServerProcess, ShopServer, FakeVendor]
+    browser: Browser, stack: tuple[ServerProcess, PageServer, FakeVendor]
 ) -> None:
     server, shop, vendor = stack
     tagging = f"http://sgtm.shop.test:{server.port}"
@@ -292,7 +245,7 @@ def test_preview_in_a_real_browser(
 
 
 def test_an_expired_sign_in_sends_the_browser_back_to_the_login_page(
-    browser: Browser, stack: tuple[ServerProcess, ShopServer, FakeVendor]
+    browser: Browser, stack: tuple[ServerProcess, PageServer, FakeVendor]
 ) -> None:
     server, _, _ = stack
     tagging = f"http://sgtm.shop.test:{server.port}"
