@@ -90,11 +90,7 @@ def check_event(raw: Any, now: float) -> Event:
         value = event[key]
         if value is None:
             continue
-        if (
-            key in ID_FIELDS
-            and isinstance(value, int)
-            and not isinstance(value, bool)
-        ):
+        if key in ID_FIELDS and isinstance(value, int) and not isinstance(value, bool):
             event[key] = value = str(value)
         if not isinstance(value, str):
             raise EventError(f"{key}: expected a string, got {type(value).__name__}")

@@ -14,11 +14,15 @@ def test_readme_lists_every_setting_with_its_default():
     readme = (ROOT / "README.md").read_text()
     for name, default, _help in settings_table():
         shown = f"`{default}`" if default else "—"
-        assert f"| `{name}` | {shown} |" in readme, f"{name} missing or stale in README's settings table"
+        assert f"| `{name}` | {shown} |" in readme, (
+            f"{name} missing or stale in README's settings table"
+        )
 
 
 def test_shipped_schema_is_current():
-    generated = subprocess.run([sys.executable, "-m", "tagserver", "schema"], capture_output=True, text=True, check=True)
+    generated = subprocess.run(
+        [sys.executable, "-m", "tagserver", "schema"], capture_output=True, text=True, check=True
+    )
     shipped = json.loads((ROOT / "container.schema.json").read_text())
     assert shipped == json.loads(generated.stdout), "run: tagserver schema > container.schema.json"
 

@@ -77,7 +77,12 @@ def stack(tmp_path: Path) -> Iterator[tuple[ServerProcess, PageServer, FakeVendo
         env = {"TAGSERVER_PREVIEW_PASSWORD": PASSWORD,
                "TAGSERVER_PREVIEW_STORE": str(tmp_path / "preview.sqlite3")}  # fmt: skip
         server = ServerProcess(tmp_path, container(vendor.url), env=env)
-        with server, PageServer(SHOP_PAGE % {"port": server.port, "title": html.escape(XSS_TITLE, quote=False)}) as shop:
+        with (
+            server,
+            PageServer(
+                SHOP_PAGE % {"port": server.port, "title": html.escape(XSS_TITLE, quote=False)}
+            ) as shop,
+        ):
             yield server, shop, vendor
 
 
