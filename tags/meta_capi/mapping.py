@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from tagserver.cookies import FBC_RE, FBP_RE, fbclid_from, registrable_domain, subdomain_index
 from tagserver.event import Event, RequestContext
 
-from .normalize import NORMALIZERS, hash_value
+from .normalize import NORMALIZERS, hash_text, hash_value
 
 __all__ = [
     "DEFAULT_EVENT_NAMES",
@@ -259,19 +259,16 @@ def _add(
     raw_ids: bool,
 ) -> None:
     """Normalize + hash one raw value (or each of a list) into `acc[key]`, without repeats."""
-    if value.__class__ is list:
+    if value.__class__ is str and not (raw_ids and key == "external_id"):
+        text = value.strip()  # the common case: one text value, straight to its hasher
+        result = hash_text(key, text, context) if text else None
+    elif value.__class__ is list:
         for item in value:
             if item is not None and item != "":
                 _add(acc, key, item, context, dropped, raw_ids)
         return
-    if key == "external_id" and raw_ids:
-        result = value.strip() if value.__class__ is str else None
-        if result is None and isinstance(value, int) and not isinstance(value, bool):
-            result = str(value)
     else:
-        if value.__class__ is float and value.is_integer():
-            value = int(value)
-        result = hash_value(key, value, context)
+        result = _other_value(key, value, context, raw_ids)
     if not result:
         dropped.setdefault(key, _DROP_REASONS.get(key, "empty after normalization"))
         return
@@ -280,6 +277,20 @@ def _add(
         acc[key] = [result]
     elif result not in found:
         found.append(result)
+
+
+def _other_value(key: str, value: Any, context: str | None, raw_ids: bool) -> str | None:
+    """A raw external_id as given, or the hash of a number (phones, ZIPs, ids typed as
+    numbers; 42.0 counts as 42); None when unusable."""
+    if key == "external_id" and raw_ids:
+        if value.__class__ is str:
+            return value.strip()
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return None
+    if value.__class__ is float and value.is_integer():
+        value = int(value)
+    return hash_value(key, value, context)
 
 
 def _region(value: Any) -> str | None:

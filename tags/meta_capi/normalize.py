@@ -15,6 +15,7 @@ into lookup tables once at import.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
 import unicodedata
 from collections.abc import Callable
@@ -30,6 +31,7 @@ __all__ = [
     "sha256",
     "is_hashed",
     "hash_value",
+    "hash_text",
     "email",
     "phone",
     "name",
@@ -55,6 +57,18 @@ _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@.]+")
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _builtin_sha256() -> Callable[[bytes], Any]:
+    """CPython's own SHA-256 (what hashlib falls back to without OpenSSL): the same digest,
+    but for inputs as short as an email it is ~2× faster than OpenSSL's, whose per-call
+    context setup costs more than the hashing. hashlib's when the module is not there."""
+    for module in ("_sha2", "_sha256"):  # Python 3.12+, 3.11
+        try:
+            return importlib.import_module(module).sha256  # type: ignore[no-any-return]
+        except (ImportError, AttributeError):
+            continue
+    return hashlib.sha256
 
 
 def is_hashed(text: str) -> bool:
@@ -297,6 +311,7 @@ def _external_id(text: str, cc: str | None = None) -> str | None:
 
 _TRUNK_MARKER = re.compile(r"\(\s*0\s*\)")
 _SEPARATORS = str.maketrans("", "", " \t-.()/")
+_ASCII_SEPARATORS = b" \t-.()/"
 # country calling code → its main region ("1" → "US"); non-geographic codes are left out
 _CALLING_CODES = {
     str(cc): regions[0]
@@ -371,7 +386,10 @@ def _phone(text: str, region: str | None = None) -> str | None:
     if "(0" in text or "( " in text:
         text = _TRUNK_MARKER.sub(" ", text)
     plus = text.startswith("+")
-    compact = text.translate(_SEPARATORS)
+    if text.isascii():  # bytes.translate deletes ~4× faster than str.translate with a dict
+        compact = text.encode().translate(None, _ASCII_SEPARATORS).decode()
+    else:
+        compact = text.translate(_SEPARATORS)
     digits = compact[1:] if plus else compact
     simple = digits.isdigit() and digits.isascii()
     if plus or digits.startswith("00"):
@@ -473,14 +491,13 @@ def hash_value(key: str, value: Any, context: str | None = None) -> str | None:
     """SHA-256 of `value` normalized for the hashed user_data `key`; the value itself
     (lowercased) when it already is a SHA-256; None when blank or unusable. `context` is the
     address country for `st`/`zp` and the phone region for `ph`."""
-    if value.__class__ is str:
-        text = value.strip()
-        if not text:
-            return None
-    else:
-        text = _text(value)
-        if text is None:
-            return None
+    text = value.strip() if value.__class__ is str else _text(value)
+    return hash_text(key, text, context) if text else None
+
+
+def hash_text(key: str, text: str, context: str | None = None) -> str | None:
+    """`hash_value` for text already stripped and not empty: the mapping's common case, one
+    call per field instead of three."""
     if len(text) == 64 and _HEX64.fullmatch(text):
         return text.lower()
     if key not in _MEMO_KEYS:
@@ -503,4 +520,4 @@ def hash_value(key: str, value: Any, context: str | None = None) -> str | None:
 _MEMO_KEYS = frozenset({"ge", "country", "st", "ct"})
 _MEMO: dict[tuple[str, str, str | None], str | None] = {}
 _MEMO_MAX = 50_000
-_sha256 = hashlib.sha256
+_sha256 = _builtin_sha256()
