@@ -381,11 +381,8 @@ def custom_data(event: Event, configured: Any) -> dict[str, Any]:
     search = event.get("search_term")
     if search.__class__ is str and search:
         out["search_string"] = search
-    for key in event:  # the Meta pixel's own custom data keys (GA4 hits)
-        if key[:8] == "x-fb-cd-" and len(key) > 8:
-            value = event[key]
-            if value is not None and value != "":
-                out[key[8:]] = value
+    if _PIXEL_CD in "\n".join(event):  # most events have none: one search, not one per key
+        _pixel_custom_data(event, out)
     extra = False
     own = event.get("custom_data")
     if own.__class__ is dict and own:
@@ -399,6 +396,18 @@ def custom_data(event: Event, configured: Any) -> dict[str, Any]:
     return out
 
 
+_PIXEL_CD = "x-fb-cd-"
+
+
+def _pixel_custom_data(event: Event, out: dict[str, Any]) -> None:
+    """The Meta pixel's own custom data keys (`x-fb-cd-value` ..., on GA4 hits)."""
+    for key in event:
+        if key[:8] == _PIXEL_CD and len(key) > 8:
+            value = event[key]
+            if value is not None and value != "":
+                out[key[8:]] = value
+
+
 def _contents(items: list[Any], out: dict[str, Any]) -> None:
     """GA4 items → Meta `contents` (item_id, else item_name → id; quantity, default 1;
     price → item_price; delivery_category), `content_ids`, `num_items`, `content_type`.
@@ -408,12 +417,13 @@ def _contents(items: list[Any], out: dict[str, Any]) -> None:
         if item.__class__ is not dict:
             continue
         ident = item.get("item_id")
-        if ident is None or ident == "":
-            ident = item.get("item_name")
-        if ident is None or ident == "" or isinstance(ident, (dict, list, bool)):
-            continue
-        if ident.__class__ is not str:
-            ident = str(ident)
+        if ident.__class__ is not str or not ident:  # the common case (an id) checked first
+            if ident is None or ident == "":
+                ident = item.get("item_name")
+            if ident is None or ident == "" or isinstance(ident, (dict, list, bool)):
+                continue
+            if ident.__class__ is not str:
+                ident = str(ident)
         quantity = item.get("quantity", 1)
         if quantity.__class__ is not int:
             quantity = _number(quantity)
@@ -425,7 +435,10 @@ def _contents(items: list[Any], out: dict[str, Any]) -> None:
             quantity = 1
         entry: dict[str, Any] = {"id": ident, "quantity": quantity}
         price = item.get("price")
-        if price is not None:
+        if price.__class__ is float:  # the common case, without _number
+            if math.isfinite(price):
+                entry["item_price"] = price
+        elif price is not None:
             price = _number(price)
             if price.__class__ is int or (price.__class__ is float and math.isfinite(price)):
                 entry["item_price"] = price
