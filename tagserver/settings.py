@@ -85,6 +85,10 @@ class Settings:
     meta_graph_url: str = setting(
         "https://graph.facebook.com", "Base URL of the Graph API (tests, proxies)."
     )
+    ga4_collect_url: str = setting(
+        "https://region1.google-analytics.com/g/collect",
+        "Where the `ga4` tag forwards GA4 hits (a tag's `endpoint` param wins).",
+    )
     # -- preview
     preview_password: str = setting(
         "", "Password for `/preview`; empty = a one-time token printed at start-up.", secret=True

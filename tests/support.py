@@ -23,6 +23,9 @@ from tagserver.app import create_app
 from tagserver.settings import Settings
 
 LOOPBACK = "127.0.0.1"
+# the shipped container forwards GA4 hits to Google: tests send them to a closed loopback port
+# instead (a test that checks the forwarding passes its fake vendor's URL)
+NO_GA4 = f"http://{LOOPBACK}:9/g/collect"
 
 
 def free_port() -> int:
@@ -55,6 +58,7 @@ def app_client(tmp_path: Path, container: dict[str, Any], **settings: Any) -> It
     """The app in-process (lifespan included), for fast HTTP-level tests."""
     path = write_container(tmp_path, container)
     options = {"container": str(path), "data_dir": str(tmp_path / "data"), "api_keys": "test-key"}
+    options["ga4_collect_url"] = NO_GA4
     options.update(settings)
     app = create_app(Settings(**options))
     with TestClient(app, base_url="http://sgtm.shop.test") as client:
@@ -85,6 +89,7 @@ class ServerProcess:
             **{k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")},
             "TAGSERVER_API_KEYS": "test-key",
             "TAGSERVER_RELOAD_INTERVAL": "0.2",
+            "TAGSERVER_GA4_COLLECT_URL": NO_GA4,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
