@@ -139,6 +139,18 @@ def test_no_personal_data_is_ever_in_the_payload() -> None:
     )
 
 
+def test_the_server_decides_uip_and_a_preview_token_never_leaves() -> None:
+    [event] = parse_hit(
+        b"v=2&tid=G-X1&cid=1.2&en=page_view&_uip=192.0.2.1&tagserver_preview=tok123&gtm=4e1",
+        b"",
+        max_events=1,
+    ).events
+    event["ip_override"] = VISITOR_IP
+    params = fire(event)[0]["params"]
+    assert params["_uip"] == VISITOR_IP and params["gtm"] == "4e1"
+    assert "tok123" not in json.dumps(params)
+
+
 def test_events_from_other_clients_use_the_common_keys() -> None:
     event = {
         "event_name": "purchase", "event_id": "order-9", "client_id": "555.1718000000",
