@@ -19,9 +19,9 @@ from fakes.vendor import Answer, FakeVendor, Received
 from support import ServerProcess, app_client, minimal_container, wait_until
 
 from clients.ga4_params import parse_hit
-from tags.ga4 import Ga4Tag, request_parts
+from tags.ga4 import Ga4Sender, Ga4Tag, request_parts
 from tagserver.event import RequestContext
-from tagserver.plugins import FireContext, TagRejected
+from tagserver.plugins import Delivery, FireContext, Message, TagRejected
 from tagserver.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ga4"
@@ -314,3 +314,39 @@ def test_denied_analytics_is_forwarded_as_a_cookieless_ping(server, google) -> N
     assert send(server, *gtag_batch("333.1718000000", "T-3", gcs="G100")).status_code == 204
     [request] = wait_until(lambda: requests_for(google, "333.1718000000"), timeout=10)
     assert dict(parse_qsl(urlsplit(request.path).query))["gcs"] == "G100"
+
+
+# -- the sender against a fake Google -------------------------------------------------------
+
+
+def message(index: int, cid: str, ua: str, en: str = "page_view") -> Message:
+    params = {"v": "2", "tid": "G-X1", "cid": cid, "_uip": VISITOR_IP, "en": en}
+    return Message(index, "ga4:G-X1", {"params": params, "ua": ua}, f"{en}:{index}", 0, 0.0)
+
+
+async def sent(vendor: FakeVendor, batch: list[Message]) -> list[Delivery]:
+    async with httpx.AsyncClient() as http:
+        sender = Ga4Sender(http, Settings(send_timeout_seconds=5))
+        return await sender.send({"url": vendor.url + "/g/collect"}, batch)
+
+
+async def test_the_sender_batches_per_visitor_and_classifies_answers() -> None:
+    with FakeVendor() as vendor:
+        vendor.default = Answer(204, b"")
+        batch = [message(1, "1.1", "UA-1"), message(2, "2.2", "UA-2"), message(3, "1.1", "UA-1")]
+        results = await sent(vendor, batch)
+        assert [r.outcome for r in results] == ["delivered"] * 3
+        first, second = vendor.received
+        assert (first.headers["user-agent"], second.headers["user-agent"]) == ("UA-1", "UA-2")
+        assert len(received_events(first)) == 2 and len(received_events(second)) == 1
+
+        vendor.then(Answer(400, b"bad hit"))
+        [refused] = await sent(vendor, [message(4, "1.1", "UA-1")])
+        assert refused.outcome == "permanent" and refused.error == "HTTP 400 from GA4: bad hit"
+        vendor.throttle(1, retry_after=3)
+        [throttled, untried] = await sent(vendor, [message(5, "5.5", "A"), message(6, "6.6", "B")])
+        assert throttled.outcome == "retry" and throttled.retry_after == 3
+        assert untried.outcome == "retry"  # Google said slow down: not called again now
+        assert len(vendor.received) == 4
+    [down] = await sent(vendor, [message(7, "7.7", "A")])  # nobody listens any more
+    assert down.outcome == "retry"
