@@ -166,7 +166,9 @@ class MetaCapiTag(Tag):
     def _target(self, params: dict[str, Any]) -> Target:
         """Where the event goes, from the resolved params; the same few combinations repeat
         for every event, so they are worked out once."""
-        key = tuple(params.get(k) for k in _TARGET_PARAMS)
+        get = params.get  # spelled out: a generator here cost as much as the lookup
+        key = (get("pixel_id"), get("access_token"), get("api_version"),
+               get("test_event_code"), get("partner_agent"))  # fmt: skip
         try:
             target = self._targets.get(key)
         except TypeError:  # a templated param resolved to something unhashable
@@ -176,9 +178,6 @@ class MetaCapiTag(Tag):
                 self._targets.clear()
             target = self._targets[key] = Target.of(*key)
         return target
-
-
-_TARGET_PARAMS = ("pixel_id", "access_token", "api_version", "test_event_code", "partner_agent")
 
 
 @dataclass(frozen=True)
