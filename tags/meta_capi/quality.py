@@ -42,23 +42,26 @@ BANDS = ((8.0, "great"), (6.0, "good"), (4.0, "ok"), (0.0, "poor"))
 
 
 class Quality(NamedTuple):
-    keys: list[str]  # match keys present, in Meta's order
+    keys: tuple[str, ...]  # match keys present, in Meta's order
     score: float  # 0–10, in steps of 0.25
     band: str  # poor | ok | good | great
 
 
 def assess(user_data: dict[str, Any]) -> Quality:
-    """`user_data` as the mapping builds it: only keys with a value, in Meta's order."""
+    """`user_data` as the mapping builds it: only keys with a value, in Meta's order.
+
+    Few key combinations exist, so each is scored once and its `Quality` (immutable) is
+    shared by every event with the same keys."""
     keys = tuple(user_data)
     found = _SCORES.get(keys)
-    if found is None:  # few key combinations exist: each is scored once
-        found = _score(keys)
+    if found is None:
+        found = Quality(keys, *_score(keys))
         if len(_SCORES) < 4096:
             _SCORES[keys] = found
-    return Quality(list(keys), found[0], found[1])
+    return found
 
 
-_SCORES: dict[tuple[str, ...], tuple[float, str]] = {}
+_SCORES: dict[tuple[str, ...], Quality] = {}
 
 
 def _score(keys: tuple[str, ...]) -> tuple[float, str]:

@@ -123,7 +123,7 @@ class MetaCapiTag(Tag):
         server = built.event
         quality = assess(server["user_data"])
         notes = ctx.notes
-        notes["match_keys"] = quality.keys
+        notes["match_keys"] = list(quality.keys)  # the notes' own copy, as preview shows it
         notes["match_quality"] = quality.score
         notes["match_quality_band"] = quality.band
         if built.dropped:
