@@ -432,6 +432,27 @@ def test_match_quality_metric_per_standard_event_name_and_custom():
     assert count("my_special_event_1234") == 0  # custom names never become labels
 
 
+def test_match_quality_metric_counts_exactly_like_prometheus_observe():
+    """The tag's shortcut past Histogram.observe's bucket search must expose the same
+    buckets, count and sum as observe itself, for every possible score and any other value."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from tags.meta_capi.tag import _score_observer
+
+    def exposed(observe_with_shortcut: bool) -> list[tuple[str, dict, float]]:
+        registry = CollectorRegistry()
+        histogram = Histogram("q", "q", ["n"], buckets=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+                              registry=registry)  # fmt: skip
+        child = histogram.labels("Purchase")
+        observe = _score_observer(child) if observe_with_shortcut else child.observe
+        for score in [step / 4 for step in range(41)] + [10.0, 0.0, 3.3, 12.0, -1.0]:
+            observe(score)
+        return [(s.name, s.labels, s.value) for m in registry.collect() for s in m.samples
+                if not s.name.endswith("_created")]  # fmt: skip
+
+    assert exposed(True) == exposed(False)
+
+
 # -- dry run and the outgoing message --------------------------------------------------------------
 
 
