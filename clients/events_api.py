@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from tagserver import metrics
 from tagserver.errors import BadRequest, HitError, Unauthorized
-from tagserver.event import CONSENT_TYPES, Event, add_page_parts
+from tagserver.event import CONSENT_TYPES, Event, add_page_parts, scope_header
 from tagserver.hit import Hit
 from tagserver.plugins import Client, Param
 
@@ -41,8 +41,24 @@ class EventError(ValueError):
     """One event of the batch is invalid; the message names the field."""
 
 
+class JsonResponse(Response):
+    """A JSON response whose headers are built by hand: Starlette's `init_headers` costs
+    microseconds per hit. Same bytes on the wire as `Response(..., media_type=json)`."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode("latin-1")),
+            (b"content-type", b"application/json"),
+        ]
+
+
 def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json")
+    return JsonResponse(orjson.dumps(body), status)
 
 
 def parse_event_time(value: Any, now: float) -> int:
@@ -171,7 +187,7 @@ class EventsApiClient(Client):
             raise HitError(f"{self.path} accepts POST only", status=405, headers={"Allow": "POST"})
         if not self.keys:
             raise Unauthorized("the events API is disabled: set TAGSERVER_API_KEYS")
-        if not self.authorized(request.headers.get("authorization", "")):
+        if not self.authorized(scope_header(request.scope, b"authorization") or ""):
             raise Unauthorized("missing or wrong API key (send Authorization: Bearer <key>)")
         try:
             body = orjson.loads(hit.body)

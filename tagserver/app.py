@@ -31,7 +31,7 @@ from . import metrics
 from .container import ContainerError, load_file
 from .dispatch import Dispatcher
 from .errors import BadRequest, HitError, PayloadTooLarge
-from .event import RequestContext
+from .event import RequestContext, scope_header
 from .exposition import metrics_endpoint
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox import Outbox
@@ -117,7 +117,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than `limit` bytes without reading them all."""
-    declared = request.headers.get("content-length")
+    declared = scope_header(request.scope, b"content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
     chunks, size, more = [], 0, True

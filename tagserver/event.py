@@ -45,6 +45,18 @@ def get_path(data: Any, path: str | tuple[str, ...], default: Any = None) -> Any
     return data
 
 
+def scope_header(scope: Any, name: bytes) -> str | None:
+    """The first value of header `name` (lower-case bytes) straight from an ASGI scope.
+
+    What `request.headers.get(name)` answers, without building a Headers object: the hit
+    path reads one or two headers before the request context exists.
+    """
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def add_page_parts(event: Event) -> None:
     """Derive `page_hostname` and `page_path` from `page_location` when a client did not."""
     location = event.get("page_location")
