@@ -69,7 +69,7 @@ def check(server: dict[str, Any], now: float) -> None:
 
     event_time = server["event_time"]
     age = now - event_time
-    limit = max_age(source)
+    limit = MAX_AGE_SECONDS.get(source, DEFAULT_MAX_AGE)  # max_age(), without the call
     if age > limit:
         raise MetaRefusal(
             "event_too_old",
@@ -101,8 +101,8 @@ def check(server: dict[str, Any], now: float) -> None:
             "no customer information at all (no email, phone, IP, user agent, fbp, fbc, "
             "external_id ...); Meta needs at least one key",
         )
-    keys = user.keys()
-    for weak in WEAK_SUBSETS if len(keys) <= _LARGEST_WEAK else ():
+    for weak in WEAK_SUBSETS if len(user) <= _LARGEST_WEAK else ():
+        keys = user.keys()
         if keys <= weak:
             raise MetaRefusal(
                 "weak_user_data",

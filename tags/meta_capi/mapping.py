@@ -117,7 +117,8 @@ def build(event: Event, params: dict[str, Any], request: RequestContext) -> Buil
     custom = custom_data(event, params.get("custom_data"))
     if custom:
         server["custom_data"] = custom
-    _limited_data_use(server, event, params)
+    if "data_processing_options" in event or "data_processing_options" in params:
+        _limited_data_use(server, event, params)
     return Built(server, dropped)
 
 
@@ -337,7 +338,8 @@ def _fbc(
             return given
         dropped["fbc"] = "malformed _fbc value (expected fb.N.TIME.FBCLID)"
     location = event.get("page_location")
-    fbclid = fbclid_from(location) if isinstance(location, str) else None
+    # most URLs have no click id: the substring test spares fbclid_from's call
+    fbclid = fbclid_from(location) if isinstance(location, str) and "fbclid=" in location else None
     cookie = request.cookies.get("_fbc")
     match = FBC_RE.fullmatch(cookie) if cookie else None
     if match and (fbclid is None or match.group(1) == fbclid):
@@ -365,7 +367,9 @@ def custom_data(event: Event, configured: Any) -> dict[str, Any]:
     each winning over the one before."""
     out: dict[str, Any] = {}
     value = event.get("value")
-    if value is not None and value != "":
+    if value.__class__ is float or value.__class__ is int:  # the common case, as is
+        out["value"] = value
+    elif value is not None and value != "":
         out["value"] = _number(value)
     currency = event.get("currency")
     if currency.__class__ is str and currency:
