@@ -132,7 +132,7 @@ class MetaCapiTag(Tag):
         try:
             check(server, time.time())
         except MetaRefusal as refusal:
-            metrics.META_REFUSED.labels(refusal.code).inc()
+            metrics.labelled(metrics.META_REFUSED, refusal.code).inc()  # fixed codes: few
             log.info(
                 "tag %r: %s event %s not sent: %s",
                 self.name, server["event_name"], server["event_id"], refusal.reason,
