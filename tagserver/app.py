@@ -20,7 +20,6 @@ from urllib.parse import parse_qsl
 
 import orjson
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request, cookie_parser
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -226,10 +225,12 @@ class HitsFirst:
     """ASGI middleware: a request whose first path segment no built-in route uses is a hit,
     handed straight to `handle_hit`.
 
-    Starlette's exception middleware, router and endpoint wrappers cost about as much as a
-    whole bare Starlette request; hits are the hot path and need none of them (`handle_hit`
-    turns every error into a response itself). Other requests (`/healthz`, `/preview/...`)
-    take the normal route, where the catch-all still sends unknown paths to `handle_hit`.
+    Starlette's middleware (server and exception errors), router and endpoint wrappers cost
+    about as much as a whole bare Starlette request; hits are the hot path and need none of
+    them (`handle_hit` turns every error into a response itself; anything else that escapes
+    becomes uvicorn's plain 500, as ServerErrorMiddleware's would). Other requests
+    (`/healthz`, `/preview/...`) take the normal route, where the catch-all still sends
+    unknown paths to `handle_hit`.
     """
 
     def __init__(self, app: ASGIApp, builtin_segments: frozenset[str] | None, state: State) -> None:
@@ -245,6 +246,19 @@ class HitsFirst:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class TagServer(Starlette):
+    """Starlette with `HitsFirst` outside its middleware stack, so hits skip all of it."""
+
+    def __init__(
+        self, *args: Any, builtin_segments: frozenset[str] | None, state: State, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.hits_first = (builtin_segments, state)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return HitsFirst(super().build_middleware_stack(), *self.hits_first)
 
 
 # -- lifecycle ---------------------------------------------------------------------------------
@@ -318,10 +332,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             gc.set_threshold(*thresholds)
 
     routes = builtin_routes(preview, settings)
-    app = Starlette(
+    app = TagServer(
         routes=[*routes, Route("/{path:path}", handle_hit, methods=HIT_METHODS)],
-        middleware=[Middleware(HitsFirst, builtin_segments=first_segments(routes), state=state)],
         lifespan=lifespan,
+        builtin_segments=first_segments(routes),
+        state=state,
     )
     app.state.tagserver = state
     return app
