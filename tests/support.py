@@ -23,9 +23,11 @@ from tagserver.app import create_app
 from tagserver.settings import Settings
 
 LOOPBACK = "127.0.0.1"
-# the shipped container forwards GA4 hits to Google: tests send them to a closed loopback port
-# instead (a test that checks the forwarding passes its fake vendor's URL)
-NO_GA4 = f"http://{LOOPBACK}:9/g/collect"
+# Vendors default to their real URLs (the shipped container forwards GA4 hits to Google, Meta
+# tags with credentials send to graph.facebook.com): tests point them at a closed loopback port
+# instead, so no test ever leaves the machine. A test that checks a vendor passes its fake's URL.
+NO_VENDOR = f"http://{LOOPBACK}:9"
+NO_GA4 = f"{NO_VENDOR}/g/collect"
 
 
 def free_port() -> int:
@@ -59,6 +61,7 @@ def app_client(tmp_path: Path, container: dict[str, Any], **settings: Any) -> It
     path = write_container(tmp_path, container)
     options = {"container": str(path), "data_dir": str(tmp_path / "data"), "api_keys": "test-key"}
     options["ga4_collect_url"] = NO_GA4
+    options["meta_graph_url"] = NO_VENDOR
     options.update(settings)
     app = create_app(Settings(**options))
     with TestClient(app, base_url="http://sgtm.shop.test") as client:
@@ -90,6 +93,7 @@ class ServerProcess:
             "TAGSERVER_API_KEYS": "test-key",
             "TAGSERVER_RELOAD_INTERVAL": "0.2",
             "TAGSERVER_GA4_COLLECT_URL": NO_GA4,
+            "TAGSERVER_META_GRAPH_URL": NO_VENDOR,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
