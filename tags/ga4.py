@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from tagserver.event import Event
+from tagserver.http_outcomes import error_outcome, retry_after_seconds, status_outcome
 from tagserver.plugins import (
     Delivery,
     FireContext,
@@ -39,11 +40,9 @@ from tagserver.plugins import (
 )
 
 from .ga4_hit import build_params, encode
-from .http_request import retry_after_seconds
 
 MAX_EVENTS_PER_REQUEST = 20  # GA4's own limit for a batched /g/collect request
 DEADLINE_HOURS = 24  # Google dates a hit on arrival: a later one would skew the reports
-RETRY_STATUSES = frozenset({408, 429})
 _MEASUREMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{1,39}")
 _SHOWN_RESPONSE_CHARS = 300
 
@@ -96,22 +95,18 @@ class Ga4Sender(Sender):
                 headers=headers,
                 timeout=timeout,
             )
-        except httpx.TimeoutException as exc:
-            return done("retry", error=f"no answer within {timeout:g} s ({type(exc).__name__})")
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            return done("permanent", error=f"invalid endpoint: {exc}")
-        except httpx.HTTPError as exc:
-            return done("retry", error=f"{type(exc).__name__}: {exc or 'connection failed'}")
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            outcome, error = error_outcome(exc, timeout)
+            return done(outcome, error=error)
 
         status = response.status_code
         text = " ".join(response.text[:_SHOWN_RESPONSE_CHARS].split())
-        if 200 <= status < 300:
-            return done("delivered", status=status, response=text or None)
+        outcome = status_outcome(status)
+        if outcome == "delivered":
+            return done(outcome, status=status, response=text or None)
         error = f"HTTP {status} from GA4" + (f": {text}" if text else "")
-        if status in RETRY_STATUSES or status >= 500:
-            wait = retry_after_seconds(response.headers.get("retry-after"))
-            return done("retry", status=status, error=error, retry_after=wait, response=text)
-        return done("permanent", status=status, error=error, response=text)
+        wait = retry_after_seconds(response.headers.get("retry-after"))
+        return done(outcome, status=status, error=error, retry_after=wait, response=text)
 
 
 def request_parts(events: list[dict[str, str]]) -> tuple[str, bytes]:

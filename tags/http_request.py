@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,6 +23,7 @@ import httpx
 import orjson
 
 from tagserver.event import Event
+from tagserver.http_outcomes import error_outcome, retry_after_seconds, status_outcome
 from tagserver.plugins import (
     Delivery,
     FireContext,
@@ -37,24 +37,8 @@ from tagserver.plugins import (
 from tagserver.refs import text
 
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
-RETRY_STATUSES = frozenset({408, 429})
 MAX_RESPONSE_BYTES = 65536
 SHOWN_RESPONSE_CHARS = 2000
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 def form_value(value: Any) -> str:
@@ -162,26 +146,21 @@ class HttpRequestSender(Sender):
                     raw += chunk
                     if len(raw) >= MAX_RESPONSE_BYTES:
                         break
-        except httpx.TimeoutException as exc:
-            return done("retry", error=f"timed out ({type(exc).__name__})")
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            return done("permanent", error=f"invalid URL: {exc}")
-        except httpx.TransportError as exc:
-            return done("retry", error=f"{type(exc).__name__}: {exc or 'connection failed'}")
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            outcome, error = error_outcome(exc, self.settings.send_timeout_seconds)
+            return done(outcome, error=error)
 
         status = response.status_code
         body = read_body(raw, response.headers.get("content-type", ""))
-        if 200 <= status < 300:
-            return done("delivered", status=status, response=body)
+        outcome = status_outcome(status)
+        if outcome == "delivered":
+            return done(outcome, status=status, response=body)
         error = f"HTTP {status}: {short(body)}" if raw else f"HTTP {status}"
-        if status in RETRY_STATUSES or status >= 500:
-            wait = retry_after_seconds(response.headers.get("retry-after"))
-            return done("retry", status=status, response=body, error=error, retry_after=wait)
         if 300 <= status < 400:
-            error = (
-                f"HTTP {status}: redirect not followed (to {response.headers.get('location', '?')})"
-            )
-        return done("permanent", status=status, response=body, error=error)
+            location = response.headers.get("location", "?")
+            error = f"HTTP {status}: redirect not followed (to {location})"
+        wait = retry_after_seconds(response.headers.get("retry-after"))
+        return done(outcome, status=status, response=body, error=error, retry_after=wait)
 
 
 def _with_query(url: str, query: str) -> str:

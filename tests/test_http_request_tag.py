@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from fakes.vendor import FakeVendor
 from support import app_client, minimal_container, wait_until, write_container
 
-from tags.http_request import retry_after_seconds
 from tagserver.cli import main
+from tagserver.http_outcomes import retry_after_seconds
 
 AUTH = {"Authorization": "Bearer test-key"}
 FAST = {"retry_base_seconds": 0.05, "retry_cap_seconds": 0.2}

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import orjson
 
+from tagserver.http_outcomes import retry_after_seconds
 from tagserver.plugins import Delivery, Message, Sender
 from tagserver.redact import Redactor
 
@@ -209,9 +210,9 @@ def _retry_after(response: httpx.Response, floor: float | None) -> float | None:
     """Seconds to wait: the larger of `floor` (throttling), `Retry-After` and Meta's
     `estimated_time_to_regain_access` (minutes, in the business use case usage header)."""
     waits = [floor] if floor else []
-    header = response.headers.get("retry-after", "").strip()
-    if header.isdigit():
-        waits.append(float(header))
+    header = retry_after_seconds(response.headers.get("retry-after"))
+    if header is not None:
+        waits.append(header)
     usage = response.headers.get("x-business-use-case-usage")
     if usage:
         try:
