@@ -41,7 +41,7 @@ from tagserver import cookies, cors, metrics
 from tagserver.errors import BadRequest, HitError
 from tagserver.event import CONSENT_TYPES, Event, add_page_parts
 from tagserver.hit import Hit
-from tagserver.plugins import Client, Param
+from tagserver.plugins import MAX_EVENTS, Client, Param
 
 MAX_STRING = 8192
 MAX_KEY = 100
@@ -342,11 +342,7 @@ class CollectorClient(Client):
     default_priority = 20
     params = (
         Param("path", "string", default="/collect", description="Path this client claims."),
-        Param(
-            "max_events",
-            "integer",
-            description="Most events per request (default: TAGSERVER_MAX_EVENTS_PER_REQUEST).",
-        ),
+        MAX_EVENTS,
         Param(
             "client_id_cookie",
             "string",
@@ -364,7 +360,7 @@ class CollectorClient(Client):
     def __init__(self, name: str, params: dict[str, Any], settings: Any) -> None:
         super().__init__(name, params, settings)
         self.path = params.get("path") or "/collect"
-        self.max_events = int(params.get("max_events") or settings.max_events_per_request)
+        self.max_events = self.max_events_from(params)
         self.client_id_cookie = params.get("client_id_cookie") or cookies.CLIENT_ID_COOKIE
         self.set_cookies = params.get("set_cookies", True) is not False
         cookies.registrable_domain("example.com")  # load the Public Suffix List now, not on a hit

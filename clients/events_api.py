@@ -25,7 +25,7 @@ from tagserver import metrics
 from tagserver.errors import BadRequest, HitError, Unauthorized
 from tagserver.event import CONSENT_TYPES, Event, add_page_parts, scope_header
 from tagserver.hit import Hit
-from tagserver.plugins import Client, Param
+from tagserver.plugins import MAX_EVENTS, Client, Param
 
 MAX_STRING = 8192
 STRING_FIELDS = frozenset((
@@ -156,17 +156,13 @@ class EventsApiClient(Client):
     default_priority = 10
     params = (
         Param("path", "string", default="/api/events", description="Path this client claims."),
-        Param(
-            "max_events",
-            "integer",
-            description="Most events per request (default: TAGSERVER_MAX_EVENTS_PER_REQUEST).",
-        ),
+        MAX_EVENTS,
     )
 
     def __init__(self, name: str, params: dict[str, Any], settings: Any) -> None:
         super().__init__(name, params, settings)
         self.path = params.get("path") or "/api/events"
-        self.max_events = int(params.get("max_events") or settings.max_events_per_request)
+        self.max_events = self.max_events_from(params)
         self.keys = [k.encode() for k in settings.api_key_list]
 
     def claim(self, request: Request) -> bool:

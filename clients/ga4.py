@@ -26,7 +26,7 @@ from tagserver import cookies, cors, metrics
 from tagserver.errors import BadRequest, HitError, PayloadTooLarge
 from tagserver.event import Event, RequestContext
 from tagserver.hit import Hit
-from tagserver.plugins import Client, Param
+from tagserver.plugins import MAX_EVENTS, Client, Param
 
 from .ga4_params import BatchTooLarge, HitParseError, ParsedHit, parse_hit
 
@@ -75,11 +75,7 @@ class Ga4Client(Client):
             description="When the server-managed cookie is new, start it from the visitor's "
             "existing JavaScript client id so the visitor keeps one identity.",
         ),
-        Param(
-            "max_events",
-            "integer",
-            description="Most events per request (default: TAGSERVER_MAX_EVENTS_PER_REQUEST).",
-        ),
+        MAX_EVENTS,
     )
 
     def __init__(self, name: str, params: dict[str, Any], settings: Any) -> None:
@@ -90,7 +86,7 @@ class Ga4Client(Client):
         self.server_managed = bool(params.get("server_managed_client_id", False))
         self.cookie_name = str(params.get("client_id_cookie") or FPID_COOKIE)
         self.migrate = params.get("migrate_client_id", True) is not False
-        self.max_events = int(params.get("max_events") or settings.max_events_per_request)
+        self.max_events = self.max_events_from(params)
 
     def claim(self, request: Request) -> bool:
         return request.scope["path"] in self.paths

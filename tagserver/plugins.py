@@ -207,6 +207,15 @@ class Tag:
 # -- clients --------------------------------------------------------------------------------
 
 
+MAX_EVENTS = Param(
+    "max_events",
+    "integer",
+    description="Most events per request (default: TAGSERVER_MAX_EVENTS_PER_REQUEST).",
+)
+"""The batch limit every client that accepts several events per request declares the same way;
+read it with `Client.max_events_from(params)`."""
+
+
 class Client:
     """A request parser. Exactly one client claims a request; it turns it into events."""
 
@@ -218,6 +227,10 @@ class Client:
     def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
         self.name = name
         self.settings = settings
+
+    def max_events_from(self, params: dict[str, Any]) -> int:
+        """The `max_events` param, else `TAGSERVER_MAX_EVENTS_PER_REQUEST`."""
+        return int(params.get("max_events") or self.settings.max_events_per_request)
 
     def claim(self, request: Request) -> bool:
         """Cheap, path-based: is this request mine?"""
