@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
+from . import metrics
 from .settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -78,6 +79,7 @@ def render(stats: list[dict[str, Any]]) -> bytes:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    metrics.flush()  # what this worker counted since the last flush
     outbox = request.app.state.tagserver.outbox
     stats = await outbox.stats() if outbox.is_open else []
     body = await asyncio.get_running_loop().run_in_executor(None, render, stats)

@@ -1,7 +1,15 @@
-"""Prometheus metrics. Labels never carry secrets: destinations are shown by their safe key."""
+"""Prometheus metrics. Labels never carry secrets: destinations are shown by their safe key.
+
+The hit path counts with `count` and `observe`, which add to plain dicts; `flush` hands the
+totals to prometheus-client at most every FLUSH_SECONDS and before every scrape. An `inc()`
+or `observe()` of prometheus-client takes a lock (and in multiprocess mode writes a memory-mapped
+file) each time, several times per hit; a dict update does not.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -62,6 +70,59 @@ def labelled(metric: Any, *values: str) -> Any:
     return child
 
 
+FLUSH_SECONDS = 0.1
+
+_counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+_buckets: dict[tuple[Any, int], int] = {}  # (histogram, bucket index) → observations
+_sums: dict[Any, float] = {}  # histogram → sum of its observations
+_flush_pending = False
+
+
+def count(metric: Any, *labels: str, amount: float = 1) -> None:
+    """`metric.labels(*labels).inc(amount)`, applied at the next flush."""
+    key = (metric, labels)
+    _counts[key] = _counts.get(key, 0) + amount
+    if not _flush_pending:
+        _schedule_flush()
+
+
+def observe(histogram: Any, value: float) -> None:
+    """`histogram.observe(value)` for an unlabelled histogram, applied at the next flush."""
+    key = (histogram, bisect_left(histogram._upper_bounds, value))
+    _buckets[key] = _buckets.get(key, 0) + 1
+    _sums[histogram] = _sums.get(histogram, 0.0) + value
+    if not _flush_pending:
+        _schedule_flush()
+
+
 def tag_result(tag: str, status: str) -> None:
     """Count one tag decision."""
-    labelled(TAG_RESULTS, tag, status).inc()
+    count(TAG_RESULTS, tag, status)
+
+
+def _schedule_flush() -> None:
+    global _flush_pending
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no event loop (a script, a unit test): apply at once
+        flush()
+        return
+    _flush_pending = True
+    loop.call_later(FLUSH_SECONDS, flush)
+
+
+def flush() -> None:
+    """Hand everything counted since the last flush to prometheus-client."""
+    global _flush_pending
+    _flush_pending = False
+    while _counts:
+        (metric, labels), amount = _counts.popitem()
+        (labelled(metric, *labels) if labels else metric).inc(amount)
+    # prometheus-client's Histogram.observe adds to `_sum` and to the first bucket whose
+    # upper bound is >= the value (`bisect_left` above); the same, once per bucket.
+    while _buckets:
+        (histogram, index), amount = _buckets.popitem()
+        histogram._buckets[index].inc(amount)
+    while _sums:
+        histogram, total = _sums.popitem()
+        histogram._sum.inc(total)
