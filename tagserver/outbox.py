@@ -5,6 +5,10 @@ previous commit runs goes into the next transaction, done in one writer thread, 
 waits only for the commit that holds its messages. So a 2xx to a hit means its messages are on
 disk, and one fsync is shared by everything that arrived in the meantime.
 
+The writer thread takes work from a queue itself and commits back to back, so a commit never
+waits for the event loop to start it: while the loop answers hits, the previous group is
+being written. Only the results go back to the loop, once per commit.
+
 Tables:
 - `destinations`: one row per destination key, with its `route` (URL, token …: secrets) and a
   `pending` count kept by triggers. The route is stored once here, never in message rows.
@@ -25,8 +29,10 @@ import contextlib
 import functools
 import logging
 import os
+import queue
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -497,6 +503,12 @@ class Store:
 
 
 _Job = tuple[Callable[[Store, float], Any], "asyncio.Future[Any]"]
+_Work = tuple[list[Row], "asyncio.Future[None]"] | _Job
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 class Outbox:
@@ -511,36 +523,37 @@ class Outbox:
         )
         self._store: Store | None = None
         self._reader: Store | None = None
-        self._rows: list[Row] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._jobs: list[_Job] = []
-        self._wake: asyncio.Event | None = None
-        self._committer: asyncio.Task[None] | None = None
+        # the writer's inbox: (rows, waiter) from hits, (job, future) from the dispatcher,
+        # None to stop; a SimpleQueue is thread-safe and costs a C call per put
+        self._inbox: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._queued_rows = 0  # rows put but not yet committed (for the size limit)
+        self._writer: threading.Thread | None = None
+        self._writer_done: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._maintenance: asyncio.Task[None] | None = None
-        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-writer")
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-reader")
         self._free_bytes: int | None = None
         self._open = False
-        self._closing = False
 
     # -- lifecycle
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.settings.data_path  # noqa: B018 - creates the directory
         # The writer thread takes the GIL back after every SQLite call; while hits keep the
         # event loop busy, each take waits out the switch interval (5 ms by default), which
         # made one group commit cost 10-20 ms. 0.5 ms keeps commits short.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
-        self._store = await loop.run_in_executor(self._writer_pool, self._open_writer)
+        self._store = await loop.run_in_executor(self._reader_pool, self._open_writer)
         self._reader = await loop.run_in_executor(
             self._reader_pool, Store, connect(self.path, self.settings.outbox_sync)
         )
         self.pending = await loop.run_in_executor(self._reader_pool, self._reader.pending_total)
         self._check_disk()
-        self._wake = asyncio.Event()
+        self._writer_done = loop.create_future()
+        self._writer = threading.Thread(target=self._write, name="outbox-writer", daemon=True)
+        self._writer.start()
         self._open = True
-        self._committer = asyncio.create_task(self._commit_loop(), name="outbox-committer")
         self._maintenance = asyncio.create_task(self._maintain(), name="outbox-maintenance")
         log.info("outbox %s: %d messages pending", self.path, self.pending)
 
@@ -558,23 +571,13 @@ class Outbox:
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
-        if self._committer is not None and self._wake is not None:
-            self._closing = True
-            self._wake.set()
-            await asyncio.gather(self._committer, return_exceptions=True)
+        if self._writer is not None and self._writer_done is not None:
+            self._inbox.put(None)  # after everything queued before it
+            await self._writer_done
         loop = asyncio.get_running_loop()
-        if self._store is not None:
-            await loop.run_in_executor(self._writer_pool, self._final_checkpoint, self._store)
         if self._reader is not None:
             await loop.run_in_executor(self._reader_pool, self._reader.close)
-        self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
-
-    @staticmethod
-    def _final_checkpoint(store: Store) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            store.checkpoint()
-        store.close()
 
     @property
     def is_open(self) -> bool:
@@ -586,7 +589,7 @@ class Outbox:
         """Store `messages`; returns once they are committed. Raises `Unavailable` (→ 503)."""
         if not messages:
             return
-        if not self._open or self._committer is None or self._committer.done():
+        if not self._open:
             raise Unavailable("the server is starting or stopping; retry shortly", retry_after=5)
         self._check_capacity(len(messages))
         dumps = orjson.dumps
@@ -604,16 +607,17 @@ class Outbox:
             )
             for m in messages
         ]
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._rows.extend(rows)
-        self._waiters.append(waiter)
-        assert self._wake is not None
-        self._wake.set()
-        await waiter
+        waiter: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
+        self._queued_rows += len(rows)
+        self._inbox.put((rows, waiter))
+        try:
+            await waiter
+        finally:
+            self._queued_rows -= len(rows)
 
     def _check_capacity(self, incoming: int) -> None:
         limit = self.settings.outbox_max_messages
-        queued = self.pending + len(self._rows)
+        queued = self.pending + self._queued_rows
         if queued + incoming > limit:
             raise Unavailable(
                 f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
@@ -635,45 +639,91 @@ class Outbox:
             return
         self._free_bytes = st.f_bavail * st.f_frsize
 
-    # -- the writer
+    # -- the writer thread
 
-    async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._wake is not None
-        while True:
-            if self._closing and not self._rows and not self._jobs:
-                return
-            await self._wake.wait()
-            self._wake.clear()
-            rows, waiters, jobs = self._rows, self._waiters, self._jobs
-            if not rows and not jobs:
-                continue
-            self._rows, self._waiters, self._jobs = [], [], []
-            started = time.perf_counter()
-            try:
-                touched, results, pending = await loop.run_in_executor(
-                    self._writer_pool, self._commit, rows, [job for job, _ in jobs]
-                )
-            except Exception as exc:
-                self._fail(waiters, jobs, exc)
-                continue
-            metrics.OUTBOX_COMMIT.observe(time.perf_counter() - started)
-            self.pending = self.pending + len(rows) if pending is None else pending
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            for (_, future), (ok, value) in zip(jobs, results, strict=True):
-                if future.done():
+    def _write(self) -> None:
+        """Take everything queued, commit it as one group, hand the results to the loop;
+        again, until told to stop. Then checkpoint and close the database."""
+        inbox, loop, store = self._inbox, self._loop, self._store
+        assert loop is not None and store is not None
+        stopping = False
+        try:
+            while not stopping:
+                work = [inbox.get()]
+                while not inbox.empty():
+                    work.append(inbox.get())
+                rows: list[Row] = []
+                waiters: list[asyncio.Future[None]] = []
+                jobs: list[_Job] = []
+                for item in work:
+                    if item is None:
+                        stopping = True
+                    elif isinstance(item[0], list):
+                        rows.extend(item[0])
+                        waiters.append(item[1])
+                    else:
+                        jobs.append(item)  # type: ignore[arg-type]
+                if not rows and not jobs:
                     continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-            if touched and self.on_commit is not None:
+                started = time.perf_counter()
                 try:
-                    self.on_commit(touched)
-                except Exception:
-                    log.exception("outbox commit listener failed")
+                    outcome: Any = self._commit(rows, [job for job, _ in jobs])
+                except Exception as exc:
+                    outcome = exc
+                elapsed = time.perf_counter() - started
+                loop.call_soon_threadsafe(
+                    self._committed, len(rows), waiters, jobs, outcome, elapsed
+                )
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                store.checkpoint()
+            store.close()
+            left: list[_Work] = []  # queued after the stop (or after a crash of this thread)
+            while not inbox.empty():
+                item = inbox.get()
+                if item is not None:
+                    left.append(item)
+            loop.call_soon_threadsafe(self._stopped, left)
+
+    def _stopped(self, left: list[_Work]) -> None:
+        """On the loop: the writer is gone; whatever still waits for it gets an error."""
+        self._open = False
+        waiters = [item[1] for item in left if isinstance(item[0], list)]
+        jobs = [item for item in left if not isinstance(item[0], list)]
+        if left:
+            self._fail(waiters, jobs, RuntimeError("the outbox writer has stopped"))  # type: ignore[arg-type]
+        _resolve(self._writer_done)
+
+    def _committed(
+        self,
+        row_count: int,
+        waiters: list[asyncio.Future[None]],
+        jobs: list[_Job],
+        outcome: Any,
+        elapsed: float,
+    ) -> None:
+        """On the loop: wake the hits and jobs of one commit."""
+        if isinstance(outcome, Exception):
+            self._fail(waiters, jobs, outcome)
+            return
+        touched, results, pending = outcome
+        metrics.observe(metrics.OUTBOX_COMMIT, elapsed)
+        self.pending = self.pending + row_count if pending is None else pending
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        for (_, future), (ok, value) in zip(jobs, results, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        if touched and self.on_commit is not None:
+            try:
+                self.on_commit(touched)
+            except Exception:
+                log.exception("outbox commit listener failed")
 
     def _commit(
         self, rows: list[Row], jobs: list[Callable[[Store, float], Any]]
@@ -729,11 +779,10 @@ class Outbox:
 
     async def run(self, job: Callable[[Store, float], Any]) -> Any:
         """Run `job(store, now)` inside the next group commit; its result once committed."""
-        if self._wake is None or self._committer is None or self._committer.done():
+        if self._writer is None or self._writer_done is None or self._writer_done.done():
             raise RuntimeError("the outbox is not running")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._jobs.append((job, future))
-        self._wake.set()
+        self._inbox.put((job, future))
         return await future
 
     # -- the dispatcher's side (through the writer, so it shares group commits)
