@@ -206,36 +206,45 @@ class HttpRequestTag(Tag):
 
     def __init__(self, name: str, static_params: dict[str, Any], settings: Any) -> None:
         super().__init__(name, static_params, settings)
-        self._destinations: dict[bytes, tuple[str, dict[str, Any]]] = {}
-
-    def destination(
-        self, method: str, url: str, headers: dict[str, str], body_format: str, idem: str
-    ) -> tuple[str, dict[str, Any]]:
-        """(destination key, route); remembered, since most tags use fixed URL and headers."""
-        identity = orjson.dumps(
-            [method, url, headers, body_format, idem], option=orjson.OPT_SORT_KEYS
-        )
-        found = self._destinations.get(identity)
-        if found is None:
-            try:
-                parsed = httpx.URL(url)
-            except httpx.InvalidURL as exc:
-                raise TagRejected(f"url is not a valid URL: {exc}") from None
-            if parsed.scheme not in ("http", "https") or not parsed.host:
-                raise TagRejected("url must be an http:// or https:// URL with a host")
-            digest = hashlib.sha256(identity).hexdigest()[:12]
-            route = {"method": method, "url": url, "headers": headers, "body_format": body_format}
-            if idem:
-                route["idempotency_header"] = idem
-            if len(self._destinations) > 1000:  # URLs built from event data: stay bounded
-                self._destinations.clear()
-            found = self._destinations[identity] = (f"http_request:{parsed.host}:{digest}", route)
-        return found
+        # resolved (url, method, headers, body_format, idempotency header, deadline) → route;
+        # most tags use a fixed URL and headers, so this is checked and built once
+        self._routes: dict[tuple[Any, ...], tuple[str, dict[str, Any], float]] = {}
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
+        headers = params.get("headers")
+        try:
+            key = (
+                params.get("url"),
+                params.get("method"),
+                tuple(headers.items()) if isinstance(headers, dict) else headers,
+                params.get("body_format"),
+                params.get("idempotency_header"),
+                params.get("deadline_hours"),
+            )
+            found = self._routes.get(key)
+        except TypeError:  # a header value that is a list or an object
+            key, found = None, None
+        if found is None:
+            found = self.route(params)
+            if key is not None:
+                if len(self._routes) > 1000:  # URLs built from event data: stay bounded
+                    self._routes.clear()
+                self._routes[key] = found
+        destination, route, lifetime = found
+        now = time.time()
+        event_id = event.get("event_id")
+        dedup_id = str(event_id) if event_id else f"{self.name}:{now}"
+        body = params.get("body")
+        return [
+            Outgoing(destination, body, dedup_id, self.type_name, "", route, now + lifetime, now)
+        ]
+
+    def route(self, params: dict[str, Any]) -> tuple[str, dict[str, Any], float]:
+        """Check the resolved params: (destination key, route, seconds until the deadline)."""
         url = params.get("url")
         if not isinstance(url, str) or not url.strip():
             raise TagRejected("url is empty")
+        url = url.strip()
         method = str(params.get("method") or "POST").upper()
         if method not in METHODS:
             raise TagRejected(f"method {method!r} is not one of {', '.join(METHODS)}")
@@ -252,22 +261,22 @@ class HttpRequestTag(Tag):
             headers[str(name)] = value
         body_format = str(params.get("body_format") or "json")
         idem = str(params.get("idempotency_header") or "")
-        key, route = self.destination(method, url.strip(), headers, body_format, idem)
         hours = params.get("deadline_hours")
         try:
             hours = float(hours) if hours not in (None, "") else 72.0
         except (TypeError, ValueError):
             raise TagRejected(f"deadline_hours: {hours!r} is not a number") from None
-        now = time.time()
-        event_id = event.get("event_id")
-        return [
-            Outgoing(
-                destination=key,
-                payload=params.get("body"),
-                dedup_id=str(event_id) if event_id else f"{self.name}:{now}",
-                tag_type=self.type_name,
-                route=route,
-                deadline=now + hours * 3600,
-                created_at=now,
-            )
-        ]
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise TagRejected(f"url is not a valid URL: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise TagRejected("url must be an http:// or https:// URL with a host")
+        identity = orjson.dumps(
+            [method, url, headers, body_format, idem], option=orjson.OPT_SORT_KEYS
+        )
+        digest = hashlib.sha256(identity).hexdigest()[:12]
+        route = {"method": method, "url": url, "headers": headers, "body_format": body_format}
+        if idem:
+            route["idempotency_header"] = idem
+        return f"http_request:{parsed.host}:{digest}", route, hours * 3600
