@@ -429,7 +429,7 @@ class CollectorClient(Client):
                 "event_name": result.event.get("event_name"),
                 "event_id": result.event.get("event_id"),
             }
-        metrics.labelled(metrics.EVENTS, self.name).inc(len(accepted))
+        metrics.count(metrics.EVENTS, self.name, amount=len(accepted))
         response = json_response(
             {"accepted": len(accepted), "rejected": len(rows) - len(accepted), "events": rows}
         )

@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from tagserver import metrics
 from tagserver.errors import BadRequest, HitError, Unauthorized
-from tagserver.event import CONSENT_TYPES, Event, add_page_parts, scope_header
+from tagserver.event import CONSENT_TYPES, Event, add_page_parts
 from tagserver.hit import Hit
 from tagserver.plugins import MAX_EVENTS, Client, Param
 
@@ -104,19 +104,19 @@ def check_event(raw: Any, now: float) -> Event:
         raise EventError("event_name: longer than 100 characters")
     for key in STRING_FIELDS.intersection(event):
         value = event[key]
-        if value is None:
-            continue
-        if key in ID_FIELDS and isinstance(value, int) and not isinstance(value, bool):
-            event[key] = value = str(value)
-        if not isinstance(value, str):
-            raise EventError(f"{key}: expected a string, got {type(value).__name__}")
+        if type(value) is not str:
+            if value is None:
+                continue
+            if key in ID_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+                event[key] = value = str(value)
+            if not isinstance(value, str):
+                raise EventError(f"{key}: expected a string, got {type(value).__name__}")
         if len(value) > MAX_STRING:
             raise EventError(f"{key}: longer than {MAX_STRING} characters")
     for key in OBJECT_FIELDS:
         if key in event and not isinstance(event[key], dict):
             raise EventError(f"{key}: expected an object, got {type(event[key]).__name__}")
-    consent = event.get("consent") or {}
-    for key, value in consent.items():
+    for key, value in (event.get("consent") or {}).items():
         if key not in CONSENT_TYPES:
             raise EventError(
                 f"consent.{key}: unknown consent type (known: {', '.join(CONSENT_TYPES)})"
@@ -183,7 +183,7 @@ class EventsApiClient(Client):
             raise HitError(f"{self.path} accepts POST only", status=405, headers={"Allow": "POST"})
         if not self.keys:
             raise Unauthorized("the events API is disabled: set TAGSERVER_API_KEYS")
-        if not self.authorized(scope_header(request.scope, b"authorization") or ""):
+        if not self.authorized(hit.request.headers.get("authorization", "")):
             raise Unauthorized("missing or wrong API key (send Authorization: Bearer <key>)")
         try:
             body = orjson.loads(hit.body)
@@ -206,23 +206,19 @@ class EventsApiClient(Client):
             )
 
         now = hit.request.received_at
-        accepted: list[tuple[int, Event]] = []
-        rows: list[dict[str, Any]] = [{} for _ in raw_events]
+        indexes: list[int] = []
+        events: list[Event] = []
+        rows: list[dict[str, Any]] = []
         for index, raw in enumerate(raw_events):
             try:
-                accepted.append((index, check_event(raw, now)))
+                events.append(check_event(raw, now))
+                indexes.append(index)
+                rows.append({})  # filled in below, once the event has run
             except EventError as exc:
-                rows[index] = {"index": index, "accepted": False, "reason": str(exc)}
-        results = await hit.run([event for _, event in accepted])
-        for (index, _), result in zip(accepted, results, strict=True):
-            rows[index] = {"index": index, "accepted": True, **result.summary()}
-        metrics.labelled(metrics.EVENTS, self.name).inc(len(accepted))
-        status = 200 if accepted else 400
-        return json_response(
-            {
-                "accepted": len(accepted),
-                "rejected": len(raw_events) - len(accepted),
-                "results": rows,
-            },
-            status,
-        )
+                rows.append({"index": index, "accepted": False, "reason": str(exc)})
+        results = await hit.run(events)
+        for index, result in zip(indexes, results, strict=True):
+            rows[index] = result.summary(index)
+        metrics.count(metrics.EVENTS, self.name, amount=len(events))
+        body = {"accepted": len(events), "rejected": len(rows) - len(events), "results": rows}
+        return json_response(body, 200 if events else 400)

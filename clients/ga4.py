@@ -114,7 +114,7 @@ class Ga4Client(Client):
         events = parsed.events
         visitor = self._identify(ctx, events)
         await hit.run(events)
-        metrics.labelled(metrics.EVENTS, self.name).inc(len(events))
+        metrics.count(metrics.EVENTS, self.name, amount=len(events))
 
         response = Response(status_code=204)
         cors.apply(response, grant)

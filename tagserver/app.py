@@ -71,21 +71,26 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
     state = state or state_of(request)
     started = time.perf_counter()
     runtime = state.runtime  # one container for the whole hit, even if a reload lands meanwhile
-    client = next((c for c in runtime.container.clients if c.claim(request)), None)
+    for client in runtime.container.clients:
+        if client.claim(request):
+            break
+    else:
+        client = None
     session = state.preview.session_for(request)
     if client is None:
         response = JSONResponse(
             {"error": f"no client claims {request.method} {request.url.path}"}, 404
         )
-        metrics.labelled(metrics.HITS, "none", "404").inc()
+        metrics.count(metrics.HITS, "none", "404")
         if session:
             _record_unclaimed(state, request, session, response.status_code)
         return response
 
     trace = None
     try:
-        body = await read_body(request, state.settings.max_body_bytes)
-        ctx = request_context(request, state.settings, body)
+        headers = header_dict(request.scope)
+        body = await read_body(request, state.settings.max_body_bytes, headers)
+        ctx = request_context(request, state.settings, body, headers)
         ctx.client_name = client.name
         if session:
             trace = HitTrace(
@@ -105,8 +110,8 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
         if trace is not None:
             trace.error = state.redact.text(f"{type(exc).__name__}: {exc}")
 
-    metrics.labelled(metrics.HITS, client.name, str(response.status_code)).inc()
-    metrics.HIT_LATENCY.observe(time.perf_counter() - started)
+    metrics.count(metrics.HITS, client.name, str(response.status_code))
+    metrics.observe(metrics.HIT_LATENCY, time.perf_counter() - started)
     if trace is not None:
         trace.status = response.status_code
         trace.duration_ms = (time.perf_counter() - started) * 1000
@@ -114,9 +119,17 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
     return response
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def header_dict(scope: Scope) -> dict[str, str]:
+    """The request headers by lower-case name (the last one of a repeated header wins)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def read_body(request: Request, limit: int, headers: dict[str, str] | None = None) -> bytes:
     """The request body, refusing more than `limit` bytes without reading them all."""
-    declared = scope_header(request.scope, b"content-length")
+    if headers is None:
+        declared = scope_header(request.scope, b"content-length")
+    else:
+        declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
     chunks, size, more = [], 0, True
@@ -135,11 +148,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def request_context(request: Request, settings: Settings, body: bytes = b"") -> RequestContext:
+def request_context(
+    request: Request,
+    settings: Settings,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> RequestContext:
     """The hit's request, read straight from the ASGI scope: no URL or query objects unless
     the request has a query string or cookies (most hits to the events API have neither)."""
     scope = request.scope
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    if headers is None:
+        headers = header_dict(scope)
     query_string = scope.get("query_string", b"").decode("latin-1")
     scheme = scope.get("scheme", "http")
     url = f"{scheme}://{headers.get('host', '')}{scope.get('root_path', '')}{scope['path']}"
@@ -328,6 +347,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await asyncio.gather(*state.background, return_exceptions=True)
             await preview.close()
             await state.outbox.close()
+            metrics.flush()
             gc.unfreeze()
             gc.set_threshold(*thresholds)
 

@@ -64,12 +64,20 @@ def add_page_parts(event: Event) -> None:
         return
     if "page_hostname" in event and "page_path" in event:
         return
+    parts = page_parts(location)
+    if parts is not None:
+        event.setdefault("page_hostname", parts[0])
+        event.setdefault("page_path", parts[1])
+
+
+@lru_cache(maxsize=4096)
+def page_parts(location: str) -> tuple[str, str] | None:
+    """(hostname, path) of a page URL; a site's hits come from the same few pages."""
     try:
         parts = urlsplit(location)
+        return parts.hostname or "", parts.path or "/"
     except ValueError:
-        return
-    event.setdefault("page_hostname", parts.hostname or "")
-    event.setdefault("page_path", parts.path or "/")
+        return None
 
 
 @dataclass(frozen=True)
@@ -132,25 +140,17 @@ class RequestContext:
         settings: Settings,
         body: bytes = b"",
     ) -> RequestContext:
-        ip, is_https = peer_ip, scheme == "https"
+        ip, is_https, host = peer_ip, scheme == "https", headers.get("host", "")
         if settings.is_trusted_proxy(peer_ip):
             ip = _client_ip_from_forwarded(headers.get("x-forwarded-for", ""), peer_ip, settings)
             proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
             if proto:
                 is_https = proto == "https"
-        host = headers.get("x-forwarded-host", "") if settings.is_trusted_proxy(peer_ip) else ""
-        host = (host or headers.get("host", "")).split(",")[0].strip()
+            host = headers.get("x-forwarded-host") or host
+        if "," in host or " " in host:
+            host = host.split(",")[0].strip()
         return cls(
-            method=method,
-            url=url,
-            path=path,
-            query=query,
-            headers=headers,
-            cookies=cookies,
-            ip=ip,
-            is_https=is_https,
-            host=host,
-            body=body,
+            method, url, path, query, headers, cookies, ip, is_https, host, body, time.time()
         )
 
     @property

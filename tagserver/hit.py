@@ -92,8 +92,9 @@ class Hit:
         503 so the sender retries, because nothing of this hit was stored.
         """
         request = self.request
-        trace_id = self.trace.id if self.trace else None
-        results = []
+        trace_id = self.trace.id if self.trace is not None else None
+        run_event = self.runtime.run_event
+        results, outgoing = [], []
         for event in events:
             index, self._next_index = self._next_index, self._next_index + 1
             if not event.get("event_id"):
@@ -103,12 +104,13 @@ class Hit:
                 event["ip_override"] = request.ip
             if not event.get("user_agent") and request.user_agent:
                 event["user_agent"] = request.user_agent
-            results.append(
-                self.runtime.run_event(
-                    event, request, self.client_name, trace=trace_id is not None, trace_id=trace_id
-                )
+            result = run_event(
+                event, request, self.client_name, trace=trace_id is not None, trace_id=trace_id
             )
-        outgoing = [message for result in results for message in result.outgoing]
+            results.append(result)
+            for tag in result.tags:
+                if tag.outgoing:
+                    outgoing.extend(tag.outgoing)
         if outgoing:
             await self.outbox.put(outgoing)
         if self.trace is not None:

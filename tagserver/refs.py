@@ -59,8 +59,17 @@ def compile_value(value: Any) -> Compiled:
     if isinstance(value, str):
         return _compile_string(value)
     if isinstance(value, dict):
-        items = [(k, compile_value(v)) for k, v in value.items()]
-        return lambda scope: {k: fn(scope) for k, fn in items}
+        # a copy of the literal entries, then the templated ones filled in (order kept)
+        template = {k: (None if has_refs(v) else v) for k, v in value.items()}
+        varying = [(k, compile_value(v)) for k, v in value.items() if has_refs(v)]
+
+        def build(scope: Resolver) -> dict[str, Any]:
+            out = template.copy()
+            for key, fn in varying:
+                out[key] = fn(scope)
+            return out
+
+        return build
     if isinstance(value, list):
         fns = [compile_value(v) for v in value]
         return lambda scope: [fn(scope) for fn in fns]

@@ -78,13 +78,21 @@ class EventResult:
     def fired(self) -> list[str]:
         return [t.tag for t in self.tags if t.fired]
 
-    def summary(self) -> dict[str, Any]:
-        """What the events API tells its caller about one event."""
+    def summary(self, index: int) -> dict[str, Any]:
+        """What the events API tells its caller about the index-th event of a hit."""
+        fired, not_fired = [], {}
+        for t in self.tags:
+            if t.status == "fired":
+                fired.append(t.tag)
+            else:
+                not_fired[t.tag] = t.reason
         return {
+            "index": index,
+            "accepted": True,
             "event_id": self.event.get("event_id"),
             "event_name": self.event.get("event_name"),
-            "tags_fired": self.fired,
-            "tags_not_fired": {t.tag: t.reason for t in self.tags if not t.fired},
+            "tags_fired": fired,
+            "tags_not_fired": not_fired,
         }
 
 
@@ -126,15 +134,15 @@ class Runtime:
         trace_id: str | None = None,
     ) -> EventResult:
         scope = Scope(event, request, self.container.variables, client_name)
-        results = [
-            self._decide(tag, event, scope, request, trace, trace_id) for tag in self.container.tags
-        ]
-        for result in results:
-            metrics.tag_result(result.tag, result.status)
-        variables = scope.snapshot(set(self.container.secret_variables)) if trace else None
-        if variables is not None:
-            variables = self.redact(variables)
-        return EventResult(event=event, tags=results, variables=variables)
+        results = []
+        for tag in self.container.tags:
+            result = self._decide(tag, event, scope, request, trace, trace_id)
+            metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
+            results.append(result)
+        variables = None
+        if trace:
+            variables = self.redact(scope.snapshot(set(self.container.secret_variables)))
+        return EventResult(event, results, variables)
 
     def _decide(
         self,
@@ -154,7 +162,7 @@ class Runtime:
             check = trigger.check(scope)
             checks.append(check)
             if check.matched:
-                firing = check
+                firing = trigger
                 break
         if firing is None:
             reason = "; ".join(c.explain() for c in checks) or "no firing trigger"
@@ -170,18 +178,15 @@ class Runtime:
                     tag.name, tag.type, "blocked", f"blocked by trigger {trigger.name!r}", checks
                 )
 
-        denied = consent_decision(tag, event, self.strict)
-        if denied:
-            return TagResult(tag.name, tag.type, "no_consent", denied, checks)
+        if tag.consent:
+            denied = consent_decision(tag, event, self.strict)
+            if denied:
+                return TagResult(tag.name, tag.type, "no_consent", denied, checks)
 
         started = time.perf_counter()
+        result = TagResult(tag.name, tag.type, "fired", firing.fired_reason, checks)
+        ctx = FireContext(request, self.settings, tag.name, {}, self.redact)
         params: dict[str, Any] = {}
-        ctx = FireContext(
-            request=request, settings=self.settings, tag_name=tag.name, redact=self.redact
-        )
-        result = TagResult(
-            tag.name, tag.type, "fired", f"fired by trigger {firing.trigger!r}", checks
-        )
         try:
             params = tag.params(scope)
             for param in tag.templated_params:
@@ -192,7 +197,7 @@ class Runtime:
             for message in outgoing:
                 message.tag_name = tag.name
                 message.trace_id = trace_id
-            result.outgoing = list(outgoing)
+            result.outgoing = outgoing if type(outgoing) is list else list(outgoing)
         except TagRejected as exc:
             result.status, result.reason = "rejected", f"not sent: {self.redact.text(str(exc))}"
         except Exception as exc:  # one broken tag never affects the others
@@ -200,7 +205,8 @@ class Runtime:
             result.reason = f"error: {type(exc).__name__}: {self.redact.text(str(exc))}"
             log.warning("tag %r raised %s", tag.name, result.reason)
         result.duration_ms = (time.perf_counter() - started) * 1000
-        result.notes = self.redact(ctx.notes) if ctx.notes else {}
+        if ctx.notes:
+            result.notes = self.redact(ctx.notes)
         if trace:
             result.params = self.redact(
                 {k: (REDACTED if k in tag.secret_params and v else v) for k, v in params.items()}

@@ -223,6 +223,7 @@ class EventFilter:
 class Trigger:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.name: str = spec["name"]
+        self.fired_reason = f"fired by trigger {self.name!r}"  # the words of a fired tag
         self.filter = EventFilter(spec.get("event", "*"))
         self.conditions = [
             Condition(

@@ -86,7 +86,11 @@ class Scope:
         if name in cache:
             return cache[name]
         var = self.variables.get(name)
-        value = var.resolve(self) if var is not None else builtin(name, self)
+        if var is not None:
+            value = var.resolve(self)
+        else:
+            fn = BUILTINS.get(name)
+            value = fn(self) if fn is not None else builtin(name, self)
         cache[name] = value
         return value
 
