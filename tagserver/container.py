@@ -24,7 +24,7 @@ from .plugins import Client, Param, Registry, Tag
 from .refs import Compiled, compile_value, has_refs, references
 from .settings import Settings
 from .triggers import OPERATORS, Trigger, variable_name
-from .variables import VARIABLE_TYPES, Variable, compile_variable, is_builtin
+from .variables import VARIABLE_TYPES, Variable, compile_variable, direct_getters, is_builtin
 
 TOP_LEVEL_KEYS = (
     "$schema", "name", "version", "description", "consent_mode", "clients", "variables",
@@ -457,6 +457,7 @@ def _compile(
         clients.append(client)
     clients.sort(key=lambda c: (-c.priority, c.order))  # type: ignore[attr-defined]
 
+    direct = direct_getters(variables)
     tags = []
     for spec in data.get("tags", []):
         cls = registry.tags[spec["type"]]
@@ -476,7 +477,7 @@ def _compile(
                 block_on=[triggers[n] for n in spec.get("block_on", [])],
                 consent=list(spec.get("consent", [])),
                 paused=bool(spec.get("paused", False)),
-                params=compile_value({**defaults, **params}),
+                params=compile_value({**defaults, **params}, direct),
                 secret_params=secret_params,
                 templated_params=tuple(p for p in cls.params if has_refs(params.get(p.name))),
             )

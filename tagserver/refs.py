@@ -9,7 +9,7 @@ really varies.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 REF = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
@@ -53,15 +53,20 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def compile_value(value: Any) -> Compiled:
+def compile_value(value: Any, direct: Mapping[str, Compiled] | None = None) -> Compiled:
+    """A function of the scope that builds `value` with its references resolved.
+
+    `direct` maps names to getters that may replace `scope.get(name)` for a whole-value
+    reference: values that need no caching per event (see `variables.direct_getters`).
+    """
     if not has_refs(value):
         return lambda _scope, _v=value: _v
     if isinstance(value, str):
-        return _compile_string(value)
+        return _compile_string(value, direct or {})
     if isinstance(value, dict):
         # a copy of the literal entries, then the templated ones filled in (order kept)
         template = {k: (None if has_refs(v) else v) for k, v in value.items()}
-        varying = [(k, compile_value(v)) for k, v in value.items() if has_refs(v)]
+        varying = [(k, compile_value(v, direct)) for k, v in value.items() if has_refs(v)]
 
         def build(scope: Resolver) -> dict[str, Any]:
             out = template.copy()
@@ -71,16 +76,17 @@ def compile_value(value: Any) -> Compiled:
 
         return build
     if isinstance(value, list):
-        fns = [compile_value(v) for v in value]
+        fns = [compile_value(v, direct) for v in value]
         return lambda scope: [fn(scope) for fn in fns]
     return lambda _scope, _v=value: _v
 
 
-def _compile_string(value: str) -> Compiled:
+def _compile_string(value: str, direct: Mapping[str, Compiled]) -> Compiled:
     whole = REF.fullmatch(value.strip())
     if whole:
         name = whole.group(1)
-        return lambda scope: scope.get(name)
+        getter = direct.get(name)
+        return getter if getter is not None else lambda scope: scope.get(name)
     parts: list[tuple[bool, str]] = []
     pos = 0
     for match in REF.finditer(value):

@@ -19,7 +19,7 @@ from .event import Event, RequestContext
 from .plugins import FireContext, Outgoing, TagRejected
 from .redact import REDACTED, Redactor
 from .settings import Settings
-from .triggers import TriggerCheck
+from .triggers import Trigger, TriggerCheck
 from .variables import Scope
 
 log = logging.getLogger("tagserver.runtime")
@@ -156,9 +156,14 @@ class Runtime:
         if tag.paused:
             return TagResult(tag.name, tag.type, "paused", "tag is paused")
 
+        # Unless the hit is previewed, a trigger that matches leaves no record: only the
+        # reasons a tag did not fire are told (events API, logs), so only those are built.
         checks: list[TriggerCheck] = []
         firing = None
         for trigger in tag.fire_on:
+            if not trace and trigger.matches(scope):
+                firing = trigger
+                break
             check = trigger.check(scope)
             checks.append(check)
             if check.matched:
@@ -171,13 +176,27 @@ class Runtime:
             )
 
         for trigger in tag.block_on:
+            if not trace and not trigger.matches(scope):
+                continue
             check = trigger.check(scope)
             if check.matched:
                 checks.append(check)
                 return TagResult(
                     tag.name, tag.type, "blocked", f"blocked by trigger {trigger.name!r}", checks
                 )
+        return self._fire(tag, firing, checks, event, scope, request, trace, trace_id)
 
+    def _fire(
+        self,
+        tag: CompiledTag,
+        firing: Trigger,
+        checks: list[TriggerCheck],
+        event: Event,
+        scope: Scope,
+        request: RequestContext,
+        trace: bool,
+        trace_id: str | None,
+    ) -> TagResult:
         if tag.consent:
             denied = consent_decision(tag, event, self.strict)
             if denied:

@@ -188,6 +188,10 @@ class Condition:
     test: Callable[[Any, Any], bool]
     negate: bool
 
+    def holds(self, scope: Scope) -> bool:
+        """`check(scope).passed`, without building the record."""
+        return self.test(scope.get(self.variable), self.expected(scope)) != self.negate
+
     def check(self, scope: Scope) -> ConditionCheck:
         actual = scope.get(self.variable)
         expected = self.expected(scope)
@@ -235,6 +239,12 @@ class Trigger:
             )
             for c in spec.get("conditions", [])
         ]
+
+    def matches(self, scope: Scope) -> bool:
+        """`check(scope).matched`, without the records: the hit path when nobody watches."""
+        if not self.filter.matches(text(scope.get("event_name"))):
+            return False
+        return not self.conditions or all(c.holds(scope) for c in self.conditions)
 
     def check(self, scope: Scope) -> TriggerCheck:
         event_name = text(scope.get("event_name"))

@@ -242,6 +242,16 @@ PREFIXES: dict[str, Callable[[Scope, str], Any]] = {
 }
 
 
+# Built-ins that read the same whenever asked during one event: a template may call them
+# directly instead of through `Scope.get` and its cache (`random` and `timestamp_ms` may not).
+UNCACHED_OK = frozenset(BUILTINS) - {"random", "timestamp_ms"}
+
+
+def direct_getters(variables: dict[str, Variable]) -> dict[str, Callable[[Scope], Any]]:
+    """Getters for `refs.compile_value(..., direct=)`: built-ins no user variable shadows."""
+    return {name: BUILTINS[name] for name in UNCACHED_OK if name not in variables}
+
+
 def is_builtin(name: str) -> bool:
     return name in BUILTINS or any(name.startswith(p) and len(name) > len(p) for p in PREFIXES)
 
