@@ -202,7 +202,7 @@ class Runtime:
             if denied:
                 return TagResult(tag.name, tag.type, "no_consent", denied, checks)
 
-        started = time.perf_counter()
+        started = time.perf_counter() if trace else 0.0
         result = TagResult(tag.name, tag.type, "fired", firing.fired_reason, checks)
         ctx = FireContext(request, self.settings, tag.name, {}, self.redact)
         params: dict[str, Any] = {}
@@ -223,10 +223,10 @@ class Runtime:
             result.status = "error"
             result.reason = f"error: {type(exc).__name__}: {self.redact.text(str(exc))}"
             log.warning("tag %r raised %s", tag.name, result.reason)
-        result.duration_ms = (time.perf_counter() - started) * 1000
         if ctx.notes:
             result.notes = self.redact(ctx.notes)
         if trace:
+            result.duration_ms = (time.perf_counter() - started) * 1000
             result.params = self.redact(
                 {k: (REDACTED if k in tag.secret_params and v else v) for k, v in params.items()}
             )

@@ -239,9 +239,12 @@ class Trigger:
             )
             for c in spec.get("conditions", [])
         ]
+        self.always = self.filter.any and not self.conditions  # "every event"
 
     def matches(self, scope: Scope) -> bool:
         """`check(scope).matched`, without the records: the hit path when nobody watches."""
+        if self.always:
+            return True
         if not self.filter.matches(text(scope.get("event_name"))):
             return False
         return not self.conditions or all(c.holds(scope) for c in self.conditions)
