@@ -102,8 +102,9 @@ def check_event(raw: Any, now: float) -> Event:
         raise EventError("event_name: required, a non-empty string")
     if len(name) > 100:
         raise EventError("event_name: longer than 100 characters")
-    for key in STRING_FIELDS.intersection(event):
-        value = event[key]
+    for key, value in event.items():
+        if key not in STRING_FIELDS:
+            continue
         if type(value) is not str:
             if value is None:
                 continue

@@ -141,12 +141,10 @@ class RequestContext:
         body: bytes = b"",
     ) -> RequestContext:
         ip, is_https, host = peer_ip, scheme == "https", headers.get("host", "")
-        if settings.is_trusted_proxy(peer_ip):
-            ip = _client_ip_from_forwarded(headers.get("x-forwarded-for", ""), peer_ip, settings)
-            proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-            if proto:
-                is_https = proto == "https"
-            host = headers.get("x-forwarded-host") or host
+        if "x-forwarded-for" in headers or "x-forwarded-proto" in headers or (
+            "x-forwarded-host" in headers
+        ):
+            ip, is_https, host = _forwarded(headers, peer_ip, is_https, host, settings)
         if "," in host or " " in host:
             host = host.split(",")[0].strip()
         return cls(
@@ -179,6 +177,19 @@ class RequestContext:
     def derived_event_id(self, index: int) -> str:
         """Deterministic id for the index-th event of this hit when the sender gave none."""
         return f"{self.hit_id[:24]}.{index}"
+
+
+def _forwarded(
+    headers: dict[str, str], peer_ip: str, is_https: bool, host: str, settings: Settings
+) -> tuple[str, bool, str]:
+    """Client address, HTTPS and host as a trusted proxy in front of us reports them."""
+    if not settings.is_trusted_proxy(peer_ip):
+        return peer_ip, is_https, host
+    ip = _client_ip_from_forwarded(headers.get("x-forwarded-for", ""), peer_ip, settings)
+    proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    if proto:
+        is_https = proto == "https"
+    return ip, is_https, headers.get("x-forwarded-host") or host
 
 
 def _sorted_query(query: dict[str, str]) -> str:
