@@ -141,8 +141,10 @@ class RequestContext:
         body: bytes = b"",
     ) -> RequestContext:
         ip, is_https, host = peer_ip, scheme == "https", headers.get("host", "")
-        if "x-forwarded-for" in headers or "x-forwarded-proto" in headers or (
-            "x-forwarded-host" in headers
+        if (
+            "x-forwarded-for" in headers
+            or "x-forwarded-proto" in headers
+            or ("x-forwarded-host" in headers)
         ):
             ip, is_https, host = _forwarded(headers, peer_ip, is_https, host, settings)
         if "," in host or " " in host:
