@@ -8,9 +8,12 @@ Throughput (`hits`): A = a bare Starlette app answering 204; B = `tagserver serv
 same POST /api/events end to end (events API client → container with one `http_request` tag
 → outbox group commit → 200) while its dispatcher delivers every message to a fake vendor;
 C = the same with the vendor unreachable (its lane pauses, messages pile up on disk): the hit
-path alone. One worker each, uvloop + httptools, `wrk` at 64 connections with a unique event
-id per request, runs alternating A B C A B C. Prints hits/s, p50/p99 per run, the medians and
-the ratios to A; then p50/p99 of each at a fixed rate (`hey`), half of C's maximum.
+path alone. A2 = a bare Starlette app doing the same HTTP exchange as B and C (reads the body,
+answers the same JSON): not the target's baseline, but it shows what the exchange itself costs.
+One worker each, uvloop + httptools, `wrk` at 64 connections with a unique event id per
+request, runs alternating A A2 B C A A2 B C. Prints hits/s, p50/p99 per run, the medians and
+the ratios to A (and of B and C to A2); then p50/p99 of each at a fixed rate (`hey`), half of
+C's maximum.
 
 Outage (`outage`): the fake vendor is down for N minutes while `hey` sends a steady rate of
 hits; prints the server's RSS and the outbox backlog over time (memory stays flat: the backlog
@@ -67,12 +70,25 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
+# what tagserver's events API answers for one accepted event
+ANSWER = (
+    b'{"accepted":1,"rejected":0,"results":[{"index":0,"accepted":true,'
+    b'"event_id":"bench-1700000000-1","event_name":"purchase","tags_fired":["webhook"],'
+    b'"tags_not_fired":{}}]}'
+)
+
 
 async def hit(request):
     return Response(status_code=204)
 
 
+async def same_exchange(request):
+    await request.body()
+    return Response(ANSWER, media_type="application/json")
+
+
 app = Starlette(routes=[Route("/api/events", hit, methods=["POST"])])
+same_exchange_app = Starlette(routes=[Route("/api/events", same_exchange, methods=["POST"])])
 """
 
 
@@ -109,14 +125,14 @@ class Servers:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")}
         self.env.update(env or {})
 
-    def start_bare(self) -> tuple[str, subprocess.Popen[bytes]]:
+    def start_bare(self, app: str = "app") -> tuple[str, subprocess.Popen[bytes]]:
         (self.work / "bare_app.py").write_text(BARE_APP)
         port = free_port()
         proc = self._spawn(
-            [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(self.work),
+            [sys.executable, "-m", "uvicorn", f"bare_app:{app}", "--app-dir", str(self.work),
              "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http",
              "httptools", "--no-access-log", "--log-level", "warning"],
-            "bare",
+            f"bare-{app}",
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url + "/", proc)
@@ -273,6 +289,8 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
     try:
         started = {
             "A bare starlette": servers.start_bare(),
+            # A2: bare, but the same HTTP exchange as B and C: reads the body, answers the JSON
+            "A2 bare, same exchange": servers.start_bare("same_exchange_app"),
             # B: its dispatcher delivers every message to the fake vendor meanwhile
             "B tagserver": servers.start_tagserver("tagserver"),
             # C: vendor unreachable, its lane paused: the hit path alone (messages pile up)
@@ -318,6 +336,9 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
                 f"p99 {row['p99']:6.2f} ms  ratio to bare {row['rps'] / bare:.2f}"
             )
         print("target: ratio ≥ 0.5, p99 ≤ 25 ms")
+        exchange = summary["A2 bare, same exchange"]["rps"]
+        for name in ("B tagserver", "C tagserver, vendor down"):
+            print(f"  {name}: {summary[name]['rps'] / exchange:.2f} of A2 (same HTTP exchange)")
         rate = args.steady_rate or round(summary["C tagserver, vendor down"]["rps"] / 2, -2)
         body_file = work / "body.json"
         body_file.write_text(json.dumps(BODY))
