@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from . import metrics
+from .http_client import vendor_client
 from .outbox import Claim, Outbox, Settlement
 from .plugins import Delivery, Message, Registry, Sender
 from .redact import Redactor
@@ -218,13 +219,7 @@ class Dispatcher:
         # httpx logs every request's full URL at INFO: URLs may carry tokens
         logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
         if self.http is None:
-            timeout = self.settings.send_timeout_seconds
-            self.http = httpx.AsyncClient(
-                timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-                headers={"User-Agent": "tagserver"},
-                follow_redirects=False,
-            )
+            self.http = vendor_client(self.settings.send_timeout_seconds)
         self.outbox.on_commit = self._on_commit
         self._tasks = [
             asyncio.create_task(self._poll(), name="dispatch-poll"),
