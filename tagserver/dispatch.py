@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import random
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +37,7 @@ log = logging.getLogger("tagserver.dispatch")
 
 POLL_SECONDS = 1.0  # how often to look for work written by other workers or the CLI
 FAILURES_BEFORE_PAUSE = 3  # consecutive failed sends before a lane pauses itself
+CLAIM_AHEAD = 32  # a healthy lane of small batches claims at least this many messages at once
 MAX_RETRY_AFTER = 86400.0  # a vendor's Retry-After is honoured up to a day
 _SECRET_KEY_PARTS = ("token", "secret", "key", "auth", "password", "signature", "proof", "cookie")
 _PLAIN_HEADERS = frozenset({"content-type", "accept", "user-agent"})
@@ -94,10 +95,13 @@ class Lane:
         self.tag_type = tag_type
         self.wake = asyncio.Event()
         self.inflight: set[asyncio.Task[None]] = set()
+        self.ahead: deque[Claim] = deque()  # batches claimed, waiting for a free send slot
         self.failures = 0  # consecutive sends in which nothing got through
         self.paused_until = 0.0
         self._route: Any = None
         self._redactor = Redactor()
+        self._counters: dict[str, Any] = {}
+        self.latency = metrics.VENDOR_LATENCY.labels(tag_type)
         self.task = asyncio.create_task(self.run(), name=f"lane {key}")
 
     async def run(self) -> None:
@@ -117,32 +121,63 @@ class Lane:
         if self.paused_until > now:
             await d.sleep(self.paused_until - now)
             return
-        limit = 1 if self.failures >= FAILURES_BEFORE_PAUSE else d.settings.send_concurrency
-        if len(self.inflight) >= max(1, limit):
-            await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+        limit = max(1, 1 if self.failures >= FAILURES_BEFORE_PAUSE else d.settings.send_concurrency)
+        if len(self.inflight) >= limit:
+            self.wake.clear()  # set again by _done when a send ends
+            await self.wake.wait()
             return
         sender, batch_size = d.sender_for(self.tag_type)
         if sender is None:
             await self.wait(None)
             return
+        if self.ahead:
+            while self.ahead and len(self.inflight) < limit and not d.stopping:
+                self.start(sender, self.ahead.popleft())
+            return
         self.wake.clear()
-        # one claim fills every free slot: fewer transactions when batches are small
-        free = max(1, limit) - len(self.inflight)
-        claim = await d.outbox.claim(self.id, d.worker, batch_size * free)
+        # one claim fills every free slot: fewer transactions when batches are small; a
+        # healthy lane of small batches claims ahead, and starts those as slots free up
+        want = batch_size * (limit - len(self.inflight))
+        if self.failures < FAILURES_BEFORE_PAUSE and want < CLAIM_AHEAD:
+            want = -(-CLAIM_AHEAD // batch_size) * batch_size
+        claim = await d.outbox.claim(self.id, d.worker, want)
         if claim.messages:
             d.claimed.update(m.id for m in claim.messages)
             if d.stopping:  # claimed while shutting down: released by close()
                 return
-            for start in range(0, len(claim.messages), batch_size):
-                batch = dataclasses.replace(
-                    claim, messages=claim.messages[start : start + batch_size]
-                )
-                task = asyncio.create_task(d.deliver(self, sender, batch))
-                self.inflight.add(task)
-                task.add_done_callback(self._done)
+            messages = claim.messages
+            for start in range(0, len(messages), batch_size):
+                batch = messages[start : start + batch_size]
+                self.ahead.append(Claim(claim.route, batch, claim.tag_names, claim.next_due))
+            while self.ahead and len(self.inflight) < limit:
+                self.start(sender, self.ahead.popleft())
             return
         timeout = None if claim.next_due is None else max(0.0, claim.next_due - time.time())
         await self.wait(timeout)
+
+    def start(self, sender: Sender, batch: Claim) -> None:
+        task = asyncio.create_task(self.dispatcher.deliver(self, sender, batch))
+        self.inflight.add(task)
+        task.add_done_callback(self._done)
+
+    async def release_ahead(self) -> None:
+        """Give back the messages claimed ahead (the lane paused): other workers may take them."""
+        ids = [m.id for batch in self.ahead for m in batch.messages]
+        self.ahead.clear()
+        if ids:
+            d = self.dispatcher
+            try:
+                await d.outbox.release(d.worker, ids)
+            except Exception as exc:
+                log.warning("could not release messages claimed ahead (they return after the lease): %s", exc)  # fmt: skip
+                return
+            d.claimed.difference_update(ids)
+
+    def count(self, outcome: str) -> None:
+        counter = self._counters.get(outcome)
+        if counter is None:
+            counter = self._counters[outcome] = metrics.DELIVERIES.labels(self.key, outcome)
+        counter.inc()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.inflight.discard(task)
@@ -210,6 +245,8 @@ class Dispatcher:
         self.claimed: set[int] = set()  # claimed by this worker and not yet settled
         self.stopping = False
         self._senders: dict[str, tuple[Sender | None, int]] = {}
+        self._plans: list[tuple[str, Settlement, asyncio.Future[None]]] = []
+        self._settler: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -245,6 +282,8 @@ class Dispatcher:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if self._settler is not None and not self._settler.done():
+            await asyncio.wait([self._settler], timeout=self.settings.shutdown_grace_seconds)
         for task in [*lanes, *self._tasks]:
             task.cancel()
         await asyncio.gather(*lanes, *self._tasks, return_exceptions=True)
@@ -336,7 +375,7 @@ class Dispatcher:
             if message.deadline is not None and now >= message.deadline:
                 reason = f"deadline passed before delivery ({message.attempts} attempts made)"
                 plan.dead.append((message.id, False, None, "", "", "", reason))
-                metrics.DELIVERIES.labels(lane.key, "deadline").inc()
+                lane.count("deadline")
                 records.append((message, {"outcome": "dead_letter", "reason": reason}))
             else:
                 live.append(message)
@@ -383,24 +422,53 @@ class Dispatcher:
                              clean(result.trace), reason)
                         )  # fmt: skip
                         record.update(outcome="dead_letter", reason=reason)
-                        metrics.DELIVERIES.labels(lane.key, "deadline").inc()
+                        lane.count("deadline")
                     else:
                         summary = error or (f"HTTP {result.status}" if result.status else "")
                         plan.retry.append((message.id, at, result.status, summary))
                         record.update(outcome="retry", next_attempt_in=round(delay, 3))
-                metrics.DELIVERIES.labels(lane.key, result.outcome).inc()
+                lane.count(result.outcome)
                 records.append((message, record))
 
         await self._settle(lane, plan)
         self.claimed.difference_update(m.id for m in claim.messages)
         if live:
             lane.sent(reached, throttle, last_error)
+            if lane.ahead and lane.paused_until > time.time():
+                await lane.release_ahead()
         if self.preview is not None:
             for message, record in records:
                 if message.trace_id:
                     self._preview(message, claim, lane, record)
 
     async def _settle(self, lane: Lane, plan: Settlement) -> None:
+        """Record one send's results. Settlements that arrive while one is being written go
+        together into the next: one writer job for many sends, not one each."""
+        if not (plan.delivered or plan.retry or plan.dead):
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._plans.append((lane.key, plan, done))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._settle_queued(), name="dispatch-settle")
+        await asyncio.shield(done)
+
+    async def _settle_queued(self) -> None:
+        while self._plans:
+            queued, self._plans = self._plans, []
+            merged = Settlement()
+            for _, plan, _ in queued:
+                merged.delivered.extend(plan.delivered)
+                merged.retry.extend(plan.retry)
+                merged.dead.extend(plan.dead)
+            keys = ", ".join(sorted({key for key, _, _ in queued}))
+            try:
+                await self._write_settlement(keys, merged)
+            finally:
+                for _, _, done in queued:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _write_settlement(self, keys: str, plan: Settlement) -> None:
         """Record the results; while the disk is full, keep trying for about a lease.
 
         A failed settlement is rolled back whole, so trying again is exact. The messages keep
@@ -416,11 +484,11 @@ class Dispatcher:
                 if self.stopping or waited > self.settings.outbox_lease_seconds:
                     log.error(
                         "could not record delivery results for %s (the messages return after "
-                        "their lease and may be sent again): %s", lane.key, exc,
+                        "their lease and may be sent again): %s", keys, exc,
                     )  # fmt: skip
                     return
                 if attempt == 0:
-                    log.warning("recording delivery results for %s failed, retrying: %s", lane.key, exc)  # fmt: skip
+                    log.warning("recording delivery results for %s failed, retrying: %s", keys, exc)  # fmt: skip
                 await self.sleep(min(2.0, 0.05 * 2**attempt))
 
     async def _send(
@@ -445,7 +513,7 @@ class Dispatcher:
             log.warning("sender for %s failed: %s", lane.key, error)
             results = [Delivery("retry", error=f"sender failed: {error}") for _ in batch]
         elapsed = time.perf_counter() - started
-        metrics.VENDOR_LATENCY.labels(lane.tag_type).observe(elapsed)
+        lane.latency.observe(elapsed)
         for result in results:
             if result.outcome not in ("delivered", "retry", "permanent"):
                 result.error = f"the sender returned an unknown outcome {result.outcome!r}"
