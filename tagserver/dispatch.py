@@ -37,6 +37,7 @@ log = logging.getLogger("tagserver.dispatch")
 
 POLL_SECONDS = 1.0  # how often to look for work written by other workers or the CLI
 FAILURES_BEFORE_PAUSE = 3  # consecutive failed sends before a lane pauses itself
+UNSETTLED_SENDS = 2  # sends per slot whose results may be waiting to be written at once
 CLAIM_AHEAD = 32  # a healthy lane of small batches claims at least this many messages at once
 MAX_RETRY_AFTER = 86400.0  # a vendor's Retry-After is honoured up to a day
 _SECRET_KEY_PARTS = ("token", "secret", "key", "auth", "password", "signature", "proof", "cookie")
@@ -94,7 +95,8 @@ class Lane:
         self.key = key
         self.tag_type = tag_type
         self.wake = asyncio.Event()
-        self.inflight: set[asyncio.Task[None]] = set()
+        self.inflight: set[asyncio.Task[None]] = set()  # sending, or recording the results
+        self.sending: set[asyncio.Task[None]] = set()  # of those, the ones still sending
         self.ahead: deque[Claim] = deque()  # batches claimed, waiting for a free send slot
         self.failures = 0  # consecutive sends in which nothing got through
         self.paused_until = 0.0
@@ -122,8 +124,8 @@ class Lane:
             await d.sleep(self.paused_until - now)
             return
         limit = max(1, 1 if self.failures >= FAILURES_BEFORE_PAUSE else d.settings.send_concurrency)
-        if len(self.inflight) >= limit:
-            self.wake.clear()  # set again by _done when a send ends
+        if len(self.sending) >= limit or len(self.inflight) >= UNSETTLED_SENDS * limit:
+            self.wake.clear()  # set again when a send ends
             await self.wake.wait()
             return
         sender, batch_size = d.sender_for(self.tag_type)
@@ -131,13 +133,13 @@ class Lane:
             await self.wait(None)
             return
         if self.ahead:
-            while self.ahead and len(self.inflight) < limit and not d.stopping:
+            while self.ahead and len(self.sending) < limit and not d.stopping:
                 self.start(sender, self.ahead.popleft())
             return
         self.wake.clear()
         # one claim fills every free slot: fewer transactions when batches are small; a
         # healthy lane of small batches claims ahead, and starts those as slots free up
-        want = batch_size * (limit - len(self.inflight))
+        want = batch_size * (limit - len(self.sending))
         if self.failures < FAILURES_BEFORE_PAUSE and want < CLAIM_AHEAD:
             want = -(-CLAIM_AHEAD // batch_size) * batch_size
         claim = await d.outbox.claim(self.id, d.worker, want)
@@ -149,7 +151,7 @@ class Lane:
             for start in range(0, len(messages), batch_size):
                 batch = messages[start : start + batch_size]
                 self.ahead.append(Claim(claim.route, batch, claim.tag_names, claim.next_due))
-            while self.ahead and len(self.inflight) < limit:
+            while self.ahead and len(self.sending) < limit:
                 self.start(sender, self.ahead.popleft())
             return
         timeout = None if claim.next_due is None else max(0.0, claim.next_due - time.time())
@@ -158,7 +160,15 @@ class Lane:
     def start(self, sender: Sender, batch: Claim) -> None:
         task = asyncio.create_task(self.dispatcher.deliver(self, sender, batch))
         self.inflight.add(task)
+        self.sending.add(task)
         task.add_done_callback(self._done)
+
+    def send_ended(self) -> None:
+        """The vendor request is over: its slot is free while the results are being recorded."""
+        task = asyncio.current_task()
+        if task is not None and task in self.sending:
+            self.sending.discard(task)
+            self.wake.set()
 
     async def release_ahead(self) -> None:
         """Give back the messages claimed ahead (the lane paused): other workers may take them."""
@@ -181,6 +191,7 @@ class Lane:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.inflight.discard(task)
+        self.sending.discard(task)
         self.wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery to %s failed", self.key, exc_info=task.exception())
@@ -387,7 +398,10 @@ class Dispatcher:
             self.claimed.difference_update(m.id for m in live)
             live = []
         if live:
-            results, elapsed = await self._send(lane, sender, claim.route or {}, live, clean)
+            try:
+                results, elapsed = await self._send(lane, sender, claim.route or {}, live, clean)
+            finally:
+                lane.send_ended()
             for message, result in zip(live, results, strict=True):
                 error = clean(result.error) if result.error else ""
                 last_error = error or last_error
@@ -430,12 +444,12 @@ class Dispatcher:
                 lane.count(result.outcome)
                 records.append((message, record))
 
-        await self._settle(lane, plan)
-        self.claimed.difference_update(m.id for m in claim.messages)
         if live:
             lane.sent(reached, throttle, last_error)
-            if lane.ahead and lane.paused_until > time.time():
-                await lane.release_ahead()
+        await self._settle(lane, plan)
+        self.claimed.difference_update(m.id for m in claim.messages)
+        if live and lane.ahead and lane.paused_until > time.time():
+            await lane.release_ahead()
         if self.preview is not None:
             for message, record in records:
                 if message.trace_id:
