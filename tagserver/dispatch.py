@@ -6,8 +6,14 @@ each message by its `Delivery`: delivered → removed; retry → rescheduled wit
 backoff and full jitter (at least what the vendor's Retry-After asked); permanent, or out of
 time before its deadline → dead letter with the vendor's reason. A lane whose sends keep failing
 pauses itself — only itself: every destination has its own lane, so one broken vendor never
-slows the others. Senders share one `httpx.AsyncClient`; each lane keeps at most
-`send_concurrency` sends in flight.
+slows the others. Senders share one `httpx.AsyncClient` (`tagserver.http_client`); each lane
+keeps at most `send_concurrency` sends in flight.
+
+Bookkeeping is amortised, since a webhook lane may deliver one message per request: a healthy
+lane of small batches claims `CLAIM_AHEAD` messages at once and starts them as slots free up;
+a send frees its slot when the vendor has answered, and the results of the sends that end
+within `SETTLE_DELAY` are written in one outbox job (at most `UNSETTLED_SENDS` per slot wait
+for it, so a slow disk still holds the lane back).
 """
 
 from __future__ import annotations
