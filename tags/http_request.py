@@ -124,12 +124,18 @@ class HttpRequestSender(Sender):
         url, shown = self.parsed(request["url"])
         headers = request["headers"]
         content = request.get("content")
-        summary = {
-            "method": request["method"],
-            "url": shown,
-            "headers": sorted(headers),
-            "body_bytes": len(content or b""),
-        }
+        # the request summary and a delivered answer are only ever shown in preview
+        traced = message.trace_id is not None
+        summary = (
+            {
+                "method": request["method"],
+                "url": shown,
+                "headers": sorted(headers),
+                "body_bytes": len(content or b""),
+            }
+            if traced
+            else None
+        )
         started = time.perf_counter()
 
         def done(outcome: str, **fields: Any) -> Delivery:
@@ -157,8 +163,10 @@ class HttpRequestSender(Sender):
             return done(outcome, error=error)
 
         status = response.status_code
-        body = read_body(raw, response.headers.get("content-type", ""))
         outcome = status_outcome(status)
+        if outcome == "delivered" and not traced:
+            return done(outcome, status=status)
+        body = read_body(raw, response.headers.get("content-type", ""))
         if outcome == "delivered":
             return done(outcome, status=status, response=body)
         error = f"HTTP {status}: {short(body)}" if raw else f"HTTP {status}"
