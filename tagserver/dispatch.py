@@ -471,7 +471,7 @@ class Dispatcher:
         self._plans.append((lane.key, plan, done))
         if self._settler is None or self._settler.done():
             self._settler = asyncio.create_task(self._settle_queued(), name="dispatch-settle")
-        await asyncio.shield(done)
+        await done  # cancelling this send leaves the write to the settler task
 
     async def _settle_queued(self) -> None:
         while self._plans:
