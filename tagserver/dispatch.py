@@ -43,8 +43,8 @@ log = logging.getLogger("tagserver.dispatch")
 
 POLL_SECONDS = 1.0  # how often to look for work written by other workers or the CLI
 FAILURES_BEFORE_PAUSE = 3  # consecutive failed sends before a lane pauses itself
-UNSETTLED_SENDS = 4  # sends per slot whose results may be waiting to be written at once
-SETTLE_DELAY = 0.01  # results of sends ending within this time are written together
+UNSETTLED_SENDS = 2  # sends per slot whose results may be waiting to be written at once
+SETTLE_DELAY = 0.003  # results of sends ending within this time are written together
 CLAIM_AHEAD = 32  # a healthy lane of small batches claims at least this many messages at once
 MAX_RETRY_AFTER = 86400.0  # a vendor's Retry-After is honoured up to a day
 _SECRET_KEY_PARTS = ("token", "secret", "key", "auth", "password", "signature", "proof", "cookie")
