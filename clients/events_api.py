@@ -135,8 +135,11 @@ def check_event(raw: Any, now: float) -> Event:
             raise EventError(f"value: expected a number, got {type(value).__name__}")
     if "items" in event:
         items = event["items"]
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        if not isinstance(items, list):
             raise EventError("items: expected a list of objects")
+        for item in items:
+            if not isinstance(item, dict):
+                raise EventError("items: expected a list of objects")
         if len(items) > 1000:
             raise EventError("items: more than 1000 items")
     if event.get("ip_override") is not None:

@@ -94,16 +94,18 @@ class Hit:
         request = self.request
         trace_id = self.trace.id if self.trace is not None else None
         run_event = self.runtime.run_event
+        received, ip, user_agent = int(request.received_at), request.ip, request.user_agent
         results, outgoing = [], []
         for event in events:
             index, self._next_index = self._next_index, self._next_index + 1
             if not event.get("event_id"):
                 event["event_id"] = request.derived_event_id(index)
-            event.setdefault("event_time", int(request.received_at))
+            if "event_time" not in event:
+                event["event_time"] = received
             if not event.get("ip_override"):
-                event["ip_override"] = request.ip
-            if not event.get("user_agent") and request.user_agent:
-                event["user_agent"] = request.user_agent
+                event["ip_override"] = ip
+            if user_agent and not event.get("user_agent"):
+                event["user_agent"] = user_agent
             result = run_event(
                 event, request, self.client_name, trace=trace_id is not None, trace_id=trace_id
             )

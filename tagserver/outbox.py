@@ -533,6 +533,7 @@ class Outbox:
         self._maintenance: asyncio.Task[None] | None = None
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-reader")
         self._free_bytes: int | None = None
+        self._low_disk = False
         self._open = False
 
     # -- lifecycle
@@ -591,7 +592,11 @@ class Outbox:
             return
         if not self._open:
             raise Unavailable("the server is starting or stopping; retry shortly", retry_after=5)
-        self._check_capacity(len(messages))
+        if (
+            self.pending + self._queued_rows + len(messages) > self.settings.outbox_max_messages
+            or self._low_disk
+        ):
+            self._check_capacity(len(messages))  # raises, saying which limit was hit
         dumps = orjson.dumps
         rows: list[Row] = [
             (
@@ -638,6 +643,7 @@ class Outbox:
         except OSError:
             return
         self._free_bytes = st.f_bavail * st.f_frsize
+        self._low_disk = self._free_bytes < self.settings.outbox_min_free_bytes
 
     # -- the writer thread
 
