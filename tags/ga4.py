@@ -27,7 +27,12 @@ import httpx
 import orjson
 
 from tagserver.event import Event
-from tagserver.http_outcomes import error_outcome, retry_after_seconds, status_outcome
+from tagserver.http_outcomes import (
+    error_outcome,
+    retry_after_seconds,
+    status_outcome,
+    vendor_url,
+)
 from tagserver.plugins import (
     Delivery,
     FireContext,
@@ -222,12 +227,7 @@ class Ga4Tag(Tag):
         """(destination key, route): one lane per measurement id and endpoint."""
         found = self._destinations.get((measurement_id, endpoint))
         if found is None:
-            try:
-                url = httpx.URL(endpoint)
-            except httpx.InvalidURL as exc:
-                raise TagRejected(f"endpoint is not a valid URL: {exc}") from None
-            if url.scheme not in ("http", "https") or not url.host:
-                raise TagRejected("endpoint must be an http:// or https:// URL with a host")
+            url = vendor_url(endpoint, "endpoint")
             digest = hashlib.sha256(endpoint.encode()).hexdigest()[:8]
             if len(self._destinations) > 256:  # ids built from event data: stay bounded
                 self._destinations.clear()

@@ -23,7 +23,12 @@ import httpx
 import orjson
 
 from tagserver.event import Event
-from tagserver.http_outcomes import error_outcome, retry_after_seconds, status_outcome
+from tagserver.http_outcomes import (
+    error_outcome,
+    retry_after_seconds,
+    status_outcome,
+    vendor_url,
+)
 from tagserver.plugins import (
     Delivery,
     FireContext,
@@ -280,12 +285,7 @@ class HttpRequestTag(Tag):
             hours = float(hours) if hours not in (None, "") else 72.0
         except (TypeError, ValueError):
             raise TagRejected(f"deadline_hours: {hours!r} is not a number") from None
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise TagRejected(f"url is not a valid URL: {exc}") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise TagRejected("url must be an http:// or https:// URL with a host")
+        parsed = vendor_url(url, "url")
         identity = orjson.dumps(
             [method, url, headers, body_format, idem], option=orjson.OPT_SORT_KEYS
         )

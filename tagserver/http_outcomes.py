@@ -11,7 +11,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from .plugins import Outcome
+from .plugins import Outcome, TagRejected
 
 RETRY_STATUSES = frozenset({408, 429})  # besides every 5xx
 
@@ -47,3 +47,14 @@ def error_outcome(exc: httpx.HTTPError | httpx.InvalidURL, timeout: float) -> tu
     if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
         return "permanent", f"invalid URL: {exc}"
     return "retry", f"{type(exc).__name__}: {exc or 'connection failed'}"
+
+
+def vendor_url(value: str, param: str) -> httpx.URL:
+    """`value` parsed as an http(s) URL with a host, else `TagRejected` naming the param."""
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise TagRejected(f"{param} is not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise TagRejected(f"{param} must be an http:// or https:// URL with a host")
+    return url
