@@ -76,7 +76,8 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
             break
     else:
         client = None
-    session = state.preview.session_for(request)
+    headers = header_dict(request.scope)
+    session = state.preview.session_for(request, headers)
     if client is None:
         response = JSONResponse(
             {"error": f"no client claims {request.method} {request.url.path}"}, 404
@@ -88,7 +89,6 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
 
     trace = None
     try:
-        headers = header_dict(request.scope)
         body = await read_body(request, state.settings.max_body_bytes, headers)
         ctx = request_context(request, state.settings, body, headers)
         ctx.client_name = client.name

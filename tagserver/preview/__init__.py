@@ -87,8 +87,18 @@ class Preview:
 
     # -- the hit path: cheap, no I/O for hits that are not previewed
 
-    def session_for(self, request: Request) -> str | None:
-        """The preview session this hit belongs to, or None (the common, free case)."""
+    def session_for(self, request: Request, headers: dict[str, str] | None = None) -> str | None:
+        """The preview session this hit belongs to, or None (the common, free case).
+
+        With the hit's decoded `headers`, a hit that carries no preview token anywhere is
+        told apart with three lookups."""
+        if (
+            headers is not None
+            and "x-tagserver-preview" not in headers
+            and COOKIE not in headers.get("cookie", "")
+            and PARAM.encode() not in request.scope.get("query_string", b"")
+        ):
+            return None
         token = raw_token(request.scope)
         if not token:
             return None
