@@ -188,6 +188,30 @@ def _with_query(url: str, query: str) -> str:
     return url + ("&" if "?" in url else "?") + query
 
 
+def route_key(params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What the route depends on, as a dict key; None when a value is not text (`1` and `True`
+    are equal keys but different header values, so such routes are built every time)."""
+    headers = params.get("headers")
+    if headers is None:
+        header_items: tuple[tuple[Any, str], ...] = ()
+    elif isinstance(headers, dict) and all(v is None or type(v) is str for v in headers.values()):
+        header_items = tuple(headers.items())
+    else:
+        return None
+    key = (
+        params.get("url"),
+        params.get("method"),
+        params.get("body_format"),
+        params.get("idempotency_header"),
+    )
+    if not all(v is None or type(v) is str for v in key):
+        return None
+    hours = params.get("deadline_hours")
+    if not (hours is None or type(hours) in (int, float, str)):
+        return None
+    return (*key, hours, header_items)
+
+
 class HttpRequestTag(Tag):
     type_name = "http_request"
     description = "Send the event to any HTTP endpoint (webhook), with retries and dead letters."
@@ -230,19 +254,8 @@ class HttpRequestTag(Tag):
         self._routes: dict[tuple[Any, ...], tuple[str, dict[str, Any], float]] = {}
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
-        headers = params.get("headers")
-        try:
-            key = (
-                params.get("url"),
-                params.get("method"),
-                tuple(headers.items()) if isinstance(headers, dict) else headers,
-                params.get("body_format"),
-                params.get("idempotency_header"),
-                params.get("deadline_hours"),
-            )
-            found = self._routes.get(key)
-        except TypeError:  # a header value that is a list or an object
-            key, found = None, None
+        key = route_key(params)
+        found = self._routes.get(key) if key is not None else None
         if found is None:
             found = self.route(params)
             if key is not None:
@@ -258,7 +271,8 @@ class HttpRequestTag(Tag):
             Outgoing(destination, body, dedup_id, self.type_name, "", route, now + lifetime, now)
         ]
 
-    def route(self, params: dict[str, Any]) -> tuple[str, dict[str, Any], float]:
+    @staticmethod
+    def route(params: dict[str, Any]) -> tuple[str, dict[str, Any], float]:
         """Check the resolved params: (destination key, route, seconds until the deadline)."""
         url = params.get("url")
         if not isinstance(url, str) or not url.strip():

@@ -62,6 +62,18 @@ def test_json_body_built_from_variables_with_headers(tmp_path, vendor):
     assert "x-empty" not in request.headers  # an empty variable leaves the header out
 
 
+def test_header_values_from_event_data_follow_each_event(tmp_path, vendor):
+    """Routes are remembered per distinct header values: `1`, `true` and text each count."""
+    params = {"headers": {"X-Flag": "{{event.flag}}"}, "body": {"id": "{{event_id}}"}}
+    flags = [1, True, "1", 1, None, True]
+    with app_client(tmp_path, hook(vendor.url + "/orders", **params), **FAST) as client:
+        for n, flag in enumerate(flags):
+            send(client, event_id=f"e{n}", flag=flag)
+        received = vendor.wait_for(len(flags))
+    sent = {r.json()["id"]: r.headers.get("x-flag") for r in received}
+    assert sent == {"e0": "1", "e1": "true", "e2": "1", "e3": "1", "e4": None, "e5": "true"}
+
+
 def test_form_body(tmp_path, vendor):
     params = {"body_format": "form", "body": {"id": "{{event_id}}", "items": "{{items}}"}}
     with app_client(tmp_path, hook(vendor.url + "/form", **params), **FAST) as client:
