@@ -191,25 +191,31 @@ def _with_query(url: str, query: str) -> str:
 def route_key(params: dict[str, Any]) -> tuple[Any, ...] | None:
     """What the route depends on, as a dict key; None when a value is not text (`1` and `True`
     are equal keys but different header values, so such routes are built every time)."""
-    headers = params.get("headers")
-    if headers is None:
-        header_items: tuple[tuple[Any, str], ...] = ()
-    elif isinstance(headers, dict) and all(v is None or type(v) is str for v in headers.values()):
-        header_items = tuple(headers.items())
-    else:
-        return None
     key = (
         params.get("url"),
         params.get("method"),
         params.get("body_format"),
         params.get("idempotency_header"),
     )
-    if not all(v is None or type(v) is str for v in key):
+    for value in key:
+        if value is not None and type(value) is not str:
+            return None
+    hours = params.get("deadline_hours")  # 72 and 72.0 are the same deadline
+    if hours is not None and type(hours) is not str and type(hours) not in NUMBERS:
         return None
-    hours = params.get("deadline_hours")
-    if not (hours is None or type(hours) in (int, float, str)):
+    key = (*key, hours)
+    headers = params.get("headers")
+    if headers is None:
+        return key
+    if type(headers) is not dict:
         return None
-    return (*key, hours, header_items)
+    for value in headers.values():
+        if value is not None and type(value) is not str:
+            return None
+    return (*key, *headers.items())
+
+
+NUMBERS = (int, float)
 
 
 class HttpRequestTag(Tag):
