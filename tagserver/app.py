@@ -30,7 +30,7 @@ from . import metrics
 from .container import ContainerError, load_file
 from .dispatch import Dispatcher
 from .errors import BadRequest, HitError, PayloadTooLarge
-from .event import RequestContext, scope_header
+from .event import RequestContext
 from .exposition import metrics_endpoint
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox import Outbox
@@ -124,12 +124,9 @@ def header_dict(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-async def read_body(request: Request, limit: int, headers: dict[str, str] | None = None) -> bytes:
+async def read_body(request: Request, limit: int, headers: dict[str, str]) -> bytes:
     """The request body, refusing more than `limit` bytes without reading them all."""
-    if headers is None:
-        declared = scope_header(request.scope, b"content-length")
-    else:
-        declared = headers.get("content-length")
+    declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
     chunks, size, more = [], 0, True

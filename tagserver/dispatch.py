@@ -109,7 +109,6 @@ class Lane:
         self.paused_until = 0.0
         self._route: Any = None
         self._redactor = Redactor()
-        self._counters: dict[str, Any] = {}
         self.latency = metrics.VENDOR_LATENCY.labels(tag_type)
         self.task = asyncio.create_task(self.run(), name=f"lane {key}")
 
@@ -191,10 +190,7 @@ class Lane:
             d.claimed.difference_update(ids)
 
     def count(self, outcome: str) -> None:
-        counter = self._counters.get(outcome)
-        if counter is None:
-            counter = self._counters[outcome] = metrics.DELIVERIES.labels(self.key, outcome)
-        counter.inc()
+        metrics.labelled(metrics.DELIVERIES, self.key, outcome).inc()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.inflight.discard(task)

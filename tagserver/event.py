@@ -29,6 +29,9 @@ COMMON_KEYS = (
 
 CONSENT_TYPES = ("ad_storage", "analytics_storage", "ad_user_data", "ad_personalization")
 
+# what a trusted proxy in front of us may tell about the client (see `_forwarded`)
+FORWARDED_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+
 
 def get_path(data: Any, path: str | tuple[str, ...], default: Any = None) -> Any:
     """Read `a.b.0.c` from nested dicts/lists; `default` when any step is missing."""
@@ -43,18 +46,6 @@ def get_path(data: Any, path: str | tuple[str, ...], default: Any = None) -> Any
         else:
             return default
     return data
-
-
-def scope_header(scope: Any, name: bytes) -> str | None:
-    """The first value of header `name` (lower-case bytes) straight from an ASGI scope.
-
-    What `request.headers.get(name)` answers, without building a Headers object: the hit
-    path reads one or two headers before the request context exists.
-    """
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def add_page_parts(event: Event) -> None:
@@ -141,11 +132,7 @@ class RequestContext:
         body: bytes = b"",
     ) -> RequestContext:
         ip, is_https, host = peer_ip, scheme == "https", headers.get("host", "")
-        if (
-            "x-forwarded-for" in headers
-            or "x-forwarded-proto" in headers
-            or ("x-forwarded-host" in headers)
-        ):
+        if not FORWARDED_HEADERS.isdisjoint(headers):
             ip, is_https, host = _forwarded(headers, peer_ip, is_https, host, settings)
         if "," in host or " " in host:
             host = host.split(",")[0].strip()

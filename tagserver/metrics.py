@@ -62,7 +62,8 @@ _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 def labelled(metric: Any, *values: str) -> Any:
     """`metric.labels(*values)`, looked up once: `labels()` costs microseconds per call, and the
-    hot path counts several things per hit. Only for labels with few values (clients, tags)."""
+    hot path counts several things per hit. Only for labels with few values (clients, tags,
+    destinations)."""
     key = (id(metric), values)
     child = _children.get(key)
     if child is None:
@@ -93,11 +94,6 @@ def observe(histogram: Any, value: float) -> None:
     _sums[histogram] = _sums.get(histogram, 0.0) + value
     if not _flush_pending:
         _schedule_flush()
-
-
-def tag_result(tag: str, status: str) -> None:
-    """Count one tag decision."""
-    count(TAG_RESULTS, tag, status)
 
 
 def _schedule_flush() -> None:

@@ -90,7 +90,7 @@ class Scope:
             value = var.resolve(self)
         else:
             fn = BUILTINS.get(name)
-            value = fn(self) if fn is not None else builtin(name, self)
+            value = fn(self) if fn is not None else prefixed(name, self)
         cache[name] = value
         return value
 
@@ -256,10 +256,8 @@ def is_builtin(name: str) -> bool:
     return name in BUILTINS or any(name.startswith(p) and len(name) > len(p) for p in PREFIXES)
 
 
-def builtin(name: str, scope: Scope) -> Any:
-    fn = BUILTINS.get(name)
-    if fn is not None:
-        return fn(scope)
+def prefixed(name: str, scope: Scope) -> Any:
+    """`event.<path>`, `cookie.<name>`, `header.<name>`, `query.<name>`; else None."""
     for prefix, getter in PREFIXES.items():
         if name.startswith(prefix):
             return getter(scope, name[len(prefix) :])

@@ -44,17 +44,26 @@ PRUNE_SECONDS = 3600.0
 UNKNOWN_DELIVERY_SECONDS = 30.0  # a delivery may come before its hit is written; wait this long
 
 
-def raw_token(scope: dict[str, Any]) -> str | None:
+def raw_token(scope: dict[str, Any], headers: dict[str, str] | None = None) -> str | None:
     """The preview token a request carries, if any: header, query parameter, then cookie.
 
-    Byte-level checks first, so a hit without any of them costs a few comparisons.
+    Plain lookups first (in the hit's decoded `headers` when given, else the raw scope), so
+    a hit without any of them costs a few comparisons.
     """
     cookie_header = None
-    for name, value in scope.get("headers", ()):
-        if name == HEADER:
-            return value.decode("latin-1").strip()
-        if name == b"cookie" and b"tagserver_preview=" in value:
-            cookie_header = value
+    if headers is not None:
+        token = headers.get("x-tagserver-preview")
+        if token is not None:
+            return token.strip()
+        cookie = headers.get("cookie", "")
+        if "tagserver_preview=" in cookie:
+            cookie_header = cookie
+    else:
+        for name, value in scope.get("headers", ()):
+            if name == HEADER:
+                return value.decode("latin-1").strip()
+            if name == b"cookie" and b"tagserver_preview=" in value:
+                cookie_header = value.decode("latin-1")
     query = scope.get("query_string", b"")
     if b"tagserver_preview=" in query:
         for key, value in parse_qsl(query.decode("latin-1")):
@@ -63,7 +72,7 @@ def raw_token(scope: dict[str, Any]) -> str | None:
     if cookie_header is not None:
         jar: SimpleCookie = SimpleCookie()
         with contextlib.suppress(Exception):
-            jar.load(cookie_header.decode("latin-1"))
+            jar.load(cookie_header)
         if COOKIE in jar:
             return jar[COOKIE].value
     return None
@@ -88,18 +97,8 @@ class Preview:
     # -- the hit path: cheap, no I/O for hits that are not previewed
 
     def session_for(self, request: Request, headers: dict[str, str] | None = None) -> str | None:
-        """The preview session this hit belongs to, or None (the common, free case).
-
-        With the hit's decoded `headers`, a hit that carries no preview token anywhere is
-        told apart with three lookups."""
-        if (
-            headers is not None
-            and "x-tagserver-preview" not in headers
-            and COOKIE not in headers.get("cookie", "")
-            and PARAM.encode() not in request.scope.get("query_string", b"")
-        ):
-            return None
-        token = raw_token(request.scope)
+        """The preview session this hit belongs to, or None (the common, free case)."""
+        token = raw_token(request.scope, headers)
         if not token:
             return None
         try:
