@@ -90,6 +90,26 @@ def test_per_event_rejection_names_the_field(tmp_path):
     assert reasons[8] == "expected an object, got str"
 
 
+def test_text_fields_are_strings_of_bounded_length(tmp_path):
+    events = [
+        {"event_name": "e", "event_id": 42, "transaction_id": 7, "currency": None},
+        {"event_name": "e", "currency": 978},
+        {"event_name": "e", "page_title": "t" * 8193},
+        {"event_name": "e", "client_id": True},
+        {"event_name": "e", "page_title": "t" * 8192, "search_term": ["shoes"]},
+    ]
+    with app_client(tmp_path, minimal_container()) as client:
+        body = client.post("/api/events", json={"events": events}, headers=AUTH).json()
+    first, *rejected = body["results"]
+    assert first["accepted"] is True and first["event_id"] == "42"
+    assert [r["reason"] for r in rejected] == [
+        "currency: expected a string, got int",
+        "page_title: longer than 8192 characters",
+        "client_id: expected a string, got bool",
+        "search_term: expected a string, got list",
+    ]
+
+
 def test_offline_event_time_and_customer_ip_and_user_agent_win(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tagserver.tag.log")
     events = [
