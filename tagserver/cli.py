@@ -46,8 +46,6 @@ def serve(**flags: object) -> None:
     """Run the server (uvicorn with uvloop and httptools)."""
     import uvicorn
 
-    from .http_protocol import HttpProtocol
-
     # Flags become environment variables so that every worker process sees the same settings.
     for name, value in flags.items():
         if value is not None:
@@ -79,7 +77,7 @@ def serve(**flags: object) -> None:
         port=settings.port,
         workers=settings.workers if settings.workers > 1 else None,
         loop="uvloop",
-        http=HttpProtocol,  # uvicorn's httptools protocol, one write per answer
+        http="httptools",
         access_log=settings.access_log,
         log_level=settings.log_level,
         proxy_headers=False,  # tagserver applies its own trusted-proxy rules
