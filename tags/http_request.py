@@ -188,16 +188,34 @@ def _with_query(url: str, query: str) -> str:
     return url + ("&" if "?" in url else "?") + query
 
 
-ROUTE_PARAMS = ("url", "method", "headers", "body_format", "idempotency_header", "deadline_hours")
-
-
-def route_key(params: dict[str, Any]) -> bytes | None:
-    """What the route depends on, as a dict key: those params as JSON, which tells `1` from
-    `true` (equal as Python keys, different as header values). None when they are not JSON."""
-    try:
-        return orjson.dumps(tuple(map(params.get, ROUTE_PARAMS)))
-    except TypeError:  # e.g. a header name that is not a string: built (and refused) each time
+def route_key(params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What the route depends on, as a dict key; None when a value is not text (`1` and `True`
+    are equal keys but different header values, so such routes are built every time)."""
+    key = (
+        params.get("url"),
+        params.get("method"),
+        params.get("body_format"),
+        params.get("idempotency_header"),
+    )
+    for value in key:
+        if value is not None and type(value) is not str:
+            return None
+    hours = params.get("deadline_hours")  # 72 and 72.0 are the same deadline
+    if hours is not None and type(hours) is not str and type(hours) not in NUMBERS:
         return None
+    key = (*key, hours)
+    headers = params.get("headers")
+    if headers is None:
+        return key
+    if type(headers) is not dict:
+        return None
+    for value in headers.values():
+        if value is not None and type(value) is not str:
+            return None
+    return (*key, *headers.items())
+
+
+NUMBERS = (int, float)
 
 
 class HttpRequestTag(Tag):
@@ -239,7 +257,7 @@ class HttpRequestTag(Tag):
         super().__init__(name, static_params, settings)
         # resolved (url, method, headers, body_format, idempotency header, deadline) → route;
         # most tags use a fixed URL and headers, so this is checked and built once
-        self._routes: dict[bytes, tuple[str, dict[str, Any], float]] = {}
+        self._routes: dict[tuple[Any, ...], tuple[str, dict[str, Any], float]] = {}
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         key = route_key(params)

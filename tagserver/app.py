@@ -120,9 +120,8 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
 
 
 def header_dict(scope: Scope) -> dict[str, str]:
-    """The request headers by name (the last one of a repeated header wins). ASGI servers
-    give the names in lower case already, as Starlette's own `Headers` assumes."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    """The request headers by lower-case name (the last one of a repeated header wins)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 async def read_body(request: Request, limit: int, headers: dict[str, str]) -> bytes:
@@ -130,10 +129,8 @@ async def read_body(request: Request, limit: int, headers: dict[str, str]) -> by
     declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
-    # straight from ASGI `receive`: Request.stream() is an async generator per hit
-    chunks: list[bytes] = []
-    size = 0
-    while True:
+    chunks, size, more = [], 0, True
+    while more:  # straight from ASGI `receive`: Request.stream() is an async generator per hit
         message = await request.receive()
         if message["type"] == "http.disconnect":
             raise BadRequest("the client disconnected before sending the whole body")
@@ -141,10 +138,9 @@ async def read_body(request: Request, limit: int, headers: dict[str, str]) -> by
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        if not message.get("more_body", False):
-            break
         chunks.append(chunk)
-    body = b"".join((*chunks, chunk)) if chunks else chunk  # most bodies come in one message
+        more = message.get("more_body", False)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     request._body = body  # so a client may still call `await request.body()`
     return body
 
