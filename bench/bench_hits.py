@@ -3,6 +3,7 @@
     python bench/bench_hits.py                      # throughput, then a 5-minute vendor outage
     python bench/bench_hits.py --mode hits          # throughput only
     python bench/bench_hits.py --mode outage --outage-minutes 1
+    python bench/bench_hits.py --mode hits --tree ../other-checkout   # two versions of C
 
 Throughput (`hits`): A = a bare Starlette app answering 204; B = `tagserver serve` handling the
 same POST /api/events end to end (events API client → container with one `http_request` tag
@@ -13,7 +14,8 @@ answers the same JSON): not the target's baseline, but it shows what the exchang
 One worker each, uvloop + httptools, `wrk` at 64 connections with a unique event id per
 request, runs alternating A A2 B C A A2 B C. Prints hits/s, p50/p99 per run, the medians and
 the ratios to A (and of B and C to A2); then p50/p99 of each at a fixed rate (`hey`), half of
-C's maximum.
+C's maximum. `--tree DIR` adds C as another checkout runs it (C1, C2 ...), in the same rounds:
+on a shared machine, only versions measured side by side can be compared.
 
 Outage (`outage`): the fake vendor is down for N minutes while `hey` sends a steady rate of
 hits; prints the server's RSS and the outbox backlog over time (memory stays flat: the backlog
@@ -139,8 +141,9 @@ class Servers:
         return url, proc
 
     def start_tagserver(
-        self, name: str = "tagserver", vendor_url: str | None = None
+        self, name: str = "tagserver", vendor_url: str | None = None, tree: Path | None = None
     ) -> tuple[str, subprocess.Popen[bytes]]:
+        """`tagserver serve` with one worker; from `tree` (a checkout, via PYTHONPATH) if given."""
         vendor_url = vendor_url or self.vendor.url
         container = {
             "name": "bench",
@@ -175,6 +178,8 @@ class Servers:
             "TAGSERVER_LOG_LEVEL": "warning",
             "TAGSERVER_PREVIEW_PASSWORD": "bench-preview-password",
         }
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
         proc = self._spawn(
             [sys.executable, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
              str(port), "--container", str(path), "--data-dir", str(self.work / name),
@@ -296,6 +301,12 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
             # C: vendor unreachable, its lane paused: the hit path alone (messages pile up)
             "C tagserver, vendor down": servers.start_tagserver("tagserver-c", f"http://127.0.0.1:{free_port()}"),
         }  # fmt: skip
+        for number, tree in enumerate(args.tree or [], start=1):
+            # C again, from another checkout: two versions side by side in the same run
+            name = f"C{number} {Path(tree).resolve().name}"[:25]
+            started[name] = servers.start_tagserver(
+                f"tagserver-c{number}", f"http://127.0.0.1:{free_port()}", Path(tree).resolve()
+            )
         contenders = {name: url for name, (url, _) in started.items()}
 
         def only(name: str) -> None:
@@ -337,8 +348,9 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
             )
         print("target: ratio ≥ 0.5, p99 ≤ 25 ms")
         exchange = summary["A2 bare, same exchange"]["rps"]
-        for name in ("B tagserver", "C tagserver, vendor down"):
-            print(f"  {name}: {summary[name]['rps'] / exchange:.2f} of A2 (same HTTP exchange)")
+        for name in summary:
+            if not name.startswith("A"):
+                print(f"  {name}: {summary[name]['rps'] / exchange:.2f} of A2 (same HTTP exchange)")
         rate = args.steady_rate or round(summary["C tagserver, vendor down"]["rps"] / 2, -2)
         body_file = work / "body.json"
         body_file.write_text(json.dumps(BODY))
@@ -451,6 +463,10 @@ def main() -> None:
     parser.add_argument(
         "--steady-rate", type=float, default=0, help="hits/s of the fixed-rate latency run "
         "(default: half of tagserver's measured maximum)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tree", action="append", help="also run C from this checkout (imported through "
+        "PYTHONPATH), side by side with this one; repeatable",
     )  # fmt: skip
     parser.add_argument("--outage-minutes", type=float, default=5)
     parser.add_argument("--rate", type=float, default=200, help="hits/s during the outage")
