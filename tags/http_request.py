@@ -23,6 +23,7 @@ import httpx
 import orjson
 
 from tagserver.event import Event
+from tagserver.http_client import forget_stream
 from tagserver.http_outcomes import (
     error_outcome,
     retry_after_seconds,
@@ -163,6 +164,7 @@ class HttpRequestSender(Sender):
                         break
             finally:
                 await response.aclose()
+                forget_stream(response)
         except (httpx.TransportError, httpx.InvalidURL) as exc:
             outcome, error = error_outcome(exc, self.settings.send_timeout_seconds)
             return done(outcome, error=error)

@@ -12,6 +12,7 @@ the next request (to that vendor or, by domain matching, another). Both jars ref
 from __future__ import annotations
 
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
 
 import aiohttp
 import httpx
@@ -47,6 +48,31 @@ class VendorTransport(AiohttpTransport):
             raise
 
 
+CLOSED = httpx.ByteStream(b"")
+
+
+def forget_stream(response: httpx.Response) -> None:
+    """Let a closed response be freed as soon as its sender drops it.
+
+    httpx binds a response and its stream to each other (`BoundAsyncStream` points back at
+    the response), so every vendor answer, aiohttp's objects included (~38 per request), was
+    left for the garbage collector: with deliveries running, a collection every few hundred
+    requests paused the event loop, hits included, for 7–14 ms.
+    """
+    response.stream = CLOSED
+
+
+class VendorClient(httpx.AsyncClient):
+    """`httpx.AsyncClient` whose read answers are freed by reference counting (above).
+    A sender that asks for `stream=True` calls `forget_stream` after `aclose()` itself."""
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        response = await super().send(request, **kwargs)
+        if not kwargs.get("stream"):
+            forget_stream(response)  # read and closed by httpx already
+        return response
+
+
 def vendor_client(timeout: float) -> httpx.AsyncClient:
     """Timeouts from the settings, a bounded pool, no redirects followed, no cookies kept."""
 
@@ -58,7 +84,7 @@ def vendor_client(timeout: float) -> httpx.AsyncClient:
         )
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
-    return httpx.AsyncClient(
+    return VendorClient(
         transport=VendorTransport(client=session),
         timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
         headers={"User-Agent": "tagserver"},

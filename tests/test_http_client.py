@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import httpx
 import pytest
 from fakes.vendor import Answer, FakeVendor
 from support import free_port
 
-from tagserver.http_client import vendor_client
+from tagserver.http_client import forget_stream, vendor_client
 
 
 @pytest.fixture
@@ -45,6 +47,31 @@ def test_bodies_of_every_size_arrive_whole(vendor, size):
 
     run(go())
     assert vendor.received[0].body == body
+
+
+def test_answers_are_freed_without_the_garbage_collector(vendor):
+    """A sender drops an answer: it is gone at once, not left in a cycle for the collector
+    (which then pauses the event loop that answers hits)."""
+
+    async def go():
+        async with vendor_client(5.0) as client:
+            read = await client.post(vendor.url + "/hook", json={"i": 1})
+            assert read.json() == {"ok": True}  # the body stays readable
+            streamed = await client.send(
+                client.build_request("GET", vendor.url + "/s"), stream=True
+            )
+            assert await streamed.aread() == b'{"ok":true}'
+            await streamed.aclose()
+            forget_stream(streamed)
+            return weakref.ref(read), weakref.ref(streamed)
+
+    gc.collect()
+    gc.disable()
+    try:
+        answers = run(go())
+        assert [answer() for answer in answers] == [None, None]
+    finally:
+        gc.enable()
 
 
 def test_no_cookie_is_kept_between_requests(vendor):
