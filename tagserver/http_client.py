@@ -62,9 +62,33 @@ def forget_stream(response: httpx.Response) -> None:
     response.stream = CLOSED
 
 
+class NoCookies(httpx.Cookies):
+    """Keeps no cookie, and does not look for one: httpx reads every answer's `Set-Cookie`
+    through urllib's cookie machinery (~35 µs per request) even when the jar's policy
+    refuses them all (it still does, should anything else put one in)."""
+
+    def __init__(self) -> None:
+        super().__init__(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
 class VendorClient(httpx.AsyncClient):
-    """`httpx.AsyncClient` whose read answers are freed by reference counting (above).
-    A sender that asks for `stream=True` calls `forget_stream` after `aclose()` itself."""
+    """`httpx.AsyncClient` with no cookies (above) and whose read answers are freed by
+    reference counting (`forget_stream`; a sender that asks for `stream=True` calls it after
+    `aclose()` itself)."""
+
+    _no_cookies = NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        if cookies:
+            raise ValueError("the vendor client keeps no cookies")
 
     async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         response = await super().send(request, **kwargs)
@@ -89,5 +113,4 @@ def vendor_client(timeout: float) -> httpx.AsyncClient:
         timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
         headers={"User-Agent": "tagserver"},
         follow_redirects=False,
-        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
