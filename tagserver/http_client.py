@@ -6,7 +6,8 @@ kind of machine one small webhook request cost ~0.9 ms of CPU through httpx's de
 the event loop that answers hits (bench/bench_drain.py).
 
 It keeps no cookies: a server-to-server sender must not carry one vendor answer's cookies into
-the next request (to that vendor or, by domain matching, another). Both jars refuse them.
+the next request (to that vendor or, by domain matching, another): neither httpx nor
+aiohttp keeps any (`NoCookies`, `DummyCookieJar`).
 """
 
 from __future__ import annotations
