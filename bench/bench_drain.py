@@ -32,17 +32,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk_live_bench_0123456789abcdef"
 VENDOR = """
-import sys, time
+import asyncio, sys, time
+import uvloop
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # the fake vendor's loop: keep it cheap
 sys.path.insert(0, sys.argv[1])
-from fakes.vendor import FakeVendor
+from fakes.vendor import Answer, FakeVendor
 vendor = FakeVendor(keep=False).start()
+vendor.default = Answer(delay=float(sys.argv[2]))  # the vendor's answer time (network + work)
 print(vendor.url, flush=True)
 while True:
     time.sleep(3600)
 """
 
 
-async def drain(url: str, count: int, data_dir: str) -> dict[str, Any]:
+async def drain(url: str, count: int, data_dir: str, concurrency: int = 0) -> dict[str, Any]:
     from tags.http_request import HttpRequestTag
     from tagserver.dispatch import Dispatcher
     from tagserver.outbox import Outbox
@@ -51,7 +54,8 @@ async def drain(url: str, count: int, data_dir: str) -> dict[str, Any]:
     from tagserver.redact import Redactor
     from tagserver.settings import Settings
 
-    settings = Settings(data_dir=data_dir, outbox_max_messages=max(100_000, count * 2))
+    limits: dict[str, Any] = {"send_concurrency": concurrency} if concurrency else {}
+    settings = Settings(data_dir=data_dir, outbox_max_messages=max(100_000, count * 2), **limits)
     outbox = Outbox(settings)
     await outbox.start()
     route = {
@@ -125,14 +129,16 @@ def child(args: argparse.Namespace) -> None:
     except ImportError:
         pass
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as data_dir:
-        result = asyncio.run(drain(args.url, args.messages, data_dir))
+        result = asyncio.run(drain(args.url, args.messages, data_dir, args.concurrency))
     print(json.dumps(result), flush=True)
 
 
 def parent(args: argparse.Namespace) -> None:
     trees = [Path(t).resolve() for t in (args.tree or [ROOT])]
     vendor = subprocess.Popen(
-        [sys.executable, "-c", VENDOR, str(ROOT / "tests")], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", VENDOR, str(ROOT / "tests"), str(args.vendor_delay)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert vendor.stdout is not None
@@ -143,7 +149,8 @@ def parent(args: argparse.Namespace) -> None:
             for tree in trees:
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 out = subprocess.run(
-                    [sys.executable, __file__, "--child", "--url", url, "--messages", str(args.messages)],  # fmt: skip
+                    [sys.executable, __file__, "--child", "--url", url, "--messages", str(args.messages),
+                     "--concurrency", str(args.concurrency)],
                     cwd=tree, env=env, capture_output=True, text=True, timeout=900, check=False,
                 )  # fmt: skip
                 if out.returncode != 0:
@@ -168,6 +175,15 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tree", action="append", help="checkout to import tagserver from")
+    parser.add_argument(
+        "--vendor-delay", type=float, default=0.0, help="seconds the fake vendor takes per answer"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="TAGSERVER_SEND_CONCURRENCY (default: the setting's)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
