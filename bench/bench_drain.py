@@ -3,6 +3,7 @@
     python bench/bench_drain.py                               # this checkout, 20 000 messages
     python bench/bench_drain.py --tree /work/main --tree .    # checkouts side by side
     python bench/bench_drain.py --messages 5000 --rounds 3
+    python bench/bench_drain.py --vendor-delay 0.02 --concurrency 16  # a vendor 20 ms away
 
 A fake vendor (`tests/fakes`) runs on loopback in its own process, so its CPU is not counted.
 For each round and each checkout (`--tree`, alternating), a fresh process imports tagserver
@@ -12,6 +13,8 @@ destination (a webhook URL with an API-key header), then starts the Dispatcher i
 `tagserver serve` has them) and waits until the outbox is empty. It prints the drain rate
 (messages/s, wall clock) and the CPU per delivered message: of the whole process (event loop
 and outbox writer thread) and of the event-loop thread alone, then the medians per checkout.
+`--vendor-delay` makes every answer take that long (an endpoint that is not on loopback: the
+rate then depends on the sends in flight, `--concurrency`).
 """
 
 from __future__ import annotations
