@@ -28,10 +28,12 @@ import orjson
 
 from tagserver.event import Event
 from tagserver.http_outcomes import (
+    elapsed_ms,
     error_outcome,
     retry_after_seconds,
     status_outcome,
     vendor_url,
+    with_query,
 )
 from tagserver.plugins import (
     Delivery,
@@ -90,12 +92,11 @@ class Ga4Sender(Sender):
         started = time.perf_counter()
 
         def done(outcome: str, **fields: Any) -> Delivery:
-            latency = round((time.perf_counter() - started) * 1000, 3)
-            return Delivery(outcome, latency_ms=latency, request=shown, **fields)  # type: ignore[arg-type]
+            return Delivery(outcome, latency_ms=elapsed_ms(started), request=shown, **fields)  # type: ignore[arg-type]
 
         try:
             response = await self.http.post(
-                f"{url}{'&' if '?' in url else '?'}{query}",
+                with_query(url, query),
                 content=body,
                 headers=headers,
                 timeout=timeout,

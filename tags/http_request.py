@@ -25,10 +25,12 @@ import orjson
 from tagserver.event import Event
 from tagserver.http_client import forget_stream
 from tagserver.http_outcomes import (
+    elapsed_ms,
     error_outcome,
     retry_after_seconds,
     status_outcome,
     vendor_url,
+    with_query,
 )
 from tagserver.plugins import (
     Delivery,
@@ -96,7 +98,7 @@ class HttpRequestSender(Sender):
             return request
         if route.get("body_format") == "form":
             if method == "GET":
-                request["url"] = _with_query(route["url"], encode_form(body))
+                request["url"] = with_query(route["url"], encode_form(body))
                 return request
             request["content"] = encode_form(body).encode()
             if "content-type" not in names:
@@ -104,7 +106,7 @@ class HttpRequestSender(Sender):
         else:
             if method == "GET":
                 if isinstance(body, dict):
-                    request["url"] = _with_query(route["url"], encode_form(body))
+                    request["url"] = with_query(route["url"], encode_form(body))
                 return request
             request["content"] = (
                 body.encode() if isinstance(body, str) else orjson.dumps(body, default=str)
@@ -145,8 +147,7 @@ class HttpRequestSender(Sender):
         started = time.perf_counter()
 
         def done(outcome: str, **fields: Any) -> Delivery:
-            latency = (time.perf_counter() - started) * 1000
-            return Delivery(outcome, latency_ms=round(latency, 3), request=summary, **fields)  # type: ignore[arg-type]
+            return Delivery(outcome, latency_ms=elapsed_ms(started), request=summary, **fields)  # type: ignore[arg-type]
 
         http = self.http
         try:
@@ -182,12 +183,6 @@ class HttpRequestSender(Sender):
             error = f"HTTP {status}: redirect not followed (to {location})"
         wait = retry_after_seconds(response.headers.get("retry-after"))
         return done(outcome, status=status, response=body, error=error, retry_after=wait)
-
-
-def _with_query(url: str, query: str) -> str:
-    if not query:
-        return url
-    return url + ("&" if "?" in url else "?") + query
 
 
 def route_key(params: dict[str, Any]) -> tuple[Any, ...] | None:

@@ -16,6 +16,18 @@ from .plugins import Outcome, TagRejected
 RETRY_STATUSES = frozenset({408, 429})  # besides every 5xx
 
 
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since `started` (a `time.perf_counter()`), as a delivery's latency."""
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def with_query(url: str, query: str) -> str:
+    """`url` with `query` appended after its own query string, if it has one."""
+    if not query:
+        return url
+    return url + ("&" if "?" in url else "?") + query
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """`Retry-After` as seconds: a number of seconds or an HTTP date; None when absent or bad."""
     if not value:

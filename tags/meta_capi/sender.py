@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tagserver.http_outcomes import retry_after_seconds
+from tagserver.http_outcomes import elapsed_ms, retry_after_seconds
 from tagserver.plugins import Delivery, Message, Sender
 from tagserver.redact import Redactor
 
@@ -142,11 +142,15 @@ class MetaSender(Sender):
             )
         except httpx.TimeoutException as exc:
             error = f"no answer from the Graph API within {timeout:g} s ({type(exc).__name__})"
-            return _Answer(Delivery("retry", error=error, latency_ms=_ms(started), request=shown))
+            return _Answer(
+                Delivery("retry", error=error, latency_ms=elapsed_ms(started), request=shown)
+            )
         except httpx.HTTPError as exc:
             error = redact.text(f"cannot reach the Graph API: {type(exc).__name__}: {exc}")
-            return _Answer(Delivery("retry", error=error, latency_ms=_ms(started), request=shown))
-        latency = _ms(started)
+            return _Answer(
+                Delivery("retry", error=error, latency_ms=elapsed_ms(started), request=shown)
+            )
+        latency = elapsed_ms(started)
         status = response.status_code
         try:
             parsed: Any = response.json()
@@ -200,10 +204,6 @@ def _payload(payload: Any) -> Any:
     if isinstance(payload, (bytes, str)):
         return orjson.Fragment(payload)
     return payload
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _retry_after(response: httpx.Response, floor: float | None) -> float | None:
