@@ -1,158 +1,48 @@
 """The outbox: where a hit's outgoing messages wait, durably, until they are delivered.
 
-SQLite in WAL mode under the data dir. Writes are grouped: every `put` that arrives while the
-previous commit runs goes into the next transaction, done in one writer thread, and each hit
-waits only for the commit that holds its messages. So a 2xx to a hit means its messages are on
-disk, and one fsync is shared by everything that arrived in the meantime.
+SQLite in WAL mode under the data dir (`outbox_store`). Writes are grouped: every `put` made
+while the previous commit runs goes into the next transaction, and each hit waits only for
+the commit that holds its messages. So a 2xx to a hit means its messages are on disk, and one
+fsync is shared by everything that arrived in the meantime.
 
-The writer thread takes work from a queue itself and commits back to back, so a commit never
-waits for the event loop to start it: while the loop answers hits, the previous group is
-being written. Only the results go back to the loop, once per commit.
-
-Tables:
-- `destinations`: one row per destination key, with its `route` (URL, token …: secrets) and a
-  `pending` count kept by triggers. The route is stored once here, never in message rows.
-- `messages`: pending messages; `next_attempt_at` says when a message may be claimed. A claim
-  sets `claimed_by`/`lease_until` and pushes `next_attempt_at` to the lease end in one UPDATE,
-  so two workers never claim the same message and a dead worker's claims come back when the
-  lease runs out.
-- `dead_letters`: messages that can never be delivered, with the vendor's reason.
+Commits happen in a writer process (`outbox_writer`), so that SQLite never holds this
+process's GIL: the event loop sends each loop iteration's writes as one frame and resolves
+the hits' futures when the commit's reply comes back. The writer takes every frame that has
+arrived while it committed into its next commit, so it never waits for the loop to start one.
 
 The dispatcher's bookkeeping (claims, settlements) goes through the same writer, so it shares
-the group commits instead of competing with hits for the SQLite write lock.
+the group commits instead of competing with hits for the SQLite write lock. Reads (the
+dispatcher's polls, metrics) use a connection of their own in a thread: WAL readers never
+block the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import os
-import queue
 import sqlite3
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from . import metrics
+from . import metrics, outbox_store
 from .errors import Unavailable
+from .outbox_store import Row, Settlement, Store, connect, database_path, is_disk_full
+from .outbox_writer import Job, WriterProcess, request_frame
 from .plugins import Message, Outgoing
 from .settings import Settings
 
+__all__ = ["Claim", "Outbox", "Settlement", "Store", "database_path"]
+
 log = logging.getLogger("tagserver.outbox")
 
-FILENAME = "outbox.sqlite3"
-SCHEMA_VERSION = 2  # 2: payloads stored as JSON text (were blobs)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS destinations (
-    id INTEGER PRIMARY KEY,
-    key TEXT NOT NULL UNIQUE,           -- safe to show: tag type + non-secret identity
-    tag_type TEXT NOT NULL,
-    route BLOB NOT NULL,                -- JSON; holds secrets; never shown
-    pending INTEGER NOT NULL DEFAULT 0, -- kept by the triggers below
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    destination_id INTEGER NOT NULL,
-    payload TEXT NOT NULL,              -- JSON
-    dedup_id TEXT NOT NULL,
-    tag_name TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    deadline REAL,
-    trace_id TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    first_attempt_at REAL,
-    last_attempt_at REAL,
-    last_status INTEGER,
-    last_error TEXT,
-    next_attempt_at REAL NOT NULL,
-    claimed_by TEXT,
-    lease_until REAL
-);
-CREATE INDEX IF NOT EXISTS messages_due
-    ON messages (destination_id, next_attempt_at, created_at);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,
-    destination_id INTEGER NOT NULL,
-    payload TEXT NOT NULL,              -- JSON
-    dedup_id TEXT NOT NULL,
-    tag_name TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    deadline REAL,
-    trace_id TEXT,
-    attempts INTEGER NOT NULL,
-    first_attempt_at REAL,
-    last_attempt_at REAL,
-    status INTEGER,
-    error TEXT NOT NULL DEFAULT '',
-    code TEXT NOT NULL DEFAULT '',
-    trace TEXT NOT NULL DEFAULT '',
-    reason TEXT NOT NULL,
-    dead_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters (destination_id);
-CREATE TRIGGER IF NOT EXISTS messages_counted AFTER INSERT ON messages BEGIN
-    UPDATE destinations SET pending = pending + 1 WHERE id = NEW.destination_id;
-END;
-CREATE TRIGGER IF NOT EXISTS messages_uncounted AFTER DELETE ON messages BEGIN
-    UPDATE destinations SET pending = pending - 1 WHERE id = OLD.destination_id;
-END;
-"""
-
-MAX_ROWS_PER_INSERT = 4000  # 8 parameters a row; SQLite allows 32766 per statement
-
-
-@functools.lru_cache(maxsize=64)
-def _insert_sql(count: int) -> str:
-    """One INSERT for many rows: one SQLite call, so the writer takes the GIL back once."""
-    return (
-        "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at, deadline,"
-        " trace_id, next_attempt_at) VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * count)
-    )
-
-
-# A row as `put` hands it to the writer: destination key, tag type, route, then the message.
-Row = tuple[str, str, dict[str, Any], str, str, str, float, "float | None", "str | None"]
-
-
-def _json(value: Any) -> str:
-    """A statement parameter read with json_each (text: SQLite before 3.45 refuses blobs)."""
-    return orjson.dumps(value).decode()
-
-
-def database_path(data_dir: str | Path) -> Path:
-    return Path(data_dir) / FILENAME
-
-
-def connect(path: Path, sync: str = "full") -> sqlite3.Connection:
-    """A connection in autocommit mode (we BEGIN ourselves) with the outbox's pragmas."""
-    if sqlite3.sqlite_version_info < (3, 33, 0):  # UPDATE … FROM
-        raise RuntimeError(f"the outbox needs SQLite 3.33 or newer, found {sqlite3.sqlite_version}")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # routes hold secrets
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={'NORMAL' if sync.lower() == 'normal' else 'FULL'}")
-    conn.execute("PRAGMA temp_store=MEMORY")
-    return conn
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and (
-        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-        or "database or disk is full" in str(exc)
-    )
+RESTART_AFTER = 1.0  # seconds between a writer process that died and its replacement
+RESTART_RETRY = 5.0  # seconds between attempts while a new writer cannot start
 
 
 @dataclass
@@ -166,349 +56,13 @@ class Claim:
 
 
 @dataclass
-class Settlement:
-    """What to do with claimed messages after a send (one writer job)."""
+class _Group:
+    """Writes made during one loop iteration: one frame to the writer process."""
 
-    delivered: list[int] = field(default_factory=list)
-    # (id, next_attempt_at, status, error)
-    retry: list[tuple[int, float, int | None, str]] = field(default_factory=list)
-    # (id, attempted, status, error, code, trace, reason)
-    dead: list[tuple[int, bool, int | None, str, str, str, str]] = field(default_factory=list)
-
-
-class Store:
-    """Plain synchronous access to the outbox database: used by the writer thread and the CLI."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self._destinations: dict[str, tuple[int, dict[str, Any]]] = {}
-
-    @classmethod
-    def open(cls, path: Path, sync: str = "full") -> Store:
-        store = cls(connect(path, sync))
-        store.create_schema()
-        return store
-
-    def create_schema(self) -> None:
-        if self.conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-            return
-        try:  # several workers may race here: the IMMEDIATE lock makes them take turns
-            self.conn.executescript(
-                f"BEGIN IMMEDIATE;{SCHEMA}"
-                "UPDATE messages SET payload = CAST(payload AS TEXT) WHERE typeof(payload) = 'blob';"
-                "UPDATE dead_letters SET payload = CAST(payload AS TEXT)"
-                " WHERE typeof(payload) = 'blob';"
-                f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-            )
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
-
-    def close(self) -> None:
-        self.conn.close()
-
-    # -- transactions
-
-    def transaction(self, work: Callable[[], Any]) -> Any:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = work()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._destinations.clear()  # ids learnt in a rolled-back transaction are void
-            raise
-        return result
-
-    # -- writing messages
-
-    def destination_id(self, key: str, tag_type: str, route: dict[str, Any], now: float) -> int:
-        cached = self._destinations.get(key)
-        if cached is not None and cached[1] == route:
-            return cached[0]
-        row = self.conn.execute(
-            "INSERT INTO destinations (key, tag_type, route, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET tag_type = excluded.tag_type,"
-            " route = excluded.route, updated_at = excluded.updated_at RETURNING id",
-            (key, tag_type, orjson.dumps(route, option=orjson.OPT_SORT_KEYS), now),
-        ).fetchone()
-        self._destinations[key] = (row[0], route)
-        return row[0]
-
-    def knows_destinations(self, rows: Sequence[Row]) -> bool:
-        """Every row's destination is stored already, with the same route."""
-        cache = self._destinations
-        for row in rows:
-            cached = cache.get(row[0])
-            if cached is None or cached[1] != row[2]:
-                return False
-        return True
-
-    def insert(self, rows: Sequence[Row], now: float) -> dict[int, tuple[str, str]]:
-        """Insert messages; the destinations they went to: id → (key, type).
-
-        Outside a transaction this is atomic only when `knows_destinations(rows)` and there
-        are at most MAX_ROWS_PER_INSERT rows: then it is one statement.
-        """
-        touched: dict[int, tuple[str, str]] = {}
-        values: list[Any] = []
-        for key, tag_type, route, payload, dedup_id, tag_name, created, deadline, trace in rows:
-            dest = self.destination_id(key, tag_type, route, now)
-            touched[dest] = (key, tag_type)
-            values.extend((dest, payload, dedup_id, tag_name, created, deadline, trace, now))
-        for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
-            count = min(MAX_ROWS_PER_INSERT, len(rows) - start)
-            self.conn.execute(_insert_sql(count), values[start * 8 : (start + count) * 8])
-        return touched
-
-    def pending_total(self) -> int:
-        return int(self.conn.execute("SELECT total(pending) FROM destinations").fetchone()[0])
-
-    # -- the dispatcher's side
-
-    # Every statement below handles all its rows at once (JSON arrays in, one JSON array
-    # out): the writer thread then takes the GIL back once per statement, not once per row.
-
-    def claim(
-        self, destination_id: int, worker: str, limit: int, lease_until: float, now: float
-    ) -> Claim:
-        """Lease up to `limit` due messages to `worker` (inside the group-commit transaction)."""
-        found = self.conn.execute(
-            "SELECT json_group_array(json_array(id, json(payload), dedup_id, attempts,"
-            " created_at, deadline, trace_id, tag_name)) FROM (SELECT * FROM messages"
-            " WHERE destination_id = ? AND next_attempt_at <= ? ORDER BY next_attempt_at"
-            " LIMIT ?)",
-            (destination_id, now, limit),
-        ).fetchone()[0]
-        claim = Claim(route=None, messages=[])
-        rows = orjson.loads(found) if found else []
-        if rows:
-            self.conn.execute(
-                "UPDATE messages SET claimed_by = ?, lease_until = ?, next_attempt_at = ?"
-                " WHERE id IN (SELECT value FROM json_each(?))",
-                (worker, lease_until, lease_until, _json([r[0] for r in rows])),
-            )
-            key, route = self.conn.execute(
-                "SELECT key, route FROM destinations WHERE id = ?", (destination_id,)
-            ).fetchone()
-            claim.route = orjson.loads(route)
-            rows.sort(key=lambda r: r[0])
-            for mid, payload, dedup_id, attempts, created, deadline, trace_id, tag_name in rows:
-                claim.messages.append(
-                    Message(mid, key, payload, dedup_id, attempts, created, deadline, trace_id)
-                )
-                claim.tag_names[mid] = tag_name
-        claim.next_due = self.next_due(destination_id)
-        return claim
-
-    def next_due(self, destination_id: int) -> float | None:
-        return self.conn.execute(
-            "SELECT min(next_attempt_at) FROM messages WHERE destination_id = ?",
-            (destination_id,),
-        ).fetchone()[0]
-
-    def settle(self, worker: str, plan: Settlement, now: float) -> None:
-        conn = self.conn
-        if plan.delivered:
-            # delivered is final whoever holds the lease now: deleting stops a second send
-            conn.execute(
-                "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                (_json(plan.delivered),),
-            )
-        if plan.retry:
-            conn.execute(
-                "UPDATE messages SET attempts = attempts + 1,"
-                " first_attempt_at = coalesce(first_attempt_at, ?1), last_attempt_at = ?1,"
-                " last_status = json_extract(r.value, '$[2]'), last_error = json_extract(r.value, '$[3]'),"
-                " next_attempt_at = json_extract(r.value, '$[1]'), claimed_by = NULL, lease_until = NULL"
-                " FROM json_each(?2) AS r"
-                " WHERE messages.id = json_extract(r.value, '$[0]') AND messages.claimed_by = ?3",
-                (now, _json(plan.retry), worker),
-            )
-        if plan.dead:
-            conn.execute(
-                "INSERT INTO dead_letters (destination_id, payload, dedup_id, tag_name,"
-                " created_at, deadline, trace_id, attempts, first_attempt_at, last_attempt_at,"
-                " status, error, code, trace, reason, dead_at)"
-                " SELECT m.destination_id, m.payload, m.dedup_id, m.tag_name, m.created_at,"
-                " m.deadline, m.trace_id, m.attempts + (json_extract(d.value, '$[1]')),"
-                " CASE WHEN json_extract(d.value, '$[1]') THEN coalesce(m.first_attempt_at, ?1)"
-                "  ELSE m.first_attempt_at END,"
-                " CASE WHEN json_extract(d.value, '$[1]') THEN ?1 ELSE m.last_attempt_at END,"
-                " coalesce(json_extract(d.value, '$[2]'), m.last_status),"
-                " CASE WHEN json_extract(d.value, '$[3]') = '' THEN coalesce(m.last_error, '')"
-                "  ELSE json_extract(d.value, '$[3]') END,"
-                " json_extract(d.value, '$[4]'), json_extract(d.value, '$[5]'), json_extract(d.value, '$[6]'), ?1"
-                " FROM json_each(?2) AS d JOIN messages AS m ON m.id = json_extract(d.value, '$[0]')"
-                " WHERE m.claimed_by = ?3",
-                (now, _json(plan.dead), worker),
-            )
-            conn.execute(
-                "DELETE FROM messages WHERE claimed_by = ?"
-                " AND id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
-                (worker, _json(plan.dead)),
-            )
-
-    def extend(self, worker: str, ids: Iterable[int], lease_until: float) -> None:
-        self.conn.execute(
-            "UPDATE messages SET lease_until = ?1, next_attempt_at = ?1"
-            " WHERE claimed_by = ?2 AND id IN (SELECT value FROM json_each(?3))",
-            (lease_until, worker, _json(list(ids))),
-        )
-
-    def release(self, worker: str, ids: Iterable[int], now: float) -> None:
-        self.conn.execute(
-            "UPDATE messages SET claimed_by = NULL, lease_until = NULL, next_attempt_at = ?1"
-            " WHERE claimed_by = ?2 AND id IN (SELECT value FROM json_each(?3))",
-            (now, worker, _json(list(ids))),
-        )
-
-    # -- reading (dispatcher polls, metrics, CLI)
-
-    def due(self) -> list[tuple[int, str, str, float]]:
-        """Destinations with pending messages: (id, key, tag type, next due time)."""
-        rows = self.conn.execute(
-            "SELECT id, key, tag_type, (SELECT min(next_attempt_at) FROM messages"
-            " WHERE destination_id = destinations.id) FROM destinations WHERE pending > 0"
-        ).fetchall()
-        return [r for r in rows if r[3] is not None]
-
-    def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
-        """Per destination: pending, oldest age, next try, dead letters (no routes)."""
-        dead = dict(
-            self.conn.execute(
-                "SELECT destination_id, count(*) FROM dead_letters GROUP BY destination_id"
-            ).fetchall()
-        )
-        out = []
-        for dest_id, key, tag_type, pending in self.conn.execute(
-            "SELECT id, key, tag_type, pending FROM destinations ORDER BY key"
-        ).fetchall():
-            if not pending and not dead.get(dest_id):
-                continue
-            oldest, next_due = (None, None)
-            if pending:
-                oldest, next_due = self.conn.execute(
-                    "SELECT min(created_at), min(next_attempt_at) FROM messages"
-                    " WHERE destination_id = ?",
-                    (dest_id,),
-                ).fetchone()
-            row = {
-                "destination": key,
-                "tag_type": tag_type,
-                "pending": pending,
-                "oldest_age_seconds": round(now - oldest, 3) if oldest else None,
-                "next_attempt_in_seconds": round(max(0.0, next_due - now), 3) if next_due else None,
-                "dead_letters": dead.get(dest_id, 0),
-            }
-            if in_flight and pending:
-                row["in_flight"] = self.conn.execute(
-                    "SELECT count(*) FROM messages WHERE destination_id = ? AND lease_until > ?",
-                    (dest_id, now),
-                ).fetchone()[0]
-            out.append(row)
-        return out
-
-    def dead_letters(
-        self, destination: str | None = None, limit: int = 100, ids: Sequence[int] = ()
-    ) -> list[dict[str, Any]]:
-        where, args = self._dead_filter(destination, ids)
-        rows = self.conn.execute(
-            "SELECT d.id, k.key, k.tag_type, d.tag_name, d.dedup_id, d.attempts, d.created_at,"
-            " d.first_attempt_at, d.last_attempt_at, d.status, d.code, d.trace, d.error, d.reason,"
-            " d.dead_at, d.payload FROM dead_letters d JOIN destinations k"
-            f" ON k.id = d.destination_id {where} ORDER BY d.id LIMIT ?",
-            (*args, limit),
-        ).fetchall()
-        names = [
-            "id",
-            "destination",
-            "tag_type",
-            "tag",
-            "dedup_id",
-            "attempts",
-            "created_at",
-            "first_attempt_at",
-            "last_attempt_at",
-            "status",
-            "code",
-            "trace",
-            "error",
-            "reason",
-            "dead_at",
-            "payload",
-        ]
-        out = []
-        for row in rows:
-            item = dict(zip(names, row, strict=True))
-            item["payload"] = orjson.loads(item["payload"])
-            out.append(item)
-        return out
-
-    def _dead_filter(self, destination: str | None, ids: Sequence[int]) -> tuple[str, list[Any]]:
-        clauses, args = [], []
-        if destination:
-            clauses.append("d.destination_id = (SELECT id FROM destinations WHERE key = ?)")
-            args.append(destination)
-        if ids:
-            clauses.append(f"d.id IN ({','.join('?' * len(ids))})")
-            args.extend(ids)
-        return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
-
-    def count_past_deadline(self, destination: str | None, ids: Sequence[int], now: float) -> int:
-        where, args = self._dead_filter(destination, ids)
-        where = f"{where} AND" if where else "WHERE"
-        return self.conn.execute(
-            f"SELECT count(*) FROM dead_letters d {where} d.deadline <= ?", (*args, now)
-        ).fetchone()[0]
-
-    def requeue_dead_letters(
-        self, destination: str | None = None, ids: Sequence[int] = (), now: float | None = None
-    ) -> int:
-        """Move dead letters back to pending, attempts reset (inside a transaction)."""
-        now = time.time() if now is None else now
-        where, args = self._dead_filter(destination, ids)
-        self.conn.execute(
-            "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at,"
-            " deadline, trace_id, next_attempt_at) SELECT destination_id, payload, dedup_id,"
-            f" tag_name, created_at, deadline, trace_id, ? FROM dead_letters d {where}",
-            (now, *args),
-        )
-        return self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args).rowcount
-
-    def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int:
-        count = 0
-        if dead:
-            where, args = self._dead_filter(destination, ())
-            count += self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args).rowcount
-        if pending:
-            if destination:
-                count += self.conn.execute(
-                    "DELETE FROM messages WHERE destination_id ="
-                    " (SELECT id FROM destinations WHERE key = ?)",
-                    (destination,),
-                ).rowcount
-            else:
-                count += self.conn.execute("DELETE FROM messages").rowcount
-        return count
-
-    def checkpoint(self) -> None:
-        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-
-# -- the async outbox the app uses ---------------------------------------------------------
-
-
-_Job = tuple[Callable[[Store, float], Any], "asyncio.Future[Any]"]
-_Work = tuple[list[Row], "asyncio.Future[None]"] | _Job
-
-
-def _resolve(future: asyncio.Future[None] | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)
+    rows: list[Row] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+    results: list[asyncio.Future[Any]] = field(default_factory=list)
 
 
 class Outbox:
@@ -521,16 +75,18 @@ class Outbox:
         self.on_commit: Callable[[dict[int, tuple[str, str]]], None] | None = (
             None  # the dispatcher's bell
         )
-        self._store: Store | None = None
-        self._reader: Store | None = None
-        # the writer's inbox: (rows, waiter) from hits, (job, future) from the dispatcher,
-        # None to stop; a SimpleQueue is thread-safe and costs a C call per put
-        self._inbox: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._writer: WriterProcess | None = None
+        self._next = _Group()  # filled by this loop iteration's puts and jobs
+        self._flush_scheduled = False
+        self._sent: dict[int, _Group] = {}  # sent to the writer, not committed yet
+        self._seq = 0
+        self._drained: asyncio.Event | None = None  # set while nothing is waiting for a commit
         self._queued_rows = 0  # rows put but not yet committed (for the size limit)
-        self._writer: threading.Thread | None = None
-        self._writer_done: asyncio.Future[None] | None = None
+        self._reader: Store | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._restarting: asyncio.Task[None] | None = None
+        self._broken: str | None = None  # why no writer could be started, while that lasts
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-reader")
         self._free_bytes: int | None = None
         self._low_disk = False
@@ -541,40 +97,44 @@ class Outbox:
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self.settings.data_path  # noqa: B018 - creates the directory
-        # The writer thread takes the GIL back after every SQLite call; while hits keep the
-        # event loop busy, each take waits out the switch interval (5 ms by default), which
-        # made one group commit cost 10-20 ms. 0.5 ms keeps commits short.
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
-        self._store = await loop.run_in_executor(self._reader_pool, self._open_writer)
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self.pending = await self._start_writer()
         self._reader = await loop.run_in_executor(
             self._reader_pool, Store, connect(self.path, self.settings.outbox_sync)
         )
-        self.pending = await loop.run_in_executor(self._reader_pool, self._reader.pending_total)
         self._check_disk()
-        self._writer_done = loop.create_future()
-        self._writer = threading.Thread(target=self._write, name="outbox-writer", daemon=True)
-        self._writer.start()
         self._open = True
         self._maintenance = asyncio.create_task(self._maintain(), name="outbox-maintenance")
         log.info("outbox %s: %d messages pending", self.path, self.pending)
 
-    def _open_writer(self) -> Store:
-        store = Store.open(self.path, self.settings.outbox_sync)
-        # checkpoints run in the maintenance thread, never inside a hit's commit
-        store.conn.execute("PRAGMA wal_autocheckpoint=0")
-        return store
+    async def _start_writer(self) -> int:
+        writer = WriterProcess(
+            self.path, self.settings.outbox_sync, self._committed, self._writer_lost
+        )
+        pending = await writer.start()
+        self._writer = writer
+        if self._next.rows or self._next.jobs:
+            self._schedule_flush()
+        return pending
 
     async def close(self) -> None:
         """Commit what is queued, then close. Later `put`s get 503."""
         if not self._open:
             return
         self._open = False
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
-        if self._writer is not None and self._writer_done is not None:
-            self._inbox.put(None)  # after everything queued before it
-            await self._writer_done
+        for task in (self._maintenance, self._restarting):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        assert self._drained is not None
+        while self._writer is not None and (self._sent or self._next.rows or self._next.jobs):
+            self._flush()
+            await self._drained.wait()
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        self._fail_unsent(RuntimeError("the outbox is closed"))
         loop = asyncio.get_running_loop()
         if self._reader is not None:
             await loop.run_in_executor(self._reader_pool, self._reader.close)
@@ -584,6 +144,13 @@ class Outbox:
     def is_open(self) -> bool:
         return self._open
 
+    @property
+    def problem(self) -> str | None:
+        """Why the outbox cannot store messages now (for /healthz), or None."""
+        if not self._open:
+            return "the outbox is closed"
+        return self._broken
+
     # -- the hit path
 
     async def put(self, messages: list[Outgoing]) -> None:
@@ -592,13 +159,16 @@ class Outbox:
             return
         if not self._open:
             raise Unavailable("the server is starting or stopping; retry shortly", retry_after=5)
+        if self._broken is not None:
+            raise Unavailable(f"{self._broken}; nothing was stored, retry later", retry_after=5)
         if (
             self.pending + self._queued_rows + len(messages) > self.settings.outbox_max_messages
             or self._low_disk
         ):
             self._check_capacity(len(messages))  # raises, saying which limit was hit
         dumps = orjson.dumps
-        rows: list[Row] = [
+        group = self._next
+        group.rows += [
             (
                 m.destination,
                 m.tag_type,
@@ -613,12 +183,14 @@ class Outbox:
             for m in messages
         ]
         waiter: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
-        self._queued_rows += len(rows)
-        self._inbox.put((rows, waiter))
+        group.waiters.append(waiter)
+        if not self._flush_scheduled:
+            self._schedule_flush()
+        self._queued_rows += len(messages)
         try:
             await waiter
         finally:
-            self._queued_rows -= len(rows)
+            self._queued_rows -= len(messages)
 
     def _check_capacity(self, incoming: int) -> None:
         limit = self.settings.outbox_max_messages
@@ -645,128 +217,110 @@ class Outbox:
         self._free_bytes = st.f_bavail * st.f_frsize
         self._low_disk = self._free_bytes < self.settings.outbox_min_free_bytes
 
-    # -- the writer thread
+    # -- to and from the writer process
 
-    def _write(self) -> None:
-        """Take everything queued, commit it as one group, hand the results to the loop;
-        again, until told to stop. Then checkpoint and close the database."""
-        inbox, loop, store = self._inbox, self._loop, self._store
-        assert loop is not None and store is not None
-        stopping = False
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+
+    def _flush(self) -> None:
+        """Send what this loop iteration put and queued: one frame, one commit at most."""
+        self._flush_scheduled = False
+        group = self._next
+        if self._writer is None or self._writer.transport is None:
+            return  # the writer is restarting; it takes the group once it is ready
+        if not group.rows and not group.jobs:
+            return
+        self._next = _Group()
+        self._seq += 1
         try:
-            while not stopping:
-                work = [inbox.get()]
-                while not inbox.empty():
-                    work.append(inbox.get())
-                rows: list[Row] = []
-                waiters: list[asyncio.Future[None]] = []
-                jobs: list[_Job] = []
-                for item in work:
-                    if item is None:
-                        stopping = True
-                    elif isinstance(item[0], list):
-                        rows.extend(item[0])
-                        waiters.append(item[1])
-                    else:
-                        jobs.append(item)  # type: ignore[arg-type]
-                if not rows and not jobs:
-                    continue
-                started = time.perf_counter()
-                try:
-                    outcome: Any = self._commit(rows, [job for job, _ in jobs])
-                except Exception as exc:
-                    outcome = exc
-                elapsed = time.perf_counter() - started
-                loop.call_soon_threadsafe(
-                    self._committed, len(rows), waiters, jobs, outcome, elapsed
-                )
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                store.checkpoint()
-            store.close()
-            left: list[_Work] = []  # queued after the stop (or after a crash of this thread)
-            while not inbox.empty():
-                item = inbox.get()
-                if item is not None:
-                    left.append(item)
-            loop.call_soon_threadsafe(self._stopped, left)
+            data = request_frame(self._seq, group.rows, group.jobs)
+        except Exception as exc:  # a job that cannot travel (not a module-level function)
+            self._fail(group, exc)
+            return
+        self._sent[self._seq] = group
+        self._drained.clear()  # type: ignore[union-attr]
+        self._writer.send(data)
 
-    def _stopped(self, left: list[_Work]) -> None:
-        """On the loop: the writer is gone; whatever still waits for it gets an error."""
-        self._open = False
-        waiters = [item[1] for item in left if isinstance(item[0], list)]
-        jobs = [item for item in left if not isinstance(item[0], list)]
-        if left:
-            self._fail(waiters, jobs, RuntimeError("the outbox writer has stopped"))  # type: ignore[arg-type]
-        _resolve(self._writer_done)
-
-    def _committed(
-        self,
-        row_count: int,
-        waiters: list[asyncio.Future[None]],
-        jobs: list[_Job],
-        outcome: Any,
-        elapsed: float,
-    ) -> None:
-        """On the loop: wake the hits and jobs of one commit."""
+    def _committed(self, reply: tuple[str, list[int], Any, float]) -> None:
+        """A commit is done: wake its hits and jobs."""
+        _, seqs, outcome, elapsed = reply
+        groups = [self._sent.pop(seq) for seq in seqs]
+        if not self._sent:
+            self._drained.set()  # type: ignore[union-attr]
         if isinstance(outcome, Exception):
-            self._fail(waiters, jobs, outcome)
+            for group in groups:
+                self._fail(group, outcome)
             return
         touched, results, pending = outcome
         metrics.observe(metrics.OUTBOX_COMMIT, elapsed)
-        self.pending = self.pending + row_count if pending is None else pending
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        for (_, future), (ok, value) in zip(jobs, results, strict=True):
-            if future.done():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        rows = 0
+        for seq, group in zip(seqs, groups, strict=True):
+            rows += len(group.rows)
+            for waiter in group.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            for future, (ok, value) in zip(group.results, results.get(seq, ()), strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        self.pending = self.pending + rows if pending is None else pending
         if touched and self.on_commit is not None:
             try:
                 self.on_commit(touched)
             except Exception:
                 log.exception("outbox commit listener failed")
 
-    def _commit(
-        self, rows: list[Row], jobs: list[Callable[[Store, float], Any]]
-    ) -> tuple[dict[int, tuple[str, str]], list[tuple[bool, Any]], int | None]:
-        store = self._store
-        assert store is not None
-        now = time.time()
-        if not jobs and len(rows) <= MAX_ROWS_PER_INSERT and store.knows_destinations(rows):
-            # the common case under load: one INSERT in autocommit mode is its own transaction
-            return store.insert(rows, now), [], None
+    def _writer_lost(self, reason: str) -> None:
+        """The writer process died: what it had not answered may or may not be on disk."""
+        log.error("%s; %d commits were unanswered", reason, len(self._sent))
+        lost = RuntimeError(reason)
+        unconfirmed = Unavailable(
+            "the outbox stopped before confirming the write; retry (the same event id makes"
+            " a repeat harmless)",
+            retry_after=1,
+        )
+        for group in self._sent.values():
+            self._fail(group, lost, unconfirmed)
+        self._sent.clear()
+        self._drained.set()  # type: ignore[union-attr]
+        self._writer = None
+        if self._open:
+            self._restarting = asyncio.create_task(self._restart(), name="outbox-writer-restart")
 
-        def work() -> tuple[dict[int, tuple[str, str]], list[tuple[bool, Any]], int | None]:
-            touched = store.insert(rows, now) if rows else {}
-            results: list[tuple[bool, Any]] = []
-            for job in jobs:
-                store.conn.execute("SAVEPOINT job")
-                try:
-                    results.append((True, job(store, now)))
-                    store.conn.execute("RELEASE job")
-                except sqlite3.Error as exc:
-                    if not store.conn.in_transaction or is_disk_full(exc):
-                        raise  # the whole transaction is lost: every waiter must know
-                    store.conn.execute("ROLLBACK TO job")
-                    store.conn.execute("RELEASE job")
-                    results.append((False, exc))
-                except Exception as exc:
-                    store.conn.execute("ROLLBACK TO job")
-                    store.conn.execute("RELEASE job")
-                    results.append((False, exc))
-            return touched, results, store.pending_total()
+    async def _restart(self) -> None:
+        """A new writer, 1 s after the last one died, then every 5 s while that fails.
+        Meanwhile hits wait for it; once an attempt has failed, they get 503 at once."""
+        await asyncio.sleep(RESTART_AFTER)
+        while self._open:
+            try:
+                self.pending = await self._start_writer()
+            except Exception as exc:
+                self._broken = f"the outbox writer cannot start ({exc})"
+                log.error("%s; trying again in %.0f s", self._broken, RESTART_RETRY)
+                self._fail_unsent(RuntimeError(self._broken))
+                await asyncio.sleep(RESTART_RETRY)
+            else:
+                if self._broken is not None:
+                    log.info("the outbox writer is back")
+                self._broken = None
+                return
 
-        return store.transaction(work)
+    def _fail_unsent(self, exc: Exception) -> None:
+        group, self._next = self._next, _Group()
+        if group.waiters or group.results:
+            self._fail(group, exc)
 
-    def _fail(self, waiters: list[asyncio.Future[None]], jobs: list[_Job], exc: Exception) -> None:
-        if is_disk_full(exc):
+    def _fail(self, group: _Group, exc: Exception, error: Unavailable | None = None) -> None:
+        """Tell a group's hits (`error`, a 503) and jobs (`exc`) that its commit failed."""
+        if error is not None:
+            pass
+        elif is_disk_full(exc):
             log.error("outbox commit failed, disk full: %s", exc)
-            error: Exception = Unavailable(
+            error = Unavailable(
                 "the disk holding the outbox is full; nothing was stored, retry later",
                 retry_after=60,
             )
@@ -776,38 +330,52 @@ class Outbox:
                 "the outbox could not store the messages; nothing was stored, retry later",
                 retry_after=10,
             )
-        for waiter in waiters:
+        for waiter in group.waiters:
             if not waiter.done():
                 waiter.set_exception(error)
-        for _, future in jobs:
+        for future in group.results:
             if not future.done():
                 future.set_exception(exc)
 
-    async def run(self, job: Callable[[Store, float], Any]) -> Any:
-        """Run `job(store, now)` inside the next group commit; its result once committed."""
-        if self._writer is None or self._writer_done is None or self._writer_done.done():
+    async def run(self, job: Callable[..., Any], *args: Any) -> Any:
+        """Run `job(store, now, *args)` inside the next group commit; its result once committed.
+
+        `job` runs in the writer process: a module-level function, found there by name."""
+        if not self._open and self._writer is None:
             raise RuntimeError("the outbox is not running")
+        if self._broken is not None:
+            raise RuntimeError(self._broken)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inbox.put((job, future))
+        self._next.jobs.append((job, args))
+        self._next.results.append(future)
+        if not self._flush_scheduled:
+            self._schedule_flush()
         return await future
 
     # -- the dispatcher's side (through the writer, so it shares group commits)
 
     async def claim(self, destination_id: int, worker: str, limit: int) -> Claim:
         lease = self.settings.outbox_lease_seconds
-        return await self.run(
-            lambda store, now: store.claim(destination_id, worker, limit, now + lease, now)
-        )
+        claimed = await self.run(outbox_store.claim, destination_id, worker, limit, lease)
+        claim = Claim(route=claimed.route, messages=[], next_due=claimed.next_due)
+        key = claimed.key
+        rows = orjson.loads(claimed.rows)
+        rows.sort(key=lambda r: r[0])
+        for mid, payload, dedup_id, attempts, created, deadline, trace_id, tag_name in rows:
+            claim.messages.append(
+                Message(mid, key, payload, dedup_id, attempts, created, deadline, trace_id)
+            )
+            claim.tag_names[mid] = tag_name
+        return claim
 
     async def settle(self, worker: str, plan: Settlement) -> None:
-        await self.run(lambda store, now: store.settle(worker, plan, now))
+        await self.run(outbox_store.settle, worker, plan)
 
     async def extend(self, worker: str, ids: list[int]) -> None:
-        lease = self.settings.outbox_lease_seconds
-        await self.run(lambda store, now: store.extend(worker, ids, now + lease))
+        await self.run(outbox_store.extend, worker, ids, self.settings.outbox_lease_seconds)
 
     async def release(self, worker: str, ids: list[int]) -> None:
-        await self.run(lambda store, now: store.release(worker, ids, now))
+        await self.run(outbox_store.release, worker, ids)
 
     # -- reads, on their own connection (WAL: readers never block the writer)
 

@@ -153,9 +153,28 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
 
-    def kill(self) -> None:
-        """kill -9 the whole process group (parent and workers)."""
-        self.stop(signal.SIGKILL)
+    def kill(self, group: bool = True) -> None:
+        """kill -9 the whole process group (server, workers, outbox writers), or only the
+        server's main process, as the OOM killer or `kill -9 PID` would."""
+        if group:
+            self.stop(signal.SIGKILL)
+        elif self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def writer_pids(self) -> list[int]:
+        """The outbox writer processes working on this server's data dir."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"tagserver.outbox_writer" in argv and str(self.data_dir).encode() in b" ".join(
+                argv
+            ):
+                pids.append(int(proc.name))
+        return pids
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -15,7 +15,7 @@ from collections import Counter
 import httpx
 import pytest
 from fakes.vendor import Answer, FakeVendor, webhook_tag
-from support import ServerProcess, minimal_container
+from support import ServerProcess, minimal_container, wait_until
 
 AUTH = {"Authorization": "Bearer test-key"}
 EVENTS = 3000
@@ -28,7 +28,7 @@ ENV = {
 }
 
 
-async def load(server: ServerProcess, acked: set[str]) -> int:
+async def load(server: ServerProcess, acked: set[str], group: bool = True) -> int:
     """Send EVENTS events, 64 at a time; kill -9 the server once KILL_AFTER are acknowledged."""
     killed = asyncio.Event()
     limit = asyncio.Semaphore(64)
@@ -52,7 +52,7 @@ async def load(server: ServerProcess, acked: set[str]) -> int:
             acked.add(event_id)
             if len(acked) >= KILL_AFTER and not killed.is_set():
                 killed.set()
-                server.kill()
+                server.kill(group)
 
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits, timeout=10) as http:
@@ -62,8 +62,11 @@ async def load(server: ServerProcess, acked: set[str]) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("vendor_at_kill", ["down", "up and slow"])
-async def test_kill_9_mid_load_loses_nothing_acknowledged(tmp_path, vendor_at_kill):
+@pytest.mark.parametrize(
+    ("vendor_at_kill", "killed"),
+    [("down", "process group"), ("up and slow", "process group"), ("down", "server only")],
+)
+async def test_kill_9_mid_load_loses_nothing_acknowledged(tmp_path, vendor_at_kill, killed):
     vendor = FakeVendor()
     if vendor_at_kill != "down":
         vendor.respond(lambda r: Answer(delay=0.005))
@@ -73,9 +76,13 @@ async def test_kill_9_mid_load_loses_nothing_acknowledged(tmp_path, vendor_at_ki
     restarted = None
     try:
         acked: set[str] = set()
-        errors = await load(server, acked)
+        writers = server.writer_pids()
+        assert len(writers) == 1
+        errors = await load(server, acked, group=killed == "process group")
         before_kill = {r.json()["event_id"] for r in vendor.accepted}
         assert KILL_AFTER <= len(acked) < EVENTS and errors > 0  # killed mid-load, for real
+        # a writer whose server is gone commits what it has and exits: no orphan
+        wait_until(lambda: not server.writer_pids(), timeout=10)
 
         restarted = ServerProcess(tmp_path, server.container_path, env=ENV).start()
         vendor.clear()

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fakes.outbox_jobs import cap_database
 from fakes.vendor import FakeVendor, webhook_tag
 from prometheus_client import REGISTRY
 from support import app_client, minimal_container, wait_until
 
 from tagserver.cli import main
+from tagserver.errors import Unavailable
 from tagserver.outbox import Outbox, database_path
 from tagserver.plugins import Outgoing
 from tagserver.settings import Settings
@@ -143,7 +148,10 @@ def test_low_disk_answers_503_with_retry_after(tmp_path, vendor):
     assert vendor.received == []
 
 
-def test_sqlite_disk_full_answers_503_and_loses_nothing_acknowledged(tmp_path, dead_vendor):
+def test_sqlite_disk_full_answers_503_and_loses_nothing_acknowledged(
+    tmp_path, dead_vendor, monkeypatch
+):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the writer finds the job
     big = "x" * 20000  # a few pages per message
     tag = webhook_tag(dead_vendor.url + "/hook")
     tag["params"]["body"]["padding"] = "{{event.padding}}"
@@ -151,16 +159,7 @@ def test_sqlite_disk_full_answers_503_and_loses_nothing_acknowledged(tmp_path, d
         outbox = client.app.state.tagserver.outbox
 
         def limit(extra_pages: int | None) -> None:
-            """A real SQLITE_FULL: cap the database file a few pages above its size."""
-
-            def job(store, now):
-                if extra_pages is None:
-                    store.conn.execute("PRAGMA max_page_count = 1073741823")
-                else:
-                    count = store.conn.execute("PRAGMA page_count").fetchone()[0]
-                    store.conn.execute(f"PRAGMA max_page_count = {count + extra_pages}")
-
-            client.portal.call(outbox.run, job)
+            client.portal.call(outbox.run, cap_database, extra_pages)
 
         limit(12)
         answers = {f"e{i}": post(client, f"e{i}", padding=big) for i in range(8)}
@@ -191,3 +190,114 @@ def test_messages_left_at_shutdown_are_sent_after_the_next_start(tmp_path, dead_
         dead_vendor.wait_for(3, timeout=10)
         wait_until(lambda: pending(tmp_path / "data") == 0, timeout=5)
     assert sorted(r.json()["event_id"] for r in dead_vendor.accepted) == ["e0", "e1", "e2"]
+
+
+# -- the writer process
+
+
+def message(n: int) -> list[Outgoing]:
+    return [Outgoing("dest", {"n": n}, f"id{n}", "http_request", route={"url": "http://x"})]
+
+
+def stored_ids(tmp_path) -> list[str]:
+    conn = sqlite3.connect(database_path(tmp_path))
+    try:
+        return sorted(row[0] for row in conn.execute("SELECT dedup_id FROM messages"))
+    finally:
+        conn.close()
+
+
+async def wait_for_writer(outbox: Outbox, other_than: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        writer = outbox._writer
+        if writer is not None and writer.process.pid != other_than and writer.transport:
+            return writer.process.pid
+        await asyncio.sleep(0.05)
+    raise AssertionError("no new outbox writer")
+
+
+async def test_a_killed_writer_is_replaced_and_what_it_confirmed_stays(tmp_path):
+    outbox = Outbox(Settings(data_dir=str(tmp_path)))
+    await outbox.start()
+    try:
+        await asyncio.gather(*(outbox.put(message(n)) for n in range(5)))
+        first = outbox._writer.process.pid
+        os.kill(first, signal.SIGKILL)
+        second = await wait_for_writer(outbox, other_than=first)
+        await asyncio.gather(*(outbox.put(message(n)) for n in range(5, 10)))
+        assert outbox.is_open and second != first
+        assert outbox.pending == 10
+    finally:
+        await outbox.close()
+    assert stored_ids(tmp_path) == sorted(f"id{n}" for n in range(10))
+
+
+async def test_hits_waiting_on_a_writer_that_dies_get_503_and_later_ones_succeed(tmp_path):
+    outbox = Outbox(Settings(data_dir=str(tmp_path)))
+    await outbox.start()
+    try:
+        pid = outbox._writer.process.pid
+        os.kill(pid, signal.SIGSTOP)  # the commit never comes back …
+        waiting = asyncio.ensure_future(outbox.put(message(1)))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        os.kill(pid, signal.SIGKILL)  # … and then the writer is gone
+        with pytest.raises(Unavailable, match="stopped before confirming") as refused:
+            await asyncio.wait_for(waiting, 5)
+        assert refused.value.headers["Retry-After"] == "1"
+        await wait_for_writer(outbox, other_than=pid)
+        await outbox.put(message(2))
+    finally:
+        await outbox.close()
+    assert stored_ids(tmp_path) == ["id2"]
+
+
+async def test_the_writer_ignores_interrupts_sent_to_the_whole_process_group(tmp_path):
+    """Ctrl-C in a terminal or a service manager signals every process of the group: the
+    writer must keep committing until the server closes it, after its last commit."""
+    outbox = Outbox(Settings(data_dir=str(tmp_path)))
+    await outbox.start()
+    try:
+        pid = outbox._writer.process.pid
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        await outbox.put(message(1))
+        assert outbox._writer.process.pid == pid and outbox._writer.process.poll() is None
+    finally:
+        await outbox.close()
+    assert stored_ids(tmp_path) == ["id1"]
+    assert outbox._writer is None  # closed, and the process has exited
+
+
+async def test_the_writer_process_gets_no_settings_and_so_no_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAGSERVER_API_KEYS", SECRET)
+    monkeypatch.setenv("TAGSERVER_META_ACCESS_TOKEN", SECRET)
+    outbox = Outbox(Settings(data_dir=str(tmp_path)))
+    await outbox.start()
+    try:
+        environ = Path(f"/proc/{outbox._writer.process.pid}/environ").read_bytes()
+        assert SECRET.encode() not in environ and b"TAGSERVER_" not in environ
+        await outbox.put(message(1))
+    finally:
+        await outbox.close()
+
+
+async def test_an_outbox_that_cannot_open_says_why(tmp_path):
+    (tmp_path / "outbox.sqlite3").write_bytes(b"this is not a database" * 100)
+    outbox = Outbox(Settings(data_dir=str(tmp_path)))
+    with pytest.raises(RuntimeError, match="the outbox cannot open: DatabaseError"):
+        await outbox.start()
+
+
+async def test_a_job_that_cannot_reach_the_writer_fails_alone(tmp_path):
+    outbox = Outbox(Settings(data_dir=str(tmp_path)))
+    await outbox.start()
+    try:
+        with pytest.raises(Exception, match="pickle"):
+            await outbox.run(lambda store, now: None)  # not importable by name
+        await outbox.put(message(1))
+    finally:
+        await outbox.close()
+    assert stored_ids(tmp_path) == ["id1"]

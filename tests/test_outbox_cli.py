@@ -46,8 +46,8 @@ def fill(data_dir, pending: dict[str, int], dead: dict[str, int]) -> None:
             claim = store.claim(dest_id, "w", count, time.time() + 60, time.time())
             plan = Settlement(
                 dead=[
-                    (m.id, True, 400, "Invalid parameter", "100/2804003", "AbCtrace", "refused by the vendor")
-                    for m in claim.messages
+                    (m, True, 400, "Invalid parameter", "100/2804003", "AbCtrace", "refused by the vendor")
+                    for m in claim.ids
                 ]
             )  # fmt: skip
             store.settle("w", plan, time.time())

@@ -1,0 +1,494 @@
+"""The outbox database: its schema and plain synchronous access to it.
+
+Used by the writer process (`outbox_writer`), the server's reader thread and the CLI. It
+imports nothing of the server, so the writer process starts in a tenth of a second.
+
+Tables:
+- `destinations`: one row per destination key, with its `route` (URL, token …: secrets) and a
+  `pending` count kept by triggers. The route is stored once here, never in message rows.
+- `messages`: pending messages; `next_attempt_at` says when a message may be claimed. A claim
+  sets `claimed_by`/`lease_until` and pushes `next_attempt_at` to the lease end in one UPDATE,
+  so two workers never claim the same message and a dead worker's claims come back when the
+  lease runs out.
+- `dead_letters`: messages that can never be delivered, with the vendor's reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+FILENAME = "outbox.sqlite3"
+SCHEMA_VERSION = 2  # 2: payloads stored as JSON text (were blobs)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS destinations (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,           -- safe to show: tag type + non-secret identity
+    tag_type TEXT NOT NULL,
+    route BLOB NOT NULL,                -- JSON; holds secrets; never shown
+    pending INTEGER NOT NULL DEFAULT 0, -- kept by the triggers below
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    destination_id INTEGER NOT NULL,
+    payload TEXT NOT NULL,              -- JSON
+    dedup_id TEXT NOT NULL,
+    tag_name TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    deadline REAL,
+    trace_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_at REAL,
+    last_attempt_at REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    next_attempt_at REAL NOT NULL,
+    claimed_by TEXT,
+    lease_until REAL
+);
+CREATE INDEX IF NOT EXISTS messages_due
+    ON messages (destination_id, next_attempt_at, created_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    destination_id INTEGER NOT NULL,
+    payload TEXT NOT NULL,              -- JSON
+    dedup_id TEXT NOT NULL,
+    tag_name TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    deadline REAL,
+    trace_id TEXT,
+    attempts INTEGER NOT NULL,
+    first_attempt_at REAL,
+    last_attempt_at REAL,
+    status INTEGER,
+    error TEXT NOT NULL DEFAULT '',
+    code TEXT NOT NULL DEFAULT '',
+    trace TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters (destination_id);
+CREATE TRIGGER IF NOT EXISTS messages_counted AFTER INSERT ON messages BEGIN
+    UPDATE destinations SET pending = pending + 1 WHERE id = NEW.destination_id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_uncounted AFTER DELETE ON messages BEGIN
+    UPDATE destinations SET pending = pending - 1 WHERE id = OLD.destination_id;
+END;
+"""
+
+MAX_ROWS_PER_INSERT = 4000  # 8 parameters a row; SQLite allows 32766 per statement
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(count: int) -> str:
+    """One INSERT for many rows: one SQLite call for a whole group."""
+    return (
+        "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at, deadline,"
+        " trace_id, next_attempt_at) VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * count)
+    )
+
+
+# A row as `put` hands it to the writer process: destination key, tag type, route, then the message.
+Row = tuple[str, str, dict[str, Any], str, str, str, float, "float | None", "str | None"]
+
+
+def _json(value: Any) -> str:
+    """A statement parameter read with json_each (text: SQLite before 3.45 refuses blobs)."""
+    return orjson.dumps(value).decode()
+
+
+def database_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / FILENAME
+
+
+def connect(path: Path, sync: str = "full") -> sqlite3.Connection:
+    """A connection in autocommit mode (we BEGIN ourselves) with the outbox's pragmas."""
+    if sqlite3.sqlite_version_info < (3, 33, 0):  # UPDATE … FROM
+        raise RuntimeError(f"the outbox needs SQLite 3.33 or newer, found {sqlite3.sqlite_version}")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # routes hold secrets
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'NORMAL' if sync.lower() == 'normal' else 'FULL'}")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or "database or disk is full" in str(exc)
+    )
+
+
+@dataclass
+class Claimed:
+    """Messages leased to one worker, as the database holds them (the server builds `Claim`s)."""
+
+    key: str = ""
+    route: dict[str, Any] | None = None
+    rows: str = "[]"  # JSON: [id, payload, dedup_id, attempts, created_at, deadline, trace, tag]
+    ids: list[int] = field(default_factory=list)
+    next_due: float | None = None  # when the destination's next message becomes due
+
+
+@dataclass
+class Settlement:
+    """What to do with claimed messages after a send (one writer job)."""
+
+    delivered: list[int] = field(default_factory=list)
+    # (id, next_attempt_at, status, error)
+    retry: list[tuple[int, float, int | None, str]] = field(default_factory=list)
+    # (id, attempted, status, error, code, trace, reason)
+    dead: list[tuple[int, bool, int | None, str, str, str, str]] = field(default_factory=list)
+
+
+class Store:
+    """Plain synchronous access to the outbox database."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._destinations: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    @classmethod
+    def open(cls, path: Path, sync: str = "full") -> Store:
+        store = cls(connect(path, sync))
+        store.create_schema()
+        return store
+
+    def create_schema(self) -> None:
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        try:  # several workers may race here: the IMMEDIATE lock makes them take turns
+            self.conn.executescript(
+                f"BEGIN IMMEDIATE;{SCHEMA}"
+                "UPDATE messages SET payload = CAST(payload AS TEXT) WHERE typeof(payload) = 'blob';"
+                "UPDATE dead_letters SET payload = CAST(payload AS TEXT)"
+                " WHERE typeof(payload) = 'blob';"
+                f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+            )
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions
+
+    def transaction(self, work: Callable[[], Any]) -> Any:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._destinations.clear()  # ids learnt in a rolled-back transaction are void
+            raise
+        return result
+
+    # -- writing messages
+
+    def destination_id(self, key: str, tag_type: str, route: dict[str, Any], now: float) -> int:
+        cached = self._destinations.get(key)
+        if cached is not None and cached[1] == route:
+            return cached[0]
+        row = self.conn.execute(
+            "INSERT INTO destinations (key, tag_type, route, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET tag_type = excluded.tag_type,"
+            " route = excluded.route, updated_at = excluded.updated_at RETURNING id",
+            (key, tag_type, orjson.dumps(route, option=orjson.OPT_SORT_KEYS), now),
+        ).fetchone()
+        self._destinations[key] = (row[0], route)
+        return row[0]
+
+    def knows_destinations(self, rows: Sequence[Row]) -> bool:
+        """Every row's destination is stored already, with the same route."""
+        cache = self._destinations
+        for row in rows:
+            cached = cache.get(row[0])
+            if cached is None or cached[1] != row[2]:
+                return False
+        return True
+
+    def insert(self, rows: Sequence[Row], now: float) -> dict[int, tuple[str, str]]:
+        """Insert messages; the destinations they went to: id → (key, type).
+
+        Outside a transaction this is atomic only when `knows_destinations(rows)` and there
+        are at most MAX_ROWS_PER_INSERT rows: then it is one statement.
+        """
+        touched: dict[int, tuple[str, str]] = {}
+        values: list[Any] = []
+        for key, tag_type, route, payload, dedup_id, tag_name, created, deadline, trace in rows:
+            dest = self.destination_id(key, tag_type, route, now)
+            touched[dest] = (key, tag_type)
+            values.extend((dest, payload, dedup_id, tag_name, created, deadline, trace, now))
+        for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
+            count = min(MAX_ROWS_PER_INSERT, len(rows) - start)
+            self.conn.execute(_insert_sql(count), values[start * 8 : (start + count) * 8])
+        return touched
+
+    def pending_total(self) -> int:
+        return int(self.conn.execute("SELECT total(pending) FROM destinations").fetchone()[0])
+
+    # -- the dispatcher's side
+
+    # Every statement below handles all its rows at once (JSON arrays in, one JSON array
+    # out): one SQLite call per batch, whatever its size.
+
+    def claim(
+        self, destination_id: int, worker: str, limit: int, lease_until: float, now: float
+    ) -> Claimed:
+        """Lease up to `limit` due messages to `worker` (inside the group-commit transaction)."""
+        found = self.conn.execute(
+            "SELECT json_group_array(json_array(id, json(payload), dedup_id, attempts,"
+            " created_at, deadline, trace_id, tag_name)) FROM (SELECT * FROM messages"
+            " WHERE destination_id = ? AND next_attempt_at <= ? ORDER BY next_attempt_at"
+            " LIMIT ?)",
+            (destination_id, now, limit),
+        ).fetchone()[0]
+        claimed = Claimed()
+        rows = orjson.loads(found) if found else []
+        if rows:
+            claimed.ids = sorted(r[0] for r in rows)
+            self.conn.execute(
+                "UPDATE messages SET claimed_by = ?, lease_until = ?, next_attempt_at = ?"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (worker, lease_until, lease_until, _json(claimed.ids)),
+            )
+            key, route = self.conn.execute(
+                "SELECT key, route FROM destinations WHERE id = ?", (destination_id,)
+            ).fetchone()
+            claimed.key, claimed.route, claimed.rows = key, orjson.loads(route), found
+        claimed.next_due = self.next_due(destination_id)
+        return claimed
+
+    def next_due(self, destination_id: int) -> float | None:
+        return self.conn.execute(
+            "SELECT min(next_attempt_at) FROM messages WHERE destination_id = ?",
+            (destination_id,),
+        ).fetchone()[0]
+
+    def settle(self, worker: str, plan: Settlement, now: float) -> None:
+        conn = self.conn
+        if plan.delivered:
+            # delivered is final whoever holds the lease now: deleting stops a second send
+            conn.execute(
+                "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
+                (_json(plan.delivered),),
+            )
+        if plan.retry:
+            conn.execute(
+                "UPDATE messages SET attempts = attempts + 1,"
+                " first_attempt_at = coalesce(first_attempt_at, ?1), last_attempt_at = ?1,"
+                " last_status = json_extract(r.value, '$[2]'), last_error = json_extract(r.value, '$[3]'),"
+                " next_attempt_at = json_extract(r.value, '$[1]'), claimed_by = NULL, lease_until = NULL"
+                " FROM json_each(?2) AS r"
+                " WHERE messages.id = json_extract(r.value, '$[0]') AND messages.claimed_by = ?3",
+                (now, _json(plan.retry), worker),
+            )
+        if plan.dead:
+            conn.execute(
+                "INSERT INTO dead_letters (destination_id, payload, dedup_id, tag_name,"
+                " created_at, deadline, trace_id, attempts, first_attempt_at, last_attempt_at,"
+                " status, error, code, trace, reason, dead_at)"
+                " SELECT m.destination_id, m.payload, m.dedup_id, m.tag_name, m.created_at,"
+                " m.deadline, m.trace_id, m.attempts + (json_extract(d.value, '$[1]')),"
+                " CASE WHEN json_extract(d.value, '$[1]') THEN coalesce(m.first_attempt_at, ?1)"
+                "  ELSE m.first_attempt_at END,"
+                " CASE WHEN json_extract(d.value, '$[1]') THEN ?1 ELSE m.last_attempt_at END,"
+                " coalesce(json_extract(d.value, '$[2]'), m.last_status),"
+                " CASE WHEN json_extract(d.value, '$[3]') = '' THEN coalesce(m.last_error, '')"
+                "  ELSE json_extract(d.value, '$[3]') END,"
+                " json_extract(d.value, '$[4]'), json_extract(d.value, '$[5]'), json_extract(d.value, '$[6]'), ?1"
+                " FROM json_each(?2) AS d JOIN messages AS m ON m.id = json_extract(d.value, '$[0]')"
+                " WHERE m.claimed_by = ?3",
+                (now, _json(plan.dead), worker),
+            )
+            conn.execute(
+                "DELETE FROM messages WHERE claimed_by = ?"
+                " AND id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
+                (worker, _json(plan.dead)),
+            )
+
+    def extend(self, worker: str, ids: Iterable[int], lease_until: float) -> None:
+        self.conn.execute(
+            "UPDATE messages SET lease_until = ?1, next_attempt_at = ?1"
+            " WHERE claimed_by = ?2 AND id IN (SELECT value FROM json_each(?3))",
+            (lease_until, worker, _json(list(ids))),
+        )
+
+    def release(self, worker: str, ids: Iterable[int], now: float) -> None:
+        self.conn.execute(
+            "UPDATE messages SET claimed_by = NULL, lease_until = NULL, next_attempt_at = ?1"
+            " WHERE claimed_by = ?2 AND id IN (SELECT value FROM json_each(?3))",
+            (now, worker, _json(list(ids))),
+        )
+
+    # -- reading (dispatcher polls, metrics, CLI)
+
+    def due(self) -> list[tuple[int, str, str, float]]:
+        """Destinations with pending messages: (id, key, tag type, next due time)."""
+        rows = self.conn.execute(
+            "SELECT id, key, tag_type, (SELECT min(next_attempt_at) FROM messages"
+            " WHERE destination_id = destinations.id) FROM destinations WHERE pending > 0"
+        ).fetchall()
+        return [r for r in rows if r[3] is not None]
+
+    def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
+        """Per destination: pending, oldest age, next try, dead letters (no routes)."""
+        dead = dict(
+            self.conn.execute(
+                "SELECT destination_id, count(*) FROM dead_letters GROUP BY destination_id"
+            ).fetchall()
+        )
+        out = []
+        for dest_id, key, tag_type, pending in self.conn.execute(
+            "SELECT id, key, tag_type, pending FROM destinations ORDER BY key"
+        ).fetchall():
+            if not pending and not dead.get(dest_id):
+                continue
+            oldest, next_due = (None, None)
+            if pending:
+                oldest, next_due = self.conn.execute(
+                    "SELECT min(created_at), min(next_attempt_at) FROM messages"
+                    " WHERE destination_id = ?",
+                    (dest_id,),
+                ).fetchone()
+            row = {
+                "destination": key,
+                "tag_type": tag_type,
+                "pending": pending,
+                "oldest_age_seconds": round(now - oldest, 3) if oldest else None,
+                "next_attempt_in_seconds": round(max(0.0, next_due - now), 3) if next_due else None,
+                "dead_letters": dead.get(dest_id, 0),
+            }
+            if in_flight and pending:
+                row["in_flight"] = self.conn.execute(
+                    "SELECT count(*) FROM messages WHERE destination_id = ? AND lease_until > ?",
+                    (dest_id, now),
+                ).fetchone()[0]
+            out.append(row)
+        return out
+
+    def dead_letters(
+        self, destination: str | None = None, limit: int = 100, ids: Sequence[int] = ()
+    ) -> list[dict[str, Any]]:
+        where, args = self._dead_filter(destination, ids)
+        rows = self.conn.execute(
+            "SELECT d.id, k.key, k.tag_type, d.tag_name, d.dedup_id, d.attempts, d.created_at,"
+            " d.first_attempt_at, d.last_attempt_at, d.status, d.code, d.trace, d.error, d.reason,"
+            " d.dead_at, d.payload FROM dead_letters d JOIN destinations k"
+            f" ON k.id = d.destination_id {where} ORDER BY d.id LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        names = [
+            "id",
+            "destination",
+            "tag_type",
+            "tag",
+            "dedup_id",
+            "attempts",
+            "created_at",
+            "first_attempt_at",
+            "last_attempt_at",
+            "status",
+            "code",
+            "trace",
+            "error",
+            "reason",
+            "dead_at",
+            "payload",
+        ]
+        out = []
+        for row in rows:
+            item = dict(zip(names, row, strict=True))
+            item["payload"] = orjson.loads(item["payload"])
+            out.append(item)
+        return out
+
+    def _dead_filter(self, destination: str | None, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        clauses, args = [], []
+        if destination:
+            clauses.append("d.destination_id = (SELECT id FROM destinations WHERE key = ?)")
+            args.append(destination)
+        if ids:
+            clauses.append(f"d.id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+    def count_past_deadline(self, destination: str | None, ids: Sequence[int], now: float) -> int:
+        where, args = self._dead_filter(destination, ids)
+        where = f"{where} AND" if where else "WHERE"
+        return self.conn.execute(
+            f"SELECT count(*) FROM dead_letters d {where} d.deadline <= ?", (*args, now)
+        ).fetchone()[0]
+
+    def requeue_dead_letters(
+        self, destination: str | None = None, ids: Sequence[int] = (), now: float | None = None
+    ) -> int:
+        """Move dead letters back to pending, attempts reset (inside a transaction)."""
+        now = time.time() if now is None else now
+        where, args = self._dead_filter(destination, ids)
+        self.conn.execute(
+            "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at,"
+            " deadline, trace_id, next_attempt_at) SELECT destination_id, payload, dedup_id,"
+            f" tag_name, created_at, deadline, trace_id, ? FROM dead_letters d {where}",
+            (now, *args),
+        )
+        return self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args).rowcount
+
+    def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int:
+        count = 0
+        if dead:
+            where, args = self._dead_filter(destination, ())
+            count += self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args).rowcount
+        if pending:
+            if destination:
+                count += self.conn.execute(
+                    "DELETE FROM messages WHERE destination_id ="
+                    " (SELECT id FROM destinations WHERE key = ?)",
+                    (destination,),
+                ).rowcount
+            else:
+                count += self.conn.execute("DELETE FROM messages").rowcount
+        return count
+
+    def checkpoint(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+# -- jobs: what the server asks the writer process to do inside a group commit, as
+# job(store, now, *args). Module-level functions, so that they travel by name.
+
+
+def claim(
+    store: Store, now: float, destination_id: int, worker: str, limit: int, lease: float
+) -> Claimed:
+    return store.claim(destination_id, worker, limit, now + lease, now)
+
+
+def settle(store: Store, now: float, worker: str, plan: Settlement) -> None:
+    store.settle(worker, plan, now)
+
+
+def extend(store: Store, now: float, worker: str, ids: list[int], lease: float) -> None:
+    store.extend(worker, ids, now + lease)
+
+
+def release(store: Store, now: float, worker: str, ids: list[int]) -> None:
+    store.release(worker, ids, now)
