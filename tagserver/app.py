@@ -203,9 +203,16 @@ def _record_unclaimed(state: State, request: Request, session: str, status: int)
 
 
 async def healthz(request: Request) -> Response:
+    """200 while hits can be stored; 503 with the reason when they cannot (load balancers
+    then send them elsewhere)."""
     state = state_of(request)
-    body = {"status": "ok", "container": state.runtime.container.describe()}
-    return Response(orjson.dumps(body), media_type="application/json")
+    container = state.runtime.container.describe()
+    problem = state.outbox.problem
+    if problem is None:
+        body, status = {"status": "ok", "container": container}, 200
+    else:
+        body, status = {"status": "unavailable", "reason": problem, "container": container}, 503
+    return Response(orjson.dumps(body), status, media_type="application/json")
 
 
 def builtin_routes(preview: Preview, settings: Settings) -> list[BaseRoute]:

@@ -17,6 +17,7 @@ from fakes.vendor import FakeVendor, webhook_tag
 from prometheus_client import REGISTRY
 from support import app_client, minimal_container, wait_until
 
+from tagserver import outbox as outbox_module
 from tagserver.cli import main
 from tagserver.errors import Unavailable
 from tagserver.outbox import Outbox, database_path
@@ -289,6 +290,37 @@ async def test_an_outbox_that_cannot_open_says_why(tmp_path):
     outbox = Outbox(Settings(data_dir=str(tmp_path)))
     with pytest.raises(RuntimeError, match="the outbox cannot open: DatabaseError"):
         await outbox.start()
+
+
+def test_a_writer_that_cannot_restart_makes_healthz_503_until_it_can(
+    tmp_path, dead_vendor, monkeypatch
+):
+    monkeypatch.setattr(outbox_module, "RESTART_AFTER", 0.1)
+    monkeypatch.setattr(outbox_module, "RESTART_RETRY", 0.3)
+    with app_client(tmp_path, container(dead_vendor.url + "/hook"), **FAST) as client:
+        outbox = client.app.state.tagserver.outbox
+        assert post(client, "before").status_code == 200
+        db = database_path(tmp_path / "data")
+        os.replace(db, tmp_path / "kept")
+        db.mkdir()  # a new writer cannot open this
+        os.kill(outbox._writer.process.pid, signal.SIGKILL)
+
+        health = wait_until(lambda: (r := client.get("/healthz")).status_code == 503 and r)
+        assert health.json()["status"] == "unavailable"
+        assert "the outbox writer cannot start" in health.json()["reason"]
+        refused = post(client, "while-broken")
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+        assert "the outbox writer cannot start" in refused.json()["error"]
+
+        db.rmdir()
+        os.replace(tmp_path / "kept", db)  # the database is back
+        wait_until(lambda: client.get("/healthz").status_code == 200)
+        assert post(client, "after").status_code == 200
+    conn = sqlite3.connect(db)
+    assert sorted(r[0] for r in conn.execute("SELECT dedup_id FROM messages")) == [
+        "after",
+        "before",
+    ]
 
 
 async def test_a_job_that_cannot_reach_the_writer_fails_alone(tmp_path):
