@@ -100,13 +100,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
+            tail = log.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"server exited with {proc.returncode}; its log ends:\n{tail}")
         try:
             httpx.get(url, timeout=0.5)
             return
@@ -137,7 +138,7 @@ class Servers:
             f"bare-{app}",
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url + "/", proc)
+        wait_healthy(url + "/", proc, self.work / f"bare-{app}.log")
         return url, proc
 
     def start_tagserver(
@@ -187,7 +188,7 @@ class Servers:
             name, env,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url + "/healthz", proc)
+        wait_healthy(url + "/healthz", proc, self.work / f"{name}.log")
         return url, proc
 
     def _spawn(
