@@ -107,22 +107,37 @@ def main(argv: list[str]) -> int:
 
 
 def serve(sock: socket.socket, store: Store) -> None:
-    """Commit each group of requests and answer it, until the server closes its end."""
+    """Commit each group of requests and answer it, until the server closes its end (or
+    dies: what it sent is still committed, though no one is left to hear it)."""
     frames = Frames()
     open_ = True
     while open_:
-        data = sock.recv(READ_SIZE)
+        data = receive(sock, 0)
         open_ = bool(data)
         requests: list[Request] = frames.feed(data)
         while open_:  # what arrived while the last commit ran joins this one
             try:
-                data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+                data = receive(sock, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
             open_ = bool(data)
             requests += frames.feed(data)
         if requests:
-            sock.sendall(frame(commit(store, requests)))
+            reply = frame(commit(store, requests))
+            try:
+                sock.sendall(reply)
+            except OSError:  # the server is gone
+                return
+
+
+def receive(sock: socket.socket, flags: int) -> bytes:
+    """The next bytes from the server; b"" once it has closed its end or died."""
+    try:
+        return sock.recv(READ_SIZE, flags)
+    except BlockingIOError:
+        raise
+    except OSError:  # reset by a server that died with our reply unread
+        return b""
 
 
 def commit(store: Store, requests: list[Request]) -> tuple[str, list[int], Any, float]:

@@ -83,6 +83,8 @@ async def test_kill_9_mid_load_loses_nothing_acknowledged(tmp_path, vendor_at_ki
         assert KILL_AFTER <= len(acked) < EVENTS and errors > 0  # killed mid-load, for real
         # a writer whose server is gone commits what it has and exits: no orphan
         wait_until(lambda: not server.writer_pids(), timeout=10)
+        if killed == "server only":
+            assert "Traceback" not in server.logs()  # it exits quietly, too
 
         restarted = ServerProcess(tmp_path, server.container_path, env=ENV).start()
         vendor.clear()

@@ -6,7 +6,10 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +23,8 @@ from support import app_client, minimal_container, wait_until
 from tagserver import outbox as outbox_module
 from tagserver.cli import main
 from tagserver.errors import Unavailable
-from tagserver.outbox import Outbox, database_path
+from tagserver.outbox import Outbox, Store, database_path
+from tagserver.outbox_writer import Frames, request_frame
 from tagserver.plugins import Outgoing
 from tagserver.settings import Settings
 
@@ -332,4 +336,24 @@ async def test_a_job_that_cannot_reach_the_writer_fails_alone(tmp_path):
         await outbox.put(message(1))
     finally:
         await outbox.close()
+    assert stored_ids(tmp_path) == ["id1"]
+
+
+def test_a_writer_whose_server_dies_commits_what_it_got_and_exits_quietly(tmp_path):
+    """The server sends a write and dies before the answer: the write is still committed,
+    and the writer exits with status 0 and nothing on stderr (no traceback in the log)."""
+    Store.open(database_path(tmp_path)).close()
+    ours, theirs = socket.socketpair()
+    with theirs:
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "tagserver.outbox_writer", str(theirs.fileno()),
+             str(database_path(tmp_path)), "full"],
+            pass_fds=[theirs.fileno()], stderr=subprocess.PIPE,
+        )  # fmt: skip
+    assert Frames().feed(ours.recv(65536))[0][0] == "ready"
+    row = ("dest", "http_request", {"url": "http://x"}, '{"n":1}', "id1", "t", 1.0, None, None)
+    ours.sendall(request_frame(1, [row], []))
+    ours.close()  # dies before the answer
+    _, stderr = writer.communicate(timeout=10)
+    assert writer.returncode == 0 and stderr == b""
     assert stored_ids(tmp_path) == ["id1"]
