@@ -121,7 +121,21 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
 
 def header_dict(scope: Scope) -> dict[str, str]:
     """The request headers by lower-case name (the last one of a repeated header wins)."""
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    names = _header_names
+    headers = {}
+    for raw, value in scope["headers"]:
+        name = names.get(raw)
+        if name is None:
+            if len(names) > 1000:  # names made up by a client: stay bounded
+                names.clear()
+            name = names[raw] = raw.decode("latin-1").lower()
+        headers[name] = value.decode("latin-1")
+    return headers
+
+
+# raw header name → its lower-case text: hits repeat the same few names, and decoding and
+# lowering each one costs more than a dict lookup
+_header_names: dict[bytes, str] = {}
 
 
 async def read_body(request: Request, limit: int, headers: dict[str, str]) -> bytes:
