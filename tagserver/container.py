@@ -73,7 +73,7 @@ class CompiledTag:
     paused: bool
     params: Compiled
     secret_params: frozenset[str]
-    templated_params: tuple[Param, ...] = ()  # checked against their type once resolved
+    templated_params: tuple[Param, ...] = ()  # typed (not `any`): checked once resolved
 
 
 @dataclass
@@ -479,7 +479,9 @@ def _compile(
                 paused=bool(spec.get("paused", False)),
                 params=compile_value({**defaults, **params}, direct),
                 secret_params=secret_params,
-                templated_params=tuple(p for p in cls.params if has_refs(params.get(p.name))),
+                templated_params=tuple(
+                    p for p in cls.params if p.type != "any" and has_refs(params.get(p.name))
+                ),
             )
         )
 
