@@ -203,28 +203,31 @@ class Runtime:
                 return TagResult(tag.name, tag.type, "no_consent", denied, checks)
 
         started = time.perf_counter() if trace else 0.0
-        result = TagResult(tag.name, tag.type, "fired", firing.fired_reason, checks)
         ctx = FireContext(request, self.settings, tag.name, {}, self.redact)
+        status: TagStatus = "fired"
+        reason = firing.fired_reason
         params: dict[str, Any] = {}
+        outgoing: list[Outgoing] = []
         try:
             params = tag.params(scope)
             for param in tag.templated_params:
                 problem = param.check(params.get(param.name))
                 if problem:
                     raise TypeError(f"params.{param.name}: {problem}")
-            outgoing = tag.instance.fire(event, params, ctx)
-            for message in outgoing:
+            made = tag.instance.fire(event, params, ctx)
+            for message in made:
                 message.tag_name = tag.name
                 message.trace_id = trace_id
-            result.outgoing = outgoing if type(outgoing) is list else list(outgoing)
+            outgoing = made if type(made) is list else list(made)
         except TagRejected as exc:
-            result.status, result.reason = "rejected", f"not sent: {self.redact.text(str(exc))}"
+            status, reason = "rejected", f"not sent: {self.redact.text(str(exc))}"
         except Exception as exc:  # one broken tag never affects the others
-            result.status = "error"
-            result.reason = f"error: {type(exc).__name__}: {self.redact.text(str(exc))}"
-            log.warning("tag %r raised %s", tag.name, result.reason)
-        if ctx.notes:
-            result.notes = self.redact(ctx.notes)
+            status = "error"
+            reason = f"error: {type(exc).__name__}: {self.redact.text(str(exc))}"
+            log.warning("tag %r raised %s", tag.name, reason)
+        # built once the tag has run, every field given: no default factories on the hot path
+        notes = self.redact(ctx.notes) if ctx.notes else {}
+        result = TagResult(tag.name, tag.type, status, reason, checks, notes, outgoing)
         if trace:
             result.duration_ms = (time.perf_counter() - started) * 1000
             result.params = self.redact(
