@@ -65,6 +65,21 @@ class _Group:
     results: list[asyncio.Future[Any]] = field(default_factory=list)
 
 
+def _not_stored(exc: Exception) -> Unavailable:
+    """The 503 for hits whose commit failed with `exc` (logged here, once per commit)."""
+    if is_disk_full(exc):
+        log.error("outbox commit failed, disk full: %s", exc)
+        return Unavailable(
+            "the disk holding the outbox is full; nothing was stored, retry later",
+            retry_after=60,
+        )
+    log.error("outbox commit failed: %s: %s", type(exc).__name__, exc)
+    return Unavailable(
+        "the outbox could not store the messages; nothing was stored, retry later",
+        retry_after=10,
+    )
+
+
 class Outbox:
     """Durable store for outgoing messages, with group commit and backpressure."""
 
@@ -316,20 +331,8 @@ class Outbox:
 
     def _fail(self, group: _Group, exc: Exception, error: Unavailable | None = None) -> None:
         """Tell a group's hits (`error`, a 503) and jobs (`exc`) that its commit failed."""
-        if error is not None:
-            pass
-        elif is_disk_full(exc):
-            log.error("outbox commit failed, disk full: %s", exc)
-            error = Unavailable(
-                "the disk holding the outbox is full; nothing was stored, retry later",
-                retry_after=60,
-            )
-        else:
-            log.error("outbox commit failed: %s: %s", type(exc).__name__, exc)
-            error = Unavailable(
-                "the outbox could not store the messages; nothing was stored, retry later",
-                retry_after=10,
-            )
+        if error is None:
+            error = _not_stored(exc)
         for waiter in group.waiters:
             if not waiter.done():
                 waiter.set_exception(error)
