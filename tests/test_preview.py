@@ -20,7 +20,9 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 from support import LOOPBACK, ServerProcess, app_client, free_port, minimal_container, wait_until
 
-from tagserver.preview import announce, raw_token
+from tagserver.app import header_dict
+from tagserver.preview import announce
+from tagserver.preview import raw_token as preview_raw_token
 from tagserver.preview.auth import TOKEN_FILE
 from tagserver.preview.store import RedisStore, SqliteStore, open_store, sweep_orphans
 from tagserver.settings import Settings
@@ -652,6 +654,9 @@ def test_two_machines_share_previews_through_redis(tmp_path, redis_url):
 def test_token_lookup_reads_header_query_and_cookie_only():
     def scope(headers=(), query=b""):
         return {"headers": list(headers), "query_string": query}
+
+    def raw_token(scope):  # as the hit path calls it, with the hit's decoded headers
+        return preview_raw_token(scope, header_dict(scope))
 
     assert raw_token(scope([(b"user-agent", b"x"), (b"cookie", b"_fbp=1")])) is None
     assert raw_token(scope([(b"x-tagserver-preview", b" tsp_a.b.c ")])) == "tsp_a.b.c"

@@ -1,9 +1,9 @@
 """Preview mode: see, live in the browser, what every hit did and why.
 
-    session_for(request)   on every hit: the preview session it belongs to, or None (free)
-    record_hit(trace)      a previewed hit's trace, queued for the writer (no I/O here)
-    record_delivery(...)   a delivery result of a previewed message, queued likewise
-    routes()               /preview pages, JSON endpoints and the live stream (SSE)
+    session_for(request, headers)  on every hit: its preview session, or None (free)
+    record_hit(trace)              a previewed hit's trace, queued for the writer (no I/O)
+    record_delivery(...)           a previewed message's delivery result, queued likewise
+    routes()                       /preview pages, JSON endpoints and the live stream (SSE)
 
 A background writer scrubs, bounds and stores queued records in the shared store (SQLite
 for the workers of one machine, Redis across machines), off the hit's path.
@@ -36,7 +36,7 @@ from .store import Store, open_store, sweep_orphans
 
 log = logging.getLogger("tagserver.preview")
 
-HEADER = b"x-tagserver-preview"
+HEADER = "x-tagserver-preview"
 PARAM = "tagserver_preview"
 COOKIE = "tagserver_preview"
 MAX_QUEUE = 10_000  # records waiting for the writer; beyond it the oldest are dropped
@@ -44,26 +44,17 @@ PRUNE_SECONDS = 3600.0
 UNKNOWN_DELIVERY_SECONDS = 30.0  # a delivery may come before its hit is written; wait this long
 
 
-def raw_token(scope: dict[str, Any], headers: dict[str, str] | None = None) -> str | None:
+def raw_token(scope: dict[str, Any], headers: dict[str, str]) -> str | None:
     """The preview token a request carries, if any: header, query parameter, then cookie.
 
-    Plain lookups first (in the hit's decoded `headers` when given, else the raw scope), so
-    a hit without any of them costs a few comparisons.
+    `headers` are the hit's, decoded by lower-case name. Plain lookups first, so a hit
+    without any of them costs a few comparisons.
     """
-    cookie_header = None
-    if headers is not None:
-        token = headers.get("x-tagserver-preview")
-        if token is not None:
-            return token.strip()
-        cookie = headers.get("cookie", "")
-        if "tagserver_preview=" in cookie:
-            cookie_header = cookie
-    else:
-        for name, value in scope.get("headers", ()):
-            if name == HEADER:
-                return value.decode("latin-1").strip()
-            if name == b"cookie" and b"tagserver_preview=" in value:
-                cookie_header = value.decode("latin-1")
+    token = headers.get(HEADER)
+    if token is not None:
+        return token.strip()
+    cookie = headers.get("cookie", "")
+    cookie_header = cookie if "tagserver_preview=" in cookie else None
     query = scope.get("query_string", b"")
     if b"tagserver_preview=" in query:
         for key, value in parse_qsl(query.decode("latin-1")):
@@ -96,7 +87,7 @@ class Preview:
 
     # -- the hit path: cheap, no I/O for hits that are not previewed
 
-    def session_for(self, request: Request, headers: dict[str, str] | None = None) -> str | None:
+    def session_for(self, request: Request, headers: dict[str, str]) -> str | None:
         """The preview session this hit belongs to, or None (the common, free case)."""
         token = raw_token(request.scope, headers)
         if not token:
