@@ -50,7 +50,8 @@ while True:
 
 
 async def drain(url: str, count: int, data_dir: str, concurrency: int = 0) -> dict[str, Any]:
-    from tags.http_request import HttpRequestTag
+    from tagserver.tags.http_request import HttpRequestTag
+
     from tagserver.dispatch import Dispatcher
     from tagserver.outbox import Outbox
     from tagserver.plugins import Outgoing, Registry

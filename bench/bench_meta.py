@@ -49,9 +49,9 @@ from facebook_business.adobjects.serverside.gender import Gender  # noqa: E402
 from facebook_business.adobjects.serverside.user_data import UserData  # noqa: E402
 from facebook_business.api import _top_level_param_json_encode  # noqa: E402
 from requests.models import RequestEncodingMixin  # noqa: E402
+from tagserver.tags.meta_capi import MetaCapiTag  # noqa: E402
+from tagserver.tags.meta_capi.mapping import build  # noqa: E402
 
-from tags.meta_capi import MetaCapiTag  # noqa: E402
-from tags.meta_capi.mapping import build  # noqa: E402
 from tagserver.event import RequestContext  # noqa: E402
 from tagserver.plugins import FireContext  # noqa: E402
 from tagserver.settings import Settings  # noqa: E402

@@ -6,7 +6,7 @@ GA4 event here without changing its page code:
     GET|POST /g/collect?v=2&tid=G-XXXX&cid=…&en=page_view&dl=…          one event
     POST     /g/collect?v=2&tid=G-XXXX&cid=…   body: en=…&ep.x=…\\r\\nen=…   one event per line
 
-Parsing lives in `clients.ga4_params` (pure). This module adds what needs the request: the
+Parsing lives in `tagserver.clients.ga4_params` (pure). This module adds what needs the request: the
 visitor's `_fbp`/`_fbc` (and optionally a server-managed, HttpOnly client id — sGTM's `FPID`)
 through the shared `tagserver.cookies` rules, the CORS grant through `tagserver.cors`, and an
 empty 204 as soon as the events' messages are in the outbox. Bad lines are skipped and

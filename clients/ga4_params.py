@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
-from clients.collector import strip_preview
+from tagserver.clients.collector import strip_preview
+
 from tagserver.event import Event, add_page_parts
 
 MAX_KEY_CHARS = 256

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from clients.ga4_params import (
+from tagserver.clients.ga4_params import (
     BARE_USER_DATA,
     CLIENT_HINTS,
     ITEM_KEYS,
@@ -28,6 +28,7 @@ from clients.ga4_params import (
     SYSTEM_PROPERTIES,
     USER_DATA,
 )
+
 from tagserver.event import Event
 
 GTAG_SAFE = "-_.!~*'()"  # what encodeURIComponent leaves as is

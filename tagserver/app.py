@@ -239,7 +239,7 @@ def builtin_routes(preview: Preview, settings: Settings) -> list[BaseRoute]:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *preview.routes(),
         *pages.routes(settings),  # /collector.js (+ custom path), /demo
-        Mount("/static", StaticFiles(directory=str(files("static"))), name="static"),
+        Mount("/static", StaticFiles(directory=str(files("tagserver.static"))), name="static"),
     ]
     return routes
 

@@ -41,7 +41,7 @@ def compact_js(source: str) -> str:
 
 @lru_cache(maxsize=1)
 def collector_script() -> Asset:
-    source = (files("static") / "collector.js").read_text("utf-8")
+    source = (files("tagserver.static") / "collector.js").read_text("utf-8")
     body = compact_js(source).encode("utf-8")
     etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
     return Asset(body, gzip.compress(body, 9, mtime=0), etag, "text/javascript; charset=utf-8")

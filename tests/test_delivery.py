@@ -224,7 +224,7 @@ def _outgoing(n: int, url: str) -> list[Outgoing]:
 
 
 def _registry() -> Registry:
-    from tags.http_request import HttpRequestTag
+    from tagserver.tags.http_request import HttpRequestTag
 
     return Registry(tags={"http_request": HttpRequestTag})
 

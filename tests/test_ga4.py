@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import app_client, minimal_container, wait_until
-
-from clients.ga4_params import HitParseError, parse_hit
+from tagserver.clients.ga4_params import HitParseError, parse_hit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ga4"
 ORIGIN = "https://www.shop.test"

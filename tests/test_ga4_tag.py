@@ -17,9 +17,9 @@ import httpx
 import pytest
 from fakes.vendor import Answer, FakeVendor, Received
 from support import ServerProcess, app_client, minimal_container, wait_until
+from tagserver.clients.ga4_params import parse_hit
+from tagserver.tags.ga4 import Ga4Sender, Ga4Tag, request_parts
 
-from clients.ga4_params import parse_hit
-from tags.ga4 import Ga4Sender, Ga4Tag, request_parts
 from tagserver.event import RequestContext
 from tagserver.plugins import Delivery, FireContext, Message, TagRejected
 from tagserver.settings import Settings

@@ -7,9 +7,9 @@ import time
 import httpx
 import pytest
 from fakes.graph import FakeGraph
+from tagserver.tags.meta_capi import MetaSender
+from tagserver.tags.meta_capi.sender import MAX_REQUESTS_PER_SEND
 
-from tags.meta_capi import MetaSender
-from tags.meta_capi.sender import MAX_REQUESTS_PER_SEND
 from tagserver.plugins import Message
 from tagserver.settings import Settings
 

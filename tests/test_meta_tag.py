@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from support import app_client, minimal_container, wait_until
+from tagserver.tags.meta_capi import MetaCapiTag
+from tagserver.tags.meta_capi.checks import MetaRefusal
 
-from tags.meta_capi import MetaCapiTag
-from tags.meta_capi.checks import MetaRefusal
 from tagserver.event import RequestContext
 from tagserver.plugins import FireContext, TagRejected
 from tagserver.settings import Settings
@@ -436,8 +436,7 @@ def test_match_quality_metric_counts_exactly_like_prometheus_observe():
     """The tag's shortcut past Histogram.observe's bucket search must expose the same
     buckets, count and sum as observe itself, for every possible score and any other value."""
     from prometheus_client import CollectorRegistry, Histogram
-
-    from tags.meta_capi.tag import _score_observer
+    from tagserver.tags.meta_capi.tag import _score_observer
 
     def exposed(observe_with_shortcut: bool) -> list[tuple[str, dict, float]]:
         registry = CollectorRegistry()
