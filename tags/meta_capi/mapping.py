@@ -17,8 +17,7 @@ from urllib.parse import urlsplit
 
 from tagserver.cookies import FBC_RE, FBP_RE, fbclid_from, registrable_domain, subdomain_index
 from tagserver.event import Event, RequestContext
-
-from .normalize import NORMALIZERS, hash_text, hash_value
+from tagserver.identity import NORMALIZERS, hash_text, hash_value
 
 __all__ = [
     "DEFAULT_EVENT_NAMES",
