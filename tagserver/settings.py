@@ -85,6 +85,15 @@ class Settings:
     meta_graph_url: str = setting(
         "https://graph.facebook.com", "Base URL of the Graph API (tests, proxies)."
     )
+    tiktok_api_url: str = setting(
+        "https://business-api.tiktok.com", "Base URL of TikTok's Events API (tests, proxies)."
+    )
+    pinterest_api_url: str = setting(
+        "https://api.pinterest.com", "Base URL of Pinterest's Conversions API (tests, proxies)."
+    )
+    snapchat_api_url: str = setting(
+        "https://tr.snapchat.com", "Base URL of Snapchat's Conversions API (tests, proxies)."
+    )
     ga4_collect_url: str = setting(
         "https://region1.google-analytics.com/g/collect",
         "Where the `ga4` tag forwards GA4 hits (a tag's `endpoint` param wins).",
