@@ -5,6 +5,7 @@ import hashlib
 import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
+
 from tagserver import identity as normalize
 from tagserver.identity import hash_value
 
