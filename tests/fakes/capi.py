@@ -308,7 +308,10 @@ class FakeTikTok(FakeApi):
 
 
 def _tiktok(code: int, message: str, status: int = 200) -> Reply:
-    return Reply(status, {"code": code, "message": message, "request_id": "req-1", "data": {}})
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": "req-1", "data": {}}
+    if code != 0:
+        body["_taken"] = []  # HTTP 200, yet nothing was taken
+    return Reply(status, body)
 
 
 # -- Pinterest ------------------------------------------------------------------------------------
