@@ -423,6 +423,8 @@ class CollectorClient(Client):
                 seed_ms=int(ts) if isinstance(ts, (int, float)) and math.isfinite(ts) else None,
                 generate_ttp=self.generate_ttp,
             )
+            consent = envelope.get("consent")
+            cookies.keep_others(visitor, hit.request, self.settings, hit.cookie_keeper, consent)
             keys = visitor.event_keys()
             for event in events:
                 event.update(keys)

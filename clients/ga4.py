@@ -121,6 +121,10 @@ class Ga4Client(Client):
 
         events = parsed.events
         visitor = self._identify(ctx, events)
+        if hit.cookie_keeper is not None:
+            visitor = visitor or cookies.VisitorCookies()
+            consent = _strictest_consent(events)
+            cookies.keep_others(visitor, ctx, self.settings, hit.cookie_keeper, consent)
         await hit.run(events)
         metrics.count(metrics.EVENTS, self.name, amount=len(events))
 

@@ -69,11 +69,14 @@ from .settings import Settings
 if TYPE_CHECKING:
     from starlette.responses import Response
 
+    from .cookie_keeper import CookieKeeper
+
 __all__ = [
     "CLIENT_ID_COOKIE",
     "VisitorCookies",
     "visitor_cookies",
     "apply",
+    "keep_others",
     "cookie_domain",
     "registrable_domain",
     "consent_denied",
@@ -179,6 +182,22 @@ def visitor_cookies(
                 _header(client_id_cookie, out.client_id, max_age, attrs + "; HttpOnly")
             )
     return out
+
+
+def keep_others(
+    visitor: VisitorCookies,
+    request: RequestContext,
+    settings: Settings,
+    keeper: CookieKeeper | None,
+    consent: dict[str, Any] | None,
+) -> None:
+    """Add the container's cookie keeper's Set-Cookie values (other tools' cookies re-set with
+    a long lifetime, see `cookie_keeper.py`) to `visitor`; nothing when the keeper is off."""
+    if keeper is None or not request.cookies:
+        return
+    attrs = _attributes(cookie_domain(request.hostname, settings), request.is_https)
+    already = {value.split("=", 1)[0] for value in visitor.set_cookie}
+    visitor.set_cookie.extend(keeper.keep(request, consent, attrs, already, visitor.actions))
 
 
 def apply(response: Response, cookies: VisitorCookies) -> Response:
