@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,9 +54,38 @@ __all__ = [
     "ConversionsTag",
     "text",
     "token_id",
+    "install_token_log_filter",
 ]
 
 MAX_REQUESTS_PER_SEND = 64  # bound on the requests one batch may take while isolating events
+_TOKEN_IN_TEXT = re.compile(r"(access_token=)[^&\s\"'#]+", re.I)
+
+
+class RedactTokens(logging.Filter):
+    """Removes `access_token=…` from httpx's and httpcore's log records, whatever the level:
+    their request line shows the URL, where Meta's and Snapchat's tokens travel."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(
+                _TOKEN_IN_TEXT.sub(r"\1[redacted]", str(a)) if "access_token" in str(a) else a
+                for a in args
+            )
+        if isinstance(record.msg, str) and "access_token" in record.msg:
+            record.msg = _TOKEN_IN_TEXT.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+def install_token_log_filter() -> None:
+    """Install `RedactTokens` on httpx's and httpcore's loggers, once."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
+install_token_log_filter()
 
 
 class Refusal(TagRejected):
