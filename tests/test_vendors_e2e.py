@@ -17,7 +17,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from fakes.capi import FakePinterest, FakeSnapchat, FakeTikTok
-from support import ServerProcess, wait_until
+from support import ServerProcess, app_client, wait_until
 
 from tagserver.cli import main
 
@@ -212,3 +212,36 @@ def test_one_refused_event_of_a_batch_is_dead_lettered_and_the_rest_delivered(
     assert letter["payload"]["event_id"] == f"{prefix}7"
     assert "this event is refused" in letter["error"]
     assert not any(t in json.dumps(letter) for t in (TT_TOKEN, PIN_TOKEN, SNAP_TOKEN))
+
+
+def test_without_credentials_each_tag_runs_dry_and_preview_shows_the_exact_body(tmp_path):
+    """The shipped container with no TIKTOK_*/PINTEREST_*/SNAPCHAT_* variables: nothing is
+    sent, and preview shows each vendor's body, hashed, with the reason."""
+
+    container = json.loads(DEFAULT_CONTAINER.read_text())
+    container.pop("$schema", None)
+    options = {"preview_password": "pw-preview-1", "preview_store": str(tmp_path / "p.sqlite3")}
+    with app_client(tmp_path, container, **options) as c:
+        c.post("/preview/login", data={"password": "pw-preview-1"}, follow_redirects=False)
+        session = c.post("/preview/sessions", data={"name": "dry"},
+                         headers={"Accept": "application/json"}).json()  # fmt: skip
+        r = c.post(
+            "/api/events",
+            json=api_event("dry-1", user_data={"email_address": "Jane.Doe@Example.com"}),
+            headers={**AUTH, "X-Tagserver-Preview": session["token"]},
+        )
+        assert r.status_code == 200, r.text
+        [hit] = wait_until(lambda: c.get(f"/preview/api/s/{session['id']}/hits").json()["hits"])
+        detail = c.get(f"/preview/api/s/{session['id']}/hits/{hit['id']}").json()
+    tags = {t["tag"]: t for t in detail["events"][0]["tags"]}
+    expected = {"tiktok_events": ("pixel_code and access_token", "user", "email"),
+                "pinterest_capi": ("ad_account_id and access_token", "user_data", "em"),
+                "snapchat_capi": ("pixel_id and access_token", "user_data", "em")}  # fmt: skip
+    for name, (missing, user_key, email_key) in expected.items():
+        notes = tags[name]["notes"]
+        assert notes["status"] == f"dry run: no {missing}, so nothing is sent"
+        [body_event] = notes["dry_run_payload"]["data"]
+        assert body_event[user_key][email_key] == [sha("jane.doe@example.com")]
+        assert body_event["event_id"] == "dry-1"
+        assert tags[name]["outgoing"] == []
+    assert "Jane.Doe@Example.com" not in json.dumps(detail["events"][0]["tags"])
