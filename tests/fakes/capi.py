@@ -1,12 +1,15 @@
-"""One fake-vendor kit for conversions APIs, and TikTok, Pinterest and Snapchat stand-ins on it.
+"""One fake-vendor kit for conversions APIs, and TikTok, Pinterest and Snapchat stand-ins on it
+(the Graph API stand-in, fakes/graph.py, builds on it too).
 
 `FakeApi` is a real HTTP server on 127.0.0.1 that records every request, validates each event
 the way the vendor's reference says (`check_event`, per vendor) and answers in the vendor's
 own shapes. Switches make it misbehave, the same way for every vendor:
 
     mode = "ok" | "outage" (5xx) | "throttle" (the vendor's rate-limit answer) | "invalid_token"
+    outage_style = "answer" (the vendor's 5xx) | "html" (a proxy's 502 page) | "drop"
     reject = {event_id: reason}     events refused as invalid (the vendor decides whether that
                                     fails the whole request or only the event)
+    delay = seconds                 before every answer (timeouts)
 
     with FakeTikTok(token="tok") as tiktok:
         settings = Settings(tiktok_api_url=tiktok.url, ...)
@@ -40,8 +43,14 @@ class ApiRequest:
     query: dict[str, str]
     headers: dict[str, str]
     body: Any
+    raw_body: bytes = b""
     status: int = 0
     answer: Any = None
+
+    @property
+    def accepted(self) -> bool:
+        taken = self.answer.get("_taken") if isinstance(self.answer, dict) else None
+        return 200 <= self.status < 300 and taken != []
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -60,8 +69,10 @@ class Reply:
 class FakeApi:
     token: str = "test-token"
     mode: str = "ok"
-    reject: dict[str, str] = field(default_factory=dict)
+    reject: dict[str, Any] = field(default_factory=dict)
     now: Any = time.time
+    delay: float = 0.0
+    outage_style: str = "answer"
     requests: list[ApiRequest] = field(default_factory=list)
 
     # -- what a vendor stand-in provides
@@ -90,6 +101,22 @@ class FakeApi:
     def outage(self) -> Reply:
         return Reply(503, {"message": "service unavailable"})
 
+    def rejected(self, event_id: str, value: Any) -> Invalid:
+        """The refusal of an event listed in `reject`."""
+        return Invalid(str(value))
+
+    def decode(self, raw: bytes, headers: dict[str, str], query: dict[str, str]) -> Any:
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
+
+    def response_headers(self) -> dict[str, str]:
+        return {}
+
+    def get(self, request: ApiRequest) -> Reply:
+        return Reply(405, {"message": "POST only"})
+
     # -- lifecycle
 
     def __post_init__(self) -> None:
@@ -106,11 +133,17 @@ class FakeApi:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 fake._handle(self)
 
+            def do_GET(self) -> None:  # noqa: N802
+                fake._handle(self, get=True)
+
             def log_message(self, *args: Any) -> None:
                 pass
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a dropped connection (outage "drop") is on purpose
 
         self._server = Server(("127.0.0.1", 0), Handler)
         thread = threading.Thread(
@@ -147,12 +180,20 @@ class FakeApi:
                 taken = r.answer.get("_taken") if isinstance(r.answer, dict) else None
                 if taken is not None:
                     out.extend(r.events[i] for i in taken)
-                elif 200 <= r.status < 300:
+                elif r.accepted:
                     out.extend(r.events)
             return out
 
     def received_ids(self) -> list[str]:
         return [e.get("event_id") for e in self.accepted_events()]
+
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -165,27 +206,43 @@ class FakeApi:
 
     # -- serving
 
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+    def _handle(self, handler: BaseHTTPRequestHandler, get: bool = False) -> None:
+        if self.delay:
+            time.sleep(self.delay)
         length = int(handler.headers.get("content-length") or 0)
         raw = handler.rfile.read(length) if length else b""
         parts = urlsplit(handler.path)
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         headers = {k.lower(): v for k, v in handler.headers.items()}
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        request = ApiRequest("POST", parts.path, query, headers, body)
+        if get:
+            return self._send(
+                handler, self.get(ApiRequest("GET", parts.path, query, headers, None))
+            )
+        body = self.decode(raw, headers, query)
+        request = ApiRequest("POST", parts.path, query, headers, body, raw)
         with self._lock:
             self.requests.append(request)
-        reply = self._reply(request)
+        if self.mode == "outage" and self.outage_style == "drop":
+            handler.close_connection = True
+            handler.connection.shutdown(2)
+            return None
+        if self.mode == "outage" and self.outage_style == "html":
+            reply = Reply(502, "<html>Bad gateway</html>")
+        else:
+            reply = self._reply(request)
         request.status, request.answer = reply.status, reply.body
-        shown = {k: v for k, v in reply.body.items() if k != "_taken"}
-        data = json.dumps(shown).encode()
+        return self._send(handler, reply)
+
+    def _send(self, handler: BaseHTTPRequestHandler, reply: Reply) -> None:
+        if isinstance(reply.body, str):
+            data, kind = reply.body.encode(), "text/html"
+        else:
+            shown = {k: v for k, v in reply.body.items() if k != "_taken"}
+            data, kind = json.dumps(shown).encode(), "application/json"
         handler.send_response(reply.status)
-        handler.send_header("content-type", "application/json")
+        handler.send_header("content-type", kind)
         handler.send_header("content-length", str(len(data)))
-        for key, value in reply.headers.items():
+        for key, value in {**self.response_headers(), **reply.headers}.items():
             handler.send_header(key, value)
         handler.end_headers()
         handler.wfile.write(data)
@@ -206,7 +263,7 @@ class FakeApi:
             try:
                 self.check_event(event)
                 if isinstance(event, dict) and event.get("event_id") in self.reject:
-                    raise Invalid(self.reject[event["event_id"]])
+                    raise self.rejected(event["event_id"], self.reject[event["event_id"]])
             except Invalid as exc:
                 failures[index] = str(exc)
         if failures:
