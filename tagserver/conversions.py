@@ -326,7 +326,7 @@ Post = Callable[[list[Message]], Awaitable[VendorAnswer]]
 
 
 async def isolate(
-    batch: list[Message], post: Post, *, vendor: str, log: Any = None
+    batch: list[Message], post: Post, *, vendor: str, log: Any = None, label: str = ""
 ) -> list[Delivery]:
     """Deliveries for `batch`, in order. A refused batch is split in halves until each refused
     event stands alone; a retry verdict (outage, throttling) stops calling the vendor at once,
@@ -340,7 +340,7 @@ async def isolate(
         if stopped is None and requests >= MAX_REQUESTS_PER_SEND:
             stopped = Delivery(
                 "retry",
-                error=f"isolating the events {vendor} refused took {requests} requests; "
+                error=f"isolating the events {label or vendor} refused took {requests} requests; "
                 "the rest is tried again later",
             )
         if stopped is not None:
