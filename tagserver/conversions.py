@@ -104,14 +104,14 @@ def refused(tag_type: str, refusal: Refusal) -> None:
 # -- reading the event ----------------------------------------------------------------------------
 
 # key, sGTM user_data fields in order of preference (the sha256_* forms pass through hashing)
-_PERSON = (
+_PERSON: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("em", ("email_address", "sha256_email_address", "email")),
     ("ph", ("phone_number", "sha256_phone_number", "phone")),
     ("ge", ("gender",)),
     ("db", ("date_of_birth",)),
     ("external_id", ("external_id",)),
 )
-_ADDRESS = (
+_ADDRESS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fn", ("first_name", "sha256_first_name")),
     ("ln", ("last_name", "sha256_last_name")),
     ("ct", ("city",)),
@@ -164,10 +164,10 @@ def raw_identity(event: Event, configured: Any = None) -> RawIdentity:
             given = address.get("country")
             if country is None and given.__class__ is str and given.strip():
                 country = given
-            for key, fields in _ADDRESS:
+            for key, names in _ADDRESS:
                 if key in taken:
                     continue
-                for field in fields:
+                for field in names:
                     value = address.get(field)
                     if value:
                         out.setdefault(key, []).append(value)
@@ -220,15 +220,18 @@ def items(event: Event) -> list[Item]:
 
 def total(found: list[Item]) -> float | None:
     """Σ price × quantity, when every item has a price."""
-    if not found or any(i.price is None for i in found):
-        return None
-    return round(sum(i.price * i.quantity for i in found), 2)  # type: ignore[operator]
+    amount: float = 0
+    for item in found:
+        if item.price is None:
+            return None
+        amount += item.price * item.quantity
+    return round(amount, 2) if found else None
 
 
 def number(value: Any) -> float | int | None:
     """A finite number from a number or numeric text, else None."""
     if value.__class__ is int or value.__class__ is float:
-        return value if math.isfinite(value) else None  # type: ignore[no-any-return]
+        return value if math.isfinite(value) else None
     if isinstance(value, str):
         try:
             found = float(value.strip())
@@ -241,7 +244,7 @@ def number(value: Any) -> float | int | None:
 
 def _text(value: Any) -> str | None:
     if value.__class__ is str:
-        return value.strip() or None  # type: ignore[no-any-return]
+        return value.strip() or None
     if value.__class__ is int or value.__class__ is float:
         return str(value)
     return None

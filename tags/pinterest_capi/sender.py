@@ -90,11 +90,13 @@ class PinterestSender(Sender):
             if message
             else (f"HTTP {status} from the Pinterest API: " + " ".join(response.text[:200].split()))
         )
-        error = {"error": redact.text(text), "code": code_text, "response": shown_body}
+        error: dict[str, Any] = {
+            "error": redact.text(text), "code": code_text, "response": shown_body,
+        }  # fmt: skip
         if status == 429:
-            wait = max(THROTTLE_FLOOR_SECONDS,
-                       retry_after_seconds(response.headers.get("retry-after")) or 0)  # fmt: skip
-            return VendorAnswer(Delivery("retry", retry_after=wait, **error, **common))
+            header = retry_after_seconds(response.headers.get("retry-after")) or 0.0
+            floor = max(THROTTLE_FLOOR_SECONDS, header)
+            return VendorAnswer(Delivery("retry", retry_after=floor, **error, **common))
         if status >= 500 or status == 408:
             wait = retry_after_seconds(response.headers.get("retry-after"))
             return VendorAnswer(Delivery("retry", retry_after=wait, **error, **common))

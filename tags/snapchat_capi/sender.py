@@ -74,7 +74,8 @@ class SnapchatSender(Sender):
         verdict = str(body_in.get("status") or "")
         if 200 <= status < 300 and verdict != "INVALID":
             return VendorAnswer(Delivery("delivered", **common))
-        errors = body_in.get("errors") if isinstance(body_in.get("errors"), dict) else {}
+        found = body_in.get("errors")
+        errors: dict[str, Any] = found if isinstance(found, dict) else {}
         codes = [str(c) for c in errors.get("codes") or [] if c is not None][:5]
         messages_text = [str(m) for m in errors.get("error_msgs") or [] if m is not None][:5]
         reason = str(body_in.get("reason") or "")
@@ -86,9 +87,9 @@ class SnapchatSender(Sender):
         )
         error: dict[str, Any] = {"error": redact.text(text), "code": ",".join(codes)}
         if status == 429:
-            wait = max(THROTTLE_FLOOR_SECONDS,
-                       retry_after_seconds(response.headers.get("retry-after")) or 0)  # fmt: skip
-            return VendorAnswer(Delivery("retry", retry_after=wait, **error, **common))
+            header = retry_after_seconds(response.headers.get("retry-after")) or 0.0
+            floor = max(THROTTLE_FLOOR_SECONDS, header)
+            return VendorAnswer(Delivery("retry", retry_after=floor, **error, **common))
         if status >= 500 or status == 408:
             wait = retry_after_seconds(response.headers.get("retry-after"))
             return VendorAnswer(Delivery("retry", retry_after=wait, **error, **common))

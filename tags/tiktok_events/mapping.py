@@ -185,7 +185,7 @@ def _ttclid(event: Event, request: RequestContext) -> str | None:
     page URL, the referrer when it is the same host, the `ttclid` cookie."""
     given = event.get("x-tt-ck-ttclid")
     if given.__class__ is str and TTCLID_RE.fullmatch(given):
-        return given  # type: ignore[no-any-return]
+        return given
     location = event.get("page_location")
     found = click_id(location, "ttclid")
     if found is None:
