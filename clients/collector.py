@@ -409,7 +409,11 @@ class CollectorClient(Client):
         if self.set_cookies:
             events = [event for _, event in accepted]
             location = next(
-                (e["page_location"] for e in events if "clid=" in e.get("page_location", "")),
+                (
+                    e["page_location"]
+                    for e in events
+                    if cookies.has_click_id(e.get("page_location"))
+                ),
                 events[0].get("page_location"),
             )
             ts = envelope.get("ts")

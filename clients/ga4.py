@@ -145,7 +145,7 @@ class Ga4Client(Client):
             return None
         js_client_id = next((e["client_id"] for e in events if e.get("client_id")), None)
         locations = [e["page_location"] for e in events if e.get("page_location")]
-        page_location = next((u for u in locations if "fbclid=" in u), None) or next(
+        page_location = next((u for u in locations if cookies.has_click_id(u)), None) or next(
             iter(locations), None
         )
         consent = _strictest_consent(events)

@@ -32,7 +32,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .cookies import VisitorCookies
 
-__all__ = ["resolve", "CLICK_ID_RE", "TTP_RE", "TTP_MAX_AGE", "TTCLID_MAX_AGE"]
+__all__ = ["resolve", "has_click_id", "CLICK_ID_RE", "TTP_RE", "TTP_MAX_AGE", "TTCLID_MAX_AGE"]
 
 CLICK_ID_RE = re.compile(r"[A-Za-z0-9_.=%+/-]{1,500}")
 TTP_RE = re.compile(r"[A-Za-z0-9_.-]{8,128}")
@@ -85,6 +85,15 @@ def resolve(
     scid = cookies.get("_scid")
     if scid and CLICK_ID_RE.fullmatch(scid):
         out.click_ids["x-sc-ck-scid"] = scid
+
+
+def has_click_id(url: Any) -> bool:
+    """Does the URL carry an ad platform's click id (Meta's, TikTok's, Pinterest's, Snap's)?
+    Clients pick such a page URL of a hit's events to resolve the cookies from."""
+    if not isinstance(url, str) or "=" not in url:
+        return False
+    lowered = url.lower()
+    return any(p in lowered for p in ("fbclid=", "ttclid=", "epik=", "sccid="))
 
 
 def _params(url: Any) -> dict[str, str]:

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from . import clickids
+from .clickids import has_click_id
 from .event import RequestContext
 from .settings import Settings
 
@@ -77,6 +78,7 @@ __all__ = [
     "visitor_cookies",
     "apply",
     "keep_others",
+    "has_click_id",
     "cookie_domain",
     "registrable_domain",
     "consent_denied",
