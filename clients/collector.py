@@ -18,7 +18,7 @@
 Each event becomes one event with the common keys (page data, `params` at the top level like
 GA4 event parameters, `user_data{email_address, phone_number, address{...}}`, `user_id`,
 `consent`, `action_source: "website"`) plus the visitor's `client_id`, `x-fb-ck-fbp` and
-`x-fb-ck-fbc` resolved by `tagserver.cookies`, whose `Set-Cookie` headers go on the response.
+`x-fb-ck-fbc` resolved by `tagserver.toolkit.cookies`, whose `Set-Cookie` headers go on the response.
 The request's IP (trusted proxies only) and User-Agent are added by the engine.
 
 The answer is JSON: per event its index, `event_name` and the `event_id` the server used, or

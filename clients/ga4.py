@@ -8,7 +8,7 @@ GA4 event here without changing its page code:
 
 Parsing lives in `tagserver.clients.ga4_params` (pure). This module adds what needs the request: the
 visitor's `_fbp`/`_fbc` (and optionally a server-managed, HttpOnly client id — sGTM's `FPID`)
-through the shared `tagserver.cookies` rules, the CORS grant through `tagserver.cors`, and an
+through the shared `tagserver.toolkit.cookies` rules, the CORS grant through `toolkit.cors`, and an
 empty 204 as soon as the events' messages are in the outbox. Bad lines are skipped and
 counted (`X-Tagserver-Skipped`); a hit with no usable event gets a 400 naming why.
 """

@@ -20,7 +20,7 @@ from .settings import PREFIX, Settings, SettingsError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(**overrides: Any) -> Settings:
     try:
         return Settings.from_env(**overrides)
     except SettingsError as exc:

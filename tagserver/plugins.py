@@ -335,10 +335,11 @@ class Registry:
 def load_registry() -> Registry:
     """Every client and tag type registered by an installed distribution's entry points."""
     registry = Registry()
-    for group, target, base in (
+    groups: tuple[tuple[str, dict[str, Any], type[Client] | type[Tag]], ...] = (
         ("tagserver.clients", registry.clients, Client),
         ("tagserver.tags", registry.tags, Tag),
-    ):
+    )
+    for group, target, base in groups:
         for ep in entry_points(group=group):
             try:
                 cls = ep.load()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 PREFIX = "TAGSERVER_"
-T = TypeVar("T", str, int, float, bool)
+T = TypeVar("T", bound=str | int | float | bool)
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -73,7 +73,7 @@ class Setting(Generic[T]):
             return cast(T, float(value))
         if type(value) is not kind:
             raise SettingsError(f"{self.env}: expected {kind.__name__}, got {value!r}")
-        return cast(T, value)
+        return value
 
 
 @dataclass
