@@ -68,9 +68,8 @@ class Server:
 
     context: Callable[[Request], RequestContext]  # the request as a hit sees it (proxies ...)
     redact: Callable[[Any], Any]  # removes the live container's secrets
-    example: Callable[
-        [], Example | None
-    ]  # a request that sends a hit by hand, if any client has one
+    # a request that sends a hit by hand (shown as curl), if a client of the container has one
+    example: Callable[[], Example | None]
 
 
 async def read_form(request: Request) -> dict[str, str]:
