@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from .event import RequestContext
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .cookies import VisitorCookies
 
 __all__ = ["resolve", "has_click_id", "CLICK_ID_RE", "TTP_RE", "TTP_MAX_AGE", "TTCLID_MAX_AGE"]
 
@@ -47,8 +44,16 @@ _CLICK_IDS: tuple[tuple[str, bool, str, str, int | None], ...] = (
 )
 
 
+class Found(Protocol):
+    """Where `resolve` writes: a `cookies.VisitorCookies` (its fields of the same names)."""
+
+    set_cookie: list[str]
+    click_ids: dict[str, str]
+    actions: dict[str, str]
+
+
 def resolve(
-    out: VisitorCookies,
+    out: Found,
     request: RequestContext,
     settings: Settings,
     page_location: str | None,

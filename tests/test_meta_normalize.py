@@ -6,8 +6,8 @@ import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
-from tagserver import identity as normalize
-from tagserver.identity import hash_value
+from tagserver.toolkit import identity as normalize
+from tagserver.toolkit.identity import hash_value
 
 
 def sha(text: str) -> str:

@@ -36,7 +36,7 @@ VENDORS = {
 def vendor(request: pytest.FixtureRequest) -> Any:
     fake_class, tag_class, setting, params = VENDORS[request.param]
     with fake_class(token=TOKEN) as fake:
-        settings = Settings(**{setting: fake.url})
+        settings = Settings.from_env({}, **{setting: fake.url})
         yield fake, tag_class, settings, params
 
 

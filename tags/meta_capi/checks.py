@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tagserver.identity import CURRENCIES as ISO_CURRENCIES
-from tagserver.identity import currency as iso_currency
-from tagserver.plugins import TagRejected
+from tagserver import TagRejected
 
 from .mapping import ACTION_SOURCES
+from .normalize import CURRENCIES as ISO_CURRENCIES
+from .normalize import currency as iso_currency
 
 __all__ = ["MetaRefusal", "check", "WEAK_SUBSETS", "MAX_AGE_SECONDS", "FUTURE_TOLERANCE_SECONDS"]
 

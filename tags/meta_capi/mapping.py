@@ -15,9 +15,16 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from tagserver.cookies import FBC_RE, FBP_RE, fbclid_from, registrable_domain, subdomain_index
-from tagserver.event import Event, RequestContext
-from tagserver.identity import NORMALIZERS, hash_text, hash_value
+from tagserver import Event, RequestContext
+from tagserver.toolkit.cookies import (
+    FBC_RE,
+    FBP_RE,
+    fbclid_from,
+    registrable_domain,
+    subdomain_index,
+)
+
+from .normalize import NORMALIZERS, hash_text, hash_value
 
 __all__ = [
     "DEFAULT_EVENT_NAMES",

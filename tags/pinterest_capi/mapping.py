@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tagserver import identity
-from tagserver.conversions import click_id, event_time, items, number, raw_identity, total
-from tagserver.event import Event, RequestContext
+from tagserver import Event, RequestContext
+from tagserver.toolkit import identity
+from tagserver.toolkit.conversions import click_id, event_time, items, number, raw_identity, total
 
 __all__ = ["DEFAULT_EVENT_NAMES", "EVENT_NAMES", "build", "pinterest_event_name", "EPIK_RE"]
 

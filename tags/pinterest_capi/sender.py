@@ -18,16 +18,21 @@ from typing import Any
 
 import orjson
 
-from tagserver.conversions import VendorAnswer, isolate, post_json
-from tagserver.http_outcomes import retry_after_seconds
-from tagserver.plugins import Delivery, Message, Sender
-from tagserver.redact import Redactor
+from tagserver import Delivery, Message, Sender, Setting
+from tagserver.toolkit.conversions import VendorAnswer, isolate, post_json
+from tagserver.toolkit.http import retry_after_seconds
+from tagserver.toolkit.redact import Redactor
 
-__all__ = ["PinterestSender"]
+__all__ = ["API_URL", "PinterestSender"]
 
 log = logging.getLogger("tagserver.tag.pinterest_capi")
 
 THROTTLE_FLOOR_SECONDS = 60.0
+API_URL = Setting(
+    "pinterest_api_url",
+    "https://api.pinterest.com",
+    "Base URL of Pinterest's Conversions API (tests, proxies).",
+)
 
 
 class PinterestSender(Sender):
@@ -45,7 +50,7 @@ class PinterestSender(Sender):
     async def _post(
         self, route: dict[str, Any], token: str, redact: Redactor, messages: list[Message]
     ) -> VendorAnswer:
-        base = self.settings.pinterest_api_url.rstrip("/")
+        base = self.settings.get(API_URL).rstrip("/")
         url = f"{base}/v5/ad_accounts/{route['ad_account_id']}/events"
         query = {"test": "true"} if route.get("test") else None
         content = orjson.dumps({"data": [m.payload for m in messages]})

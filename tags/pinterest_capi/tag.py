@@ -9,13 +9,19 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from tagserver.conversions import ConversionsTag, MatchQuality, Refusal, Target, text, token_id
-from tagserver.event import Event, RequestContext
-from tagserver.identity import CURRENCIES
-from tagserver.plugins import Param
+from tagserver import Event, Param, RequestContext
+from tagserver.toolkit.conversions import (
+    ConversionsTag,
+    MatchQuality,
+    Refusal,
+    Target,
+    text,
+    token_id,
+)
+from tagserver.toolkit.identity import CURRENCIES
 
 from .mapping import EVENT_NAMES, build
-from .sender import PinterestSender
+from .sender import API_URL, PinterestSender
 
 MAX_AGE_SECONDS = 7 * 86400  # "timestamp is in the past": 7 days per integrators (unconfirmed)
 FUTURE_TOLERANCE_SECONDS = 60
@@ -39,6 +45,7 @@ class PinterestCapiTag(ConversionsTag):
     )
     batch_size = 1000
     sender_class = PinterestSender
+    server_settings = (API_URL,)
     quality = QUALITY
     max_age_seconds = MAX_AGE_SECONDS
     target_params: ClassVar[tuple[str, ...]] = ("ad_account_id", "access_token", "test")

@@ -16,16 +16,21 @@ from typing import Any
 
 import orjson
 
-from tagserver.conversions import VendorAnswer, isolate, post_json
-from tagserver.http_outcomes import retry_after_seconds
-from tagserver.plugins import Delivery, Message, Sender
-from tagserver.redact import Redactor
+from tagserver import Delivery, Message, Sender, Setting
+from tagserver.toolkit.conversions import VendorAnswer, isolate, post_json
+from tagserver.toolkit.http import retry_after_seconds
+from tagserver.toolkit.redact import Redactor
 
-__all__ = ["SnapchatSender"]
+__all__ = ["API_URL", "SnapchatSender"]
 
 log = logging.getLogger("tagserver.tag.snapchat_capi")
 
 THROTTLE_FLOOR_SECONDS = 60.0
+API_URL = Setting(
+    "snapchat_api_url",
+    "https://tr.snapchat.com",
+    "Base URL of Snapchat's Conversions API (tests, proxies).",
+)
 
 
 class SnapchatSender(Sender):
@@ -43,7 +48,7 @@ class SnapchatSender(Sender):
     async def _post(
         self, route: dict[str, Any], token: str, redact: Redactor, messages: list[Message]
     ) -> VendorAnswer:
-        base = self.settings.snapchat_api_url.rstrip("/")
+        base = self.settings.get(API_URL).rstrip("/")
         url = f"{base}/v3/{route['pixel_id']}/events"
         body: dict[str, Any] = {"data": [m.payload for m in messages]}
         if route.get("test_event_code"):

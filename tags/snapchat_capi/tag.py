@@ -9,13 +9,19 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from tagserver.conversions import ConversionsTag, MatchQuality, Refusal, Target, text, token_id
-from tagserver.event import Event, RequestContext
-from tagserver.identity import CURRENCIES
-from tagserver.plugins import Param
+from tagserver import Event, Param, RequestContext
+from tagserver.toolkit.conversions import (
+    ConversionsTag,
+    MatchQuality,
+    Refusal,
+    Target,
+    text,
+    token_id,
+)
+from tagserver.toolkit.identity import CURRENCIES
 
 from .mapping import STANDARD_EVENTS, build
-from .sender import SnapchatSender
+from .sender import API_URL, SnapchatSender
 
 MAX_AGE_SECONDS = 7 * 86400  # Snap says 37 days, its own Segment code 7: keep to 7
 FUTURE_TOLERANCE_SECONDS = 60
@@ -40,6 +46,7 @@ class SnapchatCapiTag(ConversionsTag):
     )
     batch_size = 1000  # Snap's limit is unconfirmed (integrators use 2000): stay below
     sender_class = SnapchatSender
+    server_settings = (API_URL,)
     quality = QUALITY
     max_age_seconds = MAX_AGE_SECONDS
     target_params: ClassVar[tuple[str, ...]] = ("pixel_id", "access_token", "test_event_code")

@@ -14,9 +14,9 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from tagserver import identity
-from tagserver.conversions import click_id, event_time, items, number, raw_identity, total
-from tagserver.event import Event, RequestContext
+from tagserver import Event, RequestContext
+from tagserver.toolkit import identity
+from tagserver.toolkit.conversions import click_id, event_time, items, number, raw_identity, total
 
 __all__ = ["DEFAULT_EVENT_NAMES", "STANDARD_EVENTS", "build", "tiktok_event_name", "TTP_RE"]
 

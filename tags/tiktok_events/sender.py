@@ -18,16 +18,21 @@ from typing import Any
 
 import orjson
 
-from tagserver.conversions import VendorAnswer, isolate, post_json
-from tagserver.http_outcomes import retry_after_seconds
-from tagserver.plugins import Delivery, Message, Sender
-from tagserver.redact import Redactor
+from tagserver import Delivery, Message, Sender, Setting
+from tagserver.toolkit.conversions import VendorAnswer, isolate, post_json
+from tagserver.toolkit.http import retry_after_seconds
+from tagserver.toolkit.redact import Redactor
 
-__all__ = ["TikTokSender", "classify"]
+__all__ = ["API_URL", "TikTokSender", "classify"]
 
 log = logging.getLogger("tagserver.tag.tiktok_events")
 
 THROTTLE_FLOOR_SECONDS = 60.0
+API_URL = Setting(
+    "tiktok_api_url",
+    "https://business-api.tiktok.com",
+    "Base URL of TikTok's Events API (tests, proxies).",
+)
 OK = frozenset({0, 20001})
 THROTTLED = frozenset({40100, 40132, 61000, 60001})
 RETRY = frozenset({50000, 50002, 40700, *range(51000, 51100), *range(52000, 52205)})
@@ -76,7 +81,7 @@ class TikTokSender(Sender):
     async def _post(
         self, route: dict[str, Any], token: str, redact: Redactor, messages: list[Message]
     ) -> VendorAnswer:
-        base = self.settings.tiktok_api_url.rstrip("/")
+        base = self.settings.get(API_URL).rstrip("/")
         url = f"{base}/open_api/{route.get('api_version')}/event/track/"
         body: dict[str, Any] = {
             "event_source": "web",

@@ -10,13 +10,19 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from tagserver.conversions import ConversionsTag, MatchQuality, Refusal, Target, text, token_id
-from tagserver.event import Event, RequestContext
-from tagserver.identity import CURRENCIES
-from tagserver.plugins import Param
+from tagserver import Event, Param, RequestContext
+from tagserver.toolkit.conversions import (
+    ConversionsTag,
+    MatchQuality,
+    Refusal,
+    Target,
+    text,
+    token_id,
+)
+from tagserver.toolkit.identity import CURRENCIES
 
 from .mapping import STANDARD_EVENTS, build
-from .sender import TikTokSender
+from .sender import API_URL, TikTokSender
 
 DEFAULT_API_VERSION = "v1.3"
 MAX_AGE_SECONDS = 7 * 86400  # TikTok's own limit is unconfirmed: keep to Meta's 7 days
@@ -43,6 +49,7 @@ class TikTokEventsTag(ConversionsTag):
     )
     batch_size = 1000
     sender_class = TikTokSender
+    server_settings = (API_URL,)
     quality = QUALITY
     max_age_seconds = MAX_AGE_SECONDS
     target_params: ClassVar[tuple[str, ...]] = (

@@ -5,7 +5,7 @@
   and the log, and counts in `tagserver_tag_refused_total{tag_type, reason}`).
 - `raw_identity(event)`: the person's raw match keys from sGTM's common event data, by the
   short names the vendors share (`em`, `ph`, `fn` ...), each a list; hash them with
-  `tagserver.identity`.
+  `tagserver.toolkit.identity`.
 - `items(event)` / `total(items)`: GA4 items read once, with numbers made numbers.
 - `click_id(url, name)`: a click id of the page URL, exactly as given.
 - `MatchQuality`: a local 0–10 estimate from the keys an event carries, with weights per vendor.
@@ -29,11 +29,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from . import metrics
-from .event import Event, RequestContext
-from .http_outcomes import elapsed_ms
-from .plugins import Delivery, FireContext, Message, Outgoing, Tag, TagRejected
-from .redact import Redactor
+from .. import metrics
+from ..event import Event, RequestContext
+from ..http_outcomes import elapsed_ms
+from ..plugins import Delivery, FireContext, Message, Outgoing, Tag, TagRejected
+from ..redact import Redactor
 
 __all__ = [
     "Refusal",
