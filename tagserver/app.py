@@ -28,16 +28,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import metrics
 from .container import ContainerError, load_file
+from .container_status import ContainerStatus
 from .dispatch import Dispatcher
 from .errors import BadRequest, HitError, PayloadTooLarge
 from .event import RequestContext
 from .exposition import metrics_endpoint
+from .history import History, open_history
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox import Outbox
 from .plugins import Registry, load_registry
 from .preview import Preview
 from .redact import Redactor
-from .reload import ContainerWatcher
+from .reload import ContainerWatcher, remember
 from .runtime import Runtime
 from .settings import Settings
 
@@ -54,10 +56,16 @@ class State:
     dispatcher: Dispatcher | None = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    status: ContainerStatus = field(default_factory=ContainerStatus)
+    history: History | None = None
 
     @property
     def redact(self) -> Redactor:
         return self.runtime.redact
+
+    def container_status(self) -> dict[str, Any]:
+        """The container in force and the last refused reload (/healthz, preview)."""
+        return self.status.describe(self.runtime.container, self.redact)
 
 
 def state_of(request: Request) -> State:
@@ -96,6 +104,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
             trace = HitTrace(
                 new_trace_id(), session, time.time(), _request_snapshot(ctx, state), client.name
             )
+            trace.container = runtime.container.describe()
         hit = Hit(
             request=ctx, client_name=client.name, runtime=runtime, outbox=state.outbox, trace=trace
         )
@@ -220,12 +229,15 @@ async def healthz(request: Request) -> Response:
     """200 while hits can be stored; 503 with the reason when they cannot (load balancers
     then send them elsewhere)."""
     state = state_of(request)
-    container = state.runtime.container.describe()
+    container = state.container_status()
     problem = state.outbox.problem
     if problem is None:
         body, status = {"status": "ok", "container": container}, 200
     else:
         body, status = {"status": "unavailable", "reason": problem, "container": container}, 503
+    warnings = state.status.warnings(state.runtime.container)
+    if warnings:  # still 200: the running container serves, but the edit did not land
+        body["warnings"] = warnings
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
@@ -324,6 +336,14 @@ def quiet_gc() -> tuple[int, int, int]:
     return thresholds
 
 
+def _open_history(settings: Settings) -> History | None:
+    try:
+        return open_history(settings.data_dir)
+    except Exception as exc:  # a record, not a reason to refuse to serve
+        log.warning("container history unavailable: %s: %s", type(exc).__name__, exc)
+        return None
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app; the container is loaded now so a broken one fails the start loudly."""
     settings = settings or Settings.from_env()
@@ -332,6 +352,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     for error in registry.errors:
         log.error("plugin not loaded: %s", error)
     container = load_file(settings.container, registry, settings)
+    history = _open_history(settings)
+    remember(history, container, settings.container)
     preview = Preview(settings)
     state = State(
         settings=settings,
@@ -339,6 +361,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         runtime=Runtime(container, settings),
         outbox=Outbox(settings),
         preview=preview,
+        history=history,
     )
 
     @contextlib.asynccontextmanager
@@ -349,7 +372,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         await dispatcher.start()  # resumes whatever the outbox holds
         await preview.start()
-        watcher = ContainerWatcher(settings, registry, state)
+        watcher = ContainerWatcher(settings, registry, state, history)
         state.background.append(asyncio.create_task(watcher.run(), name="container-watcher"))
         log.info(
             "tagserver ready: container %s (version %s, hash %s), %d clients, %d tags",
@@ -365,6 +388,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await asyncio.gather(*state.background, return_exceptions=True)
             await preview.close()
             await state.outbox.close()
+            if history is not None:
+                history.close()
             metrics.flush()
             gc.unfreeze()
             gc.set_threshold(*thresholds)

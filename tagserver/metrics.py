@@ -57,6 +57,13 @@ META_REFUSED = Counter(
     ["reason"],
 )
 
+CONTAINER_RELOADS = Counter(
+    "tagserver_container_reloads_total",
+    "Changes of the container file by result: applied, or refused (invalid; the running "
+    "container stays). Each worker counts the changes it saw.",
+    ["result"],
+)
+
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
