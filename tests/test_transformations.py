@@ -239,3 +239,12 @@ def test_validation_duplicates_and_shape():
     assert problems(minimal_container(transformations={})) == [
         "transformations: must be a list, got dict"
     ]
+
+
+def test_schema_describes_transformations():
+    from tagserver.schema import container_schema
+
+    variants = container_schema(load_registry())["properties"]["transformations"]["items"]["oneOf"]
+    assert [v["properties"]["type"]["const"] for v in variants] == ["allow", "exclude", "augment"]
+    assert variants[2]["required"] == ["name", "type", "set"]
+    assert "meta_capi" in variants[0]["properties"]["tag_types"]["items"]["enum"]

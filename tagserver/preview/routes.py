@@ -262,6 +262,14 @@ class Views:
         # redact once more with the live container's secrets (the store saw only settings')
         return json_response(request.app.state.tagserver.redact(trace))
 
+    async def api_container(self, request: Request) -> Response:
+        """The container in force and the last refused reload (preview's banner)."""
+        state = request.app.state.tagserver
+        return json_response({
+            "container": state.container_status(),
+            "warnings": state.status.warnings(state.runtime.container),
+        })  # fmt: skip
+
     async def api_action(self, request: Request) -> Response:
         sid, action = request.path_params["sid"], request.path_params["action"]
         actions = {
@@ -417,6 +425,7 @@ def preview_routes(preview: Preview) -> list[BaseRoute]:
         Route("/preview/s/{sid}", op(v.session_page, page=True), methods=["GET"]),
         Route("/preview/s/{sid}/{action}", op(v.api_action), methods=["POST"]),
         Route("/preview/api/sessions", op(v.api_sessions), methods=["GET"]),
+        Route("/preview/api/container", op(v.api_container), methods=["GET"]),
         Route("/preview/api/s/{sid}", op(v.api_session), methods=["GET"]),
         Route("/preview/api/s/{sid}/hits", op(v.api_hits), methods=["GET"]),
         Route("/preview/api/s/{sid}/hits/{trace_id}", op(v.api_hit), methods=["GET"]),
