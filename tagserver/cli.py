@@ -132,7 +132,8 @@ def validate(path: str | None) -> None:
     click.echo(
         f"{path}: valid — container {container.name!r} version {container.version!r}, "
         f"{len(container.clients)} clients, {len(container.variables)} variables, "
-        f"{len(container.triggers)} triggers, {len(container.tags)} tags"
+        f"{len(container.triggers)} triggers, {len(container.tags)} tags, "
+        f"{len(container.source.get('transformations', []))} transformations"
     )
 
 

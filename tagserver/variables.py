@@ -217,7 +217,9 @@ def _page_part(key: str) -> Callable[[Scope], Any]:
 
 
 BUILTINS: dict[str, Callable[[Scope], Any]] = {
-    "event": lambda s: s.event,  # all the event data (as transformed for the tag), e.g. a body
+    # all the event data (as transformed for the tag), e.g. a webhook's body; a copy, so what
+    # a tag sends does not follow later additions to the event
+    "event": lambda s: dict(s.event),
     "event_name": lambda s: s.event.get("event_name"),
     "client_name": lambda s: s.client_name,
     "client_ip": lambda s: s.event.get("ip_override") or s.request.ip,
