@@ -144,10 +144,11 @@ def _check_set(check: Checker, item: dict[str, Any], path: str) -> None:
         check.add(f"{path}.set", 'required by augment: an object {"dotted.path": value, ...}')
         return
     for key, value in values.items():
+        where = f'{path}.set["{key}"]' if "." in key else f"{path}.set.{key}"
         problem = path_problem(key)
         if problem:
-            check.add(f"{path}.set.{key}", problem)
-        check.refs(value, f"{path}.set.{key}")
+            check.add(where, problem)
+        check.refs(value, where)
 
 
 def _check_scope(check: Checker, names: Any, path: str, known: list[str], what: str) -> None:
