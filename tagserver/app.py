@@ -36,8 +36,9 @@ from .exposition import metrics_endpoint
 from .history import History, open_history
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox import Outbox
-from .plugins import Registry, load_registry
+from .plugins import Example, Registry, load_registry
 from .preview import Preview
+from .preview.routes import Server, preview_routes
 from .redact import Redactor
 from .reload import ContainerWatcher, remember
 from .runtime import Runtime
@@ -66,6 +67,13 @@ class State:
     def container_status(self) -> dict[str, Any]:
         """The container in force and the last refused reload (/healthz, preview)."""
         return self.status.describe(self.runtime.container, self.redact)
+
+    def container_report(self) -> dict[str, Any]:
+        """`container_status()` and, while the file on disk was refused, a warning saying so."""
+        return {
+            "container": self.container_status(),
+            "warnings": self.status.warnings(self.runtime.container),
+        }
 
 
 def state_of(request: Request) -> State:
@@ -229,28 +237,41 @@ async def healthz(request: Request) -> Response:
     """200 while hits can be stored; 503 with the reason when they cannot (load balancers
     then send them elsewhere)."""
     state = state_of(request)
-    container = state.container_status()
+    report = state.container_report()
+    container, warnings = report["container"], report["warnings"]
     problem = state.outbox.problem
     if problem is None:
         body, status = {"status": "ok", "container": container}, 200
     else:
         body, status = {"status": "unavailable", "reason": problem, "container": container}, 503
-    warnings = state.status.warnings(state.runtime.container)
     if warnings:  # still 200: the running container serves, but the edit did not land
         body["warnings"] = warnings
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-def builtin_routes(preview: Preview, settings: Settings) -> list[BaseRoute]:
+def builtin_routes(state: State) -> list[BaseRoute]:
+    """The server's own routes, each handed what it reads from the running server."""
     from importlib.resources import files
 
     from . import pages
 
+    settings = state.settings
+
+    def example() -> Example | None:
+        examples = (client.example() for client in state.runtime.container.clients)
+        return next((e for e in examples if e is not None), None)
+
+    server = Server(
+        context=lambda request: request_context(request, settings),
+        redact=lambda value: state.runtime.redact(value),
+        example=example,
+        container=state.container_report,
+    )
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        *preview.routes(),
-        *pages.routes(settings),  # /collector.js (+ custom path), /demo
+        *preview_routes(state.preview, server),
+        *pages.routes(settings, lambda: state.runtime.container),  # /collector.js, /demo
         Mount("/static", StaticFiles(directory=str(files("tagserver.static"))), name="static"),
     ]
     return routes
@@ -351,6 +372,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     registry = load_registry()
     for error in registry.errors:
         log.error("plugin not loaded: %s", error)
+    settings.declare(registry.declared_settings())  # raises SettingsError on a bad value
     container = load_file(settings.container, registry, settings)
     history = _open_history(settings)
     remember(history, container, settings.container)
@@ -394,7 +416,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             gc.unfreeze()
             gc.set_threshold(*thresholds)
 
-    routes = builtin_routes(preview, settings)
+    routes = builtin_routes(state)
     app = TagServer(
         routes=[*routes, Route("/{path:path}", handle_hit, methods=HIT_METHODS)],
         lifespan=lifespan,

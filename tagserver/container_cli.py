@@ -195,12 +195,14 @@ def _check_still_valid(entry: Entry) -> None:
     from .plugins import load_registry
     from .settings import Settings, SettingsError
 
+    registry = load_registry()
     try:
         settings = Settings.from_env()
+        settings.declare(registry.declared_settings())
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        load(parse_json(entry.raw), load_registry(), settings, raw=entry.raw)
+        load(parse_json(entry.raw), registry, settings, raw=entry.raw)
     except ContainerError as exc:
         click.echo(f"#{entry.id} is not valid any more ({len(exc.problems)} problems):", err=True)
         for problem in exc.problems:

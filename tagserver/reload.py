@@ -14,20 +14,26 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import metrics
 from .container import Container, ContainerError, Problem, load, parse_json
 from .container_diff import diff, summary
+from .container_status import ContainerStatus
 from .history import ACCEPTED, REFUSED, History, content_hash
 from .plugins import Registry
 from .runtime import Runtime
 from .settings import Settings
 
-if TYPE_CHECKING:
-    from .app import State
-
 log = logging.getLogger("tagserver.reload")
+
+
+class Running(Protocol):
+    """Where the running container lives (the app's state): a reload replaces `runtime` and
+    tells `status`."""
+
+    runtime: Runtime
+    status: ContainerStatus
 
 
 def remember(history: History | None, container: Container, source: str) -> None:
@@ -59,7 +65,11 @@ def remember_refusal(
 
 class ContainerWatcher:
     def __init__(
-        self, settings: Settings, registry: Registry, state: State, history: History | None = None
+        self,
+        settings: Settings,
+        registry: Registry,
+        state: Running,
+        history: History | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
