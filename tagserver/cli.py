@@ -10,6 +10,7 @@ import sys
 import click
 
 from .container import ContainerError, load_file
+from .events_cli import events
 from .outbox_cli import outbox
 from .plugins import load_registry
 from .settings import PREFIX, Settings, SettingsError, settings_table
@@ -139,3 +140,4 @@ def show_settings(markdown: bool) -> None:
 
 
 main.add_command(outbox)
+main.add_command(events)
