@@ -28,7 +28,9 @@ from tagserver.event import get_path
 
 Getter = Callable[[Any, Any], Any]  # (element, root) -> value or None
 
-SPEC_KEYS = frozenset(("path", "const", "first", "find", "each", "prefix", "default"))
+SPEC_KEYS = frozenset(
+    ("path", "const", "first", "find", "where", "take", "each", "map", "prefix", "default")
+)
 
 
 class MappingError(ValueError):

@@ -12,13 +12,14 @@ file that overlaps it, sends nothing twice, however long after.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -32,7 +33,7 @@ from .event_checks import EventError, check_event
 from .plugins import Outgoing
 from .runtime import EventResult, Runtime
 
-CHUNK_ROWS = 500  # rows run and committed together: bounds memory, shares one outbox commit
+CHUNK_ROWS = 1000  # rows run and committed together: bounds memory, shares one outbox commit
 USER_KEYS = frozenset(
     ("email_address", "phone_number", "external_id", "sha256_email_address", "sha256_phone_number")
 )
@@ -330,7 +331,7 @@ class Summary:
         return f"{self.rows} {noun}: " + (", ".join(parts) or "nothing to do")
 
 
-Store = Callable[[list[Outgoing]], Any]  # awaitable: commit messages to the outbox
+Store = Callable[[list[Outgoing]], Awaitable[None]]  # commit messages to the outbox
 
 
 class Importer:
@@ -353,6 +354,7 @@ class Importer:
         self.action_source = action_source
         self.request = RequestContext.empty("IMPORT", f"file:{source}")
         self.summary = Summary()
+        self.in_flight: tuple[asyncio.Future[Any], list[tuple[str, str, int]]] | None = None
 
     async def run(self, rows: Iterable[Row], report: Callable[[RowReport], None]) -> Summary:
         chunk: list[Row] = []
@@ -363,7 +365,24 @@ class Importer:
                 chunk = []
         if chunk:
             await self.chunk(chunk, report)
+        await self.committed()
         return self.summary
+
+    async def commit(self, outgoing: list[Outgoing], imported: list[tuple[str, str, int]]) -> None:
+        """Start committing a chunk's messages while the next chunk runs; one at a time."""
+        await self.committed()
+        if self.store is not None and outgoing:
+            self.in_flight = (asyncio.ensure_future(self.store(outgoing)), imported)
+
+    async def committed(self) -> None:
+        """Wait for the chunk in flight, then record its event ids as imported."""
+        if self.in_flight is None:
+            return
+        task, imported = self.in_flight
+        self.in_flight = None
+        await task
+        if self.ledger is not None and imported:
+            self.ledger.add(imported)
 
     async def chunk(self, rows: list[Row], report: Callable[[RowReport], None]) -> None:
         now = time.time()
@@ -403,10 +422,7 @@ class Importer:
             if result.outgoing:
                 outgoing.extend(result.outgoing)
                 imported.append((event_id, self.source, row.line))
-        if self.store is not None and outgoing:
-            await self.store(outgoing)
-        if self.ledger is not None and self.store is not None and imported:
-            self.ledger.add(imported)
+        await self.commit(outgoing, imported)
         self.summary.messages += len(outgoing)
         for entry in sorted(reports, key=lambda r: r.line):
             self.summary.rows += 1
