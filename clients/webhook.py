@@ -26,12 +26,19 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tagserver import metrics
-from tagserver.errors import BadRequest, HitError, Unauthorized
-from tagserver.event import Event, RequestContext
-from tagserver.event_checks import EventError, check_event
-from tagserver.hit import Hit
-from tagserver.plugins import MAX_EVENTS, Client, Param
+from tagserver import (
+    MAX_EVENTS,
+    BadRequest,
+    Client,
+    Event,
+    Hit,
+    HitError,
+    Param,
+    RequestContext,
+    Settings,
+    Unauthorized,
+)
+from tagserver.toolkit.events import EventError, check_event
 
 from .webhook_mapping import MappingError, compile_mapping, read
 from .webhook_presets import PRESETS
@@ -84,7 +91,7 @@ class WebhookClient(Client):
             )
         return problems
 
-    def __init__(self, name: str, params: dict[str, Any], settings: Any) -> None:
+    def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
         super().__init__(name, params, settings)
         preset = PRESETS.get(params.get("preset") or "", {})
         self.path = params["path"]
@@ -129,7 +136,6 @@ class WebhookClient(Client):
         for index, row in enumerate(rows):
             if row is None:
                 rows[index] = next(results).summary(index)
-        metrics.count(metrics.EVENTS, self.name, amount=len(events))
         body = {"accepted": len(events), "rejected": len(rows) - len(events), "results": rows}
         return JSONResponse(body, 200 if events else 400)
 

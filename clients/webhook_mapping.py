@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tagserver.event import get_path
+from tagserver.toolkit.events import get_path
 
 Getter = Callable[[Any, Any], Any]  # (element, root) -> value or None
 
