@@ -60,7 +60,8 @@ class _Group:
     """Writes made during one loop iteration: one frame to the writer process."""
 
     rows: list[Row] = field(default_factory=list)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    waiters: list[asyncio.Future[list[int]]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # rows each waiter put
     jobs: list[Job] = field(default_factory=list)
     results: list[asyncio.Future[Any]] = field(default_factory=list)
 
@@ -78,6 +79,18 @@ def _not_stored(exc: Exception) -> Unavailable:
         "the outbox could not store the messages; nothing was stored, retry later",
         retry_after=10,
     )
+
+
+def split(repeats: list[int] | None, counts: list[int]) -> list[list[int]]:
+    """A group's repeated row indices → each waiter's, counted from its own first row."""
+    if not repeats:
+        return [[] for _ in counts]
+    out: list[list[int]] = []
+    start = 0
+    for count in counts:
+        out.append([i - start for i in repeats if start <= i < start + count])
+        start += count
+    return out
 
 
 class Outbox:
@@ -168,10 +181,12 @@ class Outbox:
 
     # -- the hit path
 
-    async def put(self, messages: list[Outgoing]) -> None:
-        """Store `messages`; returns once they are committed. Raises `Unavailable` (→ 503)."""
+    async def put(self, messages: list[Outgoing]) -> list[int]:
+        """Store `messages`; returns once they are committed, with the indices of those not
+        stored because the same destination and dedup id is pending or was delivered within
+        48 hours. Raises `Unavailable` (→ 503)."""
         if not messages:
-            return
+            return []
         if not self._open:
             raise Unavailable("the server is starting or stopping; retry shortly", retry_after=5)
         if self._broken is not None:
@@ -197,13 +212,14 @@ class Outbox:
             )
             for m in messages
         ]
-        waiter: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
+        waiter: asyncio.Future[list[int]] = self._loop.create_future()  # type: ignore[union-attr]
         group.waiters.append(waiter)
+        group.counts.append(len(messages))
         if not self._flush_scheduled:
             self._schedule_flush()
         self._queued_rows += len(messages)
         try:
-            await waiter
+            return await waiter
         finally:
             self._queued_rows -= len(messages)
 
@@ -267,14 +283,15 @@ class Outbox:
             for group in groups:
                 self._fail(group, outcome)
             return
-        touched, results, pending = outcome
+        touched, results, pending, repeats = outcome
         metrics.observe(metrics.OUTBOX_COMMIT, elapsed)
         rows = 0
         for seq, group in zip(seqs, groups, strict=True):
-            rows += len(group.rows)
-            for waiter in group.waiters:
+            rows += len(group.rows) - len(repeats.get(seq, ()))
+            mine_all = split(repeats.get(seq), group.counts)
+            for waiter, mine in zip(group.waiters, mine_all, strict=True):
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(mine)
             for future, (ok, value) in zip(group.results, results.get(seq, ()), strict=True):
                 if future.done():
                     continue
@@ -394,12 +411,17 @@ class Outbox:
         return await self.read(lambda store: store.stats(time.time()))
 
     async def _maintain(self) -> None:
-        """Once a second: free disk, pending count (other workers, CLI), WAL checkpoint."""
+        """Once a second: free disk, pending count (other workers, CLI), WAL checkpoint;
+        once a minute: forget dedup ids delivered before the window."""
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
+            ticks += 1
             try:
                 self._check_disk()
                 self.pending = await self.read(self._refresh)
+                if ticks % 60 == 1:
+                    await self.run(outbox_store.forget_delivered)
             except Exception:
                 log.exception("outbox maintenance failed")
 
