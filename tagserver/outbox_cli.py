@@ -2,7 +2,8 @@
 
     tagserver outbox status                     pending per destination, oldest age, dead letters
     tagserver outbox dead-letters               what could not be delivered, and why
-    tagserver outbox retry [--destination D]    send dead letters again
+    tagserver outbox retry [--destination D]    send dead letters again, where their tags
+                                                send now (--keep-route: the old way)
     tagserver outbox purge --dead-letters|--pending [--destination D] --yes
 
 The outbox is a SQLite file in WAL mode, so these commands are safe while the server runs:
@@ -164,19 +165,91 @@ def dead_letters(
 @data_dir_option
 @click.option("--destination", help="Only this destination's dead letters.")
 @click.option("--id", "ids", type=int, multiple=True, help="Only this dead letter (repeatable).")
-def retry(data_dir: str, destination: str | None, ids: tuple[int, ...]) -> None:
-    """Put dead letters back in the outbox, attempts reset (after fixing the cause)."""
+@click.option(
+    "--container",
+    "container_path",
+    envvar="TAGSERVER_CONTAINER",
+    default="container.json",
+    show_default=True,
+    help="The container whose tags say where messages go now.  [env: TAGSERVER_CONTAINER]",
+)
+@click.option(
+    "--keep-route",
+    is_flag=True,
+    help="Send through the route stored with each message (its old token or URL) instead of "
+    "the one its tag resolves to now.",
+)
+def retry(
+    data_dir: str,
+    destination: str | None,
+    ids: tuple[int, ...],
+    container_path: str,
+    keep_route: bool,
+) -> None:
+    """Put dead letters back in the outbox, attempts reset (after fixing the cause).
+
+    Each tag's dead letters go where the tag sends now, with the current container and
+    environment (a fixed token or URL takes effect); --keep-route sends them the old way.
+    """
+    routes: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    kept: dict[str, str] = {}
+    if not keep_route:
+        routes, kept = _current_routes(container_path)
     store = open_store(data_dir)
     now = time.time()
     expired = store.count_past_deadline(destination, ids, now)
-    count = in_transaction(store, lambda: store.requeue_dead_letters(destination, ids, now))
+    moved = in_transaction(store, lambda: store.requeue(destination, ids, now, routes))
+    count = sum(r["requeued"] for r in moved)
     click.echo(f"requeued {count} dead letter{'s' if count != 1 else ''}")
+    for r in moved:
+        tag = r["tag"] or "(no tag)"
+        if r["to"] != r["from"]:
+            where = f"{r['to']} (where {tag} sends now; was {r['from']})"
+        elif keep_route:
+            where = f"{r['to']} (the stored route, --keep-route)"
+        elif r["tag"] in routes:
+            where = f"{r['to']} (where {tag} sends now)"
+        else:
+            reason = kept.get(r["tag"], f"no tag named {tag!r} in {container_path}")
+            where = f"{r['to']} (the stored route: {reason})"
+        click.echo(f"  {tag}: {r['requeued']} → {where}")
+        if r["already_sent_or_pending"]:
+            click.echo(
+                f"    {r['already_sent_or_pending']} not requeued: the same message is pending "
+                "there or was delivered within 48 hours"
+            )
     if expired:
         click.echo(
             f"warning: {expired} of them are past their deadline (the vendor would refuse them) "
             "and will be dead-lettered again",
             err=True,
         )
+
+
+def _current_routes(
+    container_path: str,
+) -> tuple[dict[str, tuple[str, str, dict[str, Any]]], dict[str, str]]:
+    """Each tag's route now (tag → (key, type, route)), and why some tags have none."""
+    from .container import ContainerError, load_file
+    from .plugins import load_registry
+    from .reroute import Route, current_routes
+    from .settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(container=container_path)
+        container = load_file(container_path, load_registry(), settings)
+    except (ContainerError, SettingsError) as exc:
+        raise click.ClickException(
+            f"cannot tell where messages go now: {exc}\n"
+            "fix the container (tagserver validate) or retry with --keep-route"
+        ) from None
+    routes, kept = {}, {}
+    for tag, found in current_routes(container).items():
+        if isinstance(found, Route):
+            routes[tag] = (found.destination, found.tag_type, found.route)
+        else:
+            kept[tag] = found
+    return routes, kept
 
 
 @outbox.command()

@@ -22,7 +22,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -498,16 +498,54 @@ class Store:
     def requeue_dead_letters(
         self, destination: str | None = None, ids: Sequence[int] = (), now: float | None = None
     ) -> int:
-        """Move dead letters back to pending, attempts reset (inside a transaction)."""
+        """Move dead letters back to pending through their stored routes; how many."""
+        return sum(r["dead_letters"] for r in self.requeue(destination, ids, now))
+
+    def requeue(
+        self,
+        destination: str | None = None,
+        ids: Sequence[int] = (),
+        now: float | None = None,
+        routes: Mapping[str, tuple[str, str, dict[str, Any]]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Move dead letters back to pending, attempts reset (inside a transaction).
+
+        `routes` maps a tag name to the (destination key, tag type, route) it resolves to now:
+        that tag's dead letters go there; the others keep their destination. One row per tag
+        and old destination: where they went, how many were requeued, and how many were
+        dropped because the same message is pending there or was delivered within 48 hours.
+        """
         now = time.time() if now is None else now
         where, args = self._dead_filter(destination, ids)
-        self.conn.execute(
-            "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at,"
-            " deadline, trace_id, next_attempt_at) SELECT destination_id, payload, dedup_id,"
-            f" tag_name, created_at, deadline, trace_id, ? FROM dead_letters d {where}",
-            (now, *args),
-        )
-        return self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args).rowcount
+        groups = self.conn.execute(
+            "SELECT d.tag_name, d.destination_id, k.key, k.tag_type, count(*) FROM dead_letters d"
+            f" JOIN destinations k ON k.id = d.destination_id {where}"
+            " GROUP BY d.tag_name, d.destination_id ORDER BY d.tag_name, k.key",
+            args,
+        ).fetchall()
+        out = []
+        scoped = f"{where} AND" if where else "WHERE"
+        for tag_name, dest_id, key, tag_type, count in groups:
+            target_key, target_id = key, dest_id
+            new = (routes or {}).get(tag_name)
+            if new is not None and new[1] == tag_type:
+                target_key = new[0]
+                target_id = self.destination_id(new[0], new[1], new[2], now)
+            stored = self.conn.execute(
+                "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at,"
+                " deadline, trace_id, next_attempt_at) SELECT ?, payload, dedup_id, tag_name,"
+                f" created_at, deadline, trace_id, ? FROM dead_letters d {scoped}"
+                " d.tag_name = ? AND d.destination_id = ? AND NOT EXISTS (SELECT 1 FROM"
+                " delivered x WHERE x.destination_id = ? AND x.dedup_id = d.dedup_id"
+                " AND x.delivered_at > ?) ORDER BY d.id ON CONFLICT DO NOTHING",
+                (target_id, now, *args, tag_name, dest_id, target_id, now - DEDUP_WINDOW),
+            ).rowcount
+            out.append({
+                "tag": tag_name, "from": key, "to": target_key, "dead_letters": count,
+                "requeued": stored, "already_sent_or_pending": count - stored,
+            })  # fmt: skip
+        self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args)
+        return out
 
     def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int:
         count = 0
