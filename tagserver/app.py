@@ -33,7 +33,7 @@ from .errors import BadRequest, HitError, PayloadTooLarge
 from .event import RequestContext
 from .exposition import metrics_endpoint
 from .hit import Hit, HitTrace, new_trace_id
-from .outbox import Outbox
+from .outbox_backend import OutboxBackend, open_outbox
 from .plugins import Registry, load_registry
 from .preview import Preview
 from .redact import Redactor
@@ -49,7 +49,7 @@ class State:
     settings: Settings
     registry: Registry
     runtime: Runtime
-    outbox: Outbox
+    outbox: OutboxBackend
     preview: Preview
     dispatcher: Dispatcher | None = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -337,7 +337,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings=settings,
         registry=registry,
         runtime=Runtime(container, settings),
-        outbox=Outbox(settings),
+        outbox=open_outbox(settings),
         preview=preview,
     )
 

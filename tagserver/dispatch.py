@@ -34,7 +34,7 @@ import httpx
 
 from . import metrics
 from .http_client import vendor_client
-from .outbox import Claim, Outbox, Settlement
+from .outbox_backend import Claim, OutboxBackend, Settlement
 from .plugins import Delivery, Message, Registry, Sender
 from .redact import Redactor
 from .settings import Settings
@@ -240,7 +240,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxBackend,
         registry: Registry,
         settings: Settings,
         *,

@@ -11,7 +11,7 @@ from .event import Event, RequestContext
 from .runtime import EventResult, Runtime
 
 if TYPE_CHECKING:
-    from .outbox import Outbox
+    from .outbox_backend import OutboxBackend
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Hit:
         request: RequestContext,
         client_name: str,
         runtime: Runtime,
-        outbox: Outbox,
+        outbox: OutboxBackend,
         trace: HitTrace | None = None,
     ) -> None:
         self.request = request

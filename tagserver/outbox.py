@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,27 +32,19 @@ import orjson
 
 from . import metrics, outbox_store
 from .errors import Unavailable
+from .outbox_backend import Routes
 from .outbox_store import Row, Settlement, Store, connect, database_path, is_disk_full
+from .outbox_types import Claim, split
 from .outbox_writer import Job, WriterProcess, request_frame
 from .plugins import Message, Outgoing
 from .settings import Settings
 
-__all__ = ["Claim", "Outbox", "Settlement", "Store", "database_path"]
+__all__ = ["Claim", "Outbox", "Settlement", "SqliteAdmin", "Store", "database_path"]
 
 log = logging.getLogger("tagserver.outbox")
 
 RESTART_AFTER = 1.0  # seconds between a writer process that died and its replacement
 RESTART_RETRY = 5.0  # seconds between attempts while a new writer cannot start
-
-
-@dataclass
-class Claim:
-    """Messages one worker claimed for one destination, with the route to send them."""
-
-    route: dict[str, Any] | None
-    messages: list[Message]
-    tag_names: dict[int, str] = field(default_factory=dict)
-    next_due: float | None = None  # when the destination's next message becomes due
 
 
 @dataclass
@@ -79,18 +71,6 @@ def _not_stored(exc: Exception) -> Unavailable:
         "the outbox could not store the messages; nothing was stored, retry later",
         retry_after=10,
     )
-
-
-def split(repeats: list[int] | None, counts: list[int]) -> list[list[int]]:
-    """A group's repeated row indices → each waiter's, counted from its own first row."""
-    if not repeats:
-        return [[] for _ in counts]
-    out: list[list[int]] = []
-    start = 0
-    for count in counts:
-        out.append([i - start for i in repeats if start <= i < start + count])
-        start += count
-    return out
 
 
 class Outbox:
@@ -167,6 +147,10 @@ class Outbox:
         if self._reader is not None:
             await loop.run_in_executor(self._reader_pool, self._reader.close)
         self._reader_pool.shutdown(wait=True)
+
+    @property
+    def where(self) -> str:
+        return f"SQLite {self.path}"
 
     @property
     def is_open(self) -> bool:
@@ -432,3 +416,45 @@ class Outbox:
         except sqlite3.Error as exc:
             log.debug("checkpoint skipped: %s", exc)
         return store.pending_total()
+
+
+class SqliteAdmin:
+    """The SQLite outbox for `tagserver outbox …`: safe while the server runs (WAL)."""
+
+    def __init__(self, settings: Settings) -> None:
+        path = database_path(settings.data_dir)
+        if not path.exists():
+            raise LookupError(
+                f"no outbox at {path} (is --data-dir / TAGSERVER_DATA_DIR the server's?)"
+            )
+        self.where = f"SQLite {path}"
+        self.store = Store.open(path)
+
+    def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
+        return self.store.stats(now, in_flight=in_flight)
+
+    def dead_letters(
+        self, destination: str | None = None, limit: int = 100, ids: Sequence[int] = ()
+    ) -> list[dict[str, Any]]:
+        return self.store.dead_letters(destination, limit, ids)
+
+    def count_past_deadline(self, destination: str | None, ids: Sequence[int], now: float) -> int:
+        return self.store.count_past_deadline(destination, ids, now)
+
+    def requeue(
+        self,
+        destination: str | None,
+        ids: Sequence[int],
+        now: float,
+        routes: Routes | None = None,
+    ) -> list[dict[str, Any]]:
+        store = self.store
+        return store.transaction(lambda: store.requeue(destination, ids, now, routes))  # type: ignore[no-any-return]
+
+    def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int:
+        store = self.store
+        work = lambda: store.purge(pending=pending, dead=dead, destination=destination)  # noqa: E731
+        return store.transaction(work)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.store.close()

@@ -6,9 +6,10 @@
                                                 send now (--keep-route: the old way)
     tagserver outbox purge --dead-letters|--pending [--destination D] --yes
 
-The outbox is a SQLite file in WAL mode, so these commands are safe while the server runs:
-a running dispatcher picks requeued messages up within a second. Routes (tokens, webhook
-URLs) are never printed.
+They work on the outbox the server uses: the SQLite file in the data dir (WAL mode), or the
+PostgreSQL outbox of TAGSERVER_OUTBOX_URL / --outbox-url. Both are safe while servers run: a
+running dispatcher picks requeued messages up within a second. Routes (tokens, webhook URLs)
+and the URL's password are never printed.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
 
-from .outbox import Store, database_path
+from .outbox_backend import OutboxAdmin, open_admin
+from .settings import Settings, SettingsError
 
 data_dir_option = click.option(
     "--data-dir",
@@ -32,23 +33,37 @@ data_dir_option = click.option(
     show_default=True,
     help="The server's data directory.  [env: TAGSERVER_DATA_DIR]",
 )
+url_option = click.option(
+    "--outbox-url",
+    envvar="TAGSERVER_OUTBOX_URL",
+    default="",
+    show_default=False,
+    help="The server's PostgreSQL outbox, if it has one (else the SQLite one in --data-dir).  "
+    "[env: TAGSERVER_OUTBOX_URL]",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def open_store(data_dir: str) -> Store:
-    path = database_path(data_dir)
-    if not path.exists():
-        raise click.ClickException(
-            f"no outbox at {path} (is --data-dir / TAGSERVER_DATA_DIR the server's?)"
-        )
-    return Store.open(Path(path))
+def where(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--data-dir and --outbox-url: the same settings the server reads."""
+    return data_dir_option(url_option(function))
 
 
-def in_transaction(store: Store, work: Callable[[], Any]) -> Any:
+def open_outbox(data_dir: str, outbox_url: str) -> OutboxAdmin:
     try:
-        return store.transaction(work)
+        settings = Settings(data_dir=data_dir, outbox_url=outbox_url)
+        return open_admin(settings)
+    except (LookupError, SettingsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # unreachable PostgreSQL: its reason, never the URL's password
+        raise click.ClickException(f"cannot open the outbox: {exc}") from None
+
+
+def using(admin: OutboxAdmin, work: Callable[[OutboxAdmin], Any]) -> Any:
+    try:
+        return work(admin)
     finally:
-        store.close()
+        admin.close()
 
 
 def age(seconds: float | None) -> str:
@@ -76,15 +91,12 @@ def outbox() -> None:
 
 
 @outbox.command()
-@data_dir_option
+@where
 @json_option
-def status(data_dir: str, as_json: bool) -> None:
+def status(data_dir: str, outbox_url: str, as_json: bool) -> None:
     """Pending messages per destination, the oldest one's age, dead letters."""
-    store = open_store(data_dir)
-    try:
-        rows = store.stats(time.time(), in_flight=True)
-    finally:
-        store.close()
+    admin = open_outbox(data_dir, outbox_url)
+    rows = using(admin, lambda a: a.stats(time.time(), in_flight=True))
     if as_json:
         click.echo(json.dumps({"destinations": rows}, indent=2))
         return
@@ -110,20 +122,22 @@ def status(data_dir: str, as_json: bool) -> None:
 
 
 @outbox.command(name="dead-letters")
-@data_dir_option
+@where
 @click.option("--destination", help="Only this destination (as `status` shows it).")
 @click.option("--limit", type=int, default=100, show_default=True, help="Most rows shown.")
 @click.option("--payload", "show_payload", is_flag=True, help="Also print each message.")
 @json_option
 def dead_letters(
-    data_dir: str, destination: str | None, limit: int, show_payload: bool, as_json: bool
+    data_dir: str,
+    outbox_url: str,
+    destination: str | None,
+    limit: int,
+    show_payload: bool,
+    as_json: bool,
 ) -> None:
     """Messages that will not be delivered, with the vendor's reason."""
-    store = open_store(data_dir)
-    try:
-        rows = store.dead_letters(destination, limit)
-    finally:
-        store.close()
+    admin = open_outbox(data_dir, outbox_url)
+    rows = using(admin, lambda a: a.dead_letters(destination, limit))
     if not show_payload and not as_json:
         for row in rows:
             row.pop("payload")
@@ -162,7 +176,7 @@ def dead_letters(
 
 
 @outbox.command()
-@data_dir_option
+@where
 @click.option("--destination", help="Only this destination's dead letters.")
 @click.option("--id", "ids", type=int, multiple=True, help="Only this dead letter (repeatable).")
 @click.option(
@@ -181,6 +195,7 @@ def dead_letters(
 )
 def retry(
     data_dir: str,
+    outbox_url: str,
     destination: str | None,
     ids: tuple[int, ...],
     container_path: str,
@@ -195,10 +210,10 @@ def retry(
     kept: dict[str, str] = {}
     if not keep_route:
         routes, kept = _current_routes(container_path)
-    store = open_store(data_dir)
+    admin = open_outbox(data_dir, outbox_url)
     now = time.time()
-    expired = store.count_past_deadline(destination, ids, now)
-    moved = in_transaction(store, lambda: store.requeue(destination, ids, now, routes))
+    expired = admin.count_past_deadline(destination, ids, now)
+    moved = using(admin, lambda a: a.requeue(destination, ids, now, routes))
     count = sum(r["requeued"] for r in moved)
     click.echo(f"requeued {count} dead letter{'s' if count != 1 else ''}")
     for r in moved:
@@ -253,12 +268,14 @@ def _current_routes(
 
 
 @outbox.command()
-@data_dir_option
+@where
 @click.option("--dead-letters", "dead", is_flag=True, help="Delete dead letters.")
 @click.option("--pending", is_flag=True, help="Delete pending messages (they are never sent).")
 @click.option("--destination", help="Only this destination.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def purge(data_dir: str, dead: bool, pending: bool, destination: str | None, yes: bool) -> None:
+def purge(
+    data_dir: str, outbox_url: str, dead: bool, pending: bool, destination: str | None, yes: bool
+) -> None:
     """Delete dead letters and/or pending messages for good."""
     if not dead and not pending:
         raise click.UsageError("say what to purge: --dead-letters, --pending or both")
@@ -268,8 +285,6 @@ def purge(data_dir: str, dead: bool, pending: bool, destination: str | None, yes
     scope = f" of {destination}" if destination else ""
     if not yes:
         click.confirm(f"Delete all {what}{scope}? This cannot be undone", abort=True)
-    store = open_store(data_dir)
-    count = in_transaction(
-        store, lambda: store.purge(pending=pending, dead=dead, destination=destination)
-    )
+    admin = open_outbox(data_dir, outbox_url)
+    count = using(admin, lambda a: a.purge(pending=pending, dead=dead, destination=destination))
     click.echo(f"deleted {count} {what}{scope}")

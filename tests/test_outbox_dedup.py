@@ -26,6 +26,8 @@ AUTH = {"Authorization": "Bearer test-key"}
 DEFAULT_CONTAINER = Path(__file__).resolve().parent.parent / "container.json"
 FAST = {"retry_base_seconds": 0.05, "retry_cap_seconds": 0.2}
 
+pytestmark = pytest.mark.usefixtures("outbox_backend")  # SQLite and PostgreSQL
+
 
 @pytest.fixture
 def graph(monkeypatch: pytest.MonkeyPatch):
