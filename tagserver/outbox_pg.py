@@ -514,7 +514,7 @@ class PgOutbox:
             await asyncio.sleep(PROBE_SECONDS)
             try:
                 if self._pool is not None:
-                    self._pool.expire_connections()  # the old ones may be dead
+                    await self._pool.expire_connections()  # the old ones may be dead
                 await asyncio.wait_for(self._connect(), self.timeout * 2)
             except Exception as exc:
                 if not is_connection_problem(exc):

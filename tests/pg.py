@@ -77,6 +77,9 @@ class PostgresServer:
     def stop(self, mode: str = "fast") -> None:
         self._run(BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop", check=False)  # fmt: skip
 
+    def running(self) -> bool:
+        return self._run(BIN / "pg_ctl", "-D", self.data, "status", check=False).returncode == 0
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}:{PASSWORD}@{LOOPBACK}:{self.port}/{database}"
 
