@@ -25,8 +25,7 @@ UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chr
 AUTH = {"Authorization": "Bearer test-key"}
 DEFAULT_CONTAINER = Path(__file__).resolve().parent.parent / "container.json"
 FAST = {"retry_base_seconds": 0.05, "retry_cap_seconds": 0.2}
-
-pytestmark = pytest.mark.usefixtures("outbox_backend")  # SQLite and PostgreSQL
+both_backends = pytest.mark.usefixtures("outbox_backend")  # SQLite and PostgreSQL
 
 
 @pytest.fixture
@@ -77,6 +76,7 @@ def meta_events(graph: FakeGraph, event_id: str) -> list[dict[str, Any]]:
     return [e for r in list(graph.requests) for e in r.events if e.get("event_id") == event_id]
 
 
+@both_backends
 def test_three_identical_posts_while_meta_is_down_are_stored_and_sent_once(tmp_path, graph):
     graph.mode = "outage"
     settings = {"meta_graph_url": graph.url, **FAST}
@@ -115,6 +115,7 @@ def meta_events_in(request: Any, event_id: str) -> bool:
     return any(e.get("event_id") == event_id for e in request.events)
 
 
+@both_backends
 def test_the_same_event_from_the_collector_and_the_events_api_is_sent_once(tmp_path, graph):
     graph.mode = "outage"
     settings = {"meta_graph_url": graph.url, **FAST}
@@ -139,6 +140,7 @@ def test_the_same_event_from_the_collector_and_the_events_api_is_sent_once(tmp_p
     assert [[e["event_id"] for e in r.events] for r in accepted] == [["order-9"]]
 
 
+@both_backends
 def test_a_repeat_within_one_request_is_stored_once(tmp_path, graph):
     graph.mode = "outage"
     with app_client(tmp_path, default_container(), meta_graph_url=graph.url, **FAST) as client:
@@ -147,3 +149,26 @@ def test_a_repeat_within_one_request_is_stored_once(tmp_path, graph):
         )
         assert [r["duplicate"] for r in answer.json()["results"]] == [False, True]
         assert outbox_pending(tmp_path / "data") == 1
+
+
+def test_an_older_sqlite_outbox_with_repeats_is_migrated_keeping_the_first(tmp_path):
+    import sqlite3
+
+    from tagserver.outbox_store import Store, database_path
+
+    path = database_path(tmp_path)
+    Store.open(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        "DROP INDEX messages_dedup; PRAGMA user_version = 2;"
+        "INSERT INTO destinations (key, tag_type, route, updated_at) VALUES ('d', 't', '{}', 0);"
+        "INSERT INTO messages (destination_id, payload, dedup_id, created_at, next_attempt_at)"
+        " VALUES (1, '1', 'a', 0, 0), (1, '2', 'a', 0, 0), (1, '3', 'b', 0, 0);"
+    )
+    conn.close()
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT dedup_id, payload FROM messages ORDER BY id").fetchall()
+    assert rows == [("a", "1"), ("b", "3")]
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("SELECT pending FROM destinations").fetchone()[0] == 2
