@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
+import asyncpg.pool
 import orjson
 
 from . import metrics
@@ -45,6 +46,8 @@ from .settings import Settings
 log = logging.getLogger("tagserver.outbox")
 
 T = TypeVar("T")
+# a connection of its own (CLI) or one lent by the pool (server)
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 SCHEMA_VERSION = 1
 LOCK_ID = 0x7461_6773_6F62  # pg_advisory_xact_lock key: "tagsob", the outbox's migrations
@@ -219,7 +222,7 @@ def is_connection_problem(exc: BaseException) -> bool:
     )
 
 
-async def migrate(conn: asyncpg.Connection) -> int:
+async def migrate(conn: Conn) -> int:
     """Create or upgrade the schema; its version. Safe when many instances start at once."""
     async with conn.transaction():
         await conn.execute(f"SELECT pg_advisory_xact_lock({LOCK_ID})")
@@ -247,7 +250,7 @@ async def migrate(conn: asyncpg.Connection) -> int:
 class PgStore:
     """The outbox's statements on one connection (the caller owns transactions)."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def destination_id(
@@ -300,7 +303,8 @@ class PgStore:
     def _dead_filter(
         self, destination: str | None, ids: Sequence[int], first: int = 1
     ) -> tuple[str, list[Any]]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if destination:
             args.append(destination)
             clauses.append(f"d.destination_id = (SELECT id FROM {D} WHERE key = ${first})")
@@ -510,8 +514,13 @@ class PgOutbox:
             self._recovering = asyncio.create_task(self._recover(), name="outbox-reconnect")
 
     async def _recover(self) -> None:
+        """Probe at once (a timeout may come from this process having been paused, not from
+        PostgreSQL), then every second until PostgreSQL answers."""
+        first = True
         while self._open:
-            await asyncio.sleep(PROBE_SECONDS)
+            if not first:
+                await asyncio.sleep(PROBE_SECONDS)
+            first = False
             try:
                 if self._pool is not None:
                     await self._pool.expire_connections()  # the old ones may be dead
@@ -525,7 +534,7 @@ class PgOutbox:
             self._problem = None
             return
 
-    async def _io(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _io(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """Run `work` on a pooled connection within the timeout; connection trouble marks
         the outbox down (and is raised)."""
         if self._pool is None:
@@ -614,28 +623,28 @@ class PgOutbox:
                 waiter.set_exception(error)
 
     async def _insert(
-        self, conn: asyncpg.Connection, rows: list[Outgoing]
+        self, conn: Conn, rows: list[Outgoing]
     ) -> tuple[dict[int, tuple[str, str]], list[int]]:
-        """One transaction: new destinations, then every message in one statement."""
+        """One transaction: new destinations, then every message in one statement. Under
+        load every destination is known already: then the statement is the transaction
+        (one round trip instead of three)."""
         now = time.time()
         cache = self._destinations
-        async with conn.transaction():
-            store = PgStore(conn)
-            fresh = {}
-            for m in rows:
-                cached = cache.get(m.destination)
-                if cached is None or cached[1] != m.route:
-                    fresh[m.destination] = m
-            learnt = {}
-            for key in sorted(fresh):  # one order everywhere: no deadlock between instances
-                m = fresh[key]
-                learnt[key] = (await store.destination_id(key, m.tag_type, m.route, now), m.route)
-            dumps = orjson.dumps
+        fresh = {}
+        for m in rows:
+            cached = cache.get(m.destination)
+            if cached is None or cached[1] != m.route:
+                fresh[m.destination] = m
+        dumps = orjson.dumps
+        payloads = [dumps(m.payload, default=str).decode() for m in rows]
+        learnt: dict[str, tuple[int, dict[str, Any]]] = {}
+
+        async def insert() -> list[asyncpg.Record]:
             dest = [(learnt.get(m.destination) or cache[m.destination])[0] for m in rows]
-            stored = await conn.fetch(
+            return await conn.fetch(
                 INSERT,
                 dest,
-                [dumps(m.payload, default=str).decode() for m in rows],
+                payloads,
                 [m.dedup_id for m in rows],
                 [m.tag_name for m in rows],
                 [m.created_at for m in rows],
@@ -644,7 +653,21 @@ class PgOutbox:
                 now,
                 now - DEDUP_WINDOW,
             )
-        cache.update(learnt)  # only once committed: ids of a rolled-back upsert are void
+
+        if not fresh:
+            stored = await insert()
+        else:
+            async with conn.transaction():
+                store = PgStore(conn)
+                for key in sorted(fresh):  # one order everywhere: no deadlock between instances
+                    m = fresh[key]
+                    learnt[key] = (
+                        await store.destination_id(key, m.tag_type, m.route, now),
+                        m.route,
+                    )
+                stored = await insert()
+            cache.update(learnt)  # only once committed: ids of a rolled-back upsert are void
+        dest = [(cache[m.destination])[0] for m in rows]
         touched = {d: (m.destination, m.tag_type) for d, m in zip(dest, rows, strict=True)}
         keys = [(d, m.dedup_id) for d, m in zip(dest, rows, strict=True)]
         return touched, duplicates(keys, [(r[0], r[1]) for r in stored])
@@ -654,7 +677,7 @@ class PgOutbox:
     async def claim(self, destination_id: int, worker: str, limit: int) -> Claim:
         lease = self.settings.outbox_lease_seconds
 
-        async def work(conn: asyncpg.Connection) -> Claim:
+        async def work(conn: Conn) -> Claim:
             rows = await conn.fetch(CLAIM, destination_id, limit, worker, lease)
             next_due = await conn.fetchval(
                 f"SELECT min(next_attempt_at) FROM {M} WHERE destination_id = $1", destination_id
@@ -672,9 +695,7 @@ class PgOutbox:
 
         return await self._io(work)
 
-    async def _route(
-        self, conn: asyncpg.Connection, destination_id: int
-    ) -> tuple[str, dict[str, Any] | None]:
+    async def _route(self, conn: Conn, destination_id: int) -> tuple[str, dict[str, Any] | None]:
         row = await conn.fetchrow(f"SELECT key, route FROM {D} WHERE id = $1", destination_id)
         if row is None:
             return "", None
@@ -683,7 +704,7 @@ class PgOutbox:
     async def settle(self, worker: str, plan: Settlement) -> None:
         now = time.time()
 
-        async def work(conn: asyncpg.Connection) -> None:
+        async def work(conn: Conn) -> None:
             async with conn.transaction():
                 if plan.delivered:
                     await conn.execute(
@@ -787,7 +808,7 @@ class PgAdmin:
         self.scrub = Scrubber(self.url)
         self.loop = asyncio.new_event_loop()
         try:
-            self.conn: asyncpg.Connection = self.loop.run_until_complete(self._open(settings))
+            self.conn: Conn = self.loop.run_until_complete(self._open(settings))
         except Exception as exc:
             self.loop.close()
             raise RuntimeError(
