@@ -32,9 +32,8 @@ import orjson
 
 from . import metrics, outbox_store
 from .errors import Unavailable
-from .outbox_backend import Routes
 from .outbox_store import Row, Settlement, Store, connect, database_path, is_disk_full
-from .outbox_types import Claim, split
+from .outbox_types import Claim, Routes, split
 from .outbox_writer import Job, WriterProcess, request_frame
 from .plugins import Message, Outgoing
 from .settings import Settings

@@ -11,18 +11,23 @@ The hit path, the dispatcher, `/metrics`, `/healthz` and the tests use `OutboxBa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .outbox_store import Settlement
-from .outbox_types import Claim
+from .outbox_types import Claim, Routes
 from .plugins import Outgoing
 from .settings import Settings
 
-__all__ = ["Claim", "OutboxAdmin", "OutboxBackend", "Settlement", "open_admin", "open_outbox"]
-
-# tag name → (destination key, tag type, route) it resolves to now (`tagserver outbox retry`)
-Routes = Mapping[str, tuple[str, str, dict[str, Any]]]
+__all__ = [
+    "Claim",
+    "OutboxAdmin",
+    "OutboxBackend",
+    "Routes",
+    "Settlement",
+    "open_admin",
+    "open_outbox",
+]
 
 
 class OutboxBackend(Protocol):

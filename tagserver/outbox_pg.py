@@ -37,9 +37,8 @@ import orjson
 
 from . import metrics
 from .errors import Unavailable
-from .outbox_backend import Routes
 from .outbox_store import DEDUP_WINDOW, Settlement, duplicates
-from .outbox_types import Claim, split
+from .outbox_types import Claim, Routes, split
 from .plugins import Message, Outgoing
 from .settings import Settings
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .plugins import Message
+
+# tag name → (destination key, tag type, route) it resolves to now (`tagserver outbox retry`)
+Routes = Mapping[str, tuple[str, str, dict[str, Any]]]
 
 
 @dataclass

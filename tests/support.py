@@ -65,7 +65,7 @@ def app_client(tmp_path: Path, container: dict[str, Any], **settings: Any) -> It
     # the `outbox_backend` fixture puts the PostgreSQL outbox's URL there
     options["outbox_url"] = os.environ.get("TAGSERVER_OUTBOX_URL", "")
     options.update(settings)
-    app = create_app(Settings(**options))
+    app = create_app(Settings.from_env({}, **options))  # core and plugin settings by name
     with TestClient(app, base_url="http://sgtm.shop.test") as client:
         yield client
 
