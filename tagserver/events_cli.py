@@ -133,9 +133,9 @@ async def _run(
     action_source: str,
     quiet: bool,
 ) -> Any:
-    from .outbox import Outbox
+    from .outbox_backend import open_outbox
 
-    outbox = None if dry_run else Outbox(settings)
+    outbox = None if dry_run else open_outbox(settings)
     ledger = Ledger(settings.data_dir)
     bar = _progress(size) if sys.stderr.isatty() and not quiet else None
     try:

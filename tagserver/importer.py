@@ -331,7 +331,7 @@ class Summary:
         return f"{self.rows} {noun}: " + (", ".join(parts) or "nothing to do")
 
 
-Store = Callable[[list[Outgoing]], Awaitable[None]]  # commit messages to the outbox
+Store = Callable[[list[Outgoing]], Awaitable[Any]]  # commit messages to the outbox
 
 
 class Importer:

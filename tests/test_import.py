@@ -64,10 +64,15 @@ def server(graph, tmp_path_factory):
 
 
 def run_import(
-    data_dir: Path, graph: FakeGraph, *args: str, stdin: bytes | None = None
+    data_dir: Path,
+    graph: FakeGraph,
+    *args: str,
+    stdin: bytes | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")}
     env.update(env_for(graph))
+    env.update(extra_env or {})
     env.update({"TAGSERVER_DATA_DIR": str(data_dir), "TAGSERVER_CONTAINER": str(DEFAULT_CONTAINER)})
     return subprocess.run(
         [sys.executable, "-m", "tagserver", "events", "import", *args],
@@ -295,3 +300,23 @@ def test_columns_land_where_events_keep_them():
         "items": [{"item_id": "x"}],
         "currency": "EUR",
     }
+
+
+def test_an_import_into_a_shared_postgresql_outbox_is_delivered_by_the_server(
+    graph, postgres, tmp_path
+):
+    url = postgres.create_database()
+    env = {**env_for(graph), "TAGSERVER_OUTBOX_URL": url}
+    csv = write(
+        tmp_path / "pg.csv",
+        f"event_id,event_name,event_time,value,currency,email_address\npg-1,purchase,{iso(1)},9,EUR,pg@example.com\n",
+    )
+    with ServerProcess(tmp_path, DEFAULT_CONTAINER, env=env):
+        result = run_import(
+            tmp_path / "other-data", graph, str(csv), extra_env={"TAGSERVER_OUTBOX_URL": url}
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "1 row: 1 queued" in result.stdout
+        [event] = wait_until(lambda: received(graph, "pg-1"), timeout=10)
+    assert event["user_data"]["em"] == [sha("pg@example.com")]
+    assert "pg-Secret-4417" not in result.stdout + result.stderr  # the password is never printed
