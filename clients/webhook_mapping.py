@@ -93,7 +93,7 @@ def _compile_source(spec: Any, place: str, problems: list[tuple[str, str]]) -> G
         if not spec:
             problems.append((place, "an empty path"))
             return None
-        return lambda element, root, _p=spec: read(_p, element, root)
+        return lambda element, root: read(spec, element, root)
     if not isinstance(spec, dict):
         problems.append(
             (place, "expected a path string or an object ({path|const|first|find|each})")
@@ -111,7 +111,8 @@ def _compile_source(spec: Any, place: str, problems: list[tuple[str, str]]) -> G
     kind = kinds[0]
     getter: Getter | None
     if kind == "const":
-        return lambda _element, _root, _v=spec["const"]: _v
+        const = spec["const"]
+        return lambda _element, _root: const
     if kind == "path":
         path = spec["path"]
         if not isinstance(path, str) or not path:

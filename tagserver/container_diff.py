@@ -56,7 +56,7 @@ def _named(data: Any, section: str) -> dict[str, Any]:
 def changed_fields(old: Any, new: Any) -> tuple[str, ...]:
     if not isinstance(old, dict) or not isinstance(new, dict):
         return () if old == new else ("(whole entry)",)
-    fields = []
+    fields: list[str] = []
     for key in list(old) + [k for k in new if k not in old]:
         a, b = old.get(key), new.get(key)
         if a == b:

@@ -69,6 +69,7 @@ from .event import RequestContext
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
     from starlette.responses import Response
 
     from .cookie_keeper import CookieKeeper
@@ -256,11 +257,12 @@ def registrable_domain(host: str) -> str | None:
         return None
     except ValueError:
         pass
-    return _psl().privatesuffix(host)
+    found: str | None = _psl().privatesuffix(host)
+    return found
 
 
 @lru_cache(maxsize=1)
-def _psl() -> Any:
+def _psl() -> PublicSuffixList:
     from publicsuffixlist import PublicSuffixList  # loads the bundled list once (~50 ms)
 
     return PublicSuffixList()
@@ -323,7 +325,7 @@ class _Generator:
             and not isinstance(seed_ms, bool)
             and now_ms - SEED_PAST_MS <= seed_ms <= now_ms + SEED_FUTURE_MS
         )
-        self.created_ms = seed_ms if plausible else window_start
+        self.created_ms = seed_ms if plausible and seed_ms is not None else window_start
 
     def number(self, purpose: str) -> int:
         """A 31-bit positive number (the shape of the Pixel's random part)."""

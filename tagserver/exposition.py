@@ -69,12 +69,12 @@ def render(stats: list[dict[str, Any]]) -> bytes:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         base = generate_latest(registry)
     else:
         base = generate_latest(REGISTRY)
     extra = CollectorRegistry(auto_describe=False)
-    extra.register(_Families(outbox_families(stats)))  # type: ignore[arg-type]
+    extra.register(_Families(outbox_families(stats)))
     return base + generate_latest(extra)
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -37,6 +37,8 @@ from .outbox_types import Claim, Routes, split
 from .outbox_writer import Job, WriterProcess, request_frame
 from .plugins import Message, Outgoing
 from .settings import Settings
+
+T = TypeVar("T")
 
 __all__ = ["Claim", "Outbox", "Settlement", "SqliteAdmin", "Store", "database_path"]
 
@@ -382,7 +384,7 @@ class Outbox:
 
     # -- reads, on their own connection (WAL: readers never block the writer)
 
-    async def read(self, fn: Callable[[Store], Any]) -> Any:
+    async def read(self, fn: Callable[[Store], T]) -> T:
         if self._reader is None:
             raise RuntimeError("the outbox is not started")
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, self._reader)

@@ -254,8 +254,9 @@ class Store:
             " route = excluded.route, updated_at = excluded.updated_at RETURNING id",
             (key, tag_type, orjson.dumps(route, option=orjson.OPT_SORT_KEYS), now),
         ).fetchone()
-        self._destinations[key] = (row[0], route)
-        return row[0]
+        destination_id: int = row[0]
+        self._destinations[key] = (destination_id, route)
+        return destination_id
 
     def knows_destinations(self, rows: Sequence[Row]) -> bool:
         """Every row's destination is stored already, with the same route."""
@@ -328,10 +329,11 @@ class Store:
         return claimed
 
     def next_due(self, destination_id: int) -> float | None:
-        return self.conn.execute(
+        due: float | None = self.conn.execute(
             "SELECT min(next_attempt_at) FROM messages WHERE destination_id = ?",
             (destination_id,),
         ).fetchone()[0]
+        return due
 
     def settle(self, worker: str, plan: Settlement, now: float) -> None:
         conn = self.conn
@@ -479,7 +481,8 @@ class Store:
         return out
 
     def _dead_filter(self, destination: str | None, ids: Sequence[int]) -> tuple[str, list[Any]]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if destination:
             clauses.append("d.destination_id = (SELECT id FROM destinations WHERE key = ?)")
             args.append(destination)
@@ -491,9 +494,10 @@ class Store:
     def count_past_deadline(self, destination: str | None, ids: Sequence[int], now: float) -> int:
         where, args = self._dead_filter(destination, ids)
         where = f"{where} AND" if where else "WHERE"
-        return self.conn.execute(
+        count: int = self.conn.execute(
             f"SELECT count(*) FROM dead_letters d {where} d.deadline <= ?", (*args, now)
         ).fetchone()[0]
+        return count
 
     def requeue_dead_letters(
         self, destination: str | None = None, ids: Sequence[int] = (), now: float | None = None

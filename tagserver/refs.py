@@ -60,7 +60,7 @@ def compile_value(value: Any, direct: Mapping[str, Compiled] | None = None) -> C
     reference: values that need no caching per event (see `variables.direct_getters`).
     """
     if not has_refs(value):
-        return lambda _scope, _v=value: _v
+        return lambda _scope: value
     if isinstance(value, str):
         return _compile_string(value, direct or {})
     if isinstance(value, dict):
@@ -78,7 +78,7 @@ def compile_value(value: Any, direct: Mapping[str, Compiled] | None = None) -> C
     if isinstance(value, list):
         fns = [compile_value(v, direct) for v in value]
         return lambda scope: [fn(scope) for fn in fns]
-    return lambda _scope, _v=value: _v
+    return lambda _scope: value
 
 
 def _compile_string(value: str, direct: Mapping[str, Compiled]) -> Compiled:

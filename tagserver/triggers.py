@@ -129,12 +129,13 @@ def compile_operator(operator: str, expected: Any, ignore_case: bool) -> Callabl
         return test_dynamic
 
     if operator in ("greater_than", "greater_or_equal", "less_than", "less_or_equal"):
-        compare = {
+        comparisons: dict[str, Callable[[float, float], bool]] = {
             "greater_than": lambda a, b: a > b,
             "greater_or_equal": lambda a, b: a >= b,
             "less_than": lambda a, b: a < b,
             "less_or_equal": lambda a, b: a <= b,
-        }[operator]
+        }
+        compare = comparisons[operator]
 
         def test_number(actual: Any, exp: Any) -> bool:
             a, b = _number(actual), _number(exp)

@@ -216,6 +216,10 @@ def _page_part(key: str) -> Callable[[Scope], Any]:
     return fn
 
 
+def _event_key(key: str) -> Callable[[Scope], Any]:
+    return lambda s: s.event.get(key)
+
+
 BUILTINS: dict[str, Callable[[Scope], Any]] = {
     # all the event data (as transformed for the tag), e.g. a webhook's body; a copy, so what
     # a tag sends does not follow later additions to the event
@@ -237,7 +241,7 @@ BUILTINS: dict[str, Callable[[Scope], Any]] = {
     "random": lambda s: random.randint(0, 2**31 - 1),
 }
 for _key in COMMON_KEYS:
-    BUILTINS.setdefault(_key, lambda s, _k=_key: s.event.get(_k))
+    BUILTINS.setdefault(_key, _event_key(_key))
 
 PREFIXES: dict[str, Callable[[Scope, str], Any]] = {
     "event.": lambda s, rest: get_path(s.event, rest),

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl
@@ -45,7 +45,7 @@ PRUNE_SECONDS = 3600.0
 UNKNOWN_DELIVERY_SECONDS = 30.0  # a delivery may come before its hit is written; wait this long
 
 
-def raw_token(scope: dict[str, Any], headers: dict[str, str]) -> str | None:
+def raw_token(scope: Mapping[str, Any], headers: dict[str, str]) -> str | None:
     """The preview token a request carries, if any: header, query parameter, then cookie.
 
     `headers` are the hit's, decoded by lower-case name. Plain lookups first, so a hit
@@ -56,7 +56,7 @@ def raw_token(scope: dict[str, Any], headers: dict[str, str]) -> str | None:
         return token.strip()
     cookie = headers.get("cookie", "")
     cookie_header = cookie if "tagserver_preview=" in cookie else None
-    query = scope.get("query_string", b"")
+    query: bytes = scope.get("query_string", b"")
     if b"tagserver_preview=" in query:
         for key, value in parse_qsl(query.decode("latin-1")):
             if key == PARAM and value:

@@ -109,7 +109,7 @@ def prepare_hit(
 
 
 def prepare_delivery(delivery: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
-    clean = scrub(delivery, redactor)
+    clean: dict[str, Any] = scrub(delivery, redactor)
     body = orjson.dumps(clean, default=str)
     if len(body) > MAX_TRACE_BYTES:  # a huge vendor response: keep the verdict, cut the body
         clean = {k: v for k, v in clean.items() if k not in ("response", "request")}

@@ -271,10 +271,15 @@ class Views:
 
     async def api_action(self, request: Request) -> Response:
         sid, action = request.path_params["sid"], request.path_params["action"]
-        actions = {
+
+        def clear(sid: str) -> PreviewSession | None:
+            self.preview.store.clear(sid)
+            return self.sessions.get(sid)
+
+        actions: dict[str, Callable[[str], PreviewSession | None]] = {
             "renew": self.sessions.renew,
             "stop": self.sessions.stop,
-            "clear": lambda s: (self.preview.store.clear(s), self.sessions.get(s))[1],
+            "clear": clear,
         }
         if action == "delete":
             await asyncio.to_thread(self.sessions.delete, sid)

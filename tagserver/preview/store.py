@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -36,6 +36,20 @@ RETENTION_SECONDS = 86400  # sessions (and their hits) are forgotten a day after
 SHARED_MEMORY = Path("/dev/shm")
 
 Summary = dict[str, Any]
+
+
+# redis-py types each reply for both client modes (bytes, or str with decode_responses) and
+# both shapes (with scores or without); RedisStore's client reads bytes, these say which shape.
+def _text(reply: object) -> str:
+    return cast(bytes, reply).decode()
+
+
+def _texts(reply: object) -> list[str]:
+    return [member.decode() for member in cast(list[bytes], reply)]
+
+
+def _scored(reply: object) -> list[tuple[bytes, float]]:
+    return cast(list[tuple[bytes, float]], reply)
 
 
 class Store(Protocol):
@@ -285,7 +299,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            trace = orjson.loads(row[0])
+            trace: dict[str, Any] = orjson.loads(row[0])
             trace["deliveries"] = self._deliveries(db, trace_id)
         return trace
 
@@ -398,7 +412,7 @@ class RedisStore:
         return orjson.loads(raw) if raw else None
 
     def list_sessions(self) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in self.redis.zrevrange(self._k("sessions"), 0, 199)]
+        ids = _texts(self.redis.zrevrange(self._k("sessions"), 0, 199))
         if not ids:
             return []
         raws = self.redis.mget([self._k("session", i) for i in ids])
@@ -449,11 +463,12 @@ class RedisStore:
             extra = self.redis.zcard(self._k("hits", sid)) - self.per_session
             if extra > 0:
                 old = self.redis.zrange(self._k("hits", sid), 0, extra - 1)
-                self._drop_hits([(sid, t.decode()) for t in old])
+                self._drop_hits([(sid, t) for t in _texts(old)])
         extra = self.redis.zcard(self._k("hits")) - self.total
         if extra > 0:
             old = self.redis.zrange(self._k("hits"), 0, extra - 1)
-            self._drop_hits([tuple(m.decode().split(":", 1)) for m in old])  # type: ignore[misc]
+            pairs = [member.split(":", 1) for member in _texts(old)]
+            self._drop_hits([(pair[0], pair[1]) for pair in pairs])
         for sid in {sid for sid, _, _ in hits}:  # the feed keeps nothing older than the hits
             oldest = self.redis.zrange(self._k("hits", sid), 0, 0, withscores=True)
             if oldest:
@@ -462,11 +477,11 @@ class RedisStore:
     def add_deliveries(self, items: list[tuple[str, dict[str, Any]]]) -> list[int]:
         unknown = []
         for index, (tid, delivery) in enumerate(items):
-            sid = self.redis.get(self._k("of", tid))
-            if sid is None:
+            owner = self.redis.get(self._k("of", tid))
+            if owner is None:
                 unknown.append(index)
                 continue
-            sid = sid.decode()
+            sid = _text(owner)
             if self.redis.llen(self._k("dl", tid)) >= MAX_DELIVERIES_PER_HIT:
                 continue
             seq = self.redis.incr(self._k("seq"))
@@ -497,7 +512,7 @@ class RedisStore:
         return out
 
     def hits(self, sid: str, limit: int) -> list[Summary]:
-        rows = self.redis.zrevrange(self._k("hits", sid), 0, limit - 1, withscores=True)
+        rows = _scored(self.redis.zrevrange(self._k("hits", sid), 0, limit - 1, withscores=True))
         rows.reverse()
         summaries = self._summaries([t.decode() for t, _ in rows])
         out = []
@@ -511,15 +526,17 @@ class RedisStore:
     def hit(self, sid: str, trace_id: str) -> dict[str, Any] | None:
         owner = self.redis.get(self._k("of", trace_id))
         raw = self.redis.get(self._k("hit", trace_id))
-        if raw is None or owner is None or owner.decode() != sid:
+        if raw is None or owner is None or _text(owner) != sid:
             return None
-        trace = orjson.loads(raw)
+        trace: dict[str, Any] = orjson.loads(raw)
         trace["deliveries"] = self._deliveries(trace_id)
         return trace
 
     def changes(self, sid: str, after: int, limit: int = 200) -> list[dict[str, Any]]:
-        rows = self.redis.zrangebyscore(
-            self._k("feed", sid), f"({after}", "+inf", start=0, num=limit, withscores=True
+        rows = _scored(
+            self.redis.zrangebyscore(
+                self._k("feed", sid), f"({after}", "+inf", start=0, num=limit, withscores=True
+            )
         )
         entries = [(m.decode().split(":"), int(seq)) for m, seq in rows]
         summaries = self._summaries(sorted({parts[1] for parts, _ in entries}))
@@ -539,7 +556,7 @@ class RedisStore:
         return int(self.redis.get(self._k("seq")) or 0)
 
     def clear(self, sid: str) -> None:
-        tids = [t.decode() for t in self.redis.zrange(self._k("hits", sid), 0, -1)]
+        tids = _texts(self.redis.zrange(self._k("hits", sid), 0, -1))
         self._drop_hits([(sid, t) for t in tids])
         self.redis.delete(self._k("feed", sid), self._k("hits", sid))
 

@@ -27,7 +27,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, Protocol
 
 import phonenumbers
 import pycountry
@@ -68,13 +68,18 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _builtin_sha256() -> Callable[[bytes], Any]:
+class _Digest(Protocol):
+    def hexdigest(self) -> str: ...
+
+
+def _builtin_sha256() -> Callable[[bytes], _Digest]:
     """CPython's own SHA-256 (what hashlib falls back to without OpenSSL): the same digest,
     but for inputs as short as an email it is ~2× faster than OpenSSL's, whose per-call
     context setup costs more than the hashing. hashlib's when the module is not there."""
     for module in ("_sha2", "_sha256"):  # Python 3.12+, 3.11
         try:
-            return importlib.import_module(module).sha256  # type: ignore[no-any-return]
+            found: Callable[[bytes], _Digest] = importlib.import_module(module).sha256
+            return found
         except (ImportError, AttributeError):
             continue
     return hashlib.sha256
@@ -273,7 +278,8 @@ def _country(text: str, cc: str | None = None) -> str | None:
 
 def _us_states() -> dict[str, str]:
     table: dict[str, str] = {}
-    for sub in pycountry.subdivisions.get(country_code="US") or ():
+    us = pycountry.subdivisions.get(country_code="US")  # type: ignore[no-untyped-call]  # pycountry leaves Subdivisions.get unannotated
+    for sub in us or ():
         code = sub.code.split("-", 1)[1].lower()
         table[code] = code
         table.setdefault(_key(sub.name), code)
@@ -525,7 +531,7 @@ def hash_text(key: str, text: str, context: str | None = None) -> str | None:
 
 def digest(normalized: str) -> str:
     """Lowercase hex SHA-256 of already-normalized text (UTF-8)."""
-    return _sha256(normalized.encode()).hexdigest()  # type: ignore[no-any-return]
+    return _sha256(normalized.encode()).hexdigest()
 
 
 def hash_with(
@@ -536,7 +542,7 @@ def hash_with(
     if len(text) == 64 and _HEX64.fullmatch(text):
         return text.lower()
     normalized = normalize(text, context)
-    return _sha256(normalized.encode()).hexdigest() if normalized else None  # type: ignore[no-any-return]
+    return _sha256(normalized.encode()).hexdigest() if normalized else None
 
 
 # Gender, country, state and city take few distinct values and say little about a person on
