@@ -163,16 +163,16 @@ def parse_body(body: bytes, max_events: int) -> dict[str, Any]:
         raise HitError(
             f"events: {len(events)} events, more than the limit of {max_events}", status=413
         )
-    data = check_value(data, "body", 0, [MAX_NODES])
+    envelope: dict[str, Any] = check_value(data, "body", 0, [MAX_NODES])
     for key in ("pid",):
-        if key in data and data[key] is not None:
-            check_string(data[key], key, 128)
-    ts = data.get("ts")
+        if key in envelope and envelope[key] is not None:
+            check_string(envelope[key], key, 128)
+    ts = envelope.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
         raise BadRequest(f"ts: expected a number (ms), got {type_name(ts)}")
-    data["consent"] = parse_consent(data.get("consent"))
-    data["user"] = parse_user(data.get("user"))
-    return data
+    envelope["consent"] = parse_consent(envelope.get("consent"))
+    envelope["user"] = parse_user(envelope.get("user"))
+    return envelope
 
 
 def parse_consent(raw: Any) -> dict[str, str] | None:
@@ -291,9 +291,10 @@ def check_params(event: Event, where: str) -> None:
     if value is not None:
         if isinstance(value, str):
             try:
-                event["value"] = value = float(value)
+                number = float(value)
             except ValueError:
                 raise EventError(f"{where}.params.value: {value[:40]!r} is not a number") from None
+            event["value"] = value = number
             if not math.isfinite(value):
                 raise EventError(f"{where}.params.value: not a finite number")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -365,7 +366,8 @@ class CollectorClient(Client):
         cookies.registrable_domain("example.com")  # load the Public Suffix List now, not on a hit
 
     def claim(self, request: Request) -> bool:
-        return request.scope["path"] == self.path
+        path: str = request.scope["path"]
+        return path == self.path
 
     def script_endpoint(self) -> str:
         return str(self.path)

@@ -76,7 +76,8 @@ class EventsApiClient(Client):
         self.keys = [k.strip().encode() for k in settings.get(API_KEYS).split(",") if k.strip()]
 
     def claim(self, request: Request) -> bool:
-        return request.scope["path"] == self.path
+        path: str = request.scope["path"]
+        return path == self.path
 
     def example(self) -> Example:
         return Example(

@@ -157,14 +157,15 @@ class Ga4Client(Client):
         consent = _strictest_consent(events)
         cookie_name = self.cookie_name if self.server_managed else None
         request = ctx
-        migrating = (
+        migrating = False
+        if (
             cookie_name is not None
             and self.migrate
             and js_client_id
             and not ctx.cookies.get(cookie_name)
             and cookies.CLIENT_ID_RE.fullmatch(js_client_id)
-        )
-        if migrating:
+        ):
+            migrating = True
             # the shared rules keep a valid existing id: present the JS id as that id
             request = dataclasses.replace(ctx, cookies={**ctx.cookies, cookie_name: js_client_id})
         visitor = cookies.visitor_cookies(
@@ -180,6 +181,7 @@ class Ga4Client(Client):
         if migrating and cookie_name in visitor.actions:
             visitor.actions[cookie_name] = "migrated from the JavaScript client id"
         if not self.meta_cookies:
+            assert cookie_name is not None  # without Meta's cookies, only server-managed ones
             visitor.fbp = visitor.fbc = None
             visitor.click_ids = {}
             visitor.set_cookie = [c for c in visitor.set_cookie if c.startswith(cookie_name + "=")]

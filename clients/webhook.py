@@ -94,7 +94,7 @@ class WebhookClient(Client):
     def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
         super().__init__(name, params, settings)
         preset = PRESETS.get(params.get("preset") or "", {})
-        self.path = params["path"]
+        self.path: str = params["path"]
         self.scheme = params.get("signature") or preset.get("signature") or "bearer"
         self.header = (params.get("signature_header") or DEFAULT_HEADERS[self.scheme]).lower()
         secret = params.get("secret")
@@ -106,7 +106,8 @@ class WebhookClient(Client):
         self.max_events = self.max_events_from(params)
 
     def claim(self, request: Request) -> bool:
-        return request.scope["path"] == self.path
+        path: str = request.scope["path"]
+        return path == self.path
 
     async def handle(self, request: Request, hit: Hit) -> Response:
         if request.method != "POST":

@@ -88,7 +88,8 @@ def scalar_text(value: Any) -> str | None:
     """A parameter value, or None when it cannot be one (objects, lists, nothing)."""
     kind = type(value)  # exact types first: this runs for every key of every event
     if kind is str:
-        return value
+        text: str = value
+        return text
     if kind is int:
         return str(value)
     if kind is bool:

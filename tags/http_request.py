@@ -188,7 +188,7 @@ class HttpRequestSender(Sender):
 def route_key(params: dict[str, Any]) -> tuple[Any, ...] | None:
     """What the route depends on, as a dict key; None when a value is not text (`1` and `True`
     are equal keys but different header values, so such routes are built every time)."""
-    key = (
+    key: tuple[Any, ...] = (
         params.get("url"),
         params.get("method"),
         params.get("body_format"),

@@ -77,7 +77,8 @@ class State:
 
 
 def state_of(request: Request) -> State:
-    return request.app.state.tagserver
+    state: State = request.app.state.tagserver
+    return state
 
 
 # -- the hit path ------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
     headers = header_dict(request.scope)
     session = state.preview.session_for(request, headers)
     if client is None:
-        response = JSONResponse(
+        response: Response = JSONResponse(
             {"error": f"no client claims {request.method} {request.url.path}"}, 404
         )
         metrics.count(metrics.HITS, "none", "404")
@@ -209,7 +210,7 @@ def _request_snapshot(ctx: RequestContext, state: State) -> dict[str, Any]:
     body = ctx.body.decode("utf-8", "replace")
     if len(body) > 65536:
         body = body[:65536] + "… (truncated)"
-    return state.redact(
+    snapshot: dict[str, Any] = state.redact(
         {
             "method": ctx.method,
             "url": ctx.url,
@@ -221,6 +222,7 @@ def _request_snapshot(ctx: RequestContext, state: State) -> dict[str, Any]:
             "body": body,
         }
     )
+    return snapshot
 
 
 def _record_unclaimed(state: State, request: Request, session: str, status: int) -> None:

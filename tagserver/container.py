@@ -14,7 +14,7 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from . import cookie_keeper
 from .event import CONSENT_TYPES, RequestContext
 from .plugins import Client, Param, Registry, Tag
-from .refs import Compiled, compile_value, has_refs, references
+from .refs import compile_value, has_refs, references
 from .settings import Settings
 from .transformations import Transformation, compile_all
 from .transformations import validate as validate_transformations
@@ -82,7 +82,7 @@ class CompiledTag:
     block_on: list[Trigger]
     consent: list[str]
     paused: bool
-    params: Compiled
+    params: Callable[[Scope], Any]  # may read the scope directly (`variables.direct_getters`)
     secret_params: frozenset[str]
     templated_params: tuple[Param, ...] = ()  # typed (not `any`): checked once resolved
     transformations: tuple[Transformation, ...] = ()  # in order; empty: the plain path
@@ -189,17 +189,17 @@ class _Validator:
         return out
 
     def params(self, declared: Iterable[Param], given: Any, path: str, what: str) -> None:
-        declared = {p.name: p for p in declared}
+        by_name = {p.name: p for p in declared}
         if given is None:
             given = {}
         if not isinstance(given, dict):
             self.add(path, "must be an object")
             return
         for key, value in given.items():
-            param = declared.get(key)
+            param = by_name.get(key)
             if param is None:
                 self.add(
-                    f"{path}.{key}", f'{what} has no parameter "{key}"{did_you_mean(key, declared)}'
+                    f"{path}.{key}", f'{what} has no parameter "{key}"{did_you_mean(key, by_name)}'
                 )
                 continue
             self.refs(value, f"{path}.{key}")
@@ -207,7 +207,7 @@ class _Validator:
                 problem = param.check(value)
                 if problem:
                     self.add(f"{path}.{key}", problem)
-        for name, param in declared.items():
+        for name, param in by_name.items():
             if param.required and given.get(name) in (None, ""):
                 self.add(f"{path}.{name}", f"required parameter of {what} is missing")
 
@@ -509,28 +509,28 @@ def _compile(
             if param.secret and isinstance(value, str) and value:
                 secrets.add(value)
         client = cls(spec["name"], params, settings)
-        client.priority = spec.get("priority", cls.default_priority)  # type: ignore[attr-defined]
-        client.order = order  # type: ignore[attr-defined]
+        client.priority = spec.get("priority", cls.default_priority)
+        client.order = order
         clients.append(client)
-    clients.sort(key=lambda c: (-c.priority, c.order))  # type: ignore[attr-defined]
+    clients.sort(key=lambda c: (-c.priority, c.order))
 
     direct = direct_getters(variables)
     transformations = compile_all(data.get("transformations", []), data.get("tags", []))
     tags = []
     for spec in data.get("tags", []):
-        cls = registry.tags[spec["type"]]
+        tag_cls = registry.tags[spec["type"]]
         params = dict(spec.get("params") or {})
-        secret_params = frozenset(p.name for p in cls.params if p.secret)
+        secret_params = frozenset(p.name for p in tag_cls.params if p.secret)
         for pname in secret_params:
             literal = params.get(pname)
             if isinstance(literal, str) and literal and not has_refs(literal):
                 secrets.add(literal)
-        defaults = {p.name: p.default for p in cls.params if p.default is not None}
+        defaults = {p.name: p.default for p in tag_cls.params if p.default is not None}
         tags.append(
             CompiledTag(
                 name=spec["name"],
                 type=spec["type"],
-                instance=cls(spec["name"], _static_params(params, cls.params), settings),
+                instance=tag_cls(spec["name"], _static_params(params, tag_cls.params), settings),
                 fire_on=[triggers[n] for n in spec["fire_on"]],
                 block_on=[triggers[n] for n in spec.get("block_on", [])],
                 consent=list(spec.get("consent", [])),
@@ -538,7 +538,7 @@ def _compile(
                 params=compile_value({**defaults, **params}, direct),
                 secret_params=secret_params,
                 templated_params=tuple(
-                    p for p in cls.params if p.type != "any" and has_refs(params.get(p.name))
+                    p for p in tag_cls.params if p.type != "any" and has_refs(params.get(p.name))
                 ),
                 transformations=transformations.get(spec["name"], ()),
             )

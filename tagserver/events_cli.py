@@ -94,7 +94,7 @@ def import_events(
     """
     overrides = {k: v for k, v in (("container", container), ("data_dir", data_dir)) if v}
     try:
-        settings = Settings.from_env(**overrides)
+        settings = Settings.from_env(None, **overrides)
         mapping = Mapping.load(mapping_file) if mapping_file else Mapping()
         stream, size = open_input(file, sys.stdin.buffer)
     except (SettingsError, ImportFileError) as exc:
@@ -160,7 +160,10 @@ async def _run(
 
 
 def _progress(size: int | None) -> Any:
-    bar = click.progressbar(length=size, label="importing", file=sys.stderr, show_pos=size is None)
+    # Any: click keeps its ProgressBar type in a private module, exported to no one
+    bar: Any = click.progressbar(
+        length=size, label="importing", file=sys.stderr, show_pos=size is None
+    )
     bar.__enter__()
     return bar
 

@@ -481,5 +481,5 @@ def peek(stream: IO[bytes]) -> tuple[bytes, IO[bytes]]:
         first = stream.read(512)
         stream.seek(0)
         return first, stream
-    buffered = io.BufferedReader(stream)  # type: ignore[arg-type]
+    buffered = io.BufferedReader(stream)  # type: ignore[type-var]  # typeshed wants a RawIOBase; any readable binary stream works
     return buffered.peek(512)[:512], buffered

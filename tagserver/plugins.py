@@ -291,6 +291,10 @@ class Client:
     params: ClassVar[Sequence[Param]] = ()
     default_priority: ClassVar[int] = 0
     server_settings: ClassVar[Sequence[Setting[Any]]] = ()  # TAGSERVER_* settings it adds
+    # set by the container once built: which client asks first (its `priority`, else
+    # `default_priority`, then the container's order)
+    priority: int
+    order: int
 
     def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
         self.name = name

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, overload
 
 REF = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 
@@ -20,6 +20,7 @@ class Resolver(Protocol):
 
 
 Compiled = Callable[[Resolver], Any]
+R = TypeVar("R", bound=Resolver)  # a resolver that `direct` getters need more of (a Scope)
 
 
 def references(value: Any) -> Iterator[str]:
@@ -53,22 +54,37 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def compile_value(value: Any, direct: Mapping[str, Compiled] | None = None) -> Compiled:
+@overload
+def compile_value(value: Any) -> Compiled: ...
+
+
+@overload
+def compile_value(value: Any, direct: Mapping[str, Callable[[R], Any]]) -> Callable[[R], Any]: ...
+
+
+def compile_value(
+    value: Any, direct: Mapping[str, Callable[[R], Any]] | None = None
+) -> Callable[[R], Any]:
     """A function of the scope that builds `value` with its references resolved.
 
     `direct` maps names to getters that may replace `scope.get(name)` for a whole-value
-    reference: values that need no caching per event (see `variables.direct_getters`).
+    reference: values that need no caching per event (see `variables.direct_getters`); the
+    compiled function then takes the resolver those getters take.
     """
+    return _compile(value, direct or {})
+
+
+def _compile(value: Any, direct: Mapping[str, Callable[[R], Any]]) -> Callable[[R], Any]:
     if not has_refs(value):
         return lambda _scope: value
     if isinstance(value, str):
-        return _compile_string(value, direct or {})
+        return _compile_string(value, direct)
     if isinstance(value, dict):
         # a copy of the literal entries, then the templated ones filled in (order kept)
         template = {k: (None if has_refs(v) else v) for k, v in value.items()}
-        varying = [(k, compile_value(v, direct)) for k, v in value.items() if has_refs(v)]
+        varying = [(k, _compile(v, direct)) for k, v in value.items() if has_refs(v)]
 
-        def build(scope: Resolver) -> dict[str, Any]:
+        def build(scope: R) -> dict[str, Any]:
             out = template.copy()
             for key, fn in varying:
                 out[key] = fn(scope)
@@ -76,12 +92,12 @@ def compile_value(value: Any, direct: Mapping[str, Compiled] | None = None) -> C
 
         return build
     if isinstance(value, list):
-        fns = [compile_value(v, direct) for v in value]
+        fns = [_compile(v, direct) for v in value]
         return lambda scope: [fn(scope) for fn in fns]
     return lambda _scope: value
 
 
-def _compile_string(value: str, direct: Mapping[str, Compiled]) -> Compiled:
+def _compile_string(value: str, direct: Mapping[str, Callable[[R], Any]]) -> Callable[[R], Any]:
     whole = REF.fullmatch(value.strip())
     if whole:
         name = whole.group(1)

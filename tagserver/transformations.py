@@ -251,9 +251,9 @@ def set_path(data: Any, parts: tuple[str, ...], value: Any) -> Any:
             index = int(head)
             if index >= len(data):
                 return data
-            copy = list(data)
-            copy[index] = set_path(data[index], rest, value)
-            return copy
+            items = list(data)
+            items[index] = set_path(data[index], rest, value)
+            return items
         return [set_path(d, parts, value) if isinstance(d, dict) else d for d in data]
     copy = dict(data) if isinstance(data, dict) else {}
     copy[head] = set_path(copy.get(head), rest, value)
@@ -305,8 +305,8 @@ def _copy_path(source: Any, target: Any, parts: tuple[str, ...]) -> Any:
             index = int(head)
             if index >= len(source):
                 return target
-            prior = target if isinstance(target, list) else []
-            return [*prior, _copy_path(source[index], None, rest)]
+            kept = target if isinstance(target, list) else []
+            return [*kept, _copy_path(source[index], None, rest)]
         prior = target if isinstance(target, list) and len(target) == len(source) else None
         return [
             _copy_path(s, prior[i] if prior else {}, parts) if isinstance(s, dict) else s

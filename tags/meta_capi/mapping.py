@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from tagserver import Event, RequestContext
@@ -324,8 +324,8 @@ def _ipv6(text: str) -> str | None:
         addr = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if addr.version == 6 and addr.ipv4_mapped is not None:  # type: ignore[union-attr]
-        return str(addr.ipv4_mapped)  # type: ignore[union-attr]
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
     return str(addr)
 
 
@@ -505,7 +505,7 @@ def _limited_data_use(server: dict[str, Any], event: Event, params: dict[str, An
             server[key] = int(value) if _is_int(value) else 0
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int | str]:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):

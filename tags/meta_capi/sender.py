@@ -70,7 +70,7 @@ class MetaSender(Sender):
             if route.get(key):
                 body[key] = route[key]
         content = orjson.dumps(body)
-        shown = {  # what preview shows of the request: never the token
+        shown: dict[str, Any] = {  # what preview shows of the request: never the token
             "method": "POST",
             "url": url,
             "events": len(messages),
@@ -117,11 +117,12 @@ class MetaSender(Sender):
                 )
             )
 
-        error = parse_error(parsed)
-        verdict = classify(status, error, len(messages))
+        graph_error = parse_error(parsed)
+        verdict = classify(status, graph_error, len(messages))
         retry_after = _retry_after(response, verdict.retry_after)
-        if error is not None:
-            text, code, trace = error.describe(), error.code_text, error.fbtrace_id or header_trace
+        if graph_error is not None:
+            text = graph_error.describe()
+            code, trace = graph_error.code_text, graph_error.fbtrace_id or header_trace
         else:
             snippet = " ".join(response.text[:200].split())
             text = f"HTTP {status} from the Graph API" + (f": {snippet}" if snippet else "")
