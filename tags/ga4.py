@@ -31,6 +31,7 @@ from tagserver import (
     Event,
     FireContext,
     Message,
+    Outcome,
     Outgoing,
     Param,
     Sender,
@@ -93,8 +94,8 @@ class Ga4Sender(Sender):
         timeout = self.settings.send_timeout_seconds
         started = time.perf_counter()
 
-        def done(outcome: str, **fields: Any) -> Delivery:
-            return Delivery(outcome, latency_ms=elapsed_ms(started), request=shown, **fields)  # type: ignore[arg-type]
+        def done(outcome: Outcome, **fields: Any) -> Delivery:
+            return Delivery(outcome, latency_ms=elapsed_ms(started), request=shown, **fields)
 
         try:
             response = await self.http.post(

@@ -27,6 +27,7 @@ from tagserver import (
     Event,
     FireContext,
     Message,
+    Outcome,
     Outgoing,
     Param,
     Sender,
@@ -146,8 +147,8 @@ class HttpRequestSender(Sender):
         )
         started = time.perf_counter()
 
-        def done(outcome: str, **fields: Any) -> Delivery:
-            return Delivery(outcome, latency_ms=elapsed_ms(started), request=summary, **fields)  # type: ignore[arg-type]
+        def done(outcome: Outcome, **fields: Any) -> Delivery:
+            return Delivery(outcome, latency_ms=elapsed_ms(started), request=summary, **fields)
 
         http = self.http
         try:

@@ -89,10 +89,12 @@ class Outbox:
         self._flush_scheduled = False
         self._sent: dict[int, _Group] = {}  # sent to the writer, not committed yet
         self._seq = 0
-        self._drained: asyncio.Event | None = None  # set while nothing is waiting for a commit
+        # both made by start(), before anything is put: the first is set while nothing is
+        # waiting for a commit
+        self._drained: asyncio.Event
         self._queued_rows = 0  # rows put but not yet committed (for the size limit)
         self._reader: Store | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop
         self._maintenance: asyncio.Task[None] | None = None
         self._restarting: asyncio.Task[None] | None = None
         self._broken: str | None = None  # why no writer could be started, while that lasts
@@ -136,7 +138,6 @@ class Outbox:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        assert self._drained is not None
         while self._writer is not None and (self._sent or self._next.rows or self._next.jobs):
             self._flush()
             await self._drained.wait()
@@ -197,7 +198,7 @@ class Outbox:
             )
             for m in messages
         ]
-        waiter: asyncio.Future[list[int]] = self._loop.create_future()  # type: ignore[union-attr]
+        waiter: asyncio.Future[list[int]] = self._loop.create_future()
         group.waiters.append(waiter)
         group.counts.append(len(messages))
         if not self._flush_scheduled:
@@ -237,7 +238,7 @@ class Outbox:
 
     def _schedule_flush(self) -> None:
         self._flush_scheduled = True
-        self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Send what this loop iteration put and queued: one frame, one commit at most."""
@@ -255,7 +256,7 @@ class Outbox:
             self._fail(group, exc)
             return
         self._sent[self._seq] = group
-        self._drained.clear()  # type: ignore[union-attr]
+        self._drained.clear()
         self._writer.send(data)
 
     def _committed(self, reply: tuple[str, list[int], Any, float]) -> None:
@@ -263,7 +264,7 @@ class Outbox:
         _, seqs, outcome, elapsed = reply
         groups = [self._sent.pop(seq) for seq in seqs]
         if not self._sent:
-            self._drained.set()  # type: ignore[union-attr]
+            self._drained.set()
         if isinstance(outcome, Exception):
             for group in groups:
                 self._fail(group, outcome)
@@ -303,7 +304,7 @@ class Outbox:
         for group in self._sent.values():
             self._fail(group, lost, unconfirmed)
         self._sent.clear()
-        self._drained.set()  # type: ignore[union-attr]
+        self._drained.set()
         self._writer = None
         if self._open:
             self._restarting = asyncio.create_task(self._restart(), name="outbox-writer-restart")
@@ -450,12 +451,12 @@ class SqliteAdmin:
         routes: Routes | None = None,
     ) -> list[dict[str, Any]]:
         store = self.store
-        return store.transaction(lambda: store.requeue(destination, ids, now, routes))  # type: ignore[no-any-return]
+        return store.transaction(lambda: store.requeue(destination, ids, now, routes))
 
     def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int:
         store = self.store
         work = lambda: store.purge(pending=pending, dead=dead, destination=destination)  # noqa: E731
-        return store.transaction(work)  # type: ignore[no-any-return]
+        return store.transaction(work)
 
     def close(self) -> None:
         self.store.close()

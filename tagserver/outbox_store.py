@@ -25,9 +25,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+
+T = TypeVar("T")
 
 FILENAME = "outbox.sqlite3"
 # 2: payloads stored as JSON text (were blobs); 3: one message per destination and dedup id
@@ -229,7 +231,7 @@ class Store:
 
     # -- transactions
 
-    def transaction(self, work: Callable[[], Any]) -> Any:
+    def transaction(self, work: Callable[[], T]) -> T:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .outbox_store import MAX_ROWS_PER_INSERT, Row, Store, is_disk_full
 
@@ -285,7 +285,7 @@ class WriterProcess(asyncio.Protocol):
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a socket's (connect_accepted_socket)
 
     def data_received(self, data: bytes) -> None:
         for reply in self.frames.feed(data):

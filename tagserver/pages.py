@@ -24,6 +24,8 @@ from starlette.routing import BaseRoute, Route
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from jinja2 import Environment
+
     from .container import Container
 
 SCRIPT_CACHE_SECONDS = 3600
@@ -75,7 +77,7 @@ async def collector_js(request: Request) -> Response:
 
 
 @lru_cache(maxsize=1)
-def _templates():  # type: ignore[no-untyped-def]
+def _templates() -> Environment:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     return Environment(

@@ -247,7 +247,8 @@ def _score_observer(child: Any) -> Callable[[float], None]:
     try:
         bounds, buckets, total = child._upper_bounds, child._buckets, child._sum
     except AttributeError:
-        return child.observe  # type: ignore[no-any-return]
+        fallback: Callable[[float], None] = child.observe
+        return fallback
     bucket_of = {}
     for step in range(41):
         score = step / 4

@@ -92,7 +92,8 @@ class SnapchatCapiTag(ConversionsTag):
         return build(event, params, request)
 
     def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return payload["user_data"]  # type: ignore[no-any-return]
+        keys: dict[str, Any] = payload["user_data"]
+        return keys
 
     def check(self, payload: dict[str, Any], now: float) -> None:
         check(payload, now)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from tagserver import Delivery, Message, Sender, Setting
+from tagserver import Delivery, Message, Outcome, Sender, Setting
 from tagserver.toolkit.conversions import VendorAnswer, isolate, post_json
 from tagserver.toolkit.http import retry_after_seconds
 from tagserver.toolkit.redact import Redactor
@@ -40,7 +40,7 @@ AUTH = frozenset({40102, 40104, 40105, 40001, 40003})
 CONFIG = frozenset({40063, 40051})  # partner_name, API version: every event fails alike
 
 
-def classify(status: int, code: int | None) -> tuple[str, float | None, bool, str]:
+def classify(status: int, code: int | None) -> tuple[Outcome, float | None, bool, str]:
     """(outcome, retry-after floor, bisect?, alert) for a TikTok answer that is not success."""
     if code in THROTTLED or status == 429:
         return "retry", THROTTLE_FLOOR_SECONDS, False, ""
@@ -133,7 +133,7 @@ class TikTokSender(Sender):
             log.error("tiktok %s: %s", messages[0].destination, redact.text(alert))
         return VendorAnswer(
             Delivery(
-                outcome,  # type: ignore[arg-type]
+                outcome,
                 status=status,
                 error=redact.text(text),
                 code="" if code is None else str(code),

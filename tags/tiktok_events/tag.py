@@ -108,7 +108,8 @@ class TikTokEventsTag(ConversionsTag):
         return build(event, params, request)
 
     def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return payload["user"]  # type: ignore[no-any-return]
+        keys: dict[str, Any] = payload["user"]
+        return keys
 
     def check(self, payload: dict[str, Any], now: float) -> None:
         check(payload, now)

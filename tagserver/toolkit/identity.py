@@ -27,7 +27,8 @@ import re
 import unicodedata
 from collections.abc import Callable
 from datetime import date
-from typing import Any, Protocol
+from enum import Enum
+from typing import Any, Final, Protocol
 
 import phonenumbers
 import pycountry
@@ -60,7 +61,15 @@ __all__ = [
 HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_MISSING = object()
+
+
+class _Missing(Enum):
+    """A cache miss, told apart from a cached None (an enum member, so types can narrow it)."""
+
+    MISSING = 0
+
+
+_MISSING: Final = _Missing.MISSING
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@.]+")
 
 
@@ -367,10 +376,10 @@ def _fast_international(digits: str) -> str | None:
             info = _region_info(region)
         if info is None:
             return None
-        national, trunk = digits[size:], info[1]  # type: ignore[index]
+        national, trunk = digits[size:], info[1]
         if trunk and national.startswith(trunk):
             return None  # "+44 020 …": a trunk prefix written after the country code
-        return digits if info[2].fullmatch(national) else None  # type: ignore[index]
+        return digits if info[2].fullmatch(national) else None
     return None
 
 
@@ -526,7 +535,7 @@ def hash_text(key: str, text: str, context: str | None = None) -> str | None:
         if len(_MEMO) >= _MEMO_MAX:
             _MEMO.clear()
         _MEMO[memo_key] = result
-    return result  # type: ignore[return-value]
+    return result
 
 
 def digest(normalized: str) -> str:
