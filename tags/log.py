@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from tagserver.event import Event
-from tagserver.plugins import FireContext, Outgoing, Param, Tag
+from tagserver.plugins import FireContext, Outgoing, Param, StartupParams, Tag
 
 log = logging.getLogger("tagserver.tag.log")
 
@@ -38,6 +38,9 @@ class LogTag(Tag):
         Param("include_event", "boolean", default=True, description="Include the whole event."),
         Param("fields", "object", description="Extra fields (values may use {{variables}})."),
     )
+
+    def describe(self, params: StartupParams) -> str:
+        return f"writes each event it fires on to the log (level {params.get('level', 'info')})"
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         line: dict[str, Any] = {

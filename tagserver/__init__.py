@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         Outgoing,
         Param,
         Sender,
+        StartupParams,
         Tag,
         TagRejected,
     )
@@ -30,16 +31,16 @@ _EXPORTS = {
     ".event": ["Event", "RequestContext"],
     ".hit": ["Hit"],
     ".plugins": [
-        "Client", "Delivery", "FireContext", "Message", "Outgoing", "Param", "Sender", "Tag",
-        "TagRejected",
+        "Client", "Delivery", "FireContext", "Message", "Outgoing", "Param", "Sender",
+        "StartupParams", "Tag", "TagRejected",
     ],
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "BadRequest", "Client", "Delivery", "Event", "FireContext", "Hit", "HitError", "Message",
-    "Outgoing", "Param", "PayloadTooLarge", "RequestContext", "Sender", "Tag", "TagRejected",
-    "Unauthorized", "Unavailable",
+    "Outgoing", "Param", "PayloadTooLarge", "RequestContext", "Sender", "StartupParams", "Tag",
+    "TagRejected", "Unauthorized", "Unavailable",
 ]  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .container import ContainerError, load_file
+from .container import Container, ContainerError, load_file
 from .outbox_cli import outbox
 from .plugins import load_registry
 from .settings import PREFIX, Settings, SettingsError, settings_table
@@ -58,7 +58,7 @@ def serve(**flags: object) -> None:
     )
     registry = load_registry()
     try:
-        load_file(settings.container, registry, settings)  # fail here, loudly, before forking
+        container = load_file(settings.container, registry, settings)  # fail here, before forking
     except ContainerError as exc:
         click.echo(f"{settings.container} is invalid ({len(exc.problems)} problems):", err=True)
         for problem in exc.problems:
@@ -69,7 +69,7 @@ def serve(**flags: object) -> None:
         from .exposition import prepare_multiprocess
 
         prepare_multiprocess(settings)  # /metrics then sums every worker's counters
-    _before_serve(settings)
+    _before_serve(settings, container)
     uvicorn.run(
         "tagserver.app:create_app",
         factory=True,
@@ -86,10 +86,12 @@ def serve(**flags: object) -> None:
     )
 
 
-def _before_serve(settings: Settings) -> None:
+def _before_serve(settings: Settings, container: Container) -> None:
     """Start-up work that must run once in the parent process, before workers fork."""
     from .preview import announce
+    from .startup import log_startup
 
+    log_startup(settings, container)  # what will happen: listen address, outbox, each tag
     announce(settings)  # the preview sign-in link with its one-time token
 
 

@@ -7,7 +7,7 @@ third-party package would (`tagserver.clients`, `tagserver.tags` in its pyprojec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -185,6 +185,28 @@ class FireContext:
         self.notes[key] = value
 
 
+@dataclass(frozen=True)
+class StartupParams:
+    """A tag's params as far as they are known before any event arrives (for `Tag.describe`).
+
+    Literal values and values of `constant` and `env` variables are resolved; a param that
+    needs an event (`{{event.value}}`, `{{client_ip}}` ...) is listed in `per_event` instead.
+    `sources` says where a value comes from, in the words an operator would fix it with: the
+    environment variable (`META_PIXEL_ID`), the template (`{{pixel}}`), or the param's name.
+    """
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    per_event: frozenset[str] = frozenset()
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.values.get(name)
+        return default if value is None else value
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name) or name
+
+
 class Tag:
     """A tag type. One instance per tag in the container, created when the container loads."""
 
@@ -202,6 +224,13 @@ class Tag:
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         """Build the vendor messages for one event: fast, synchronous, no I/O."""
         raise NotImplementedError
+
+    def describe(self, params: StartupParams) -> str:
+        """What this tag will do, in one line of the start-up log: `LIVE → pixel 1234…`,
+        `DRY RUN — META_PIXEL_ID is empty`. Never include a secret param's value."""
+        if self.sender_class is None:
+            return "runs in the server, sends nothing"
+        return "LIVE: sends what it fires through the outbox"
 
 
 # -- clients --------------------------------------------------------------------------------

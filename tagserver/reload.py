@@ -16,6 +16,7 @@ from .container import ContainerError, load_file
 from .plugins import Registry
 from .runtime import Runtime
 from .settings import Settings
+from .startup import tag_lines
 
 if TYPE_CHECKING:
     from .app import State
@@ -60,6 +61,8 @@ class ContainerWatcher:
             container.version,
             container.hash,
         )
+        for line in tag_lines(container):  # what the tags do now (LIVE, DRY RUN ...)
+            log.info("%s", line)
         return True
 
     async def run(self) -> None:
