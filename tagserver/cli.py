@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 
 import click
@@ -70,6 +71,7 @@ def serve(**flags: object) -> None:
 
         prepare_multiprocess(settings)  # /metrics then sums every worker's counters
     _before_serve(settings, container)
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         "tagserver.app:create_app",
         factory=True,
@@ -84,6 +86,13 @@ def serve(**flags: object) -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM after uvicorn's graceful shutdown (it raises the signal it handled again, with
+    this handler back in place): a stop asked for and done is a success, exit status 0, not a
+    death by signal (143) that Docker, systemd and Kubernetes would report as a failure."""
+    raise SystemExit(0)
 
 
 def _before_serve(settings: Settings, container: Container) -> None:
