@@ -16,14 +16,17 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
 from dockerfile import IMAGE
+from support import LOOPBACK, ServerProcess, free_port, minimal_container, wait_until
 
 from tagserver.container import load
 from tagserver.plugins import load_registry
@@ -354,3 +357,88 @@ def test_service_ingress_pdb_and_hpa_point_at_the_deployment():
     assert hpa["spec"]["minReplicas"] >= 2 > pdb["spec"]["minAvailable"]
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     assert "cpu" in CONTAINER["resources"]["requests"]  # utilization is of the request
+
+
+# -- compose's Caddy, for real, in front of two real servers --------------------------------
+
+
+def logged_ips(server: ServerProcess) -> list[str]:
+    return [
+        json.loads(line.split(": ", 1)[1])["fields"]["ip"]
+        for line in server.logs().splitlines()
+        if "tagserver.tag.log" in line
+    ]
+
+
+@pytest.mark.slow
+def test_compose_caddy_balances_two_instances_and_skips_one_that_is_down(tmp_path):
+    """compose.Caddyfile as it is, but on loopback: plain http on a free port for the site
+    (no certificate here), the two upstream names mapped to two `tagserver serve` processes,
+    and no admin endpoint (other Caddys may run on this machine)."""
+    binary = shutil.which("caddy")
+    if binary is None:
+        pytest.skip("caddy is not installed (Debian: apt-get install caddy)")
+    container = minimal_container()
+    container["tags"][0]["params"] = {"fields": {"ip": "{{client_ip}}"}, "include_event": False}
+    servers = []
+    for name in TAGSERVERS:
+        (tmp_path / name).mkdir()
+        servers.append(ServerProcess(tmp_path / name, container).start())
+    caddy_port = free_port()
+    text = (DEPLOY / "compose.Caddyfile").read_text()
+    text = text.replace("{\n", "{\n\tadmin off\n", 1)
+    for name, server in zip(TAGSERVERS, servers, strict=True):
+        text = text.replace(f"{name}:8080", f"{LOOPBACK}:{server.port}")
+    (tmp_path / "Caddyfile").write_text(text)
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+           "XDG_CONFIG_HOME": str(tmp_path), "ACME_EMAIL": "ops@shop.example",
+           "TAGGING_DOMAIN": f"http://{LOOPBACK}:{caddy_port}"}  # fmt: skip
+    proxy = subprocess.Popen(
+        [binary, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "caddy.log", "wb"),  # noqa: SIM115
+    )  # fmt: skip
+    url = f"http://{LOOPBACK}:{caddy_port}/api/events"
+    spoofed = {"Authorization": "Bearer test-key", "X-Forwarded-For": "198.51.100.7"}
+
+    def send(count: int) -> list[int]:
+        """Status of each hit; 0 for a broken answer (Caddy's log then says why)."""
+        codes = []
+        with httpx.Client(timeout=10) as http:
+            for _ in range(count):
+                try:
+                    codes.append(
+                        http.post(url, json={"event_name": "e"}, headers=spoofed).status_code
+                    )
+                except httpx.HTTPError:
+                    codes.append(0)
+        return codes
+
+    def caddy_errors() -> str:
+        lines = (tmp_path / "caddy.log").read_text(errors="replace").splitlines()
+        return "\n".join(line[:300] for line in lines if '"level":"error"' in line)
+
+    try:
+        wait_until(lambda: _answers(url), timeout=20)
+        assert send(40) == [200] * 40, caddy_errors()
+        first, second = (logged_ips(s) for s in servers)
+        assert first and second  # both instances took hits
+        # Caddy replaced the visitor's own X-Forwarded-For; tagserver believed Caddy's
+        assert set(first + second) == {LOOPBACK}
+
+        servers[0].stop()  # one instance goes away: once the health check saw it (every 2 s),
+        time.sleep(3.5)  # every hit lands on the other (sooner with Caddy's retry fix, #7546)
+        before = len(logged_ips(servers[1]))
+        assert send(20) == [200] * 20, caddy_errors()
+        assert len(logged_ips(servers[1])) == before + 20
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        for server in servers:
+            server.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url.replace("/api/events", "/healthz"), timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
