@@ -442,3 +442,31 @@ def _answers(url: str) -> bool:
         return httpx.get(url.replace("/api/events", "/healthz"), timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.slow
+def test_the_units_command_and_environment_run_a_server(tmp_path):
+    """ExecStart with the unit's Environment= lines (systemd's %S and %E made local, the port
+    a free one): the settings it names are accepted and two workers serve."""
+    state, etc = tmp_path / "state", tmp_path / "etc"
+    (etc / "tagserver").mkdir(parents=True)
+    (etc / "tagserver" / "container.json").write_text(json.dumps(minimal_container()))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+    for name, value in UNIT_ENV.items():
+        env[name] = value.replace("%S", str(state)).replace("%E", str(etc))
+    env["TAGSERVER_PORT"] = str(port)
+    program = str(Path(sys.executable).parent / "tagserver")
+    command = dict(UNIT)["ExecStart"].replace("/opt/tagserver/bin/tagserver", program).split()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: _answers(f"http://{LOOPBACK}:{port}/api/events"), timeout=30)
+    finally:
+        proc.terminate()
+        code = proc.wait(30)
+    text = log.read_text()
+    assert code == 0, text
+    assert f"listening on http://127.0.0.1:{port} (2 workers)" in text
+    assert f"outbox: SQLite at {state}/tagserver/outbox.sqlite3" in text
