@@ -11,8 +11,7 @@ from typing import Any
 
 import orjson
 
-from tagserver.event import Event
-from tagserver.plugins import FireContext, Outgoing, Param, StartupParams, Tag
+from tagserver import Event, FireContext, Outgoing, Param, StartupParams, Tag
 
 log = logging.getLogger("tagserver.tag.log")
 

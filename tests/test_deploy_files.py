@@ -30,7 +30,8 @@ from support import LOOPBACK, ServerProcess, free_port, minimal_container, wait_
 
 from tagserver.container import load
 from tagserver.plugins import load_registry
-from tagserver.settings import PREFIX, Settings, settings_table
+from tagserver.settings import PREFIX, Settings
+from tagserver.settings_cli import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
