@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from .container import Container, ContainerError, load_file
+from .container_cli import container
 from .outbox_cli import outbox
 from .plugins import Registry, load_registry
 from .settings import PREFIX, Settings, SettingsError
@@ -110,18 +111,19 @@ def serve(**flags: object) -> None:
     registry = load_registry()
     _declared(settings, registry)
     try:
-        container = load_file(settings.container, registry, settings)  # fail here, before forking
+        loaded = load_file(settings.container, registry, settings)  # fail here, before forking
     except ContainerError as exc:
         click.echo(f"{settings.container} is invalid ({len(exc.problems)} problems):", err=True)
         for problem in exc.problems:
             click.echo(f"  {problem}", err=True)
+        _remember_refusal(settings, exc)
         sys.exit(1)
     settings.signing_key()  # create the shared key once, before workers race for it
     if settings.workers > 1:
         from .exposition import prepare_multiprocess
 
         prepare_multiprocess(settings)  # /metrics then sums every worker's counters
-    _before_serve(settings, container)
+    _before_serve(settings, loaded)
     signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         "tagserver.app:create_app",
@@ -146,12 +148,30 @@ def _stopped(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _before_serve(settings: Settings, container: Container) -> None:
+def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
+    """A container refused at start is kept in the history too (when it can be read)."""
+    from pathlib import Path
+
+    from .history import open_history
+    from .reload import remember_refusal
+
+    try:
+        raw = Path(settings.container).read_bytes()
+        history = open_history(settings.data_dir)
+    except Exception:
+        return
+    try:
+        remember_refusal(history, raw, settings.container, exc.problems)
+    finally:
+        history.close()
+
+
+def _before_serve(settings: Settings, loaded: Container) -> None:
     """Start-up work that must run once in the parent process, before workers fork."""
     from .preview import announce
     from .startup import log_startup
 
-    log_startup(settings, container)  # what will happen: listen address, outbox, each tag
+    log_startup(settings, loaded)  # what will happen: listen address, outbox, each tag
     announce(settings)  # the preview sign-in link with its one-time token
 
 
@@ -175,7 +195,8 @@ def validate(path: str | None) -> None:
     click.echo(
         f"{path}: valid — container {container.name!r} version {container.version!r}, "
         f"{len(container.clients)} clients, {len(container.variables)} variables, "
-        f"{len(container.triggers)} triggers, {len(container.tags)} tags"
+        f"{len(container.triggers)} triggers, {len(container.tags)} tags, "
+        f"{len(container.source.get('transformations', []))} transformations"
     )
 
 
@@ -200,3 +221,4 @@ def show_settings(markdown: bool, **flags: Any) -> None:
 
 
 main.add_command(outbox)
+main.add_command(container)
