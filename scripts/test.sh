@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on a fresh Debian machine, then run it all:
-# Debian's chromium (real-browser tests) and redis-server (shared preview store), the test extras;
+# Debian's chromium (real-browser tests), redis-server (shared preview store) and postgresql
+# (the shared outbox: the tests start their own cluster from its binaries), the test extras;
 # caddy, nginx, openssl and systemd's systemd-analyze check the deploy/ examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)

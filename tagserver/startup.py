@@ -57,11 +57,11 @@ def listen_line(settings: Settings) -> str:
 
 
 def outbox_line(settings: Settings) -> str:
-    # TAGSERVER_OUTBOX_URL selects the shared PostgreSQL outbox where that setting exists
-    url = str(getattr(settings, "outbox_url", "") or "")
+    url = settings.outbox_url.strip()
     if url:
-        kind = "PostgreSQL" if url.startswith("postgres") else urlsplit(url).scheme or "URL"
-        return f"outbox: {kind} at {safe_url(url)} (shared by every instance)"
+        from .outbox_pg import safe_url as without_password
+
+        return f"outbox: PostgreSQL at {without_password(url)} (shared by every instance)"
     from .outbox_store import database_path
 
     path = database_path(Path(settings.data_dir).resolve())

@@ -37,9 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 SETTINGS = {name for name, _, _ in settings_table()}
-# Named by deploy files ahead of the code: the shared PostgreSQL outbox (issue 13, part 1)
-# lands from its own branch.
-PENDING_SETTINGS = {"TAGSERVER_OUTBOX_URL"}
 CONTAINER_ENV = {
     v["env"] for v in json.loads((ROOT / "container.json").read_text())["variables"]
     if v["type"] == "env"
@@ -52,7 +49,7 @@ def unknown_names(names: set[str]) -> set[str]:
     return {
         n
         for n in names
-        if not (n in SETTINGS or n in PENDING_SETTINGS or n in CONTAINER_ENV)
+        if not (n in SETTINGS or n in CONTAINER_ENV)
         and (n.startswith(PREFIX) or n.startswith("META_"))
     }
 
@@ -335,9 +332,12 @@ def test_container_json_comes_from_a_configmap_directory_mount():
     assert volumes["container"]["configMap"]["name"] == configmap["metadata"]["name"]
     assert Path(POD_ENV["TAGSERVER_CONTAINER"]).name in configmap["data"]
     assert mounts["data"]["mountPath"] == POD_ENV["TAGSERVER_DATA_DIR"]
-    # the shipped container, as the ConfigMap carries it, is a valid one
+    # the shipped container, as the ConfigMap carries it, is a valid one and the current one
     data = json.loads(configmap["data"]["container.json"])
     assert load(data, load_registry(), Settings()).name == "default"
+    assert data == json.loads((ROOT / "container.json").read_text()), (
+        "deploy/kubernetes/configmap.yaml carries an old container.json: paste the current one"
+    )
 
 
 def test_service_ingress_pdb_and_hpa_point_at_the_deployment():

@@ -168,6 +168,16 @@ def test_redis_preview_store_is_shown_without_its_password(tmp_path, redis_with_
     assert "r3dis-pa55word" not in server.logs()
 
 
+def test_postgresql_outbox_is_shown_without_its_password(tmp_path, postgres):
+    url = postgres.create_database()
+    password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    with ServerProcess(tmp_path, minimal_container(), env={"TAGSERVER_OUTBOX_URL": url}) as server:
+        lines = startup_lines(server)
+    shown = url.replace(f":{password}@", "@")
+    assert f"outbox: PostgreSQL at {shown} (shared by every instance)" in lines
+    assert password not in server.logs()
+
+
 def test_urls_lose_their_passwords():
     assert (
         safe_url("postgresql://tagserver:s3cret@db:5432/tagserver?sslmode=require")
