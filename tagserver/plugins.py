@@ -231,7 +231,7 @@ class Tag:
         `DRY RUN — META_PIXEL_ID is empty`. Never include a secret param's value."""
         if self.sender_class is None:
             return "runs in the server, sends nothing"
-        return "LIVE: sends what it fires through the outbox"
+        return "sends what it fires on through the outbox (its type says no more)"
 
     def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """Where this tag's messages go with these resolved params: (destination, route).
