@@ -33,8 +33,9 @@ from typing import Any
 import httpx
 
 from . import metrics
+from .delivery_types import DeadLetter, Destination, Retry, Settlement
 from .http_client import vendor_client
-from .outbox import Claim, Outbox, Settlement
+from .outbox import Claim, Outbox
 from .plugins import Delivery, Message, Registry, Sender
 from .redact import Redactor
 from .settings import Settings
@@ -324,19 +325,19 @@ class Dispatcher:
             lane = self.lanes[destination_id] = Lane(self, destination_id, key, tag_type)
         return lane
 
-    def _on_commit(self, touched: dict[int, tuple[str, str]]) -> None:
+    def _on_commit(self, touched: dict[int, Destination]) -> None:
         if self.stopping:
             return
-        for destination_id, (key, tag_type) in touched.items():
-            self.lane(destination_id, key, tag_type).wake.set()
+        for destination_id, destination in touched.items():
+            self.lane(destination_id, destination.key, destination.tag_type).wake.set()
 
     async def _poll(self) -> None:
         while not self.stopping:
             try:
                 now = time.time()
-                for destination_id, key, tag_type, next_due in await self.outbox.due():
-                    lane = self.lane(destination_id, key, tag_type)
-                    if next_due <= now:
+                for due in await self.outbox.due():
+                    lane = self.lane(due.destination_id, due.key, due.tag_type)
+                    if due.next_due <= now:
                         lane.wake.set()
             except Exception:
                 log.exception("dispatcher poll failed")
@@ -388,7 +389,7 @@ class Dispatcher:
         for message in claim.messages:
             if message.deadline is not None and now >= message.deadline:
                 reason = f"deadline passed before delivery ({message.attempts} attempts made)"
-                plan.dead.append((message.id, False, None, "", "", "", reason))
+                plan.dead.append(DeadLetter(message.id, False, None, "", "", "", reason))
                 lane.count("deadline")
                 records.append((message, {"outcome": "dead_letter", "reason": reason}))
             else:
@@ -416,8 +417,8 @@ class Dispatcher:
                     reached = True
                     reason = "refused by the vendor"
                     plan.dead.append(
-                        (message.id, True, result.status, error, clean(result.code),
-                         clean(result.trace), reason)
+                        DeadLetter(message.id, True, result.status, error, clean(result.code),
+                                   clean(result.trace), reason)
                     )  # fmt: skip
                     record.update(outcome="dead_letter", reason=reason)
                 else:
@@ -435,14 +436,14 @@ class Dispatcher:
                             "retry would come after the message's deadline"
                         )
                         plan.dead.append(
-                            (message.id, True, result.status, error, clean(result.code),
-                             clean(result.trace), reason)
+                            DeadLetter(message.id, True, result.status, error,
+                                       clean(result.code), clean(result.trace), reason)
                         )  # fmt: skip
                         record.update(outcome="dead_letter", reason=reason)
                         lane.count("deadline")
                     else:
                         summary = error or (f"HTTP {result.status}" if result.status else "")
-                        plan.retry.append((message.id, at, result.status, summary))
+                        plan.retry.append(Retry(message.id, at, result.status, summary))
                         record.update(outcome="retry", next_attempt_in=round(delay, 3))
                 lane.count(result.outcome)
                 records.append((message, record))

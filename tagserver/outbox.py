@@ -31,8 +31,9 @@ from typing import Any
 import orjson
 
 from . import metrics, outbox_store
+from .delivery_types import Destination, Due, OutboxRow, Settlement
 from .errors import Unavailable
-from .outbox_store import Row, Settlement, Store, connect, database_path, is_disk_full
+from .outbox_store import Store, connect, database_path, is_disk_full
 from .outbox_writer import Job, WriterProcess, request_frame
 from .plugins import Message, Outgoing
 from .settings import Settings
@@ -59,7 +60,7 @@ class Claim:
 class _Group:
     """Writes made during one loop iteration: one frame to the writer process."""
 
-    rows: list[Row] = field(default_factory=list)
+    rows: list[OutboxRow] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     jobs: list[Job] = field(default_factory=list)
     results: list[asyncio.Future[Any]] = field(default_factory=list)
@@ -87,9 +88,8 @@ class Outbox:
         self.settings = settings
         self.path = database_path(settings.data_dir)
         self.pending = 0  # all workers' pending messages, as of the last commit or poll
-        self.on_commit: Callable[[dict[int, tuple[str, str]]], None] | None = (
-            None  # the dispatcher's bell
-        )
+        # the dispatcher's bell: the destinations a commit added messages to, by id
+        self.on_commit: Callable[[dict[int, Destination]], None] | None = None
         self._writer: WriterProcess | None = None
         self._next = _Group()  # filled by this loop iteration's puts and jobs
         self._flush_scheduled = False
@@ -184,7 +184,7 @@ class Outbox:
         dumps = orjson.dumps
         group = self._next
         group.rows += [
-            (
+            OutboxRow(
                 m.destination,
                 m.tag_type,
                 m.route,
@@ -387,7 +387,7 @@ class Outbox:
             raise RuntimeError("the outbox is not started")
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, self._reader)
 
-    async def due(self) -> list[tuple[int, str, str, float]]:
+    async def due(self) -> list[Due]:
         return await self.read(Store.due)
 
     async def stats(self) -> list[dict[str, Any]]:

@@ -20,11 +20,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from .delivery_types import Claimed, Destination, Due, OutboxRow, Settlement
 
 FILENAME = "outbox.sqlite3"
 SCHEMA_VERSION = 2  # 2: payloads stored as JSON text (were blobs)
@@ -98,13 +99,12 @@ def _insert_sql(count: int) -> str:
     )
 
 
-# A row as `put` hands it to the writer process: destination key, tag type, route, then the message.
-Row = tuple[str, str, dict[str, Any], str, str, str, float, "float | None", "str | None"]
-
-
 def _json(value: Any) -> str:
-    """A statement parameter read with json_each (text: SQLite before 3.45 refuses blobs)."""
-    return orjson.dumps(value).decode()
+    """A statement parameter read with json_each (text: SQLite before 3.45 refuses blobs).
+
+    Named tuples (`Retry`, `DeadLetter`) become arrays in field order: the statements below
+    read them as `$[0]`, `$[1]` …"""
+    return orjson.dumps(value, default=tuple).decode()
 
 
 def database_path(data_dir: str | Path) -> Path:
@@ -130,28 +130,6 @@ def is_disk_full(exc: BaseException) -> bool:
         getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
         or "database or disk is full" in str(exc)
     )
-
-
-@dataclass
-class Claimed:
-    """Messages leased to one worker, as the database holds them (the server builds `Claim`s)."""
-
-    key: str = ""
-    route: dict[str, Any] | None = None
-    rows: str = "[]"  # JSON: [id, payload, dedup_id, attempts, created_at, deadline, trace, tag]
-    ids: list[int] = field(default_factory=list)
-    next_due: float | None = None  # when the destination's next message becomes due
-
-
-@dataclass
-class Settlement:
-    """What to do with claimed messages after a send (one writer job)."""
-
-    delivered: list[int] = field(default_factory=list)
-    # (id, next_attempt_at, status, error)
-    retry: list[tuple[int, float, int | None, str]] = field(default_factory=list)
-    # (id, attempted, status, error, code, trace, reason)
-    dead: list[tuple[int, bool, int | None, str, str, str, str]] = field(default_factory=list)
 
 
 class Store:
@@ -216,27 +194,30 @@ class Store:
         self._destinations[key] = (row[0], route)
         return row[0]
 
-    def knows_destinations(self, rows: Sequence[Row]) -> bool:
+    def knows_destinations(self, rows: Sequence[OutboxRow]) -> bool:
         """Every row's destination is stored already, with the same route."""
         cache = self._destinations
         for row in rows:
-            cached = cache.get(row[0])
-            if cached is None or cached[1] != row[2]:
+            cached = cache.get(row.destination)
+            if cached is None or cached[1] != row.route:
                 return False
         return True
 
-    def insert(self, rows: Sequence[Row], now: float) -> dict[int, tuple[str, str]]:
-        """Insert messages; the destinations they went to: id → (key, type).
+    def insert(self, rows: Sequence[OutboxRow], now: float) -> dict[int, Destination]:
+        """Insert messages; the destinations they went to, by id.
 
         Outside a transaction this is atomic only when `knows_destinations(rows)` and there
         are at most MAX_ROWS_PER_INSERT rows: then it is one statement.
         """
-        touched: dict[int, tuple[str, str]] = {}
+        touched: dict[int, Destination] = {}
         values: list[Any] = []
-        for key, tag_type, route, payload, dedup_id, tag_name, created, deadline, trace in rows:
-            dest = self.destination_id(key, tag_type, route, now)
-            touched[dest] = (key, tag_type)
-            values.extend((dest, payload, dedup_id, tag_name, created, deadline, trace, now))
+        for row in rows:
+            dest = self.destination_id(row.destination, row.tag_type, row.route, now)
+            touched[dest] = Destination(row.destination, row.tag_type)
+            values.extend(
+                (dest, row.payload, row.dedup_id, row.tag_name, row.created_at, row.deadline,
+                 row.trace_id, now)
+            )  # fmt: skip
         for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
             count = min(MAX_ROWS_PER_INSERT, len(rows) - start)
             self.conn.execute(_insert_sql(count), values[start * 8 : (start + count) * 8])
@@ -291,7 +272,7 @@ class Store:
                 "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
                 (_json(plan.delivered),),
             )
-        if plan.retry:
+        if plan.retry:  # Retry: [id, next_attempt_at, status, error]
             conn.execute(
                 "UPDATE messages SET attempts = attempts + 1,"
                 " first_attempt_at = coalesce(first_attempt_at, ?1), last_attempt_at = ?1,"
@@ -301,7 +282,7 @@ class Store:
                 " WHERE messages.id = json_extract(r.value, '$[0]') AND messages.claimed_by = ?3",
                 (now, _json(plan.retry), worker),
             )
-        if plan.dead:
+        if plan.dead:  # DeadLetter: [id, attempted, status, error, code, trace, reason]
             conn.execute(
                 "INSERT INTO dead_letters (destination_id, payload, dedup_id, tag_name,"
                 " created_at, deadline, trace_id, attempts, first_attempt_at, last_attempt_at,"
@@ -341,13 +322,13 @@ class Store:
 
     # -- reading (dispatcher polls, metrics, CLI)
 
-    def due(self) -> list[tuple[int, str, str, float]]:
-        """Destinations with pending messages: (id, key, tag type, next due time)."""
+    def due(self) -> list[Due]:
+        """Destinations with pending messages, with the time their next one is due."""
         rows = self.conn.execute(
             "SELECT id, key, tag_type, (SELECT min(next_attempt_at) FROM messages"
             " WHERE destination_id = destinations.id) FROM destinations WHERE pending > 0"
         ).fetchall()
-        return [r for r in rows if r[3] is not None]
+        return [Due._make(r) for r in rows if r[3] is not None]
 
     def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
         """Per destination: pending, oldest age, next try, dead letters (no routes)."""

@@ -38,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .outbox_store import MAX_ROWS_PER_INSERT, Row, Store, is_disk_full
+from .delivery_types import Destination, OutboxRow
+from .outbox_store import MAX_ROWS_PER_INSERT, Store, is_disk_full
 
 HEADER = struct.Struct("!I")
 READ_SIZE = 1 << 20
@@ -46,7 +47,7 @@ START_TIMEOUT = 60.0  # the schema may wait for another worker's lock (30 s busy
 STOP_TIMEOUT = 30.0
 
 Job = tuple[Callable[..., Any], tuple[Any, ...]]
-Request = tuple[int, list[Row], list[Job]]
+Request = tuple[int, list[OutboxRow], list[Job]]
 
 
 def frame(value: Any) -> bytes:
@@ -54,7 +55,7 @@ def frame(value: Any) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
-def request_frame(seq: int, rows: list[Row], jobs: list[Job]) -> bytes:
+def request_frame(seq: int, rows: list[OutboxRow], jobs: list[Job]) -> bytes:
     """What the server sends for one group; raises if a job cannot be pickled."""
     return frame((seq, rows, jobs))
 
@@ -161,8 +162,8 @@ def commit(store: Store, requests: list[Request]) -> tuple[str, list[int], Any, 
 
 
 def _work(
-    store: Store, rows: list[Row], requests: list[Request], now: float
-) -> tuple[dict[int, tuple[str, str]], dict[int, list[tuple[bool, Any]]], int]:
+    store: Store, rows: list[OutboxRow], requests: list[Request], now: float
+) -> tuple[dict[int, Destination], dict[int, list[tuple[bool, Any]]], int]:
     """Inside one transaction: the rows, then each job in its own savepoint."""
     conn = store.conn
     touched = store.insert(rows, now) if rows else {}
