@@ -337,7 +337,6 @@ def strip_preview(url: str) -> str:
 
 
 class CollectorClient(Client):
-    type_name = "collector"
     description = "Hits from collector.js: POST /collect, sets first-party _fbp/_fbc/client id."
     default_priority = 20
     params = (

@@ -156,7 +156,6 @@ def check_event(raw: Any, now: float) -> Event:
 
 
 class EventsApiClient(Client):
-    type_name = "events_api"
     description = "Server-to-server events: POST /api/events with a bearer API key."
     default_priority = 10
     params = (

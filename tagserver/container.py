@@ -452,6 +452,7 @@ def _compile(
         cls = registry.clients[spec["type"]]
         params = _static_params(spec.get("params") or {}, cls.params)
         client = cls(spec["name"], params, settings)
+        client.type_name = spec["type"]  # the registry's name, whatever the class says
         client.priority = spec.get("priority", cls.default_priority)  # type: ignore[attr-defined]
         client.order = order  # type: ignore[attr-defined]
         clients.append(client)
@@ -468,11 +469,13 @@ def _compile(
             if isinstance(literal, str) and literal and not has_refs(literal):
                 secrets.add(literal)
         defaults = {p.name: p.default for p in cls.params if p.default is not None}
+        instance = cls(spec["name"], _static_params(params, cls.params), settings)
+        instance.type_name = spec["type"]  # the registry's name, whatever the class says
         tags.append(
             CompiledTag(
                 name=spec["name"],
                 type=spec["type"],
-                instance=cls(spec["name"], _static_params(params, cls.params), settings),
+                instance=instance,
                 fire_on=[triggers[n] for n in spec["fire_on"]],
                 block_on=[triggers[n] for n in spec.get("block_on", [])],
                 consent=list(spec.get("consent", [])),

@@ -216,6 +216,9 @@ class Runtime:
                     raise TypeError(f"params.{param.name}: {problem}")
             made = tag.instance.fire(event, params, ctx)
             for message in made:
+                message.tag_type = (
+                    tag.type
+                )  # the registry's name: the dispatcher finds the sender by it
                 message.tag_name = tag.name
                 message.trace_id = trace_id
             outgoing = made if type(made) is list else list(made)

@@ -33,7 +33,6 @@ _API_VERSION = re.compile(r"v\d{1,3}\.\d{1,2}")
 
 
 class MetaCapiTag(Tag):
-    type_name = "meta_capi"
     description = (
         "Meta Conversions API: normalized, hashed, checked, batched (1000 per request), "
         "retried; dry run without pixel id or token."
@@ -156,7 +155,6 @@ class MetaCapiTag(Tag):
                 # Meta deduplicates on event name + id; the outbox the same way, so one hit
                 # resent is stored once, and two events that share an id are both kept
                 dedup_id=f"{name}:{server['event_id']}",
-                tag_type=self.type_name,
                 route=target.route,  # shared by the tag's messages, read-only
                 deadline=server["event_time"]
                 + max_age(server["action_source"])
