@@ -21,6 +21,7 @@ from typing import Any
 
 from .event import CONSENT_TYPES
 from .plugins import Client, Param, Registry, Tag
+from .redact import secret_values
 from .refs import Compiled, compile_value, has_refs, references
 from .settings import Settings
 from .triggers import OPERATORS, Trigger, variable_name
@@ -74,6 +75,9 @@ class CompiledTag:
     params: Compiled
     secret_params: frozenset[str]
     templated_params: tuple[Param, ...] = ()  # typed (not `any`): checked once resolved
+    # the secret params' values when none is templated (else found per fire): they travel
+    # with every message the tag makes (`Outgoing.secrets`)
+    secrets: tuple[str, ...] | None = ()
 
 
 @dataclass
@@ -464,11 +468,17 @@ def _compile(
         cls = registry.tags[spec["type"]]
         params = dict(spec.get("params") or {})
         secret_params = frozenset(p.name for p in cls.params if p.secret)
-        for pname in secret_params:
-            literal = params.get(pname)
-            if isinstance(literal, str) and literal and not has_refs(literal):
-                secrets.add(literal)
         defaults = {p.name: p.default for p in cls.params if p.default is not None}
+        given = {**defaults, **params}
+        for pname in secret_params:
+            if not has_refs(given.get(pname)):  # a literal secret (an object's texts too)
+                secrets.update(secret_values(given.get(pname)))
+        # known now unless templated; else found per event by the runtime
+        tag_secrets = (
+            None
+            if any(has_refs(given.get(name)) for name in secret_params)
+            else secret_values(*(given.get(name) for name in sorted(secret_params)))
+        )
         instance = cls(spec["name"], _static_params(params, cls.params), settings)
         instance.type_name = spec["type"]  # the registry's name, whatever the class says
         tags.append(
@@ -485,6 +495,7 @@ def _compile(
                 templated_params=tuple(
                     p for p in cls.params if p.type != "any" and has_refs(params.get(p.name))
                 ),
+                secrets=tag_secrets,
             )
         )
 

@@ -26,6 +26,7 @@ class OutboxRow(NamedTuple):
     created_at: float
     deadline: float | None
     trace_id: str | None
+    secrets: tuple[str, ...] = ()  # the route's secret values (its tag's `secret=True` params)
 
 
 class Destination(NamedTuple):
@@ -88,6 +89,7 @@ class Claimed:
 
     key: str = ""
     route: dict[str, Any] | None = None
+    secrets: tuple[str, ...] = ()  # the route's secret values, to redact from what is shown
     rows: str = "[]"  # JSON: [id, payload, dedup_id, attempts, created_at, deadline, trace, tag]
     ids: list[int] = field(default_factory=list)
     next_due: float | None = None  # when the destination's next message becomes due

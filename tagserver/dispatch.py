@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -38,7 +39,7 @@ from .delivery_types import DeadLetter, Destination, Retry, Settlement
 from .http_client import vendor_client
 from .outbox import Claim, Outbox
 from .plugins import Delivery, Message, Registry, Sender
-from .redact import Redactor
+from .redact import RedactingFilter, Redactor
 from .settings import Settings
 
 log = logging.getLogger("tagserver.dispatch")
@@ -49,8 +50,6 @@ UNSETTLED_SENDS = 2  # sends per slot whose results may be waiting to be written
 SETTLE_DELAY = 0.003  # results of sends ending within this time are written together
 CLAIM_AHEAD = 32  # a healthy lane of small batches claims at least this many messages at once
 MAX_RETRY_AFTER = 86400.0  # a vendor's Retry-After is honoured up to a day
-_SECRET_KEY_PARTS = ("token", "secret", "key", "auth", "password", "signature", "proof", "cookie")
-_PLAIN_HEADERS = frozenset({"content-type", "accept", "user-agent"})
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -64,31 +63,6 @@ def backoff(attempt: int, base: float, cap: float, retry_after: float | None = N
     if retry_after is not None and retry_after > 0:
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay
-
-
-def route_secrets(route: Any, key: str = "", headers: bool = False) -> list[str]:
-    """Values of a route that look like credentials, to redact everywhere.
-
-    A value counts when its key says so (token, secret, key, auth …), and every value of a
-    `headers` object does (API keys hide under any header name), but for plain ones such as
-    Content-Type.
-    """
-    found: list[str] = []
-    if isinstance(route, dict):
-        for k, v in route.items():
-            found.extend(route_secrets(v, str(k), headers=headers or str(k).lower() == "headers"))
-    elif isinstance(route, list):
-        for v in route:
-            found.extend(route_secrets(v, key, headers))
-    elif isinstance(route, str):
-        name = key.lower()
-        if any(part in name for part in _SECRET_KEY_PARTS) or (
-            headers and name not in _PLAIN_HEADERS
-        ):
-            found.append(route)
-            if " " in route:  # "Bearer abc…": the credential alone too
-                found.append(route.split(" ", 1)[1])
-    return found
 
 
 def worker_name() -> str:
@@ -114,8 +88,8 @@ class Lane:
         self.ahead: deque[Claim] = deque()  # batches claimed, waiting for a free send slot
         self.failures = 0  # consecutive sends in which nothing got through
         self.paused_until = 0.0
-        self._route: Any = None
-        self._redactor = Redactor()
+        self._made_of: tuple[Redactor, tuple[str, ...]] | None = None
+        self.redact = Redactor()  # this destination's, as last built by `redactor()`
         self.latency = metrics.VENDOR_LATENCY.labels(tag_type)
         self.task = asyncio.create_task(self.run(), name=f"lane {key}")
 
@@ -167,7 +141,7 @@ class Lane:
             messages = claim.messages
             for start in range(0, len(messages), batch_size):
                 batch = messages[start : start + batch_size]
-                self.ahead.append(Claim(claim.route, batch, claim.tag_names, claim.next_due))
+                self.ahead.append(dataclasses.replace(claim, messages=batch))
             while self.ahead and len(self.sending) < limit:
                 self.start(sender, self.ahead.popleft())
             return
@@ -217,15 +191,11 @@ class Lane:
         """Send one claimed batch and settle every message of it by its verdict."""
         d = self.dispatcher
         settings = self.settings
-        redactor = self.redactor(claim.route)
-        container_redactor = d.container_redactor()
-
-        def clean(value: Any) -> Any:
-            return redactor(container_redactor(value))
+        clean = self.redactor(claim.secrets)
 
         now = time.time()
         plan = Settlement()
-        records: list[tuple[Message, dict[str, Any]]] = []
+        records: list[tuple[Message, dict[str, Any]]] = []  # for preview
         live: list[Message] = []
         for message in claim.messages:
             if message.deadline is not None and now >= message.deadline:
@@ -356,11 +326,15 @@ class Lane:
     def count(self, outcome: str) -> None:
         metrics.labelled(metrics.DELIVERIES, self.key, outcome).inc()
 
-    def redactor(self, route: Any) -> Redactor:
-        if route != self._route:
-            self._route = route
-            self._redactor = Redactor(route_secrets(route))
-        return self._redactor
+    def redactor(self, secrets: tuple[str, ...]) -> Redactor:
+        """This destination's one redactor: its route's declared secrets and the container's
+        (settings, secret variables, literal secret params). Rebuilt when either changes."""
+        shared = self.dispatcher.container_redactor()
+        made_of = self._made_of
+        if made_of is None or made_of[0] is not shared or made_of[1] != secrets:
+            self.redact = shared.extended(secrets)
+            self._made_of = (shared, secrets)
+        return self.redact
 
     # -- what preview shows
 
@@ -445,12 +419,15 @@ class Dispatcher:
         self._settler: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._log_filter = RedactingFilter(lambda: [lane.redact for lane in self.lanes.values()])
 
     # -- lifecycle
 
     async def start(self) -> None:
-        # httpx logs every request's full URL at INFO: URLs may carry tokens
+        # httpx logs every request's full URL at INFO: URLs may carry tokens. Quiet it, and
+        # should someone turn it up, clean its records with every destination's secrets
         logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
+        self._log_filter.install()
         if self.http is None:
             self.http = vendor_client(self.settings.send_timeout_seconds)
         self.outbox.on_commit = self._on_commit
@@ -492,6 +469,7 @@ class Dispatcher:
             self.claimed.clear()
         if self.http is not None:
             await self.http.aclose()
+        self._log_filter.remove()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when the dispatcher stops."""

@@ -54,6 +54,7 @@ class Claim:
     messages: list[Message]
     tag_names: dict[int, str] = field(default_factory=dict)
     next_due: float | None = None  # when the destination's next message becomes due
+    secrets: tuple[str, ...] = ()  # the route's secret values: redacted from what is shown
 
 
 @dataclass
@@ -194,6 +195,7 @@ class Outbox:
                 m.created_at,
                 m.deadline,
                 m.trace_id,
+                m.secrets,
             )
             for m in messages
         ]
@@ -360,7 +362,9 @@ class Outbox:
     async def claim(self, destination_id: int, worker: str, limit: int) -> Claim:
         lease = self.settings.outbox_lease_seconds
         claimed = await self.run(outbox_store.claim, destination_id, worker, limit, lease)
-        claim = Claim(route=claimed.route, messages=[], next_due=claimed.next_due)
+        claim = Claim(
+            route=claimed.route, messages=[], next_due=claimed.next_due, secrets=claimed.secrets
+        )
         key = claimed.key
         rows = orjson.loads(claimed.rows)
         rows.sort(key=lambda r: r[0])

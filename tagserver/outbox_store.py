@@ -4,7 +4,8 @@ Used by the writer process (`outbox_writer`), the server's reader thread and the
 imports nothing of the server, so the writer process starts in a tenth of a second.
 
 Tables:
-- `destinations`: one row per destination key, with its `route` (URL, token …: secrets) and a
+- `destinations`: one row per destination key, with its `route` (URL, token …), the route's
+  `secrets` (the values of its tag's `secret=True` params: what delivery redacts) and a
   `pending` count kept by triggers. The route is stored once here, never in message rows.
 - `messages`: pending messages; `next_attempt_at` says when a message may be claimed. A claim
   sets `claimed_by`/`lease_until` and pushes `next_attempt_at` to the lease end in one UPDATE,
@@ -28,7 +29,7 @@ import orjson
 from .delivery_types import Claimed, Destination, Due, OutboxRow, Settlement
 
 FILENAME = "outbox.sqlite3"
-SCHEMA_VERSION = 2  # 2: payloads stored as JSON text (were blobs)
+SCHEMA_VERSION = 3  # 2: payloads stored as JSON text (were blobs); 3: destinations.secrets
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS destinations (
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS destinations (
     key TEXT NOT NULL UNIQUE,           -- safe to show: tag type + non-secret identity
     tag_type TEXT NOT NULL,
     route BLOB NOT NULL,                -- JSON; holds secrets; never shown
+    secrets TEXT NOT NULL DEFAULT '[]', -- JSON: which of the route's values are secret
     pending INTEGER NOT NULL DEFAULT 0, -- kept by the triggers below
     updated_at REAL NOT NULL
 );
@@ -107,6 +109,17 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, default=tuple).decode()
 
 
+def _statements(script: str) -> list[str]:
+    """A script's statements one by one (a trigger's body keeps its own semicolons)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return statements
+
+
 def database_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / FILENAME
 
@@ -137,7 +150,8 @@ class Store:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self._destinations: dict[str, tuple[int, dict[str, Any]]] = {}
+        # key → (id, route, secrets) of destinations stored by this connection
+        self._destinations: dict[str, tuple[int, dict[str, Any], tuple[str, ...]]] = {}
 
     @classmethod
     def open(cls, path: Path, sync: str = "full") -> Store:
@@ -146,16 +160,30 @@ class Store:
         return store
 
     def create_schema(self) -> None:
-        if self.conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        conn = self.conn
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
         try:  # several workers may race here: the IMMEDIATE lock makes them take turns
-            self.conn.executescript(
-                f"BEGIN IMMEDIATE;{SCHEMA}"
-                "UPDATE messages SET payload = CAST(payload AS TEXT) WHERE typeof(payload) = 'blob';"
-                "UPDATE dead_letters SET payload = CAST(payload AS TEXT)"
-                " WHERE typeof(payload) = 'blob';"
-                f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                conn.execute("COMMIT")  # another worker was first
+                return
+            for statement in _statements(SCHEMA):  # not executescript: it would COMMIT first
+                conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(destinations)")}
+            if "secrets" not in columns:  # version 2 (messages stored before keep no secrets)
+                conn.execute(
+                    "ALTER TABLE destinations ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]'"
+                )
+            conn.execute(
+                "UPDATE messages SET payload = CAST(payload AS TEXT) WHERE typeof(payload) = 'blob'"
             )
+            conn.execute(
+                "UPDATE dead_letters SET payload = CAST(payload AS TEXT)"
+                " WHERE typeof(payload) = 'blob'"
+            )
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
@@ -181,17 +209,25 @@ class Store:
 
     # -- writing messages
 
-    def destination_id(self, key: str, tag_type: str, route: dict[str, Any], now: float) -> int:
+    def destination_id(
+        self,
+        key: str,
+        tag_type: str,
+        route: dict[str, Any],
+        now: float,
+        secrets: tuple[str, ...] = (),
+    ) -> int:
         cached = self._destinations.get(key)
-        if cached is not None and cached[1] == route:
+        if cached is not None and cached[1] == route and cached[2] == secrets:
             return cached[0]
         row = self.conn.execute(
-            "INSERT INTO destinations (key, tag_type, route, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET tag_type = excluded.tag_type,"
-            " route = excluded.route, updated_at = excluded.updated_at RETURNING id",
-            (key, tag_type, orjson.dumps(route, option=orjson.OPT_SORT_KEYS), now),
+            "INSERT INTO destinations (key, tag_type, route, secrets, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET tag_type = excluded.tag_type,"
+            " route = excluded.route, secrets = excluded.secrets, updated_at = excluded.updated_at"
+            " RETURNING id",
+            (key, tag_type, orjson.dumps(route, option=orjson.OPT_SORT_KEYS), _json(secrets), now),
         ).fetchone()
-        self._destinations[key] = (row[0], route)
+        self._destinations[key] = (row[0], route, secrets)
         return row[0]
 
     def knows_destinations(self, rows: Sequence[OutboxRow]) -> bool:
@@ -199,7 +235,7 @@ class Store:
         cache = self._destinations
         for row in rows:
             cached = cache.get(row.destination)
-            if cached is None or cached[1] != row.route:
+            if cached is None or cached[1] != row.route or cached[2] != row.secrets:
                 return False
         return True
 
@@ -212,7 +248,7 @@ class Store:
         touched: dict[int, Destination] = {}
         values: list[Any] = []
         for row in rows:
-            dest = self.destination_id(row.destination, row.tag_type, row.route, now)
+            dest = self.destination_id(row.destination, row.tag_type, row.route, now, row.secrets)
             touched[dest] = Destination(row.destination, row.tag_type)
             values.extend(
                 (dest, row.payload, row.dedup_id, row.tag_name, row.created_at, row.deadline,
@@ -251,10 +287,11 @@ class Store:
                 " WHERE id IN (SELECT value FROM json_each(?))",
                 (worker, lease_until, lease_until, _json(claimed.ids)),
             )
-            key, route = self.conn.execute(
-                "SELECT key, route FROM destinations WHERE id = ?", (destination_id,)
+            key, route, secrets = self.conn.execute(
+                "SELECT key, route, secrets FROM destinations WHERE id = ?", (destination_id,)
             ).fetchone()
             claimed.key, claimed.route, claimed.rows = key, orjson.loads(route), found
+            claimed.secrets = tuple(orjson.loads(secrets))
         claimed.next_due = self.next_due(destination_id)
         return claimed
 

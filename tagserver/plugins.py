@@ -117,6 +117,9 @@ class Outgoing:
     created_at: float = field(default_factory=time.time)
     trace_id: str | None = None  # set when the hit is previewed, so delivery shows there too
     preview: dict[str, Any] | None = None  # optional human-friendly view for preview
+    # set by the engine: the values of the tag's `secret=True` params, stored with the route
+    # and redacted from everything its delivery shows (errors, responses, logs)
+    secrets: tuple[str, ...] = ()
 
 
 Outcome = Literal["delivered", "retry", "permanent"]

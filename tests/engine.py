@@ -63,15 +63,21 @@ def run_event(
     *,
     client_name: str = "api",
     trace: bool = False,
+    trace_id: str | None = None,
     settings: Settings | None = None,
+    runtime: Runtime | None = None,
     **request: Any,
 ) -> EventResult:
     """One event, checked as the events API checks it, run through the container."""
     settings = settings or Settings()
-    compiled = container if isinstance(container, Container) else compile_container(container)
+    if runtime is None:
+        compiled = container if isinstance(container, Container) else compile_container(container)
+        runtime = Runtime(compiled, settings)
     context = request_context(settings=settings, **request)
     checked = check_event(event, context.received_at)
-    return Runtime(compiled, settings).run_event(checked, context, client_name, trace=trace)
+    return runtime.run_event(
+        checked, context, client_name, trace=trace or trace_id is not None, trace_id=trace_id
+    )
 
 
 def summary(container: dict[str, Any] | Container, event: dict[str, Any], **kw: Any) -> Any:

@@ -9,15 +9,16 @@ with Meta's message, every other event is delivered. A throttled or failing Grap
 splitting at once: what is left is retried later (never resent in a tight loop).
 
 The access token travels only as the query parameter of the request. It never appears in a
-`Delivery` (errors, responses), in an exception leaving this module, or in a log line:
-httpx's own request log line gets the token redacted by a filter installed here.
+`Delivery` (errors, responses), in an exception leaving this module, or in a log line of this
+module. It is a `secret=True` param of the tag, so it is also stored as the route's secret:
+the dispatcher's redactor for the destination removes it from whatever is shown, and from
+httpx's own request log line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from typing import Any
 
@@ -35,32 +36,6 @@ __all__ = ["MetaSender"]
 log = logging.getLogger("tagserver.tag.meta_capi")
 
 MAX_REQUESTS_PER_SEND = 64  # bound on the requests one batch may take while isolating events
-_TOKEN_IN_TEXT = re.compile(r"(access_token=)[^&\s\"'#]+", re.I)
-
-
-class _RedactTokens(logging.Filter):
-    """Removes `access_token=…` from httpx's and httpcore's log records, whatever the level."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(
-                _TOKEN_IN_TEXT.sub(r"\1[redacted]", str(a)) if "access_token" in str(a) else a
-                for a in args
-            )
-        if isinstance(record.msg, str) and "access_token" in record.msg:
-            record.msg = _TOKEN_IN_TEXT.sub(r"\1[redacted]", record.msg)
-        return True
-
-
-def _install_log_filter() -> None:
-    for name in ("httpx", "httpcore"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactTokens) for f in logger.filters):
-            logger.addFilter(_RedactTokens())
-
-
-_install_log_filter()
 
 
 @dataclasses.dataclass
