@@ -365,7 +365,7 @@ class Store:
             "SELECT id, key, tag_type, (SELECT min(next_attempt_at) FROM messages"
             " WHERE destination_id = destinations.id) FROM destinations WHERE pending > 0"
         ).fetchall()
-        return [Due._make(r) for r in rows if r[3] is not None]
+        return [Due(*r) for r in rows if r[3] is not None]
 
     def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
         """Per destination: pending, oldest age, next try, dead letters (no routes)."""
