@@ -59,7 +59,7 @@ def graph():
 
 
 async def send(graph_url: str, batch, route=ROUTE, timeout: float = 5.0):
-    settings = Settings(meta_graph_url=graph_url, send_timeout_seconds=timeout)
+    settings = Settings.from_env({}, meta_graph_url=graph_url, send_timeout_seconds=timeout)
     # while it delivers, the dispatcher cleans httpx's log records with the destination's
     # redactor (its route's secret params: the access token)
     log_filter = RedactingFilter(lambda: [Redactor([str(route.get("access_token"))])])
