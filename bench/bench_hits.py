@@ -144,7 +144,9 @@ class Servers:
     def start_tagserver(
         self, name: str = "tagserver", vendor_url: str | None = None, tree: Path | None = None
     ) -> tuple[str, subprocess.Popen[bytes]]:
-        """`tagserver serve` with one worker; from `tree` (a checkout, via PYTHONPATH) if given."""
+        """`tagserver serve` with one worker; from `tree` (a checkout) if given: with the
+        checkout's own `.venv` when it has one (its entry points and package mapping), else
+        through PYTHONPATH."""
         vendor_url = vendor_url or self.vendor.url
         container = {
             "name": "bench",
@@ -179,10 +181,13 @@ class Servers:
             "TAGSERVER_LOG_LEVEL": "warning",
             "TAGSERVER_PREVIEW_PASSWORD": "bench-preview-password",
         }
-        if tree is not None:
+        python = sys.executable
+        if tree is not None and (tree / ".venv" / "bin" / "python").exists():
+            python = str(tree / ".venv" / "bin" / "python")
+        elif tree is not None:
             env["PYTHONPATH"] = str(tree)
         proc = self._spawn(
-            [sys.executable, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
+            [python, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
              str(port), "--container", str(path), "--data-dir", str(self.work / name),
              "--workers", "1"],
             name, env,
