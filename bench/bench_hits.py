@@ -188,7 +188,7 @@ class Servers:
             env["PYTHONPATH"] = str(tree)
         proc = self._spawn(
             [python, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
-             str(port), "--container", str(path), "--data-dir", str(self.work / name),
+             str(port), "--container", str(path), "--data-dir", str(self.work / "data" / name),
              "--workers", "1"],
             name, env,
         )  # fmt: skip
@@ -418,8 +418,8 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
                 sample = (
                     now - started,
                     rss_mb(proc.pid),
-                    outbox_pending(work / "tagserver"),
-                    disk_mb(work / "tagserver"),
+                    outbox_pending(work / "data" / "tagserver"),
+                    disk_mb(work / "data" / "tagserver"),
                 )
                 samples.append(sample)
                 print(
@@ -430,8 +430,8 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.5)
         hey_out = load.stdout.read() if load.stdout else ""
         status = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", hey_out))
-        backlog = outbox_pending(work / "tagserver")
-        db_mb = disk_mb(work / "tagserver")
+        backlog = outbox_pending(work / "data" / "tagserver")
+        db_mb = disk_mb(work / "data" / "tagserver")
         print(
             f"load done: responses by status {status}; backlog {backlog} messages, "
             f"RSS {rss_mb(proc.pid):.1f} MB, outbox files {db_mb:.1f} MB on disk"
@@ -442,7 +442,7 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
         last_count = 0
         print("vendor up: draining")
         while True:
-            pending = outbox_pending(work / "tagserver")
+            pending = outbox_pending(work / "data" / "tagserver")
             count = servers.vendor.count
             if first is None and count > last_count:
                 first = time.time() - up_at
@@ -454,7 +454,7 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
                 break
             time.sleep(0.5)
         took = time.time() - up_at
-        drained = backlog - outbox_pending(work / "tagserver")
+        drained = backlog - outbox_pending(work / "data" / "tagserver")
         sending = took - (first or 0)
         rate = drained / sending if sending > 0 else 0.0
         print(
