@@ -487,8 +487,8 @@ class Dispatcher:
     def _on_commit(self, touched: dict[int, Destination]) -> None:
         if self.stopping:
             return
-        for destination_id, destination in touched.items():
-            self.lane(destination_id, destination.key, destination.tag_type).wake.set()
+        for destination_id, (key, tag_type) in touched.items():
+            self.lane(destination_id, key, tag_type).wake.set()
 
     async def _poll(self) -> None:
         while not self.stopping:

@@ -249,7 +249,7 @@ class Store:
         values: list[Any] = []
         for row in rows:
             dest = self.destination_id(row.destination, row.tag_type, row.route, now, row.secrets)
-            touched[dest] = Destination(row.destination, row.tag_type)
+            touched[dest] = (row.destination, row.tag_type)
             values.extend(
                 (dest, row.payload, row.dedup_id, row.tag_name, row.created_at, row.deadline,
                  row.trace_id, now)

@@ -22,7 +22,6 @@ from support import app_client, minimal_container, wait_until
 
 from tagserver import outbox as outbox_module
 from tagserver.cli import main
-from tagserver.delivery_types import OutboxRow
 from tagserver.errors import Unavailable
 from tagserver.outbox import Outbox, Store, database_path
 from tagserver.outbox_writer import Frames, request_frame
@@ -352,9 +351,7 @@ def test_a_writer_whose_server_dies_commits_what_it_got_and_exits_quietly(tmp_pa
             pass_fds=[theirs.fileno()], stderr=subprocess.PIPE,
         )  # fmt: skip
     assert Frames().feed(ours.recv(65536))[0][0] == "ready"
-    row = OutboxRow(
-        "dest", "http_request", {"url": "http://x"}, '{"n":1}', "id1", "t", 1.0, None, None
-    )
+    row = ("dest", "http_request", {"url": "http://x"}, '{"n":1}', "id1", "t", 1.0, None, None)
     ours.sendall(request_frame(1, [row], []))
     ours.close()  # dies before the answer
     _, stderr = writer.communicate(timeout=10)
