@@ -24,12 +24,14 @@ from .plugins import Client, Param, Registry, Tag
 from .redact import secret_values
 from .refs import Compiled, compile_value, has_refs, references
 from .settings import Settings
+from .transformations import Transformation, compile_all
+from .transformations import validate as validate_transformations
 from .triggers import OPERATORS, Trigger, variable_name
 from .variables import VARIABLE_TYPES, Variable, compile_variable, direct_getters, is_builtin
 
 TOP_LEVEL_KEYS = (
     "$schema", "name", "version", "description", "consent_mode", "clients", "variables",
-    "triggers", "tags",
+    "triggers", "tags", "transformations",
 )  # fmt: skip
 CLIENT_KEYS = ("name", "type", "priority", "params", "description")
 TAG_KEYS = ("name", "type", "fire_on", "block_on", "consent", "paused", "params", "description")
@@ -78,6 +80,7 @@ class CompiledTag:
     # the secret params' values when none is templated (else found per fire): they travel
     # with every message the tag makes (`Outgoing.secrets`)
     secrets: tuple[str, ...] | None = ()
+    transformations: tuple[Transformation, ...] = ()  # in order; empty: the plain path
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Container:
     secrets: frozenset[str] = field(default_factory=frozenset)
     secret_variables: frozenset[str] = field(default_factory=frozenset)
     source: dict[str, Any] = field(default_factory=dict, repr=False)
+    raw: bytes = field(default=b"", repr=False)  # the file as read (kept in the history)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "hash": self.hash}
@@ -231,8 +235,11 @@ class _Validator:
             self.trigger(path, item)
         for path, item in self.named_list(data, "clients"):
             self.client(path, item)
+        tags = data.get("tags")
         for path, item in self.named_list(data, "tags"):
             self.tag(path, item)
+        transformations = self.named_list(data, "transformations")
+        validate_transformations(self, transformations, tags if isinstance(tags, list) else [])
         return self.problems
 
     def variable(self, path: str, item: dict[str, Any]) -> None:
@@ -463,6 +470,7 @@ def _compile(
     clients.sort(key=lambda c: (-c.priority, c.order))  # type: ignore[attr-defined]
 
     direct = direct_getters(variables)
+    transformations = compile_all(data.get("transformations", []), data.get("tags", []))
     tags = []
     for spec in data.get("tags", []):
         cls = registry.tags[spec["type"]]
@@ -496,10 +504,13 @@ def _compile(
                     p for p in cls.params if p.type != "any" and has_refs(params.get(p.name))
                 ),
                 secrets=tag_secrets,
+                transformations=transformations.get(spec["name"], ()),
             )
         )
 
-    digest = hashlib.sha256(raw if raw is not None else json.dumps(data, sort_keys=True).encode())
+    if raw is None:
+        raw = json.dumps(data, sort_keys=True).encode()
+    digest = hashlib.sha256(raw)
     return Container(
         name=str(data.get("name", "container")),
         version=str(data.get("version", "")),
@@ -512,4 +523,5 @@ def _compile(
         secrets=frozenset(s for s in secrets if len(s) >= 4),
         secret_variables=secret_variables,
         source=data,
+        raw=raw,
     )
