@@ -37,7 +37,7 @@ import httpx
 from . import metrics
 from .delivery_types import DeadLetter, Destination, Retry, Settlement
 from .http_client import vendor_client
-from .outbox import Claim, Outbox
+from .outbox_backend import Claim, OutboxBackend
 from .plugins import Delivery, Message, Registry, Sender
 from .redact import RedactingFilter, Redactor
 from .settings import Settings
@@ -103,7 +103,8 @@ class Lane:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("delivery lane %s failed; retrying in 1s", self.key)
+                if d.outbox.problem is None:  # an outbox that is down says so itself, once
+                    log.exception("delivery lane %s failed; retrying in 1s", self.key)
                 await d.sleep(1.0)
 
     async def step(self) -> None:
@@ -396,7 +397,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxBackend,
         registry: Registry,
         settings: Settings,
         *,
@@ -494,12 +495,15 @@ class Dispatcher:
         while not self.stopping:
             try:
                 now = time.time()
-                for due in await self.outbox.due():
-                    lane = self.lane(due.destination_id, due.key, due.tag_type)
-                    if due.next_due <= now:
+                # (destination id, key, tag type, next due): a `Due` from SQLite, a row from
+                # PostgreSQL
+                for destination_id, key, tag_type, next_due in await self.outbox.due():
+                    lane = self.lane(destination_id, key, tag_type)
+                    if next_due <= now:
                         lane.wake.set()
             except Exception:
-                log.exception("dispatcher poll failed")
+                if self.outbox.problem is None:
+                    log.exception("dispatcher poll failed")
             await self.sleep(POLL_SECONDS)
 
     async def _heartbeat(self) -> None:

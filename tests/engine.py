@@ -7,13 +7,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from tagserver.clients.events_api import check_event
-
 from tagserver.container import Container, load
 from tagserver.event import RequestContext
 from tagserver.plugins import Registry, load_registry
 from tagserver.runtime import EventResult, Runtime
 from tagserver.settings import Settings
+from tagserver.toolkit.events import check_event
 
 HOST = "sgtm.shop.test"
 _REGISTRY: Registry | None = None
