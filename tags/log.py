@@ -27,7 +27,6 @@ def mask_personal_data(value: Any) -> Any:
 
 
 class LogTag(Tag):
-    type_name = "log"
     description = "Write the event (secrets redacted, personal data masked) as one JSON log line."
     params = (
         Param(
