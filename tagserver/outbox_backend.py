@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from .outbox_store import Settlement
+from .delivery_types import Settlement
 from .outbox_types import Claim, Routes
 from .plugins import Outgoing
 from .settings import Settings
@@ -66,7 +66,7 @@ class OutboxBackend(Protocol):
 
     async def release(self, worker: str, ids: list[int]) -> None: ...
 
-    async def due(self) -> list[tuple[int, str, str, float]]:
+    async def due(self) -> Sequence[tuple[int, str, str, float]]:
         """Destinations with pending messages: (id, key, tag type, next due time)."""
 
     async def stats(self) -> list[dict[str, Any]]:
