@@ -28,6 +28,8 @@ class HitTrace:
     error: str | None = None
     duration_ms: float = 0.0
     console: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # events refused, with why
+    response: dict[str, Any] | None = None  # what the hit was answered (no cookie values)
 
     def log(self, level: str, message: str) -> None:
         self.console.append({"time": time.time(), "level": level, "message": message})
@@ -43,6 +45,8 @@ class HitTrace:
             "error": self.error,
             "duration_ms": round(self.duration_ms, 3),
             "console": self.console,
+            "rejected": self.rejected,
+            "response": self.response,
             "events": [
                 {
                     "event": r.event,
@@ -84,6 +88,16 @@ class Hit:
     @property
     def previewed(self) -> bool:
         return self.trace is not None
+
+    def reject(self, index: int, reason: str) -> None:
+        """Record that the request's `index`-th event was refused and why (shown in preview).
+
+        Clients call it for every event they do not run, so a refused event leaves a trace
+        beside the caller's answer.
+        """
+        if self.trace is not None:
+            self.trace.rejected.append({"index": index, "reason": reason})
+            self.trace.log("warning", f"event {index} rejected: {reason}")
 
     async def run(self, events: list[Event]) -> list[EventResult]:
         """Run every event, then wait until their messages are durably in the outbox.

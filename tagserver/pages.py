@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,9 +40,16 @@ def compact_js(source: str) -> str:
     return _INDENT.sub("", _COMMENT_LINE.sub("", source))
 
 
-@lru_cache(maxsize=1)
-def collector_script() -> Asset:
+ROOT_PLACEHOLDER = "var root = '';"
+
+
+@lru_cache(maxsize=4)
+def collector_script(root_path: str = "") -> Asset:
+    """The script, with the server's root path written in (its hits go to `<root>/collect`)."""
     source = (files("tagserver.static") / "collector.js").read_text("utf-8")
+    if source.count(ROOT_PLACEHOLDER) != 1:
+        raise RuntimeError(f"collector.js must contain {ROOT_PLACEHOLDER!r} exactly once")
+    source = source.replace(ROOT_PLACEHOLDER, f"var root = {json.dumps(root_path)};")
     body = compact_js(source).encode("utf-8")
     etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
     return Asset(body, gzip.compress(body, 9, mtime=0), etag, "text/javascript; charset=utf-8")
@@ -66,7 +74,7 @@ def serve(asset: Asset, request: Request) -> Response:
 
 
 async def collector_js(request: Request) -> Response:
-    return serve(collector_script(), request)
+    return serve(collector_script(request.app.state.tagserver.settings.root_path), request)
 
 
 @lru_cache(maxsize=1)
@@ -84,7 +92,11 @@ async def demo(request: Request) -> Response:
     html = (
         _templates()
         .get_template("demo.html")
-        .render(collect_path=getattr(collector, "path", None), container=container.name)
+        .render(
+            collect_path=getattr(collector, "path", None),
+            container=container.name,
+            root=request.app.state.tagserver.settings.root_path,
+        )
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 

@@ -24,7 +24,9 @@ from .variables import Scope
 
 log = logging.getLogger("tagserver.runtime")
 
-TagStatus = Literal["fired", "not_fired", "blocked", "paused", "no_consent", "rejected", "error"]
+TagStatus = Literal[
+    "fired", "dry_run", "not_fired", "blocked", "paused", "no_consent", "rejected", "error"
+]
 
 GRANTED = frozenset({True, "granted", "1", "true", "yes", "allow", "allowed"})
 DENIED = frozenset({False, "denied", "0", "false", "no", "deny"})
@@ -41,6 +43,7 @@ class TagResult:
     outgoing: list[Outgoing] = field(default_factory=list)
     params: dict[str, Any] | None = None  # resolved, secrets redacted; only when traced
     duration_ms: float = 0.0
+    dry_run: list[dict[str, Any]] | None = None  # payloads a dry run would have sent, and why
 
     @property
     def fired(self) -> bool:
@@ -61,6 +64,7 @@ class TagResult:
                 for o in self.outgoing
             ],
             "duration_ms": round(self.duration_ms, 3),
+            "dry_run": self.dry_run,
         }
 
 
@@ -227,7 +231,12 @@ class Runtime:
             log.warning("tag %r raised %s", tag.name, reason)
         # built once the tag has run, every field given: no default factories on the hot path
         notes = self.redact(ctx.notes) if ctx.notes else {}
+        dry_run = None
+        if ctx.dry_runs and status == "fired" and not outgoing:
+            dry_run = self.redact(ctx.dry_runs)
+            status, reason = "dry_run", f"dry run: {dry_run[0]['reason']}"
         result = TagResult(tag.name, tag.type, status, reason, checks, notes, outgoing)
+        result.dry_run = dry_run
         if trace:
             result.duration_ms = (time.perf_counter() - started) * 1000
             result.params = self.redact(
