@@ -247,11 +247,12 @@
   }
 
   function deliverySummary(d) {
-    // each message once, by where it stands now
-    var parts = [];
-    if (d.failed) parts.push(el('span', 'deliv bad', plural(d.failed, 'dead-lettered delivery', 'dead-lettered deliveries')));
-    if (d.retrying) parts.push(el('span', 'deliv warn', plural(d.retrying, 'delivery', 'deliveries') + ' retrying'));
-    if (d.delivered) parts.push(el('span', 'deliv', plural(d.delivered, 'delivery', 'deliveries') + ' delivered'));
+    // each message once, by where it stands now: "2 deliveries: 1 delivered, 1 dead-lettered"
+    if (!d.total) return [];
+    var parts = [el('span', 'deliv', plural(d.total, 'delivery', 'deliveries') + ':')];
+    if (d.delivered) parts.push(el('span', 'deliv ok', d.delivered + ' delivered'));
+    if (d.retrying) parts.push(el('span', 'deliv warn', d.retrying + ' retrying'));
+    if (d.failed) parts.push(el('span', 'deliv bad', d.failed + ' dead-lettered'));
     return parts;
   }
 
@@ -492,7 +493,7 @@
         (d.next_attempt_in ? ' · next try in ' + d.next_attempt_in + ' s' : '');
     } else if (state === 'dead_letter') {
       detail = (d.reason || 'not delivered') + (d.error ? ': ' + d.error : '') +
-        (d.status ? ' (HTTP ' + d.status + ')' : '');
+        (d.status && (d.error || '').indexOf('HTTP ' + d.status) < 0 ? ' (HTTP ' + d.status + ')' : '');
     }
     return {state: state, text: DELIVERY_TEXT[state] || state, detail: detail};
   }
@@ -544,15 +545,21 @@
   function renderTags(panel) {
     var tags = currentEvent().tags || [];
     if (!tags.length) { add(panel, emptyNote('The container has no tags.')); return; }
-    var ran = function (t) { return t.status === 'fired' || t.status === 'dry_run'; };
-    var fired = tags.filter(ran);
-    var other = tags.filter(function (t) { return !ran(t); });
-    var a = el('div', 'tag-list fired');
-    fired.forEach(function (t) { add(a, renderTag(t)); });
-    var b = el('div', 'tag-list not-fired');
-    other.forEach(function (t) { add(b, renderTag(t)); });
-    add(panel, section('Fired (' + fired.length + ')', fired.length ? a : emptyNote('No tag fired for this event.')));
-    add(panel, section('Not fired (' + other.length + ')', other.length ? b : emptyNote('Every tag fired.')));
+    var groups = {fired: [], dry_run: [], other: []};
+    tags.forEach(function (t) { (groups[t.status] || groups.other).push(t); });
+    var list = function (cls, items) {
+      var node = el('div', 'tag-list ' + cls);
+      items.forEach(function (t) { add(node, renderTag(t)); });
+      return node;
+    };
+    add(panel, section('Fired (' + groups.fired.length + ')', groups.fired.length
+      ? list('fired', groups.fired) : emptyNote('No tag fired for this event.')));
+    if (groups.dry_run.length) {
+      add(panel, section('Dry run (' + groups.dry_run.length + ') — built, not sent',
+        list('dry-run', groups.dry_run)));
+    }
+    add(panel, section('Not fired (' + groups.other.length + ')', groups.other.length
+      ? list('not-fired', groups.other) : emptyNote('Every tag fired.')));
   }
 
   function renderVariables(panel) {
