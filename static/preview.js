@@ -249,7 +249,8 @@
   function deliverySummary(d) {
     // each message once, by where it stands now: "2 deliveries: 1 delivered, 1 dead-lettered"
     if (!d.total) return [];
-    var parts = [el('span', 'deliv', plural(d.total, 'delivery', 'deliveries') + ':')];
+    var mixed = [d.delivered, d.retrying, d.failed].filter(Boolean).length > 1;
+    var parts = mixed ? [el('span', 'deliv', plural(d.total, 'delivery', 'deliveries') + ':')] : [];
     if (d.delivered) parts.push(el('span', 'deliv ok', d.delivered + ' delivered'));
     if (d.retrying) parts.push(el('span', 'deliv warn', d.retrying + ' retrying'));
     if (d.failed) parts.push(el('span', 'deliv bad', d.failed + ' dead-lettered'));
@@ -263,7 +264,8 @@
     head.type = 'button';
     var status = el('span', 'status s' + String(hit.status || 0).charAt(0), hit.status || '—');
     // the page the hit came from says more than "POST /collect"; the request line stays below
-    var where = hit.page ? el('span', 'path page', hit.page) : el('span', 'path', hit.method + ' ' + hit.path);
+    var where = hit.page ? el('span', 'path page', hit.page.replace(/^https?:\/\//, ''))
+      : el('span', 'path', hit.method + ' ' + hit.path);
     if (hit.page) where.title = hit.page;
     add(head, el('time', null, clock(hit.time)), where, status);
     head.addEventListener('click', function () { select(hit.id, 0); });

@@ -86,7 +86,10 @@ def test_preview_shows_refusals_delivery_states_dry_runs_and_the_answer(
     expect(hit.locator(".rejected")).to_have_text("1 rejected event")
     expect(hit).to_have_class("hit problem")
     # the page the events came from leads; the request line is secondary
-    expect(hit.locator(".hit-head .path")).to_have_text("https://www.shop.test/checkout/done")
+    expect(hit.locator(".hit-head .path")).to_have_text("www.shop.test/checkout/done")
+    expect(hit.locator(".hit-head .path")).to_have_attribute(
+        "title", "https://www.shop.test/checkout/done"
+    )
     expect(hit.locator(".reqline")).to_have_text("POST /api/events")
     # deliveries arrive live: one delivered, one dead-lettered, plural spelled right
     expect(hit.locator(".hit-meta")).to_contain_text("2 deliveries:", timeout=15_000)
