@@ -7,6 +7,7 @@ Set PREVIEW_SCREENSHOTS=<dir> to save screenshots of the UI along the way.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ def container(vendor: StatusVendor) -> dict[str, Any]:
              "params": {"url": vendor.base + "/ok", "body": {"e": "{{event_name}}"}}},
             {"name": "crm_refused", "type": "http_request", "fire_on": ["purchase"],
              "params": {"url": vendor.base + "/refuse", "body": {"e": "{{event_name}}"}}},
+            {"name": "crm_busy", "type": "http_request", "fire_on": ["purchase"],
+             "params": {"url": vendor.base + "/busy", "body": {"e": "{{event_name}}"}}},
             {"name": "meta", "type": "meta_capi", "fire_on": ["purchase"]},
         ],
     )  # fmt: skip
@@ -91,10 +94,11 @@ def test_preview_shows_refusals_delivery_states_dry_runs_and_the_answer(
         "title", "https://www.shop.test/checkout/done"
     )
     expect(hit.locator(".reqline")).to_have_text("POST /api/events")
-    # deliveries arrive live: one delivered, one dead-lettered, plural spelled right
-    expect(hit.locator(".hit-meta")).to_contain_text("2 deliveries:", timeout=15_000)
+    # deliveries arrive live, each message counted once by where it stands (plural right)
+    expect(hit.locator(".hit-meta")).to_contain_text("3 deliveries:", timeout=15_000)
     expect(hit.locator(".deliv.bad")).to_have_text("1 dead-lettered", timeout=15_000)
     expect(hit.locator(".deliv.ok")).to_have_text("1 delivered")
+    expect(hit.locator(".deliv.warn")).to_have_text("1 retrying")
     expect(hit.locator("button.event .dry")).to_have_text("1 dry run")
 
     hit.locator("button.hit-head").click()
@@ -115,6 +119,13 @@ def test_preview_shows_refusals_delivery_states_dry_runs_and_the_answer(
     expect(refused.locator(".delivery-state")).to_contain_text("refused by the vendor")
     expect(refused.locator(".delivery-state")).to_contain_text("unknown list id 42")
     expect(ui.locator("article.tag[data-tag=crm_ok] .delivery-state")).to_contain_text("delivered")
+    busy = ui.locator("article.tag[data-tag=crm_busy]")
+    expect(busy).to_have_class("tag fired delivery-retry")
+    expect(busy.locator(".delivery-state")).to_contain_text("retrying")
+    expect(busy.locator(".delivery-state")).to_contain_text(
+        re.compile(r"attempt \d+ failed: HTTP 503")
+    )
+    expect(busy.locator(".delivery-state")).to_contain_text("next try in")
     meta = ui.locator("article.tag[data-tag=meta]")
     expect(meta.locator(".badge").first).to_have_text("dry run")
     expect(meta.locator(".reason")).to_have_text(

@@ -37,7 +37,8 @@ def collector_container(**overrides: Any) -> dict[str, Any]:
 
 
 class StatusVendor:
-    """A webhook receiver on loopback: `/ok` answers 200, `/refuse` 400 with a reason."""
+    """A webhook receiver on loopback: `/ok` answers 200, `/refuse` 400 with a reason, `/busy`
+    503 (try again later)."""
 
     def __init__(self) -> None:
         class Handler(BaseHTTPRequestHandler):
@@ -45,7 +46,7 @@ class StatusVendor:
                 self.rfile.read(int(self.headers.get("content-length") or 0))
                 ok = self.path == "/ok"
                 body = json.dumps({"ok": True} if ok else {"error": "unknown list id 42"}).encode()
-                self.send_response(200 if ok else 400)
+                self.send_response({"/ok": 200, "/busy": 503}.get(self.path, 400))
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
