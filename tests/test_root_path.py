@@ -54,6 +54,9 @@ def test_everything_is_served_under_the_prefix_and_still_without_it(tmp_path):
         assert script.status_code == 200 and 'var root = "/tag";' in script.text
         assert "var root = '';" not in script.text
         assert c.get("/collector.js").text == script.text  # direct access works the same
+        demo = c.get("/tag/demo").text
+        assert 'src="/tag/collector.js"' in demo and '"/tag/collect"' in demo
+        assert 'href="/tag/preview"' in demo
 
         body = {"events": [{"name": "page_view",
                             "page": {"page_location": "https://www.shop.test/p"}}]}  # fmt: skip
