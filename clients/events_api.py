@@ -21,11 +21,20 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tagserver import metrics
-from tagserver.errors import BadRequest, HitError, Unauthorized
-from tagserver.event import CONSENT_TYPES, Event, add_page_parts
-from tagserver.hit import Hit
-from tagserver.plugins import MAX_EVENTS, Client, Param
+from tagserver import (
+    MAX_EVENTS,
+    BadRequest,
+    Client,
+    Event,
+    Example,
+    Hit,
+    HitError,
+    Param,
+    Setting,
+    Settings,
+    Unauthorized,
+)
+from tagserver.toolkit.events import CONSENT_TYPES, add_page_parts
 
 MAX_STRING = 8192
 STRING_FIELDS = frozenset((
@@ -35,6 +44,10 @@ STRING_FIELDS = frozenset((
 ))  # fmt: skip
 ID_FIELDS = frozenset(("event_id", "client_id", "user_id", "transaction_id"))  # ints become strings
 OBJECT_FIELDS = ("user_data", "consent", "custom_data")
+
+API_KEYS = Setting(
+    "api_keys", "", "Comma-separated bearer keys accepted by the events API.", secret=True
+)
 
 
 class EventError(ValueError):
@@ -163,15 +176,27 @@ class EventsApiClient(Client):
         Param("path", "string", default="/api/events", description="Path this client claims."),
         MAX_EVENTS,
     )
+    server_settings = (API_KEYS,)
 
-    def __init__(self, name: str, params: dict[str, Any], settings: Any) -> None:
+    def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
         super().__init__(name, params, settings)
         self.path = params.get("path") or "/api/events"
         self.max_events = self.max_events_from(params)
-        self.keys = [k.encode() for k in settings.api_key_list]
+        self.keys = [k.strip().encode() for k in settings.get(API_KEYS).split(",") if k.strip()]
 
     def claim(self, request: Request) -> bool:
         return request.scope["path"] == self.path
+
+    def example(self) -> Example:
+        return Example(
+            "POST",
+            self.path,
+            (
+                ("Authorization", "Bearer <one of TAGSERVER_API_KEYS>"),
+                ("Content-Type", "application/json"),
+            ),
+            '{"event_name": "test_event", "page_title": "sent with curl"}',
+        )
 
     def authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
@@ -225,6 +250,5 @@ class EventsApiClient(Client):
         for index, row in enumerate(rows):
             if row is None:
                 rows[index] = next(results).summary(index)
-        metrics.count(metrics.EVENTS, self.name, amount=len(events))
         body = {"accepted": len(events), "rejected": len(rows) - len(events), "results": rows}
         return json_response(body, 200 if events else 400)

@@ -35,12 +35,13 @@ from .event import RequestContext
 from .exposition import metrics_endpoint
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox import Outbox
-from .plugins import Registry, load_registry
+from .plugins import Example, Registry, load_registry
 from .preview import Preview
+from .preview.routes import Server, preview_routes
 from .redact import Redactor
 from .reload import ContainerWatcher
 from .runtime import Runtime
-from .settings import Settings
+from .settings import ROOT_PATH_SCOPE_KEY, Settings
 
 log = logging.getLogger("tagserver")
 
@@ -183,7 +184,7 @@ def request_context(
         headers = header_dict(scope)
     query_string = scope.get("query_string", b"").decode("latin-1")
     scheme = scope.get("scheme", "http")
-    url = f"{scheme}://{headers.get('host', '')}{scope.get(PREFIX_KEY, '')}{scope['path']}"
+    url = f"{scheme}://{headers.get('host', '')}{scope.get(ROOT_PATH_SCOPE_KEY, '')}{scope['path']}"
     client = scope.get("client")
     return RequestContext.from_scope(
         method=scope["method"],
@@ -262,16 +263,28 @@ async def healthz(request: Request) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-def builtin_routes(preview: Preview, settings: Settings) -> list[BaseRoute]:
+def builtin_routes(state: State) -> list[BaseRoute]:
+    """The server's own routes, each handed what it reads from the running server."""
     from importlib.resources import files
 
     from . import pages
 
+    settings = state.settings
+
+    def example() -> Example | None:
+        examples = (client.example() for client in state.runtime.container.clients)
+        return next((e for e in examples if e is not None), None)
+
+    server = Server(
+        context=lambda request: request_context(request, settings),
+        redact=lambda value: state.runtime.redact(value),
+        example=example,
+    )
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        *preview.routes(),
-        *pages.routes(settings),  # /collector.js (+ custom path), /demo
+        *preview_routes(state.preview, server),
+        *pages.routes(settings, lambda: state.runtime.container),  # /collector.js, /demo
         Mount(
             "/static", NoSniffStaticFiles(directory=str(files("tagserver.static"))), name="static"
         ),
@@ -332,13 +345,11 @@ class HitsFirst:
         await self.app(scope, receive, send)
 
 
-PREFIX_KEY = "tagserver.root_path"  # the scope key holding the prefix a request came with
-
-
 class RootPath:
     """ASGI middleware for TAGSERVER_ROOT_PATH: a request under the prefix (`/tag/collect`) is
     served as its path without it (`/collect`), so the site's reverse proxy may forward the
-    prefix or strip it. The prefix a request came with is kept in the scope (`PREFIX_KEY`)."""
+    prefix or strip it. The prefix goes in every request's scope (`ROOT_PATH_SCOPE_KEY`), for
+    the URLs the server writes (links, redirects, the hit's public URL)."""
 
     def __init__(self, app: ASGIApp, prefix: str) -> None:
         self.app = app
@@ -347,9 +358,10 @@ class RootPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
+            scope = {**scope, ROOT_PATH_SCOPE_KEY: self.prefix}
             path: str = scope["path"]
             if path == self.prefix or path.startswith(self.prefix + "/"):
-                scope = {**scope, "path": path[len(self.prefix) :] or "/", PREFIX_KEY: self.prefix}
+                scope["path"] = path[len(self.prefix) :] or "/"
                 raw = scope.get("raw_path")
                 if raw and raw.startswith(self.raw_prefix):
                     scope["raw_path"] = raw[len(self.raw_prefix) :] or b"/"
@@ -404,6 +416,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     registry = load_registry()
     for error in registry.errors:
         log.error("plugin not loaded: %s", error)
+    settings.declare(registry.declared_settings())  # raises SettingsError on a bad value
     container = load_file(settings.container, registry, settings)
     preview = Preview(settings)
     state = State(
@@ -442,7 +455,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             gc.unfreeze()
             gc.set_threshold(*thresholds)
 
-    routes = builtin_routes(preview, settings)
+    routes = builtin_routes(state)
     app = TagServer(
         routes=[*routes, Route("/{path:path}", handle_hit, methods=HIT_METHODS)],
         lifespan=lifespan,

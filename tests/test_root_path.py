@@ -89,7 +89,8 @@ def test_everything_is_served_under_the_prefix_and_still_without_it(tmp_path):
         assert 'action="/tag/preview/sessions"' in page.text
         session = c.post("/tag/preview/sessions", data={"name": "x"},
                          headers={"Accept": "application/json"}).json()  # fmt: skip
-        assert session["events_api"].endswith("/tag/api/events")
+        assert session["example_url"].endswith("/tag/api/events")
+        assert "/tag/api/events" in session["curl"]
         assert c.get("/tag/static/preview.js").status_code == 200
 
 
