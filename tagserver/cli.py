@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from .container import ContainerError, load_file
+from .container_cli import container
 from .outbox_cli import outbox
 from .plugins import Registry, load_registry
 from .settings import PREFIX, Settings, SettingsError
@@ -114,6 +115,7 @@ def serve(**flags: object) -> None:
         click.echo(f"{settings.container} is invalid ({len(exc.problems)} problems):", err=True)
         for problem in exc.problems:
             click.echo(f"  {problem}", err=True)
+        _remember_refusal(settings, exc)
         sys.exit(1)
     settings.signing_key()  # create the shared key once, before workers race for it
     if settings.workers > 1:
@@ -135,6 +137,24 @@ def serve(**flags: object) -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+
+
+def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
+    """A container refused at start is kept in the history too (when it can be read)."""
+    from pathlib import Path
+
+    from .history import open_history
+    from .reload import remember_refusal
+
+    try:
+        raw = Path(settings.container).read_bytes()
+        history = open_history(settings.data_dir)
+    except Exception:
+        return
+    try:
+        remember_refusal(history, raw, settings.container, exc.problems)
+    finally:
+        history.close()
 
 
 def _before_serve(settings: Settings) -> None:
@@ -164,7 +184,8 @@ def validate(path: str | None) -> None:
     click.echo(
         f"{path}: valid — container {container.name!r} version {container.version!r}, "
         f"{len(container.clients)} clients, {len(container.variables)} variables, "
-        f"{len(container.triggers)} triggers, {len(container.tags)} tags"
+        f"{len(container.triggers)} triggers, {len(container.tags)} tags, "
+        f"{len(container.source.get('transformations', []))} transformations"
     )
 
 
@@ -189,3 +210,4 @@ def show_settings(markdown: bool, **flags: Any) -> None:
 
 
 main.add_command(outbox)
+main.add_command(container)

@@ -34,6 +34,7 @@ class HitTrace:
     console: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)  # events refused, with why
     response: dict[str, Any] | None = None  # what the hit was answered (no cookie values)
+    container: dict[str, Any] | None = None  # name, version, hash of the one that ran the hit
 
     def log(self, level: str, message: str) -> None:
         self.console.append({"time": time.time(), "level": level, "message": message})
@@ -51,6 +52,7 @@ class HitTrace:
             "console": self.console,
             "rejected": self.rejected,
             "response": self.response,
+            "container": self.container,
             "events": [
                 {
                     "event": r.event,

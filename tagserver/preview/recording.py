@@ -92,7 +92,16 @@ def summarize(trace: dict[str, Any]) -> dict[str, Any]:
         "events": events[:MAX_LIST_EVENTS],
         "rejected": len(trace.get("rejected") or []),
         "tag_errors": problems,
+        "container": _container_version(trace),
     }
+
+
+def _container_version(trace: dict[str, Any]) -> dict[str, Any] | None:
+    """Which container version handled the hit (the list shows it beside each hit)."""
+    container = trace.get("container")
+    if not isinstance(container, dict):
+        return None
+    return {"version": container.get("version"), "hash": container.get("hash")}
 
 
 def prepare_hit(
