@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on a fresh Debian machine, then run it all:
-# Debian's chromium (real-browser tests), redis-server (shared preview store) and nginx (tagserver
+# Debian's chromium (real-browser tests), redis-server (shared preview store), postgresql
+# (the shared outbox: the tests start their own cluster from its binaries) and nginx (tagserver
 # under a path of the site, behind a real reverse proxy), the test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"

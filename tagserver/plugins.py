@@ -211,6 +211,15 @@ class Tag:
         """Build the vendor messages for one event: fast, synchronous, no I/O."""
         raise NotImplementedError
 
+    def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """Where this tag's messages go with these resolved params: (destination, route).
+
+        `tagserver outbox retry` sends dead letters through it, so a fixed token or URL takes
+        effect. None (the default) when the tag cannot say without an event, or would send
+        nothing (dry run): retry then keeps each message's stored route.
+        """
+        return None
+
 
 # -- clients --------------------------------------------------------------------------------
 
@@ -292,6 +301,12 @@ class Client:
     def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
         self.name = name
         self.settings = settings
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """Problems the declared types cannot see, as (place under `params`, message) pairs;
+        called by `tagserver validate` with the literal params once their types check."""
+        return []
 
     def max_events_from(self, params: dict[str, Any]) -> int:
         """The `max_events` param, else `TAGSERVER_MAX_EVENTS_PER_REQUEST`."""
