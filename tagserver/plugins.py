@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from .cookie_keeper import CookieKeeper
+
 ParamType = Literal["string", "number", "integer", "boolean", "object", "array", "any"]
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -266,6 +268,12 @@ class Hit(Protocol):
     def reject(self, index: int, reason: str) -> None:
         """The request's `index`-th event was refused, and why: preview shows it in the hit
         list, the Request tab and the Console (no-op when not previewed)."""
+        ...
+
+    @property
+    def cookie_keeper(self) -> CookieKeeper | None:
+        """The container's cookie keeper (other tools' cookies the server re-sets), None when
+        off: hand it to `tagserver.toolkit.cookies.keep_others`."""
         ...
 
 
