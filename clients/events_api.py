@@ -120,6 +120,7 @@ class EventsApiClient(Client):
                 rows.append(None)  # an accepted event: summarised below, once it has run
             except EventError as exc:
                 rows.append({"index": index, "accepted": False, "reason": str(exc)})
+                hit.reject(index, str(exc))
         # one result per event, in order (no `zip(strict=True)`: its keyword costs ~0.3 us)
         results = iter(await hit.run(events))
         for index, row in enumerate(rows):

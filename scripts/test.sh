@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on a fresh Debian machine, then run it all:
-# Debian's chromium (real-browser tests), redis-server (shared preview store) and postgresql
-# (the shared outbox: the tests start their own cluster from its binaries), the test extras;
-# caddy, nginx, openssl and systemd's systemd-analyze check the deploy/ examples.
+# Debian's chromium (real-browser tests), redis-server (shared preview store), postgresql
+# (the shared outbox: the tests start their own cluster from its binaries) and nginx (tagserver
+# under a path of the site, behind a real reverse proxy), the test extras; caddy, nginx, openssl
+# and systemd's systemd-analyze check the deploy/ examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
-command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -182,10 +182,19 @@ class FireContext:
     tag_name: str
     notes: dict[str, Any] = field(default_factory=dict)
     redact: Callable[[Any], Any] = lambda value: value  # removes the container's secrets
+    dry_runs: list[dict[str, Any]] | None = None  # what `dry_run` recorded, in order
 
     def note(self, key: str, value: Any) -> None:
         """Attach information to the tag's result (shown in preview, e.g. match quality)."""
         self.notes[key] = value
+
+    def dry_run(self, payload: Any, reason: str) -> None:
+        """Record the payload the tag would have sent, and why it sends nothing (say, no
+        credentials yet). A tag that records one and returns no message has the status
+        `dry_run`: preview shows the payload in Outgoing, metrics count it apart from `fired`."""
+        if self.dry_runs is None:
+            self.dry_runs = []
+        self.dry_runs.append({"payload": payload, "reason": reason})
 
 
 @dataclass(frozen=True)
@@ -286,6 +295,11 @@ class Hit(Protocol):
     def log(self, level: str, message: str) -> None:
         """A line for preview's Console: `level` is debug, info, warning or error (no-op when
         not previewed)."""
+        ...
+
+    def reject(self, index: int, reason: str) -> None:
+        """The request's `index`-th event was refused, and why: preview shows it in the hit
+        list, the Request tab and the Console (no-op when not previewed)."""
         ...
 
     @property
