@@ -157,16 +157,19 @@ def test_block_on_and_paused(tmp_path):
     with app_client(tmp_path, container) as client:
         human = client.post(
             "/api/events",
-            json={"event_name": "e"},
-            headers={
-                **AUTH,
-                "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36",
+            json={
+                "event_name": "e",
+                "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36",
             },
+            headers=AUTH,
         ).json()
         bot = client.post(
             "/api/events",
-            json={"event_name": "e"},
-            headers={**AUTH, "User-Agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"},
+            json={
+                "event_name": "e",
+                "user_agent": "Googlebot/2.1 (+http://www.google.com/bot.html)",
+            },
+            headers=AUTH,
         ).json()
     assert human["results"][0]["tags_fired"] == ["tag"]
     assert bot["results"][0]["tags_not_fired"]["tag"] == "blocked by trigger 'bots'"

@@ -159,6 +159,7 @@ def test_builtins_and_interpolation(tmp_path, caplog):
         "currency": "EUR",
         "page_location": "https://shop.test/cart?step=2",
         "items": [{"price": 1}, {"price": 2.5}],
+        "user_agent": CHROME,  # the customer's; the calling server's is not theirs
     }
     line = logged_fields(
         tmp_path,
@@ -166,15 +167,13 @@ def test_builtins_and_interpolation(tmp_path, caplog):
         [],
         fields,
         event,
-        headers={"User-Agent": CHROME, "Accept-Language": "de-DE"},
+        headers={"User-Agent": "crm-sync/2", "Accept-Language": "de-DE"},
         cookies={"pref": "dark"},
         query="?src=crm",
     )
     f = line["fields"]
     assert f["event_name"] == "purchase" and f["client_name"] == "api"
-    assert (
-        f["client_ip"] == "testclient"
-    )  # the in-process client's peer name; see the ip_override test
+    assert f["client_ip"] is None  # the events API's caller is not the customer
     assert f["request_path"] == "/api/events" and f["request_method"] == "POST"
     assert f["page_location"] == "https://shop.test/cart?step=2"
     assert f["page_hostname"] == "shop.test" and f["page_path"] == "/cart"
@@ -216,8 +215,8 @@ def test_device_type(tmp_path, caplog, ua, device, is_bot):
         caplog,
         [],
         {"d": "{{user_agent.device_type}}", "b": "{{user_agent.is_bot}}"},
-        {"event_name": "e"},
-        headers={"User-Agent": ua},
+        {"event_name": "e", "user_agent": ua},
+        headers={"User-Agent": "Java/17.0.2"},  # the calling server's: not the customer's
     )
     assert line["fields"] == {"d": device, "b": is_bot}
 
