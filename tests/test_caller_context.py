@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 from fakes.graph import FakeGraph
+from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 from support import NO_GA4, app_client, minimal_container, wait_until, write_container
 
