@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from support import app_client, minimal_container
+from tagserver.container import ContainerError
 from tagserver.tags.log import mask_ip
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -62,9 +63,11 @@ def test_full_and_omit(tmp_path, caplog):
 
 
 def test_an_unknown_mode_is_a_validation_problem(tmp_path):
-    with pytest.raises(Exception, match="ip_addresses"):
-        with app_client(tmp_path, log_container(ip_addresses="hashed")):
-            pass
+    with (
+        pytest.raises(ContainerError, match="ip_addresses"),
+        app_client(tmp_path, log_container(ip_addresses="hashed")),
+    ):
+        pass
 
 
 @pytest.mark.parametrize(
