@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from support import app_client, minimal_container
-from tagserver.container import ContainerError
 from tagserver.tags.log import mask_ip
+
+from tagserver.container import ContainerError
 
 AUTH = {"Authorization": "Bearer test-key"}
 DEFAULT_CONTAINER = Path(__file__).resolve().parent.parent / "container.json"
