@@ -60,9 +60,10 @@ def serve(**flags: object) -> None:
     try:
         load_file(settings.container, registry, settings)  # fail here, loudly, before forking
     except ContainerError as exc:
-        click.echo(f"{settings.container} is invalid ({len(exc.problems)} problems):", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
+        head, *lines = exc.report(settings.container)
+        click.echo(f"{head}; not starting:", err=True)
+        for line in lines:
+            click.echo(f"  {line}", err=True)
         sys.exit(1)
     settings.signing_key()  # create the shared key once, before workers race for it
     if settings.workers > 1:
@@ -105,9 +106,10 @@ def validate(path: str | None) -> None:
     try:
         container = load_file(path, registry, settings)
     except ContainerError as exc:
-        click.echo(f"{path}: {len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}")
-        for problem in exc.problems:
-            click.echo(f"  {problem}")
+        head, *lines = exc.report(path)
+        click.echo(head)
+        for line in lines:
+            click.echo(f"  {line}")
         sys.exit(1)
     click.echo(
         f"{path}: valid — container {container.name!r} version {container.version!r}, "

@@ -46,9 +46,10 @@ class ContainerWatcher:
         try:
             container = load_file(self.settings.container, self.registry, self.settings)
         except ContainerError as exc:
+            head, *lines = exc.report(self.settings.container)
             log.error(
-                "container %s changed but is invalid; keeping the running one (%d problems):\n%s",
-                self.settings.container, len(exc.problems), "\n".join(f"  {p}" for p in exc.problems),
+                "container changed but is invalid; keeping the running one. %s:\n%s",
+                head, "\n".join(f"  {line}" for line in lines),
             )  # fmt: skip
             return False
         if container.hash == self.state.runtime.container.hash:
