@@ -10,6 +10,7 @@ when a container is refused, never per event.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import re
 from json.decoder import scanstring
 from typing import Any
@@ -90,10 +91,8 @@ def value_lines(text: str) -> dict[Key, int]:
     """The line of every value in a JSON text by its path; what was found before a surprise
     when the text is not well-formed JSON."""
     lines = _Lines(text)
-    try:
+    with contextlib.suppress(ValueError, IndexError, RecursionError):
         lines.value(0, ())
-    except (ValueError, IndexError, RecursionError):
-        pass
     return lines.found
 
 
