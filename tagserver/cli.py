@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
+import socket
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
+from . import serving
 from .container import ContainerError, load_file
 from .outbox_cli import outbox
 from .plugins import load_registry
 from .settings import PREFIX, Settings, SettingsError, settings_table
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def _settings(**overrides: object) -> Settings:
@@ -65,13 +72,22 @@ def serve(**flags: object) -> None:
         for line in lines:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
+    # Bind first: a server that cannot listen must not touch what a running one relies on
+    # (the preview sign-in token, the metrics directory).
+    try:
+        sock = serving.bind(settings)
+    except serving.AddressInUse as exc:
+        hint = ""
+        if serving.running(settings) is not None:
+            hint = " (a tagserver is running on this data dir: `tagserver preview link` prints a sign-in link for it)"
+        raise click.ClickException(f"{exc.strerror}{hint}") from None
     settings.signing_key()  # create the shared key once, before workers race for it
     if settings.workers > 1:
         from .exposition import prepare_multiprocess
 
         prepare_multiprocess(settings)  # /metrics then sums every worker's counters
     _before_serve(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         "tagserver.app:create_app",
         factory=True,
         host=settings.host,
@@ -85,6 +101,33 @@ def serve(**flags: object) -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+    logging.getLogger("tagserver").info("listening on %s", serving.base_url(settings))
+    serving.record(settings)
+    try:
+        started = _run(config, sock)
+    finally:
+        serving.forget(settings)
+    if not started:
+        sys.exit(1)
+
+
+def _run(config: uvicorn.Config, sock: socket.socket) -> bool:
+    """What `uvicorn.run` does, on the socket bound beforehand; False if the server failed."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    server = uvicorn.Server(config)
+    try:
+        if config.workers > 1:
+            if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn < 0.36
+                Multiprocess(config, target=server.run, sockets=[sock]).run()  # type: ignore[call-arg]
+            else:
+                Multiprocess(config, sockets=[sock]).run()
+            return True
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    return server.started
 
 
 def _before_serve(settings: Settings) -> None:
@@ -138,6 +181,39 @@ def show_settings(markdown: bool) -> None:
         return
     for name, default, help_text in rows:
         click.echo(f"{name:<38} {default or '(empty)':<28} {help_text}")
+
+
+@main.group()
+def preview() -> None:
+    """Preview mode: sign-in links."""
+
+
+@preview.command()
+@click.option(
+    "--data-dir", type=click.Path(), help="The server's data directory.  [env: TAGSERVER_DATA_DIR]"
+)
+def link(data_dir: str | None) -> None:
+    """Print a fresh sign-in link for the server running on this data dir.
+
+    The link printed at start-up (or by an earlier `preview link`) stops working."""
+    from .preview.auth import new_login_token
+
+    settings = _settings(data_dir=data_dir)
+    note = serving.running(settings)
+    if note is None:
+        raise click.ClickException(
+            f"no tagserver is running on the data dir {settings.data_path} "
+            "(start one with `tagserver serve`: it prints a sign-in link)"
+        )
+    if note["password"]:
+        click.echo(f"{note['url']}/preview  (sign in with TAGSERVER_PREVIEW_PASSWORD)")
+        return
+    token = new_login_token(settings)
+    click.echo(f"{note['url']}/preview/login?token={token}")
+    click.echo(
+        f"  (behind your proxy: https://<your tagging domain>/preview/login?token={token})",
+        err=True,
+    )
 
 
 main.add_command(outbox)
