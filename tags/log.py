@@ -84,7 +84,7 @@ class LogTag(Tag):
         ip_mode = params.get("ip_addresses") or "masked"
         ip = event.get("ip_override")
         hide_ip = ip_mode != "full" and isinstance(ip, str) and ip != ""
-        shown_ip = mask_ip(ip) if hide_ip and ip_mode == "masked" else None
+        shown_ip = mask_ip(ip) if hide_ip and ip_mode == "masked" and isinstance(ip, str) else None
         fields = params.get("fields")
         if fields:
             if hide_ip and isinstance(fields, dict) and ip in fields.values():

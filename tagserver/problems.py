@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import json
 import re
-from json.decoder import scanstring
 from typing import Any
 
 Key = tuple[str | int, ...]
@@ -22,6 +22,7 @@ _OWNER = re.compile(r"^(" + "|".join(NAMED_SECTIONS) + r")\[(\d+)\]")
 _PATH_PART = re.compile(r"\[(\d+)\]|\.?([^.\[]+)")
 _SPACE = re.compile(r"[ \t\n\r]*")
 _ATOM = re.compile(r"[^,\]}\s]+")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 MAX_DEPTH = 200
 
 
@@ -49,6 +50,14 @@ class _Lines:
         match = _SPACE.match(self.text, pos)
         return match.end() if match else pos
 
+    def string(self, pos: int) -> tuple[str, int]:
+        """The JSON string starting at `pos` and the position after it."""
+        match = _STRING.match(self.text, pos)
+        if match is None:
+            raise ValueError("not a string")
+        value: str = json.loads(match.group())
+        return value, match.end()
+
     def value(self, pos: int, key: Key) -> int:
         """Scan the value at `pos` (spaces before it allowed); the position after it."""
         text = self.text
@@ -58,14 +67,14 @@ class _Lines:
             raise ValueError("too deep or cut short")
         char = text[pos]
         if char == '"':
-            return scanstring(text, pos + 1)[1]
+            return self.string(pos)[1]
         if char == "{":
             pos = self.skip(pos + 1)
             if text[pos] == "}":
                 return pos + 1
             while True:
                 pos = self.skip(pos)
-                name, after = scanstring(text, pos + 1)
+                name, after = self.string(pos)
                 self.found[(*key, name)] = self.line(pos)
                 colon = self.skip(after)
                 pos = self.skip(self.value(colon + 1, (*key, name)))
