@@ -57,6 +57,7 @@ def record(settings: Settings) -> None:
         "url": base_url(settings),
         "preview_password": bool(settings.preview_password),
     }
+    settings.data_path  # noqa: B018 - creates the directory
     path = serving_path(settings)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(note))
