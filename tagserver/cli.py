@@ -79,7 +79,10 @@ def serve(**flags: object) -> None:
     except serving.AddressInUse as exc:
         hint = ""
         if serving.running(settings) is not None:
-            hint = " (a tagserver is running on this data dir: `tagserver preview link` prints a sign-in link for it)"
+            hint = (
+                " (a tagserver is running on this data dir: `tagserver preview link` prints a"
+                " sign-in link for it)"
+            )
         raise click.ClickException(f"{exc.strerror}{hint}") from None
     settings.signing_key()  # create the shared key once, before workers race for it
     if settings.workers > 1:
