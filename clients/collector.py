@@ -18,7 +18,7 @@
 Each event becomes one event with the common keys (page data, `params` at the top level like
 GA4 event parameters, `user_data{email_address, phone_number, address{...}}`, `user_id`,
 `consent`, `action_source: "website"`) plus the visitor's `client_id`, `x-fb-ck-fbp` and
-`x-fb-ck-fbc` resolved by `tagserver.cookies`, whose `Set-Cookie` headers go on the response.
+`x-fb-ck-fbc` resolved by `tagserver.toolkit.cookies`, whose `Set-Cookie` headers go on the response.
 The request's IP (trusted proxies only) and User-Agent are added by the engine.
 
 The answer is JSON: per event its index, `event_name` and the `event_id` the server used, or
@@ -37,11 +37,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tagserver import cookies, cors, metrics
-from tagserver.errors import BadRequest, HitError
-from tagserver.event import CONSENT_TYPES, Event, add_page_parts
-from tagserver.hit import Hit
-from tagserver.plugins import MAX_EVENTS, Client, Param
+from tagserver import MAX_EVENTS, BadRequest, Client, Event, Hit, HitError, Param
+from tagserver.toolkit import cookies, cors
+from tagserver.toolkit.events import CONSENT_TYPES, add_page_parts, strip_preview
 
 MAX_STRING = 8192
 MAX_KEY = 100
@@ -79,7 +77,6 @@ ENVELOPE_KEYS = frozenset({"v", "pid", "ts", "consent", "user", "events"})
 EVENT_KEYS = frozenset({"name", "id", "params", "page"})
 EVENT_ID_RE = re.compile(r"[\x21-\x7e]{1,100}")
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-PREVIEW_PARAM_RE = re.compile(r"([?&])tagserver_preview=[^&#]*(&?)")
 SCREEN_RE = re.compile(r"\d{1,6}x\d{1,6}")
 
 
@@ -327,12 +324,6 @@ def check_params(event: Event, where: str) -> None:
             raise EventError(f"{where}.params.items: more than {MAX_ITEMS} items")
 
 
-def strip_preview(url: str) -> str:
-    """The URL without its `tagserver_preview` token: it must not reach logs or vendors."""
-    url = PREVIEW_PARAM_RE.sub(lambda m: m.group(1) if m.group(2) else "", url)
-    return url[:-1] if url.endswith("?") else url
-
-
 # -- the client -----------------------------------------------------------------------------------
 
 
@@ -368,6 +359,9 @@ class CollectorClient(Client):
     def claim(self, request: Request) -> bool:
         return request.scope["path"] == self.path
 
+    def script_endpoint(self) -> str:
+        return str(self.path)
+
     async def handle(self, request: Request, hit: Hit) -> Response:
         grant = cors.grant_headers(hit.request, self.settings)
         if request.method == "OPTIONS":
@@ -379,8 +373,7 @@ class CollectorClient(Client):
                 )
             return cors.apply(await self.collect(hit), grant)
         except HitError as exc:
-            if hit.trace is not None:
-                hit.trace.error = exc.reason
+            hit.record_error(exc.reason)
             return json_response({"error": exc.reason}, exc.status, {**exc.headers, **grant})
 
     async def collect(self, hit: Hit) -> Response:
@@ -417,9 +410,9 @@ class CollectorClient(Client):
             keys = visitor.event_keys()
             for event in events:
                 event.update(keys)
-            if hit.trace is not None:
+            if hit.previewed:
                 for cookie, action in visitor.actions.items():
-                    hit.trace.log("info", f"cookie {cookie}: {action}")
+                    hit.log("info", f"cookie {cookie}: {action}")
 
         results = await hit.run([event for _, event in accepted])
         for (index, _), result in zip(accepted, results, strict=True):
@@ -429,7 +422,6 @@ class CollectorClient(Client):
                 "event_name": result.event.get("event_name"),
                 "event_id": result.event.get("event_id"),
             }
-        metrics.count(metrics.EVENTS, self.name, amount=len(accepted))
         response = json_response(
             {"accepted": len(accepted), "rejected": len(rows) - len(accepted), "events": rows}
         )

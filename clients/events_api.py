@@ -25,11 +25,20 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tagserver import metrics
-from tagserver.errors import BadRequest, HitError, Unauthorized
-from tagserver.event import CONSENT_TYPES, Event, add_page_parts
-from tagserver.hit import Hit
-from tagserver.plugins import MAX_EVENTS, Client, Param
+from tagserver import (
+    MAX_EVENTS,
+    BadRequest,
+    Client,
+    Event,
+    Example,
+    Hit,
+    HitError,
+    Param,
+    Setting,
+    Settings,
+    Unauthorized,
+)
+from tagserver.toolkit.events import CONSENT_TYPES, add_page_parts
 
 MAX_STRING = 8192
 STRING_FIELDS = frozenset((
@@ -39,6 +48,10 @@ STRING_FIELDS = frozenset((
 ))  # fmt: skip
 ID_FIELDS = frozenset(("event_id", "client_id", "user_id", "transaction_id"))  # ints become strings
 OBJECT_FIELDS = ("user_data", "consent", "custom_data")
+
+API_KEYS = Setting(
+    "api_keys", "", "Comma-separated bearer keys accepted by the events API.", secret=True
+)
 
 
 class EventError(ValueError):
@@ -192,16 +205,28 @@ class EventsApiClient(Client):
             "relays the customer's own request, e.g. a proxy in front of a browser).",
         ),
     )
+    server_settings = (API_KEYS,)
 
-    def __init__(self, name: str, params: dict[str, Any], settings: Any) -> None:
+    def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
         super().__init__(name, params, settings)
         self.path = params.get("path") or "/api/events"
         self.max_events = self.max_events_from(params)
-        self.keys = [k.encode() for k in settings.api_key_list]
+        self.keys = [k.strip().encode() for k in settings.get(API_KEYS).split(",") if k.strip()]
         self.request_is_visitor = bool(params.get("use_request_ip_and_user_agent"))
 
     def claim(self, request: Request) -> bool:
         return request.scope["path"] == self.path
+
+    def example(self) -> Example:
+        return Example(
+            "POST",
+            self.path,
+            (
+                ("Authorization", "Bearer <one of TAGSERVER_API_KEYS>"),
+                ("Content-Type", "application/json"),
+            ),
+            '{"event_name": "test_event", "page_title": "sent with curl"}',
+        )
 
     def authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
@@ -259,7 +284,6 @@ class EventsApiClient(Client):
                     warning = missing_customer_context(result.event)
                     if warning:
                         row["warnings"] = [warning]
-                        hit.warn(f"event {index}: {warning}")
-        metrics.count(metrics.EVENTS, self.name, amount=len(events))
+                        hit.log("warning", f"event {index}: {warning}")
         body = {"accepted": len(events), "rejected": len(rows) - len(events), "results": rows}
         return json_response(body, 200 if events else 400)

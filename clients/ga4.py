@@ -8,7 +8,7 @@ GA4 event here without changing its page code:
 
 Parsing lives in `tagserver.clients.ga4_params` (pure). This module adds what needs the request: the
 visitor's `_fbp`/`_fbc` (and optionally a server-managed, HttpOnly client id — sGTM's `FPID`)
-through the shared `tagserver.cookies` rules, the CORS grant through `tagserver.cors`, and an
+through the shared `tagserver.toolkit.cookies` rules, the CORS grant through `toolkit.cors`, and an
 empty 204 as soon as the events' messages are in the outbox. Bad lines are skipped and
 counted (`X-Tagserver-Skipped`); a hit with no usable event gets a 400 naming why.
 """
@@ -22,11 +22,18 @@ from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tagserver import cookies, cors, metrics
-from tagserver.errors import BadRequest, HitError, PayloadTooLarge
-from tagserver.event import Event, RequestContext
-from tagserver.hit import Hit
-from tagserver.plugins import MAX_EVENTS, Client, Param
+from tagserver import (
+    MAX_EVENTS,
+    BadRequest,
+    Client,
+    Event,
+    Hit,
+    HitError,
+    Param,
+    PayloadTooLarge,
+    RequestContext,
+)
+from tagserver.toolkit import cookies, cors
 
 from .ga4_params import BatchTooLarge, HitParseError, ParsedHit, parse_hit
 
@@ -114,7 +121,6 @@ class Ga4Client(Client):
         events = parsed.events
         visitor = self._identify(ctx, events)
         await hit.run(events)
-        metrics.count(metrics.EVENTS, self.name, amount=len(events))
 
         response = Response(status_code=204)
         cors.apply(response, grant)
@@ -173,20 +179,19 @@ class Ga4Client(Client):
     def _tell_preview(
         self, hit: Hit, parsed: ParsedHit, visitor: cookies.VisitorCookies | None
     ) -> None:
-        trace = hit.trace
-        if trace is None:
+        if not hit.previewed:
             return
         if parsed.lines:
-            trace.log("info", f"GA4 batch: {parsed.lines} lines, {len(parsed.events)} events")
+            hit.log("info", f"GA4 batch: {parsed.lines} lines, {len(parsed.events)} events")
         for reason in parsed.reasons:
-            trace.log("warning", f"skipped {reason}")
+            hit.log("warning", f"skipped {reason}")
         if parsed.skipped > len(parsed.reasons):
-            trace.log("warning", f"… and {parsed.skipped - len(parsed.reasons)} more lines")
+            hit.log("warning", f"… and {parsed.skipped - len(parsed.reasons)} more lines")
         for warning in parsed.warnings[:50]:
-            trace.log("warning", warning)
+            hit.log("warning", warning)
         if visitor is not None:
             for name, action in visitor.actions.items():
-                trace.log("info", f"cookie {name}: {action}")
+                hit.log("info", f"cookie {name}: {action}")
 
 
 def _strictest_consent(events: list[Event]) -> dict[str, str]:

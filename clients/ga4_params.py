@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
-from tagserver.clients.collector import strip_preview
-
-from tagserver.event import Event, add_page_parts
+from tagserver import Event
+from tagserver.toolkit.events import add_page_parts, strip_preview
 
 MAX_KEY_CHARS = 256
 MAX_VALUE_CHARS = 8192

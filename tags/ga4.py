@@ -26,24 +26,26 @@ from typing import Any
 import httpx
 import orjson
 
-from tagserver.event import Event
-from tagserver.http_outcomes import (
+from tagserver import (
+    Delivery,
+    Event,
+    FireContext,
+    Message,
+    Outgoing,
+    Param,
+    Sender,
+    Setting,
+    Settings,
+    Tag,
+    TagRejected,
+)
+from tagserver.toolkit.http import (
     elapsed_ms,
     error_outcome,
     retry_after_seconds,
     status_outcome,
     vendor_url,
     with_query,
-)
-from tagserver.plugins import (
-    Delivery,
-    FireContext,
-    Message,
-    Outgoing,
-    Param,
-    Sender,
-    Tag,
-    TagRejected,
 )
 
 from .ga4_hit import build_params, encode
@@ -136,6 +138,13 @@ def _hit(payload: Any) -> dict[str, Any]:
     return {"params": params, "ua": user_agent if isinstance(user_agent, str) else ""}
 
 
+COLLECT_URL = Setting(
+    "ga4_collect_url",
+    "https://region1.google-analytics.com/g/collect",
+    "Where the `ga4` tag forwards GA4 hits (a tag's `endpoint` param wins).",
+)
+
+
 class Ga4Tag(Tag):
     type_name = "ga4"
     description = (
@@ -144,6 +153,7 @@ class Ga4Tag(Tag):
     )
     batch_size = MAX_EVENTS_PER_REQUEST
     sender_class = Ga4Sender
+    server_settings = (COLLECT_URL,)
     params = (
         Param(
             "measurement_id",
@@ -172,8 +182,9 @@ class Ga4Tag(Tag):
         ),
     )
 
-    def __init__(self, name: str, static_params: dict[str, Any], settings: Any) -> None:
+    def __init__(self, name: str, static_params: dict[str, Any], settings: Settings) -> None:
         super().__init__(name, static_params, settings)
+        self.collect_url = settings.get(COLLECT_URL)
         self._destinations: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
@@ -195,7 +206,7 @@ class Ga4Tag(Tag):
         extra = params.get("event_parameters") or None
         if extra is not None and not isinstance(extra, dict):
             raise TagRejected("event_parameters must be an object of name: value")
-        endpoint = _text(params.get("endpoint")) or self.settings.ga4_collect_url
+        endpoint = _text(params.get("endpoint")) or self.collect_url
         destination, route = self._destination(measurement_id, endpoint)
 
         dropped: list[str] = []

@@ -29,7 +29,7 @@ from tagserver.clients.ga4_params import (
     USER_DATA,
 )
 
-from tagserver.event import Event
+from tagserver import Event
 
 GTAG_SAFE = "-_.!~*'()"  # what encodeURIComponent leaves as is
 

@@ -22,18 +22,9 @@ from urllib.parse import urlencode
 import httpx
 import orjson
 
-from tagserver.event import Event
-from tagserver.http_client import forget_stream
-from tagserver.http_outcomes import (
-    elapsed_ms,
-    error_outcome,
-    retry_after_seconds,
-    status_outcome,
-    vendor_url,
-    with_query,
-)
-from tagserver.plugins import (
+from tagserver import (
     Delivery,
+    Event,
     FireContext,
     Message,
     Outgoing,
@@ -42,7 +33,16 @@ from tagserver.plugins import (
     Tag,
     TagRejected,
 )
-from tagserver.refs import text
+from tagserver.toolkit.events import value_text as text
+from tagserver.toolkit.http import (
+    elapsed_ms,
+    error_outcome,
+    forget_stream,
+    retry_after_seconds,
+    status_outcome,
+    vendor_url,
+    with_query,
+)
 
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
 MAX_RESPONSE_BYTES = 65536

@@ -15,8 +15,7 @@ from typing import Any
 
 import orjson
 
-from tagserver.event import Event
-from tagserver.plugins import FireContext, Outgoing, Param, Tag
+from tagserver import Event, FireContext, Outgoing, Param, Tag
 
 log = logging.getLogger("tagserver.tag.log")
 

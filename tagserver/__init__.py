@@ -1,7 +1,8 @@
 """tagserver: a self-hosted, first-party server-side tagging server.
 
-The public plugin API is re-exported here; everything else may move. The names are imported
-on first use, so that a process needing one module (the outbox writer) starts fast.
+The public plugin API is re-exported here (with its helpers in `tagserver.toolkit`);
+everything else may move. The names are imported on first use, so that a process needing one
+module (the outbox writer) starts fast.
 """
 
 from __future__ import annotations
@@ -12,33 +13,39 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .errors import BadRequest, HitError, PayloadTooLarge, Unauthorized, Unavailable
     from .event import Event, RequestContext
-    from .hit import Hit
     from .plugins import (
+        MAX_EVENTS,
         Client,
         Delivery,
+        Example,
         FireContext,
+        Hit,
         Message,
+        Outcome,
         Outgoing,
         Param,
+        RunResult,
         Sender,
         Tag,
         TagRejected,
     )
+    from .settings import Setting, Settings, SettingsError
 
 _EXPORTS = {
     ".errors": ["BadRequest", "HitError", "PayloadTooLarge", "Unauthorized", "Unavailable"],
     ".event": ["Event", "RequestContext"],
-    ".hit": ["Hit"],
     ".plugins": [
-        "Client", "Delivery", "FireContext", "Message", "Outgoing", "Param", "Sender", "Tag",
-        "TagRejected",
+        "MAX_EVENTS", "Client", "Delivery", "Example", "FireContext", "Hit", "Message", "Outcome",
+        "Outgoing", "Param", "RunResult", "Sender", "Tag", "TagRejected",
     ],
+    ".settings": ["Setting", "Settings", "SettingsError"],
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "BadRequest", "Client", "Delivery", "Event", "FireContext", "Hit", "HitError", "Message",
-    "Outgoing", "Param", "PayloadTooLarge", "RequestContext", "Sender", "Tag", "TagRejected",
+    "MAX_EVENTS", "BadRequest", "Client", "Delivery", "Event", "Example", "FireContext", "Hit",
+    "HitError", "Message", "Outcome", "Outgoing", "Param", "PayloadTooLarge", "RequestContext",
+    "RunResult", "Sender", "Setting", "Settings", "SettingsError", "Tag", "TagRejected",
     "Unauthorized", "Unavailable",
 ]  # fmt: skip
 

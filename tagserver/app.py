@@ -34,8 +34,9 @@ from .event import RequestContext
 from .exposition import metrics_endpoint
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox import Outbox
-from .plugins import Registry, load_registry
+from .plugins import Example, Registry, load_registry
 from .preview import Preview
+from .preview.routes import Server, preview_routes
 from .redact import Redactor
 from .reload import ContainerWatcher
 from .runtime import Runtime
@@ -230,16 +231,28 @@ async def healthz(request: Request) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-def builtin_routes(preview: Preview, settings: Settings) -> list[BaseRoute]:
+def builtin_routes(state: State) -> list[BaseRoute]:
+    """The server's own routes, each handed what it reads from the running server."""
     from importlib.resources import files
 
     from . import pages
 
+    settings = state.settings
+
+    def example() -> Example | None:
+        examples = (client.example() for client in state.runtime.container.clients)
+        return next((e for e in examples if e is not None), None)
+
+    server = Server(
+        context=lambda request: request_context(request, settings),
+        redact=lambda value: state.runtime.redact(value),
+        example=example,
+    )
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        *preview.routes(),
-        *pages.routes(settings),  # /collector.js (+ custom path), /demo
+        *preview_routes(state.preview, server),
+        *pages.routes(settings, lambda: state.runtime.container),  # /collector.js, /demo
         Mount("/static", StaticFiles(directory=str(files("tagserver.static"))), name="static"),
     ]
     return routes
@@ -332,6 +345,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     registry = load_registry()
     for error in registry.errors:
         log.error("plugin not loaded: %s", error)
+    settings.declare(registry.declared_settings())  # raises SettingsError on a bad value
     container = load_file(settings.container, registry, settings)
     preview = Preview(settings)
     state = State(
@@ -370,7 +384,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             gc.unfreeze()
             gc.set_threshold(*thresholds)
 
-    routes = builtin_routes(preview, settings)
+    routes = builtin_routes(state)
     app = TagServer(
         routes=[*routes, Route("/{path:path}", handle_hit, methods=HIT_METHODS)],
         lifespan=lifespan,

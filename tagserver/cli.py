@@ -8,21 +8,25 @@ import logging
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import serving
 from .container import ContainerError, load_file
 from .outbox_cli import outbox
-from .plugins import load_registry
-from .settings import PREFIX, Settings, SettingsError, settings_table
+from .plugins import Registry, load_registry
+from .settings import PREFIX, Settings, SettingsError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     import uvicorn
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(**overrides: Any) -> Settings:
     try:
         return Settings.from_env(**overrides)
     except SettingsError as exc:
@@ -35,20 +39,65 @@ def main() -> None:
     """tagserver: a self-hosted, first-party server-side tagging server."""
 
 
+def _declared(settings: Settings, registry: Registry) -> Settings:
+    """`settings` knowing the installed plugins' settings; a bad value stops the command."""
+    try:
+        settings.declare(registry.declared_settings())
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings
+
+
+def _help(text: str, name: str) -> str:
+    """A flag's help with its variable and default (flags themselves default to None: unset,
+    so the environment applies)."""
+    value = next(f.default for f in fields(Settings) if f.name == name)
+    shown = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{text}  [env: {PREFIX}{name.upper()}; default: {shown}]"
+
+
+def server_flags(command: F) -> F:
+    """The flags of `serve`, also taken by `settings` to show what `serve` would use."""
+    for option in reversed(
+        [
+            click.option(
+                "--host",
+                help=_help("Address to listen on.", "host"),
+            ),
+            click.option(
+                "--port",
+                type=int,
+                help=_help("Port.", "port"),
+            ),
+            click.option(
+                "--container",
+                "container",
+                type=click.Path(),
+                help=_help("container.json path.", "container"),
+            ),
+            click.option(
+                "--data-dir",
+                type=click.Path(),
+                help=_help("Outbox and state directory.", "data_dir"),
+            ),
+            click.option(
+                "--workers",
+                type=int,
+                help=_help("Worker processes.", "workers"),
+            ),
+            click.option(
+                "--access-log/--no-access-log",
+                default=None,
+                help=_help("Per-request access log.", "access_log"),
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--host", help="Address to listen on.  [env: TAGSERVER_HOST]")
-@click.option("--port", type=int, help="Port.  [env: TAGSERVER_PORT]")
-@click.option(
-    "--container",
-    "container",
-    type=click.Path(),
-    help="container.json path.  [env: TAGSERVER_CONTAINER]",
-)
-@click.option(
-    "--data-dir", type=click.Path(), help="Outbox and state directory.  [env: TAGSERVER_DATA_DIR]"
-)
-@click.option("--workers", type=int, help="Worker processes.  [env: TAGSERVER_WORKERS]")
-@click.option("--access-log/--no-access-log", default=None, help="Per-request access log.")
+@server_flags
 def serve(**flags: object) -> None:
     """Run the server (uvicorn with uvloop and httptools)."""
     import uvicorn
@@ -64,6 +113,7 @@ def serve(**flags: object) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     registry = load_registry()
+    _declared(settings, registry)
     try:
         load_file(settings.container, registry, settings)  # fail here, loudly, before forking
     except ContainerError as exc:
@@ -149,6 +199,7 @@ def validate(path: str | None) -> None:
     registry = load_registry()
     for error in registry.errors:
         click.echo(f"warning: {error}", err=True)
+    _declared(settings, registry)
     try:
         container = load_file(path, registry, settings)
     except ContainerError as exc:
@@ -173,17 +224,15 @@ def schema() -> None:
 
 
 @main.command(name="settings")
-@click.option("--markdown", is_flag=True, help="Print a Markdown table (as in the README).")
-def show_settings(markdown: bool) -> None:
-    """List every TAGSERVER_* setting with its default."""
-    rows = settings_table()
-    if markdown:
-        click.echo("| variable | default | meaning |\n|---|---|---|")
-        for name, default, help_text in rows:
-            click.echo(f"| `{name}` | {f'`{default}`' if default else '—'} | {help_text} |")
-        return
-    for name, default, help_text in rows:
-        click.echo(f"{name:<38} {default or '(empty)':<28} {help_text}")
+@server_flags
+@click.option("--markdown", is_flag=True, help="Print the README's tables (defaults) in Markdown.")
+def show_settings(markdown: bool, **flags: Any) -> None:
+    """Every TAGSERVER_* setting by who declares it (the core, each plugin), with the value
+    `serve` would use given these flags and the environment, and where it comes from.
+    Secrets show only as set / not set."""
+    from .settings_cli import show
+
+    show(flags, markdown)
 
 
 @main.group()

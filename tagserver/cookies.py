@@ -4,7 +4,7 @@ Cookies set with `Set-Cookie` on a response from the site's own subdomain are fi
 server-set cookies: Safari does not cap them at 7 days like script-set ones. Every client that
 receives browser hits (collector, ga4 ...) uses this one module so the rules stay the same:
 
-    from tagserver import cookies
+    from tagserver.toolkit import cookies
 
     visitor = cookies.visitor_cookies(
         hit.request, settings,

@@ -1,4 +1,7 @@
-"""One incoming hit: the object a client uses to run its events and store their messages."""
+"""One incoming hit: the object a client uses to run its events and store their messages.
+
+`Hit` implements the plugin API's `tagserver.Hit` protocol; clients see only that.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import metrics
 from .event import Event, RequestContext
 from .runtime import EventResult, Runtime
 
@@ -85,10 +89,13 @@ class Hit:
     def previewed(self) -> bool:
         return self.trace is not None
 
-    def warn(self, message: str) -> None:
-        """Tell preview's Console about something the sender should fix (no-op unless previewed)."""
+    def record_error(self, reason: str) -> None:
         if self.trace is not None:
-            self.trace.log("warning", message)
+            self.trace.error = reason
+
+    def log(self, level: str, message: str) -> None:
+        if self.trace is not None:
+            self.trace.log(level, message)
 
     async def run(self, events: list[Event]) -> list[EventResult]:
         """Run every event, then wait until their messages are durably in the outbox.
@@ -123,6 +130,7 @@ class Hit:
                     outgoing.extend(tag.outgoing)
         if outgoing:
             await self.outbox.put(outgoing)
+        metrics.count(metrics.EVENTS, self.client_name, amount=len(events))
         if self.trace is not None:
             self.trace.events.extend(results)
         return results

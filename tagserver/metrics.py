@@ -44,18 +44,6 @@ OUTBOX_COMMIT = Histogram(
     "Time of one outbox group commit (all hits that arrived meanwhile)",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
-META_MATCH_QUALITY = Histogram(
-    "tagserver_meta_match_quality",
-    "Estimated Event Match Quality (0-10) of events the Meta tag built, by Meta event name "
-    "(standard names; any other is 'custom')",
-    ["event_name"],
-    buckets=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
-)
-META_REFUSED = Counter(
-    "tagserver_meta_refused_total",
-    "Events the Meta tag did not send because Meta would refuse them, by reason code",
-    ["reason"],
-)
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

@@ -11,15 +11,20 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .container import Container
 
 SCRIPT_CACHE_SECONDS = 3600
 _COMMENT_LINE = re.compile(r"^\s*//.*\n", re.MULTILINE)
@@ -78,23 +83,30 @@ def _templates():  # type: ignore[no-untyped-def]
     )
 
 
-async def demo(request: Request) -> Response:
-    container = request.app.state.tagserver.runtime.container
-    collector = next((c for c in container.clients if c.type_name == "collector"), None)
-    html = (
-        _templates()
-        .get_template("demo.html")
-        .render(collect_path=getattr(collector, "path", None), container=container.name)
-    )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+def demo_page(container: Callable[[], Container]) -> Callable[[Request], Awaitable[Response]]:
+    """The demo shop, posting to the live container's first client that takes the script's
+    hits (the container changes on reload: asked at each request)."""
+
+    async def demo(request: Request) -> Response:
+        current = container()
+        endpoints = (client.script_endpoint() for client in current.clients)
+        collect_path = next((path for path in endpoints if path), None)
+        html = (
+            _templates()
+            .get_template("demo.html")
+            .render(collect_path=collect_path, container=current.name)
+        )
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    return demo
 
 
-def routes(settings: Settings) -> list[BaseRoute]:
+def routes(settings: Settings, container: Callable[[], Container]) -> list[BaseRoute]:
     """The routes for `builtin_routes`: the script (one or two paths) and the demo page."""
     out: list[BaseRoute] = [Route("/collector.js", collector_js, methods=["GET", "HEAD"])]
     extra = settings.collector_path.strip()
     if extra and extra != "/collector.js":
         out.append(Route("/" + extra.lstrip("/"), collector_js, methods=["GET", "HEAD"]))
     if settings.demo:
-        out.append(Route("/demo", demo, methods=["GET", "HEAD"]))
+        out.append(Route("/demo", demo_page(container), methods=["GET", "HEAD"]))
     return out

@@ -10,17 +10,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from .event import Event, RequestContext
+from .settings import Setting, Settings, core_setting_names
 
 if TYPE_CHECKING:
     import httpx
     from starlette.requests import Request
     from starlette.responses import Response
-
-    from .hit import Hit
-    from .settings import Settings
 
 ParamType = Literal["string", "number", "integer", "boolean", "object", "array", "any"]
 
@@ -193,6 +191,7 @@ class Tag:
     params: ClassVar[Sequence[Param]] = ()
     batch_size: ClassVar[int] = 1  # most messages the sender accepts in one call
     sender_class: ClassVar[type[Sender] | None] = None  # None: the tag sends nothing
+    server_settings: ClassVar[Sequence[Setting[Any]]] = ()  # TAGSERVER_* settings it adds
 
     def __init__(self, name: str, static_params: dict[str, Any], settings: Settings) -> None:
         """`static_params` are the literal (non-templated) params, for precomputation."""
@@ -205,6 +204,57 @@ class Tag:
 
 
 # -- clients --------------------------------------------------------------------------------
+
+
+class RunResult(Protocol):
+    """What running one event gave: the event as its tags saw it (ids filled in)."""
+
+    @property
+    def event(self) -> Event: ...
+
+    def summary(self, index: int) -> dict[str, Any]:
+        """The event's id, name, and which tags fired or not and why (as the events API says)."""
+        ...
+
+
+class Hit(Protocol):
+    """One incoming request as `Client.handle` sees it. The engine builds it."""
+
+    @property
+    def request(self) -> RequestContext: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def previewed(self) -> bool:
+        """True when the hit belongs to a preview session (log lines are then kept)."""
+        ...
+
+    async def run(self, events: list[Event]) -> Sequence[RunResult]:
+        """Run the events through the container and store their messages durably; one result
+        per event, in order. Raises `Unavailable` when nothing could be stored (answer 503)."""
+        ...
+
+    def record_error(self, reason: str) -> None:
+        """Why the hit failed, as preview shows it (no-op when not previewed)."""
+        ...
+
+    def log(self, level: str, message: str) -> None:
+        """A line for preview's Console: `level` is debug, info, warning or error (no-op when
+        not previewed)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Example:
+    """A request that sends a client a hit by hand: preview shows it as a curl command, with
+    the session's preview header added."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str = ""
 
 
 MAX_EVENTS = Param(
@@ -223,6 +273,7 @@ class Client:
     description: ClassVar[str] = ""
     params: ClassVar[Sequence[Param]] = ()
     default_priority: ClassVar[int] = 0
+    server_settings: ClassVar[Sequence[Setting[Any]]] = ()  # TAGSERVER_* settings it adds
     request_is_visitor: bool = True
     """Whether the request comes from the visitor's own browser or app, so that its IP address
     and User-Agent are the visitor's. A server-to-server client says False (the caller's are
@@ -246,6 +297,15 @@ class Client:
         """Parse the request into events, run them with `hit.run(events)`, build the response."""
         raise NotImplementedError
 
+    def example(self) -> Example | None:
+        """A request an operator may send by hand to try this client (shown in preview)."""
+        return None
+
+    def script_endpoint(self) -> str | None:
+        """The path where tagserver's `collector.js` should send hits, when this client takes
+        them (the demo page configures the script with it)."""
+        return None
+
 
 # -- registry -------------------------------------------------------------------------------
 
@@ -255,15 +315,37 @@ class Registry:
     clients: dict[str, type[Client]] = field(default_factory=dict)
     tags: dict[str, type[Tag]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # settings declared by plugins, by plugin ("client events_api", "tag meta_capi" ...)
+    settings: dict[str, list[Setting[Any]]] = field(default_factory=dict)
+
+    def declared_settings(self) -> list[Setting[Any]]:
+        return [s for group in self.settings.values() for s in group]
+
+    def _add_settings(self, plugin: str, declared: Sequence[Setting[Any]]) -> None:
+        owners = {s.name: (owner, s) for owner, group in self.settings.items() for s in group}
+        core = core_setting_names()
+        for setting in declared:
+            if not isinstance(setting, Setting):
+                self.errors.append(f"{plugin}: server_settings holds {setting!r}, not a Setting")
+            elif setting.name in core:
+                self.errors.append(f"{plugin}: setting {setting.env} is a core setting")
+            elif setting.name in owners:
+                owner, known = owners[setting.name]
+                if known is not setting:
+                    self.errors.append(f"{plugin}: setting {setting.env} is declared by {owner}")
+            else:
+                self.settings.setdefault(plugin, []).append(setting)
+                owners[setting.name] = (plugin, setting)
 
 
 def load_registry() -> Registry:
     """Every client and tag type registered by an installed distribution's entry points."""
     registry = Registry()
-    for group, target, base in (
+    groups: tuple[tuple[str, dict[str, Any], type[Client] | type[Tag]], ...] = (
         ("tagserver.clients", registry.clients, Client),
         ("tagserver.tags", registry.tags, Tag),
-    ):
+    )
+    for group, target, base in groups:
         for ep in entry_points(group=group):
             try:
                 cls = ep.load()
@@ -273,5 +355,9 @@ def load_registry() -> Registry:
             if not (isinstance(cls, type) and issubclass(cls, base)):
                 registry.errors.append(f"{group}:{ep.name}: {ep.value} is not a {base.__name__}")
                 continue
-            target.setdefault(ep.name, cls)
+            if ep.name in target:
+                continue
+            target[ep.name] = cls
+            kind = "client" if base is Client else "tag"
+            registry._add_settings(f"{kind} {ep.name}", cls.server_settings)
     return registry

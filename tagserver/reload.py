@@ -10,21 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .container import ContainerError, load_file
 from .plugins import Registry
 from .runtime import Runtime
 from .settings import Settings
 
-if TYPE_CHECKING:
-    from .app import State
-
 log = logging.getLogger("tagserver.reload")
 
 
+class Running(Protocol):
+    """Where the running container lives (the app's state): a reload replaces `runtime`."""
+
+    runtime: Runtime
+
+
 class ContainerWatcher:
-    def __init__(self, settings: Settings, registry: Registry, state: State) -> None:
+    def __init__(self, settings: Settings, registry: Registry, state: Running) -> None:
         self.settings = settings
         self.registry = registry
         self.state = state

@@ -1,21 +1,28 @@
-"""Settings: one dataclass, filled from `TAGSERVER_*` environment variables.
+"""Settings: the core's dataclass plus the settings plugins declare, from `TAGSERVER_*`.
 
-Every field documents itself (env name, type, default, help), so the README's settings table
-and `tagserver settings` are generated from this one place and cannot drift from the code.
+Every core field documents itself (env name, type, default, help), and so does every
+`Setting` a plugin declares (`server_settings` on its Client or Tag class), so the README's
+settings table and `tagserver settings` are generated from the code and cannot drift from it.
 The CLI turns its flags into the same environment variables before starting uvicorn, so
 every worker process builds identical settings.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+import re
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 PREFIX = "TAGSERVER_"
+T = TypeVar("T", bound=str | int | float | bool)
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def setting(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -24,6 +31,49 @@ def setting(default: Any, help: str, *, secret: bool = False) -> Any:
 
 class SettingsError(ValueError):
     """A `TAGSERVER_*` variable holds a value of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """A server setting a plugin declares, read from `TAGSERVER_<NAME>` (pytest's
+    `addoption`, Datasette's plugin config): the core never knows it by name.
+
+        GRAPH_URL = Setting("meta_graph_url", "https://graph.facebook.com", "Graph API URL.")
+
+        class MetaCapiTag(Tag):
+            server_settings = (GRAPH_URL,)
+            ...
+            url = settings.get(GRAPH_URL)      # typed like the default: str here
+
+    Its type is the default's (str, int, float or bool). `secret=True` values are redacted
+    wherever they could show, and `tagserver settings` only says whether they are set.
+    """
+
+    name: str
+    default: T
+    help: str
+    secret: bool = False
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(f"setting name {self.name!r}: use lower_case letters, digits, _")
+        if not isinstance(self.default, (str, int, float, bool)):
+            raise TypeError(f"setting {self.name}: the default must be a str, int, float or bool")
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.name.upper()
+
+    def parse(self, value: Any) -> T:
+        """`value` (text from the environment, or a value given in code) as this type."""
+        kind = type(self.default)
+        if isinstance(value, str) and kind is not str:
+            return cast(T, _convert(self.env, value, kind.__name__))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return cast(T, float(value))
+        if type(value) is not kind:
+            raise SettingsError(f"{self.env}: expected {kind.__name__}, got {value!r}")
+        return value
 
 
 @dataclass
@@ -45,10 +95,6 @@ class Settings:
     max_events_per_request: int = setting(500, "Most events one request may carry.")
     secret_key: str = setting(
         "", "Key for signed cookies; generated once into the data dir when empty.", secret=True
-    )
-    # -- clients
-    api_keys: str = setting(
-        "", "Comma-separated bearer keys accepted by the events API.", secret=True
     )
     # -- cookies / collector
     cookie_domain: str = setting("", "Cookie Domain; empty = registrable domain (eTLD+1).")
@@ -81,14 +127,6 @@ class Settings:
         "SQLite `synchronous` for outbox commits: `full` survives power loss, `normal` only "
         "process crashes (faster on disks with slow fsync).",
     )
-    # -- vendors
-    meta_graph_url: str = setting(
-        "https://graph.facebook.com", "Base URL of the Graph API (tests, proxies)."
-    )
-    ga4_collect_url: str = setting(
-        "https://region1.google-analytics.com/g/collect",
-        "Where the `ga4` tag forwards GA4 hits (a tag's `endpoint` param wins).",
-    )
     # -- preview
     preview_password: str = setting(
         "", "Password for `/preview`; empty = a one-time token printed at start-up.", secret=True
@@ -105,6 +143,16 @@ class Settings:
         "else `preview.sqlite3` in the data dir. Unused when TAGSERVER_REDIS_URL is set.",
     )
 
+    # values of plugin-declared settings given in code, by name: {"api_keys": "k1,k2"}
+    plugin_settings: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    _environment: dict[str, str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )  # the TAGSERVER_* variables from_env saw that are not core fields: plugins' values
+    _declared: dict[str, Setting[Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _values: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _trusted: list[Any] = field(default_factory=list, init=False, repr=False, compare=False)
     _trusted_seen: dict[str, bool] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -121,17 +169,62 @@ class Settings:
             raise SettingsError(f"{PREFIX}TRUSTED_PROXIES: {exc}") from None
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `TAGSERVER_*` variables, then `overrides` by name: core fields and
+        plugin-declared settings alike (`Settings.from_env({}, api_keys="k")` reads no
+        environment)."""
         env = os.environ if environ is None else environ
+        core = core_setting_names()
         values: dict[str, Any] = {}
+        plugin_values: dict[str, str] = {}
         for f in fields(cls):
-            if not f.init:
+            if not f.init or f.name not in core:
                 continue
             name = PREFIX + f.name.upper()
             if name in env:
                 values[f.name] = _convert(name, env[name], f.type)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        for name, raw in env.items():
+            if name.startswith(PREFIX) and name[len(PREFIX) :].lower() not in core:
+                plugin_values[name[len(PREFIX) :].lower()] = raw
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update({k: v for k, v in given.items() if k in core})
+        values["plugin_settings"] = {k: v for k, v in given.items() if k not in core}
+        settings = cls(**values)
+        settings._environment = plugin_values
+        return settings
+
+    # -- settings declared by plugins
+
+    def declare(self, declared: Iterable[Setting[Any]]) -> None:
+        """Know the settings of the installed plugins: every value is checked now (a bad one
+        fails the start, not a hit), and secret ones are redacted like the core's."""
+        self._declared = {s.name: s for s in declared}
+        self._values.clear()
+        for name in self.plugin_settings:
+            if name not in self._declared:
+                close = difflib.get_close_matches(name, [*self._declared, *core_setting_names()])
+                hint = f" - did you mean {close[0]!r}?" if close else ""
+                raise SettingsError(
+                    f"{name}: no such setting (no installed plugin declares it){hint}"
+                )
+        for setting in self._declared.values():
+            self.get(setting)
+
+    def get(self, setting: Setting[T]) -> T:
+        """The value of a plugin-declared setting: given in code, else from the environment,
+        else its default."""
+        try:
+            return cast(T, self._values[setting.name])
+        except KeyError:
+            pass
+        if setting.name in self.plugin_settings:
+            value = setting.parse(self.plugin_settings[setting.name])
+        elif setting.name in self._environment:
+            value = setting.parse(self._environment[setting.name])
+        else:
+            value = setting.default
+        self._values[setting.name] = value
+        return value
 
     # -- derived values
 
@@ -147,10 +240,6 @@ class Settings:
         if len(self._trusted_seen) < 4096:  # bounded: peers are few, but keep it safe
             self._trusted_seen[ip] = trusted
         return trusted
-
-    @property
-    def api_key_list(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
     @property
     def allowed_origin_list(self) -> list[str]:
@@ -181,14 +270,20 @@ class Settings:
 
     def secret_values(self) -> list[str]:
         """Values that must be redacted wherever they could show."""
+        values = [getattr(self, f.name) for f in fields(self) if f.metadata.get("secret")]
+        values += [self.get(s) for s in self._declared.values() if s.secret]
         out = []
-        for f in fields(self):
-            if f.metadata.get("secret"):
-                value = getattr(self, f.name)
-                if value:
-                    out.append(value)
-                    out.extend(p.strip() for p in value.split(",") if len(p.strip()) >= 4)
+        for value in values:
+            if value and isinstance(value, str):
+                out.append(value)
+                out.extend(p.strip() for p in value.split(",") if len(p.strip()) >= 4)
         return out
+
+
+@cache
+def core_setting_names() -> frozenset[str]:
+    """The core's own settings (fields of `Settings`), which no plugin may declare again."""
+    return frozenset(f.name for f in fields(Settings) if f.init and f.name != "plugin_settings")
 
 
 def _convert(name: str, raw: str, type_name: Any) -> Any:
@@ -210,19 +305,19 @@ def _convert(name: str, raw: str, type_name: Any) -> Any:
     return raw
 
 
-def settings_table() -> list[tuple[str, str, str]]:
-    """(variable, default, help) rows for the README and `tagserver settings`."""
-    rows = []
+def core_settings() -> list[Setting[Any]]:
+    """The core's settings described like a plugin's, for `tagserver settings` and the README."""
+    out: list[Setting[Any]] = []
     for f in fields(Settings):
-        if not f.init:
-            continue
-        default = f.default
-        shown = (
-            ""
-            if default == ""
-            else str(default).lower()
-            if isinstance(default, bool)
-            else str(default)
-        )
-        rows.append((PREFIX + f.name.upper(), shown, f.metadata.get("help", "")))
-    return rows
+        if f.init and f.name in core_setting_names():
+            default: Any = f.default
+            out.append(Setting(f.name, default, f.metadata.get("help", ""), f.metadata["secret"]))
+    return out
+
+
+def shown_default(setting: Setting[Any]) -> str:
+    """A default as the README and `tagserver settings` show it ("" for an empty one)."""
+    default = setting.default
+    if isinstance(default, bool):
+        return str(default).lower()
+    return "" if default == "" else str(default)

@@ -63,7 +63,7 @@ def app_client(tmp_path: Path, container: dict[str, Any], **settings: Any) -> It
     options["ga4_collect_url"] = NO_GA4
     options["meta_graph_url"] = NO_VENDOR
     options.update(settings)
-    app = create_app(Settings(**options))
+    app = create_app(Settings.from_env({}, **options))  # core and plugin settings by name
     with TestClient(app, base_url="http://sgtm.shop.test") as client:
         yield client
 

@@ -58,7 +58,7 @@ def backend_client(
         "retry_base_seconds": 0.05,
         **settings,
     }
-    app = create_app(Settings(**options))
+    app = create_app(Settings.from_env({}, **options))  # core and plugin settings by name
     with TestClient(app, base_url="http://sgtm.shop.test", client=(BACKEND_IP, 40000)) as c:
         yield c
 

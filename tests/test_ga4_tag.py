@@ -53,7 +53,7 @@ def request_context(ip: str = VISITOR_IP, ua: str = UA) -> RequestContext:
 
 def fire(event: dict[str, Any], **params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The tag's one message for `event`: (payload, notes)."""
-    settings = Settings(ga4_collect_url="http://127.0.0.1:9/g/collect")
+    settings = Settings.from_env({}, ga4_collect_url="http://127.0.0.1:9/g/collect")
     tag = Ga4Tag("ga4", params, settings)
     ctx = FireContext(request=request_context(), settings=settings, tag_name="ga4")
     [message] = tag.fire(event, params, ctx)

@@ -58,7 +58,7 @@ def graph():
 
 
 async def send(graph_url: str, batch, route=ROUTE, timeout: float = 5.0):
-    settings = Settings(meta_graph_url=graph_url, send_timeout_seconds=timeout)
+    settings = Settings.from_env({}, meta_graph_url=graph_url, send_timeout_seconds=timeout)
     async with httpx.AsyncClient() as http:
         return await MetaSender(http, settings).send(route, batch)
 

@@ -719,3 +719,30 @@ def test_the_start_up_link_signs_in_on_every_worker_and_open_streams_do_not_hold
         assert time.monotonic() - started < 5  # not the whole graceful-shutdown timeout
         reader.join(5)
         assert not reader.is_alive()
+
+
+def test_the_curl_example_comes_from_the_container_s_clients(tmp_path):
+    """The session shows how to send a hit by hand: the example the container's client gives
+    (the events API's, at its configured path), else a bare request marked for the session."""
+    custom = minimal_container(clients=[{"name": "s2s", "type": "events_api",
+                                         "params": {"path": "/crm/events"}}])  # fmt: skip
+    with preview_app(tmp_path, custom) as c:
+        sign_in(c)
+        session = start_session(c)
+        curl = session["curl"]
+        assert curl.splitlines() == [
+            "curl -X POST http://sgtm.shop.test/crm/events \\",
+            "  -H 'Authorization: Bearer <one of TAGSERVER_API_KEYS>' \\",
+            "  -H 'Content-Type: application/json' \\",
+            f"  -H 'X-Tagserver-Preview: {session['token']}' \\",
+            """  -d '{"event_name": "test_event", "page_title": "sent with curl"}'""",
+        ]
+    browser_only = minimal_container(clients=[{"name": "collector", "type": "collector"}])
+    (tmp_path / "b").mkdir()
+    with preview_app(tmp_path / "b", browser_only) as c:
+        sign_in(c)
+        session = start_session(c)
+        assert session["curl"].splitlines() == [
+            "curl http://sgtm.shop.test/ \\",
+            f"  -H 'X-Tagserver-Preview: {session['token']}'",
+        ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tagserver.plugins import TagRejected
+from tagserver import TagRejected
 
 from .mapping import ACTION_SOURCES
 from .normalize import CURRENCIES as ISO_CURRENCIES

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tagserver.plugins import Outcome
+from tagserver import Outcome
 
 __all__ = ["GraphError", "Verdict", "parse_error", "classify", "THROTTLE_FLOOR_SECONDS"]
 

@@ -15,8 +15,14 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from tagserver.cookies import FBC_RE, FBP_RE, fbclid_from, registrable_domain, subdomain_index
-from tagserver.event import Event, RequestContext
+from tagserver import Event, RequestContext
+from tagserver.toolkit.cookies import (
+    FBC_RE,
+    FBP_RE,
+    fbclid_from,
+    registrable_domain,
+    subdomain_index,
+)
 
 from .normalize import NORMALIZERS, hash_text, hash_value
 

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import orjson
 
-from tagserver.http_outcomes import elapsed_ms, retry_after_seconds
-from tagserver.plugins import Delivery, Message, Sender
-from tagserver.redact import Redactor
+from tagserver import Delivery, Message, Sender, Setting
+from tagserver.toolkit.http import elapsed_ms, retry_after_seconds
+from tagserver.toolkit.redact import Redactor
 
 from .graph_errors import THROTTLE_FLOOR_SECONDS, classify, parse_error
 
@@ -67,6 +67,11 @@ _install_log_filter()
 class _Answer:
     delivery: Delivery
     bisect: bool = False
+
+
+GRAPH_URL = Setting(
+    "meta_graph_url", "https://graph.facebook.com", "Base URL of the Graph API (tests, proxies)."
+)
 
 
 class MetaSender(Sender):
@@ -116,7 +121,7 @@ class MetaSender(Sender):
     async def _post(
         self, route: dict[str, Any], token: str, redact: Redactor, messages: list[Message]
     ) -> _Answer:
-        graph = self.settings.meta_graph_url.rstrip("/")
+        graph = self.settings.get(GRAPH_URL).rstrip("/")
         url = f"{graph}/{route.get('api_version')}/{route.get('pixel_id')}/events"
         body: dict[str, Any] = {"data": [_payload(m.payload) for m in messages]}
         for key in ("test_event_code", "partner_agent"):

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tagserver import metrics
-from tagserver.event import Event
-from tagserver.plugins import FireContext, Outgoing, Param, Tag
+from tagserver import Event, FireContext, Outgoing, Param, Tag
+from tagserver.toolkit import metrics
 
 from .checks import MetaRefusal, check, max_age
 from .mapping import ACTION_SOURCES, STANDARD_EVENTS, build
+from .metrics import META_MATCH_QUALITY, META_REFUSED
 from .quality import assess
-from .sender import MetaSender
+from .sender import GRAPH_URL, MetaSender
 
 log = logging.getLogger("tagserver.tag.meta_capi")
 
@@ -40,6 +40,7 @@ class MetaCapiTag(Tag):
     )
     batch_size = 1000
     sender_class = MetaSender
+    server_settings = (GRAPH_URL,)
     params = (
         Param("pixel_id", "string", description="Meta dataset (pixel) id. Empty: dry run."),
         Param(
@@ -132,7 +133,7 @@ class MetaCapiTag(Tag):
         try:
             check(server, time.time())
         except MetaRefusal as refusal:
-            metrics.labelled(metrics.META_REFUSED, refusal.code).inc()  # fixed codes: few
+            metrics.labelled(META_REFUSED, refusal.code).inc()  # fixed codes: few
             log.info(
                 "tag %r: %s event %s not sent: %s",
                 self.name, server["event_name"], server["event_id"], refusal.reason,
@@ -226,7 +227,7 @@ def _quality_metric(name: str) -> Callable[[float], None]:
     label = name if name in STANDARD_EVENTS else "custom"
     observe = _quality_observers.get(label)
     if observe is None:
-        child = metrics.META_MATCH_QUALITY.labels(label)
+        child = META_MATCH_QUALITY.labels(label)
         observe = _quality_observers[label] = _score_observer(child)
     return observe
 

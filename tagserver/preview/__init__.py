@@ -3,7 +3,9 @@
     session_for(request, headers)  on every hit: its preview session, or None (free)
     record_hit(trace)              a previewed hit's trace, queued for the writer (no I/O)
     record_delivery(...)           a previewed message's delivery result, queued likewise
-    routes()                       /preview pages, JSON endpoints and the live stream (SSE)
+
+`preview.routes.preview_routes(preview, server)` serves the /preview pages, JSON endpoints and
+the live stream (SSE); the app hands it what it needs from the running server.
 
 A background writer scrubs, bounds and stores queued records in the shared store (SQLite
 for the workers of one machine, Redis across machines), off the hit's path.
@@ -25,7 +27,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.routing import BaseRoute
 
 from ..redact import Redactor
 from ..serving import base_url
@@ -186,11 +187,6 @@ class Preview:
             )  # fmt: skip
 
     # -- lifecycle
-
-    def routes(self) -> list[BaseRoute]:
-        from .routes import preview_routes
-
-        return preview_routes(self)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

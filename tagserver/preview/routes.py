@@ -14,6 +14,7 @@ import functools
 import shlex
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -28,6 +29,7 @@ from ..event import RequestContext
 from .sessions import PreviewSession
 
 if TYPE_CHECKING:
+    from ..plugins import Example
     from . import Preview
 
 SECURITY_HEADERS = {
@@ -59,10 +61,15 @@ def error(status: int, reason: str) -> Response:
     return json_response({"error": reason}, status)
 
 
-def request_ctx(request: Request) -> RequestContext:
-    from ..app import request_context  # the app imports preview; resolve at call time
+@dataclass(frozen=True)
+class Server:
+    """What the preview pages read from the running server, handed in by the app. The
+    container changes on reload, so these are functions, asked at each request."""
 
-    return request_context(request, request.app.state.tagserver.settings)
+    context: Callable[[Request], RequestContext]  # the request as a hit sees it (proxies ...)
+    redact: Callable[[Any], Any]  # removes the live container's secrets
+    # a request that sends a hit by hand (shown as curl), if a client of the container has one
+    example: Callable[[], Example | None]
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -79,8 +86,10 @@ def wants_json(request: Request) -> bool:
 
 
 class Views:
-    def __init__(self, preview: Preview) -> None:
+    def __init__(self, preview: Preview, server: Server) -> None:
         self.preview = preview
+        self.server = server
+        self.context = server.context
         self.sessions = preview.sessions
         self.auth = preview.auth
 
@@ -103,7 +112,7 @@ class Views:
                 if page:
                     return RedirectResponse(f"/preview/login?next={request.url.path}", 303)
                 return error(401, "sign in to preview first (/preview/login)")
-            if request.method == "POST" and not same_origin(request):
+            if request.method == "POST" and not same_origin(request, self.context):
                 return error(403, "cross-site request refused")
             return await endpoint(request)
 
@@ -132,7 +141,7 @@ class Views:
         return await self._attempt(request, secret, safe_next(form.get("next")))
 
     async def _attempt(self, request: Request, secret: str, next_url: str) -> Response:
-        ctx = request_ctx(request)
+        ctx = self.context(request)
         wait = await asyncio.to_thread(self.auth.retry_after, ctx.ip)
         if wait is not None:
             response = self._login_form(
@@ -163,7 +172,7 @@ class Views:
 
     async def logout(self, request: Request) -> Response:
         response = RedirectResponse("/preview/login", 303)
-        self.auth.sign_out(response, request_ctx(request).is_https)
+        self.auth.sign_out(response, self.context(request).is_https)
         return response
 
     # -- pages
@@ -201,17 +210,9 @@ class Views:
     # -- JSON
 
     def session_json(self, request: Request, session: PreviewSession) -> dict[str, Any]:
-        ctx = request_ctx(request)
+        ctx = self.context(request)
         origin = f"{'https' if ctx.is_https else 'http'}://{ctx.host or 'localhost'}"
-        events_path = events_api_path(request)
-        body = '{"event_name": "test_event", "page_title": "sent with curl"}'
-        curl = (
-            f"curl -X POST {shlex.quote(origin + events_path)} \\\n"
-            f"  -H 'Authorization: Bearer <one of TAGSERVER_API_KEYS>' \\\n"
-            f"  -H 'Content-Type: application/json' \\\n"
-            f"  -H {shlex.quote('X-Tagserver-Preview: ' + session.token)} \\\n"
-            f"  -d {shlex.quote(body)}"
-        )
+        example = self.server.example()
         marked = self.sessions.verify(request.cookies.get("tagserver_preview", "")) == session.id
         now = time.time()
         return {
@@ -223,8 +224,8 @@ class Views:
             "header": "X-Tagserver-Preview",
             "origin": origin,
             "site_url": origin + ("/demo" if self.preview.settings.demo else "/"),
-            "events_api": origin + events_path,
-            "curl": curl,
+            "example_url": origin + (example.path if example is not None else "/"),
+            "curl": curl(origin, example, session.token),
             "marked": marked,
             "limits": {
                 "per_session": self.preview.store.per_session,
@@ -260,7 +261,7 @@ class Views:
         if trace is None:
             return error(404, "no such hit in this session (dropped by the bound or cleared)")
         # redact once more with the live container's secrets (the store saw only settings')
-        return json_response(request.app.state.tagserver.redact(trace))
+        return json_response(self.server.redact(trace))
 
     async def api_action(self, request: Request) -> Response:
         sid, action = request.path_params["sid"], request.path_params["action"]
@@ -300,7 +301,7 @@ class Views:
         if on:
             self._set_mark(request, response, session)
         else:
-            secure = request_ctx(request).is_https
+            secure = self.context(request).is_https
             response.delete_cookie(
                 "tagserver_preview", path="/", httponly=True, secure=secure,
                 samesite="none" if secure else "lax",
@@ -310,7 +311,7 @@ class Views:
     def _set_mark(self, request: Request, response: Response, session: PreviewSession) -> None:
         # sent by the collector's credentialed requests from the site: SameSite=None needs
         # Secure, so on plain http (local tests) Lax, which same-site requests still carry
-        secure = request_ctx(request).is_https
+        secure = self.context(request).is_https
         response.set_cookie(
             "tagserver_preview",
             session.token,
@@ -373,7 +374,7 @@ def sse(event: str, data: Any, event_id: int | None = None) -> bytes:
     return head.encode() + b"data: " + orjson.dumps(data, default=str) + b"\n\n"
 
 
-def same_origin(request: Request) -> bool:
+def same_origin(request: Request, context: Callable[[Request], RequestContext]) -> bool:
     """A POST must come from a preview page itself (the SameSite=Strict cookie is the first
     guard; this is the second). Browsers say so in Sec-Fetch-Site; with our no-referrer
     policy their Origin is "null", so Origin is only compared when it is a real one."""
@@ -387,7 +388,7 @@ def same_origin(request: Request) -> bool:
         netloc = urlsplit(origin).netloc
     except ValueError:
         return False
-    return netloc == request_ctx(request).host
+    return netloc == context(request).host
 
 
 def safe_next(value: str | None) -> str:
@@ -397,15 +398,22 @@ def safe_next(value: str | None) -> str:
     return "/preview"
 
 
-def events_api_path(request: Request) -> str:
-    for client in request.app.state.tagserver.runtime.container.clients:
-        if getattr(client, "type_name", "") == "events_api":
-            return str(getattr(client, "path", "/api/events"))
-    return "/api/events"
+def curl(origin: str, example: Example | None, token: str) -> str:
+    """A curl command that sends a hit marked for the session: the client's example, else a
+    bare request to the site's root (unclaimed, yet recorded)."""
+    preview = shlex.quote(f"X-Tagserver-Preview: {token}")
+    if example is None:
+        return f"curl {shlex.quote(origin + '/')} \\\n  -H {preview}"
+    lines = [f"curl -X {example.method} {shlex.quote(origin + example.path)}"]
+    lines += [f"  -H {shlex.quote(f'{name}: {value}')}" for name, value in example.headers]
+    lines.append(f"  -H {preview}")
+    if example.body:
+        lines.append(f"  -d {shlex.quote(example.body)}")
+    return " \\\n".join(lines)
 
 
-def preview_routes(preview: Preview) -> list[BaseRoute]:
-    v = Views(preview)
+def preview_routes(preview: Preview, server: Server) -> list[BaseRoute]:
+    v = Views(preview, server)
     op = v.operator
     return [
         Route("/preview", op(v.index, page=True), methods=["GET"]),

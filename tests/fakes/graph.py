@@ -8,7 +8,7 @@ and is_transient. Switches make it misbehave: `outage` (5xx or dropped connectio
 refused with 100/2804xxx, which fails their whole request, as Meta does).
 
     with FakeGraph(token="tok") as graph:
-        settings = Settings(meta_graph_url=graph.url, ...)
+        settings = Settings.from_env({}, meta_graph_url=graph.url, ...)
         ...
         assert graph.received_ids() == [...]
 """

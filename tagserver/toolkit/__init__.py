@@ -1,0 +1,18 @@
+"""The plugin toolkit: helpers a client or a tag may use, beside the API in `tagserver`.
+
+Each submodule re-exports exactly what plugins may rely on; the engine modules behind them
+may move. Import the submodule and use its names:
+
+    from tagserver.toolkit import cookies, cors, events, http, metrics, redact
+
+- `cookies`  first-party visitor cookies (`_fbp`, `_fbc`, client id) with the shared rules
+- `cors`     credentialed CORS grants and preflights for browser hits
+- `events`   event helpers: consent types, page parts, preview-token stripping, value text
+- `http`     how a sender reads a vendor's HTTP answer: delivered, retry or permanent
+- `metrics`  cheap counting on the hit path (`count`, `observe`, `labelled`)
+- `redact`   remove a token from text before it is shown anywhere
+"""
+
+from __future__ import annotations
+
+__all__ = ["cookies", "cors", "events", "http", "metrics", "redact"]

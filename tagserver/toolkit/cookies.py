@@ -1,0 +1,31 @@
+"""First-party visitor cookies, the same rules for every client (see `tagserver.cookies`).
+
+visitor = cookies.visitor_cookies(hit.request, settings, page_location=..., consent=...)
+for event in events:
+    event.update(visitor.event_keys())
+cookies.apply(response, visitor)   # the Set-Cookie headers
+"""
+
+from __future__ import annotations
+
+from ..cookies import (
+    CLIENT_ID_COOKIE,
+    CLIENT_ID_RE,
+    FBC_COOKIE,
+    FBC_RE,
+    FBP_COOKIE,
+    FBP_RE,
+    VisitorCookies,
+    apply,
+    consent_denied,
+    fbclid_from,
+    registrable_domain,
+    subdomain_index,
+    visitor_cookies,
+)
+
+__all__ = [
+    "CLIENT_ID_COOKIE", "CLIENT_ID_RE", "FBC_COOKIE", "FBC_RE", "FBP_COOKIE", "FBP_RE",
+    "VisitorCookies", "apply", "consent_denied", "fbclid_from", "registrable_domain",
+    "subdomain_index", "visitor_cookies",
+]  # fmt: skip

@@ -1,0 +1,21 @@
+"""Helpers for building events the way the built-in clients do."""
+
+from __future__ import annotations
+
+import re
+
+from ..event import CONSENT_TYPES, add_page_parts, get_path, page_parts
+from ..refs import text as value_text
+
+_PREVIEW_PARAM = re.compile(r"([?&])tagserver_preview=[^&#]*(&?)")
+
+
+def strip_preview(url: str) -> str:
+    """The URL without its `tagserver_preview` token: it must not reach logs or vendors."""
+    url = _PREVIEW_PARAM.sub(lambda m: m.group(1) if m.group(2) else "", url)
+    return url[:-1] if url.endswith("?") else url
+
+
+__all__ = [
+    "CONSENT_TYPES", "add_page_parts", "get_path", "page_parts", "strip_preview", "value_text",
+]  # fmt: skip
