@@ -239,6 +239,7 @@
     head.addEventListener('click', function () { select(hit.id, 0); });
     var meta = el('div', 'hit-meta');
     add(meta, el('span', 'client', hit.client ? hit.client : 'no client claimed it'));
+    add(meta, containerBadge(hit.container));
     var d = hit.deliveries || {total: 0, failed: 0};
     if (d.total) {
       add(meta, el('span', 'deliv' + (d.failed ? ' bad' : ''),
@@ -379,6 +380,7 @@
       ['Client', trace.client || 'none — no client claimed this request'],
       ['Status', trace.status], ['Duration', trace.duration_ms + ' ms'],
       ['Visitor IP', req.ip], ['Received', clock(trace.time)],
+      ['Container', containerText(trace.container)],
       ['Error', trace.error || undefined]
     ])));
     add(panel, section('Headers', tree(req.headers || {}, 1)));
@@ -429,12 +431,59 @@
     });
     var extra = el('div', 'tag-extra');
     // collapsed: the reason and the triggers above are what a tag card is read for
+    add(card, renderTransformations(tag));
     if (tag.params) add(extra, section('Parameters (resolved)', tree(tag.params, 2)));
     if (tag.notes && Object.keys(tag.notes).length) add(extra, section('Notes', tree(tag.notes, 1)));
     if ((tag.outgoing || []).length) add(extra, el('p', 'muted', plural(tag.outgoing.length, 'outgoing message') + ' — see Outgoing'));
     if (tag.duration_ms) add(extra, el('p', 'muted', 'ran in ' + tag.duration_ms + ' ms'));
     add(card, extra);
     return card;
+  }
+
+  // -- container version and transformations (container history / transformations) ----------
+
+  function containerText(c) {
+    if (!c) return undefined;
+    return (c.name ? c.name + ' ' : '') + 'version ' + (c.version || '—') + ' (' + c.hash + ')';
+  }
+
+  function containerBadge(c) {
+    if (!c) return null;
+    var badge = el('span', 'cversion', 'v' + (c.version || '—'));
+    badge.title = 'handled by container version ' + (c.version || '—') + ', hash ' + c.hash;
+    return badge;
+  }
+
+  function renderTransformations(tag) {
+    var steps = tag.transformations;
+    if (!steps || !steps.length) return null;
+    var box = el('div', 'transformations');
+    add(box, el('h4', null, 'Event data this tag received'));
+    steps.forEach(function (step) {
+      add(box, el('p', 'step ' + (step.applied ? 'applied' : 'skipped'),
+        (step.applied ? '✓ ' : '– ') + step.type + ' “' + step.name + '”: ' +
+        (step.applied ? plural(step.changes.length, 'key') + ' changed' : step.reason)));
+    });
+    var changes = [];
+    steps.forEach(function (step) { changes = changes.concat(step.changes || []); });
+    if (changes.length) {
+      var table = el('table', 'diff');
+      add(table, add(el('tr'), el('th', null, 'key'), el('th', null, 'before'),
+        el('th', null, 'after'), el('th', null, 'changed by')));
+      changes.forEach(function (c) {
+        add(table, add(el('tr', 'change ' + c.change), el('td', 'mono', c.key),
+          add(el('td', 'before'), c.change === 'added' ? el('span', 'muted', '(absent)') : tree(c.before, 2)),
+          add(el('td', 'after'), c.change === 'removed' ? el('span', 'muted', '(removed)') : tree(c.after, 2)),
+          el('td', 'mono', c.transformation + ' (' + c.type + ')')));
+      });
+      add(box, table);
+    } else {
+      add(box, el('p', 'muted', 'No key changed: the tag received the event as it came.'));
+    }
+    var received = el('details', 'received');
+    add(received, el('summary', null, 'The whole event as received'), tree(tag.received || {}, 1));
+    add(box, received);
+    return box;
   }
 
   function renderTags(panel) {

@@ -28,17 +28,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import metrics
 from .container import ContainerError, load_file
+from .container_status import ContainerStatus
 from .dispatch import Dispatcher
 from .errors import BadRequest, HitError, PayloadTooLarge
 from .event import RequestContext
 from .exposition import metrics_endpoint
+from .history import History, open_history
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox import Outbox
 from .plugins import Example, Registry, load_registry
 from .preview import Preview
 from .preview.routes import Server, preview_routes
 from .redact import Redactor
-from .reload import ContainerWatcher
+from .reload import ContainerWatcher, remember
 from .runtime import Runtime
 from .settings import Settings
 
@@ -55,10 +57,23 @@ class State:
     dispatcher: Dispatcher | None = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    status: ContainerStatus = field(default_factory=ContainerStatus)
+    history: History | None = None
 
     @property
     def redact(self) -> Redactor:
         return self.runtime.redact
+
+    def container_status(self) -> dict[str, Any]:
+        """The container in force and the last refused reload (/healthz, preview)."""
+        return self.status.describe(self.runtime.container, self.redact)
+
+    def container_report(self) -> dict[str, Any]:
+        """`container_status()` and, while the file on disk was refused, a warning saying so."""
+        return {
+            "container": self.container_status(),
+            "warnings": self.status.warnings(self.runtime.container),
+        }
 
 
 def state_of(request: Request) -> State:
@@ -98,6 +113,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
             trace = HitTrace(
                 new_trace_id(), session, time.time(), _request_snapshot(ctx, state), client.name
             )
+            trace.container = runtime.container.describe()
         hit = Hit(
             request=ctx, client_name=client.name, runtime=runtime, outbox=state.outbox, trace=trace
         )
@@ -222,12 +238,15 @@ async def healthz(request: Request) -> Response:
     """200 while hits can be stored; 503 with the reason when they cannot (load balancers
     then send them elsewhere)."""
     state = state_of(request)
-    container = state.runtime.container.describe()
+    report = state.container_report()
+    container, warnings = report["container"], report["warnings"]
     problem = state.outbox.problem
     if problem is None:
         body, status = {"status": "ok", "container": container}, 200
     else:
         body, status = {"status": "unavailable", "reason": problem, "container": container}, 503
+    if warnings:  # still 200: the running container serves, but the edit did not land
+        body["warnings"] = warnings
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
@@ -247,6 +266,7 @@ def builtin_routes(state: State) -> list[BaseRoute]:
         context=lambda request: request_context(request, settings),
         redact=lambda value: state.runtime.redact(value),
         example=example,
+        container=state.container_report,
     )
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
@@ -338,6 +358,14 @@ def quiet_gc() -> tuple[int, int, int]:
     return thresholds
 
 
+def _open_history(settings: Settings) -> History | None:
+    try:
+        return open_history(settings.data_dir)
+    except Exception as exc:  # a record, not a reason to refuse to serve
+        log.warning("container history unavailable: %s: %s", type(exc).__name__, exc)
+        return None
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app; the container is loaded now so a broken one fails the start loudly."""
     settings = settings or Settings.from_env()
@@ -347,6 +375,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         log.error("plugin not loaded: %s", error)
     settings.declare(registry.declared_settings())  # raises SettingsError on a bad value
     container = load_file(settings.container, registry, settings)
+    history = _open_history(settings)
+    remember(history, container, settings.container)
     preview = Preview(settings)
     state = State(
         settings=settings,
@@ -354,6 +384,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         runtime=Runtime(container, settings),
         outbox=Outbox(settings),
         preview=preview,
+        history=history,
     )
 
     @contextlib.asynccontextmanager
@@ -364,7 +395,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         await dispatcher.start()  # resumes whatever the outbox holds
         await preview.start()
-        watcher = ContainerWatcher(settings, registry, state)
+        watcher = ContainerWatcher(settings, registry, state, history)
         state.background.append(asyncio.create_task(watcher.run(), name="container-watcher"))
         log.info(
             "tagserver ready: container %s (version %s, hash %s), %d clients, %d tags",
@@ -380,6 +411,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await asyncio.gather(*state.background, return_exceptions=True)
             await preview.close()
             await state.outbox.close()
+            if history is not None:
+                history.close()
             metrics.flush()
             gc.unfreeze()
             gc.set_threshold(*thresholds)

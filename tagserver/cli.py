@@ -16,6 +16,7 @@ import click
 
 from . import serving
 from .container import ContainerError, load_file
+from .container_cli import container
 from .outbox_cli import outbox
 from .plugins import Registry, load_registry
 from .settings import PREFIX, Settings, SettingsError
@@ -121,6 +122,7 @@ def serve(**flags: object) -> None:
         click.echo(f"{head}; not starting:", err=True)
         for line in lines:
             click.echo(f"  {line}", err=True)
+        _remember_refusal(settings, exc)
         sys.exit(1)
     # Bind first: a server that cannot listen must not touch what a running one relies on
     # (the preview sign-in token, the metrics directory).
@@ -183,6 +185,24 @@ def _run(config: uvicorn.Config, sock: socket.socket) -> bool:
     return server.started
 
 
+def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
+    """A container refused at start is kept in the history too (when it can be read)."""
+    from pathlib import Path
+
+    from .history import open_history
+    from .reload import remember_refusal
+
+    try:
+        raw = Path(settings.container).read_bytes()
+        history = open_history(settings.data_dir)
+    except Exception:
+        return
+    try:
+        remember_refusal(history, raw, settings.container, exc.problems)
+    finally:
+        history.close()
+
+
 def _before_serve(settings: Settings) -> None:
     """Start-up work that must run once in the parent process, before workers fork."""
     from .preview import announce
@@ -211,7 +231,8 @@ def validate(path: str | None) -> None:
     click.echo(
         f"{path}: valid — container {container.name!r} version {container.version!r}, "
         f"{len(container.clients)} clients, {len(container.variables)} variables, "
-        f"{len(container.triggers)} triggers, {len(container.tags)} tags"
+        f"{len(container.triggers)} triggers, {len(container.tags)} tags, "
+        f"{len(container.source.get('transformations', []))} transformations"
     )
 
 
@@ -269,3 +290,4 @@ def link(data_dir: str | None) -> None:
 
 
 main.add_command(outbox)
+main.add_command(container)

@@ -24,6 +24,8 @@ from .plugins import Client, Param, Registry, Tag
 from .problems import describe, line_of, owner_name, plural, value_lines
 from .refs import Compiled, compile_value, has_refs, references
 from .settings import Settings
+from .transformations import Transformation, compile_all
+from .transformations import validate as validate_transformations
 from .triggers import OPERATORS, Trigger, variable_name
 from .variables import (
     BUILTINS,
@@ -36,7 +38,7 @@ from .variables import (
 
 TOP_LEVEL_KEYS = (
     "$schema", "name", "version", "description", "consent_mode", "clients", "variables",
-    "triggers", "tags",
+    "triggers", "tags", "transformations",
 )  # fmt: skip
 CLIENT_KEYS = ("name", "type", "priority", "params", "description")
 TAG_KEYS = ("name", "type", "fire_on", "block_on", "consent", "paused", "params", "description")
@@ -136,6 +138,7 @@ class CompiledTag:
     params: Compiled
     secret_params: frozenset[str]
     templated_params: tuple[Param, ...] = ()  # typed (not `any`): checked once resolved
+    transformations: tuple[Transformation, ...] = ()  # in order; empty: the plain path
 
 
 @dataclass
@@ -151,6 +154,7 @@ class Container:
     secrets: frozenset[str] = field(default_factory=frozenset)
     secret_variables: frozenset[str] = field(default_factory=frozenset)
     source: dict[str, Any] = field(default_factory=dict, repr=False)
+    raw: bytes = field(default=b"", repr=False)  # the file as read (kept in the history)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "hash": self.hash}
@@ -291,8 +295,11 @@ class _Validator:
             self.trigger(path, item)
         for path, item in self.named_list(data, "clients"):
             self.client(path, item)
+        tags = data.get("tags")
         for path, item in self.named_list(data, "tags"):
             self.tag(path, item)
+        transformations = self.named_list(data, "transformations")
+        validate_transformations(self, transformations, tags if isinstance(tags, list) else [])
         return self.problems
 
     def variable(self, path: str, item: dict[str, Any]) -> None:
@@ -520,6 +527,7 @@ def _compile(
     clients.sort(key=lambda c: (-c.priority, c.order))  # type: ignore[attr-defined]
 
     direct = direct_getters(variables)
+    transformations = compile_all(data.get("transformations", []), data.get("tags", []))
     tags = []
     for spec in data.get("tags", []):
         cls = registry.tags[spec["type"]]
@@ -544,10 +552,13 @@ def _compile(
                 templated_params=tuple(
                     p for p in cls.params if p.type != "any" and has_refs(params.get(p.name))
                 ),
+                transformations=transformations.get(spec["name"], ()),
             )
         )
 
-    digest = hashlib.sha256(raw if raw is not None else json.dumps(data, sort_keys=True).encode())
+    if raw is None:
+        raw = json.dumps(data, sort_keys=True).encode()
+    digest = hashlib.sha256(raw)
     return Container(
         name=str(data.get("name", "container")),
         version=str(data.get("version", "")),
@@ -560,4 +571,5 @@ def _compile(
         secrets=frozenset(s for s in secrets if len(s) >= 4),
         secret_variables=secret_variables,
         source=data,
+        raw=raw,
     )

@@ -32,6 +32,7 @@ class HitTrace:
     error: str | None = None
     duration_ms: float = 0.0
     console: list[dict[str, Any]] = field(default_factory=list)
+    container: dict[str, Any] | None = None  # name, version, hash of the one that ran the hit
 
     def log(self, level: str, message: str) -> None:
         self.console.append({"time": time.time(), "level": level, "message": message})
@@ -47,6 +48,7 @@ class HitTrace:
             "error": self.error,
             "duration_ms": round(self.duration_ms, 3),
             "console": self.console,
+            "container": self.container,
             "events": [
                 {
                     "event": r.event,

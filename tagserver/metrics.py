@@ -45,6 +45,13 @@ OUTBOX_COMMIT = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
 
+CONTAINER_RELOADS = Counter(
+    "tagserver_container_reloads_total",
+    "Changes of the container file by result: applied, or refused (invalid; the running "
+    "container stays). Each worker counts the changes it saw.",
+    ["result"],
+)
+
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 

@@ -19,6 +19,7 @@ from .event import Event, RequestContext
 from .plugins import FireContext, Outgoing, TagRejected
 from .redact import REDACTED, Redactor
 from .settings import Settings
+from .transformations import changes
 from .triggers import Trigger, TriggerCheck
 from .variables import Scope
 
@@ -41,6 +42,10 @@ class TagResult:
     outgoing: list[Outgoing] = field(default_factory=list)
     params: dict[str, Any] | None = None  # resolved, secrets redacted; only when traced
     duration_ms: float = 0.0
+    # only when traced and a transformation applies to the tag: the event it received and,
+    # per transformation, whether it applied and which keys it changed
+    received: Event | None = None
+    transformations: list[dict[str, Any]] | None = None
 
     @property
     def fired(self) -> bool:
@@ -61,6 +66,8 @@ class TagResult:
                 for o in self.outgoing
             ],
             "duration_ms": round(self.duration_ms, 3),
+            "received": self.received,
+            "transformations": self.transformations,
         }
 
 
@@ -208,7 +215,10 @@ class Runtime:
         reason = firing.fired_reason
         params: dict[str, Any] = {}
         outgoing: list[Outgoing] = []
+        steps: list[dict[str, Any]] | None = None
         try:
+            if tag.transformations:
+                event, scope, steps = self._transform(tag, event, scope, trace)
             params = tag.params(scope)
             for param in tag.templated_params:
                 problem = param.check(params.get(param.name))
@@ -233,4 +243,33 @@ class Runtime:
             result.params = self.redact(
                 {k: (REDACTED if k in tag.secret_params and v else v) for k, v in params.items()}
             )
+            if steps is not None:
+                result.received = self.redact(event)
+                result.transformations = self.redact(steps)
         return result
+
+    def _transform(
+        self, tag: CompiledTag, event: Event, scope: Scope, trace: bool
+    ) -> tuple[Event, Scope, list[dict[str, Any]] | None]:
+        """The event `tag` receives, a scope over it, and (traced) what each step did.
+
+        Conditions and augment values read the event as the triggers saw it (`scope`)."""
+        received = event
+        steps: list[dict[str, Any]] | None = [] if trace else None
+        for step in tag.transformations:
+            holds, check = step.holds(scope, trace)
+            if not holds:
+                if steps is not None:
+                    failed = [c for c in check.conditions if not c.passed] if check else []
+                    reason = failed[0].explain() if failed else "its conditions failed"
+                    steps.append({"name": step.name, "type": step.type, "applied": False,
+                                  "reason": f"not applied: {reason}", "changes": []})  # fmt: skip
+                continue
+            after = step.apply(received, scope)
+            if steps is not None:
+                steps.append({"name": step.name, "type": step.type, "applied": True,
+                              "reason": "applied", "changes": changes(received, after, step)})  # fmt: skip
+            received = after
+        if received is event:
+            return event, scope, steps
+        return received, Scope(received, scope.request, scope.variables, scope.client_name), steps

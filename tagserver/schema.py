@@ -6,6 +6,7 @@ from typing import Any
 
 from .event import CONSENT_TYPES
 from .plugins import Registry, params_schema
+from .transformations import schema as transformations_schema
 from .triggers import OPERATORS
 from .variables import VARIABLE_TYPES
 
@@ -129,5 +130,6 @@ def container_schema(registry: Registry) -> dict[str, Any]:
                     )
                 },
             },
+            "transformations": transformations_schema(condition, sorted(tag_types)),
         },
     }

@@ -106,6 +106,8 @@ class Scope:
         """Every user variable and the common built-ins, for preview (secrets redacted)."""
         out: dict[str, Any] = {}
         for name in list(self.variables) + list(BUILTINS):
+            if name == "event":  # the Event data tab shows it already
+                continue
             value = self.get(name)
             out[name] = REDACTED if name in secret_names and value not in (None, "") else value
         return out
@@ -241,6 +243,9 @@ def _agent_info(scope: Scope) -> UserAgentInfo:
 
 
 BUILTINS: dict[str, Callable[[Scope], Any]] = {
+    # all the event data (as transformed for the tag), e.g. a webhook's body; a copy, so what
+    # a tag sends does not follow later additions to the event
+    "event": lambda s: dict(s.event),
     "event_name": lambda s: s.event.get("event_name"),
     "client_name": lambda s: s.client_name,
     "client_ip": _client_ip,

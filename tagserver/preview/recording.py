@@ -87,7 +87,16 @@ def summarize(trace: dict[str, Any]) -> dict[str, Any]:
         "event_count": len(events),
         "events": events[:MAX_LIST_EVENTS],
         "tag_errors": problems,
+        "container": _container_version(trace),
     }
+
+
+def _container_version(trace: dict[str, Any]) -> dict[str, Any] | None:
+    """Which container version handled the hit (the list shows it beside each hit)."""
+    container = trace.get("container")
+    if not isinstance(container, dict):
+        return None
+    return {"version": container.get("version"), "hash": container.get("hash")}
 
 
 def prepare_hit(

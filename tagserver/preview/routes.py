@@ -70,6 +70,8 @@ class Server:
     redact: Callable[[Any], Any]  # removes the live container's secrets
     # a request that sends a hit by hand (shown as curl), if a client of the container has one
     example: Callable[[], Example | None]
+    # the container in force and the last refused edit, with warnings (as /healthz shows them)
+    container: Callable[[], dict[str, Any]] = dict
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -263,6 +265,10 @@ class Views:
         # redact once more with the live container's secrets (the store saw only settings')
         return json_response(self.server.redact(trace))
 
+    async def api_container(self, request: Request) -> Response:
+        """The container in force and the last refused reload (preview's banner)."""
+        return json_response(self.server.container())
+
     async def api_action(self, request: Request) -> Response:
         sid, action = request.path_params["sid"], request.path_params["action"]
         actions = {
@@ -425,6 +431,7 @@ def preview_routes(preview: Preview, server: Server) -> list[BaseRoute]:
         Route("/preview/s/{sid}", op(v.session_page, page=True), methods=["GET"]),
         Route("/preview/s/{sid}/{action}", op(v.api_action), methods=["POST"]),
         Route("/preview/api/sessions", op(v.api_sessions), methods=["GET"]),
+        Route("/preview/api/container", op(v.api_container), methods=["GET"]),
         Route("/preview/api/s/{sid}", op(v.api_session), methods=["GET"]),
         Route("/preview/api/s/{sid}/hits", op(v.api_hits), methods=["GET"]),
         Route("/preview/api/s/{sid}/hits/{trace_id}", op(v.api_hit), methods=["GET"]),
