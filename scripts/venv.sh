@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Make .venv ready to run the tests, on this machine or a fresh Debian 12: Debian packages
 # when missing (python3 with venv, chromium for the real-browser tests, redis-server for the
-# shared preview store), then a virtual environment in .venv with tagserver and its test
-# extras (Debian's own Python refuses `pip install` outside one: externally-managed-environment).
+# shared preview store, postgresql for the shared outbox), then a virtual environment in .venv
+# with tagserver and its test extras (Debian's own Python refuses `pip install` outside one:
+# externally-managed-environment).
 # Does nothing that is already done; run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,8 @@ missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# the shared outbox's tests start their own PostgreSQL cluster from Debian's binaries
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
