@@ -17,6 +17,7 @@ import click
 from . import serving
 from .container import ContainerError, load_file
 from .container_cli import container
+from .events_cli import events
 from .outbox_cli import outbox
 from .plugins import Registry, load_registry
 from .settings import PREFIX, Settings, SettingsError
@@ -290,4 +291,5 @@ def link(data_dir: str | None) -> None:
 
 
 main.add_command(outbox)
+main.add_command(events)
 main.add_command(container)
