@@ -12,8 +12,17 @@ apt_install() {
     echo "installing Debian packages: $*"
     local sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    # Installing caddy or nginx must not start them as services (listening on port 80):
+    # policy-rc.d's exit status 101 tells the packages' scripts not to start anything.
+    local guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
+        guard=/usr/sbin/policy-rc.d
+    fi
     "${sudo[@]}" apt-get update -qq
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    [ -z "$guard" ] || "${sudo[@]}" rm -f "$guard"
 }
 
 missing=()
@@ -22,6 +31,11 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # the shared outbox's tests start their own PostgreSQL cluster from Debian's binaries
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+# caddy, nginx, openssl and systemd's systemd-analyze check the deploy/ examples
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi

@@ -36,6 +36,7 @@ from tagserver import (
     Sender,
     Setting,
     Settings,
+    StartupParams,
     Tag,
     TagRejected,
 )
@@ -186,6 +187,18 @@ class Ga4Tag(Tag):
         super().__init__(name, static_params, settings)
         self.collect_url = settings.get(COLLECT_URL)
         self._destinations: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+
+    def describe(self, params: StartupParams) -> str:
+        endpoint = _text(params.get("endpoint")) or self.collect_url
+        if "endpoint" in params.per_event:
+            endpoint = f"the endpoint from {params.source('endpoint')}"
+        else:
+            endpoint = endpoint.split("?", 1)[0]
+        if "measurement_id" in params.per_event:
+            measurement = f"measurement id from {params.source('measurement_id')}"
+        else:
+            measurement = _text(params.get("measurement_id")) or "each hit's own measurement id"
+        return f"LIVE → {endpoint} ({measurement})"
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         measurement_id = _text(params.get("measurement_id")) or _text(

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from tagserver import Event, FireContext, Outgoing, Param, Tag
+from tagserver import Event, FireContext, Outgoing, Param, StartupParams, Tag
 
 log = logging.getLogger("tagserver.tag.log")
 
@@ -71,6 +71,9 @@ class LogTag(Tag):
             "last octet of IPv4, last 80 bits of IPv6), `full`, or `omit`.",
         ),
     )
+
+    def describe(self, params: StartupParams) -> str:
+        return f"writes each event it fires on to the log (level {params.get('level', 'info')})"
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         line: dict[str, Any] = {

@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import serving
-from .container import ContainerError, load_file
+from .container import Container, ContainerError, load_file
 from .container_cli import container
 from .events_cli import events
 from .outbox_cli import outbox
@@ -117,7 +118,7 @@ def serve(**flags: object) -> None:
     registry = load_registry()
     _declared(settings, registry)
     try:
-        load_file(settings.container, registry, settings)  # fail here, loudly, before forking
+        loaded = load_file(settings.container, registry, settings)  # fail here, before forking
     except ContainerError as exc:
         head, *lines = exc.report(settings.container)
         click.echo(f"{head}; not starting:", err=True)
@@ -142,7 +143,8 @@ def serve(**flags: object) -> None:
         from .exposition import prepare_multiprocess
 
         prepare_multiprocess(settings)  # /metrics then sums every worker's counters
-    _before_serve(settings)
+    _before_serve(settings, loaded)
+    signal.signal(signal.SIGTERM, _stopped)
     config = uvicorn.Config(
         "tagserver.app:create_app",
         factory=True,
@@ -186,6 +188,13 @@ def _run(config: uvicorn.Config, sock: socket.socket) -> bool:
     return server.started
 
 
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM after uvicorn's graceful shutdown (it raises the signal it handled again, with
+    this handler back in place): a stop asked for and done is a success, exit status 0, not a
+    death by signal (143) that Docker, systemd and Kubernetes would report as a failure."""
+    raise SystemExit(0)
+
+
 def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
     """A container refused at start is kept in the history too (when it can be read)."""
     from pathlib import Path
@@ -204,10 +213,12 @@ def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
         history.close()
 
 
-def _before_serve(settings: Settings) -> None:
+def _before_serve(settings: Settings, loaded: Container) -> None:
     """Start-up work that must run once in the parent process, before workers fork."""
     from .preview import announce
+    from .startup import log_startup
 
+    log_startup(settings, loaded)  # what will happen: listen address, outbox, each tag
     announce(settings)  # the preview sign-in link with its one-time token
 
 

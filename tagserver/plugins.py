@@ -7,7 +7,7 @@ third-party package would (`tagserver.clients`, `tagserver.tags` in its pyprojec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import httpx
     from starlette.requests import Request
     from starlette.responses import Response
+
+    from .cookie_keeper import CookieKeeper
 
 ParamType = Literal["string", "number", "integer", "boolean", "object", "array", "any"]
 
@@ -183,6 +185,28 @@ class FireContext:
         self.notes[key] = value
 
 
+@dataclass(frozen=True)
+class StartupParams:
+    """A tag's params as far as they are known before any event arrives (for `Tag.describe`).
+
+    Literal values and values of `constant` and `env` variables are resolved; a param that
+    needs an event (`{{event.value}}`, `{{client_ip}}` ...) is listed in `per_event` instead.
+    `sources` says where a value comes from, in the words an operator would fix it with: the
+    environment variable (`META_PIXEL_ID`), the template (`{{pixel}}`), or the param's name.
+    """
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    per_event: frozenset[str] = frozenset()
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.values.get(name)
+        return default if value is None else value
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name) or name
+
+
 class Tag:
     """A tag type. One instance per tag in the container, created when the container loads."""
 
@@ -201,6 +225,13 @@ class Tag:
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         """Build the vendor messages for one event: fast, synchronous, no I/O."""
         raise NotImplementedError
+
+    def describe(self, params: StartupParams) -> str:
+        """What this tag will do, in one line of the start-up log: `LIVE → pixel 1234…`,
+        `DRY RUN — META_PIXEL_ID is empty`. Never include a secret param's value."""
+        if self.sender_class is None:
+            return "runs in the server, sends nothing"
+        return "sends what it fires on through the outbox (its type says no more)"
 
     def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """Where this tag's messages go with these resolved params: (destination, route).
@@ -252,6 +283,12 @@ class Hit(Protocol):
     def log(self, level: str, message: str) -> None:
         """A line for preview's Console: `level` is debug, info, warning or error (no-op when
         not previewed)."""
+        ...
+
+    @property
+    def cookie_keeper(self) -> CookieKeeper | None:
+        """The container's cookie keeper (other tools' cookies the server re-sets), None when
+        off: hand it to `tagserver.toolkit.cookies.keep_others`."""
         ...
 
 

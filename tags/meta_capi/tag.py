@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tagserver import Event, FireContext, Outgoing, Param, Tag
+from tagserver import Event, FireContext, Outgoing, Param, StartupParams, Tag
 from tagserver.toolkit import metrics
 
 from .checks import MetaRefusal, check, max_age
@@ -164,6 +164,29 @@ class MetaCapiTag(Tag):
                 - DEADLINE_MARGIN_SECONDS,
             )
         ]
+
+    def describe(self, params: StartupParams) -> str:
+        """LIVE with the pixel it sends to, or DRY RUN naming what is empty."""
+        credentials = ("pixel_id", "access_token")
+        pending = [n for n in credentials if n in params.per_event]
+        if pending:
+            given = " and ".join(f"{n} from {params.source(n)}" for n in pending)
+            return f"LIVE for events that resolve {given}; DRY RUN for the others"
+        target = Target.of(
+            params.get("pixel_id"), params.get("access_token"), params.get("api_version"),
+            params.get("test_event_code"), params.get("partner_agent"),
+        )  # fmt: skip
+        if target.problem is not None:
+            return f"REFUSES EVERY EVENT — {target.problem[1]}"
+        if target.route is None:
+            empty = [params.source(n) for n in credentials if not _text(params.get(n))]
+            verb = "is" if len(empty) == 1 else "are"
+            return f"DRY RUN — {' and '.join(empty)} {verb} empty (events are checked, not sent)"
+        pixel = target.route["pixel_id"]
+        line = f"LIVE → pixel {pixel[:4]}… (Graph API {target.route['api_version']})"
+        if "test_event_code" in target.extra:
+            line += f", test event code {target.extra['test_event_code']} (Events Manager → Test events)"
+        return line
 
     def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         target = self._target(params)
