@@ -328,7 +328,6 @@ def check_params(event: Event, where: str) -> None:
 
 
 class CollectorClient(Client):
-    type_name = "collector"
     description = "Hits from collector.js: POST /collect, sets first-party _fbp/_fbc/client id."
     default_priority = 20
     params = (

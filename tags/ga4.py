@@ -147,7 +147,6 @@ COLLECT_URL = Setting(
 
 
 class Ga4Tag(Tag):
-    type_name = "ga4"
     description = (
         "Google Analytics 4: forward events as /g/collect hits with the visitor's IP and user "
         "agent, batched (20 per request), retried; personal data is never sent."
@@ -241,7 +240,6 @@ class Ga4Tag(Tag):
                 destination=destination,
                 payload={"params": hit, "ua": user_agent if isinstance(user_agent, str) else ""},
                 dedup_id=f"{hit['en']}:{event_id}" if event_id else f"{self.name}:{now}",
-                tag_type=self.type_name,
                 route=route,
                 deadline=now + DEADLINE_HOURS * 3600,
                 created_at=now,

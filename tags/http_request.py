@@ -218,7 +218,6 @@ ROUTE_PARAMS = ("url", "method", "headers", "body_format", "idempotency_header",
 
 
 class HttpRequestTag(Tag):
-    type_name = "http_request"
     description = "Send the event to any HTTP endpoint (webhook), with retries and dead letters."
     params = (
         Param("url", "string", required=True, description="http(s) URL of the endpoint."),
@@ -296,7 +295,9 @@ class HttpRequestTag(Tag):
         dedup_id = str(event_id) if event_id else f"{self.name}:{now}"
         body = params.get("body")
         return [
-            Outgoing(destination, body, dedup_id, self.type_name, "", route, now + lifetime, now)
+            Outgoing(
+                destination, body, dedup_id, route=route, deadline=now + lifetime, created_at=now
+            )
         ]
 
     def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:

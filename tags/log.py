@@ -53,7 +53,6 @@ def mask_ip(ip: str) -> str:
 
 
 class LogTag(Tag):
-    type_name = "log"
     description = "Write the event (secrets redacted, personal data masked) as one JSON log line."
     params = (
         Param(

@@ -13,7 +13,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -83,7 +83,29 @@ def state_of(request: Request) -> State:
 # -- the hit path ------------------------------------------------------------------------------
 
 
+class HitRequest(Request):
+    """A hit's request: its body is read by `read_body` (bounded, straight from `receive`), and
+    `await request.body()` (or `.json()`, `.stream()`) in a client returns those same bytes."""
+
+    received: bytes | None = None
+
+    async def body(self) -> bytes:
+        if self.received is not None:
+            return self.received
+        return await super().body()
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        if self.received is not None:
+            yield self.received
+            yield b""
+            return
+        async for chunk in super().stream():
+            yield chunk
+
+
 async def handle_hit(request: Request, state: State | None = None) -> Response:
+    if not isinstance(request, HitRequest):  # through the router (HitsFirst makes one)
+        request = HitRequest(request.scope, request.receive)
     state = state or state_of(request)
     started = time.perf_counter()
     runtime = state.runtime  # one container for the whole hit, even if a reload lands meanwhile
@@ -156,7 +178,7 @@ def header_dict(scope: Scope) -> dict[str, str]:
 _header_names: dict[bytes, str] = {}
 
 
-async def read_body(request: Request, limit: int, headers: dict[str, str]) -> bytes:
+async def read_body(request: HitRequest, limit: int, headers: dict[str, str]) -> bytes:
     """The request body, refusing more than `limit` bytes without reading them all."""
     declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -173,7 +195,7 @@ async def read_body(request: Request, limit: int, headers: dict[str, str]) -> by
         chunks.append(chunk)
         more = message.get("more_body", False)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    request._body = body  # so a client may still call `await request.body()`
+    request.received = body  # so a client may still call `await request.body()`
     return body
 
 
@@ -313,7 +335,7 @@ class HitsFirst:
         if scope["type"] == "http" and self.builtin is not None:
             first = scope["path"][1:].split("/", 1)[0]
             if first not in self.builtin:
-                response = await handle_hit(Request(scope, receive), self.state)
+                response = await handle_hit(HitRequest(scope, receive), self.state)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

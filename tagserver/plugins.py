@@ -110,13 +110,16 @@ class Outgoing:
     destination: str
     payload: Any
     dedup_id: str
-    tag_type: str
+    tag_type: str = ""  # set by the engine: the name the tag type is registered under
     tag_name: str = ""
     route: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # unix seconds; past it the vendor would refuse the message
     created_at: float = field(default_factory=time.time)
     trace_id: str | None = None  # set when the hit is previewed, so delivery shows there too
     preview: dict[str, Any] | None = None  # optional human-friendly view for preview
+    # set by the engine: the values of the tag's `secret=True` params, stored with the route
+    # and redacted from everything its delivery shows (errors, responses, logs)
+    secrets: tuple[str, ...] = ()
 
 
 Outcome = Literal["delivered", "retry", "permanent"]
@@ -210,7 +213,7 @@ class StartupParams:
 class Tag:
     """A tag type. One instance per tag in the container, created when the container loads."""
 
-    type_name: ClassVar[str] = ""
+    type_name: str = ""  # set by the engine: the name its entry point registers it under
     description: ClassVar[str] = ""
     params: ClassVar[Sequence[Param]] = ()
     batch_size: ClassVar[int] = 1  # most messages the sender accepts in one call
@@ -315,7 +318,7 @@ read it with `Client.max_events_from(params)`."""
 class Client:
     """A request parser. Exactly one client claims a request; it turns it into events."""
 
-    type_name: ClassVar[str] = ""
+    type_name: str = ""  # set by the engine: the name its entry point registers it under
     description: ClassVar[str] = ""
     params: ClassVar[Sequence[Param]] = ()
     default_priority: ClassVar[int] = 0

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from engine import run_event
 from prometheus_client import REGISTRY
 from support import app_client, minimal_container, wait_until
 from tagserver.tags.meta_capi import MetaCapiTag
@@ -480,6 +481,10 @@ def test_outgoing_message_for_the_sender():
     assert message.dedup_id == "Purchase:order-1001"
     assert message.deadline == NOW - 30 + 7 * 86400 - 600
     assert message.payload["event_id"] == "order-1001"
+    # the tag type is the name the tag is registered under: the engine sets it
+    container = {"name": "m", "triggers": [{"name": "all", "event": "*"}],
+                 "tags": [{"name": "meta", "type": "meta_capi", "fire_on": ["all"], "params": params}]}  # fmt: skip
+    [message] = run_event(container, purchase()).outgoing
     assert message.tag_type == "meta_capi"
     visible = json.dumps([message.destination, message.payload, message.dedup_id, ctx.notes])
     assert TOKEN not in visible

@@ -78,14 +78,12 @@ class RedactTokens(logging.Filter):
 
 
 def install_token_log_filter() -> None:
-    """Install `RedactTokens` on httpx's and httpcore's loggers, once."""
+    """Install `RedactTokens` on httpx's and httpcore's loggers, once. Called by the senders
+    whose token travels in the URL when they are created, never on import."""
     for name in ("httpx", "httpcore"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
-
-
-install_token_log_filter()
 
 
 class Refusal(TagRejected):
