@@ -131,6 +131,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
         body = await read_body(request, state.settings.max_body_bytes, headers)
         ctx = request_context(request, state.settings, body, headers)
         ctx.client_name = client.name
+        ctx.is_visitor = client.request_is_visitor
         if session:
             trace = HitTrace(
                 new_trace_id(), session, time.time(), _request_snapshot(ctx, state), client.name

@@ -128,7 +128,10 @@ class Hit:
         request = self.request
         trace_id = self.trace.id if self.trace is not None else None
         run_event = self.runtime.run_event
-        received, ip, user_agent = int(request.received_at), request.ip, request.user_agent
+        received = int(request.received_at)
+        # a server-to-server caller's own address and agent are not the customer's
+        ip = request.ip if request.is_visitor else ""
+        user_agent = request.user_agent if request.is_visitor else ""
         results, outgoing = [], []
         for event in events:
             index, self._next_index = self._next_index, self._next_index + 1
@@ -136,7 +139,7 @@ class Hit:
                 event["event_id"] = request.derived_event_id(index)
             if "event_time" not in event:
                 event["event_time"] = received
-            if not event.get("ip_override"):
+            if ip and not event.get("ip_override"):
                 event["ip_override"] = ip
             if user_agent and not event.get("user_agent"):
                 event["user_agent"] = user_agent

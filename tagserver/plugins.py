@@ -337,6 +337,12 @@ class Client:
     params: ClassVar[Sequence[Param]] = ()
     default_priority: ClassVar[int] = 0
     server_settings: ClassVar[Sequence[Setting[Any]]] = ()  # TAGSERVER_* settings it adds
+    request_is_visitor: bool = True
+    """Whether the request comes from the visitor's own browser or app, so that its IP address
+    and User-Agent are the visitor's. A server-to-server client says False (the caller's are
+    not the customer's): events then get no `ip_override`/`user_agent` from the request, and
+    `client_ip`/`user_agent.*` read only what the event carries. An instance may decide it
+    from its params."""
 
     def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
         self.name = name

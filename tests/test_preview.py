@@ -416,6 +416,7 @@ def test_a_meta_access_token_never_shows_in_preview(tmp_path):
         session = start_session(c)
         send(c, session["token"], "purchase", value=10, currency="EUR",
              page_location="https://www.shop.test/checkout", ip_override="203.0.113.5",
+             user_agent="Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
              user_data={"email_address": "Jane@Example.com"})  # fmt: skip
         [hit] = wait_hits(c, session["id"], 1)
         url = f"/preview/api/s/{session['id']}/hits/{hit['id']}"
