@@ -395,6 +395,7 @@ class CollectorClient(Client):
                 rows.append({})
             except EventError as exc:
                 rows.append({"index": index, "accepted": False, "reason": str(exc)})
+                hit.reject(index, str(exc))
         if not accepted:
             reasons = "; ".join(row["reason"] for row in rows[:3])
             raise BadRequest(f"no valid event: {reasons}")

@@ -1,31 +1,8 @@
 #!/usr/bin/env bash
-# Install what the test suite needs on a fresh Debian machine, then run it all:
-# Debian's chromium (real-browser tests), redis-server (shared preview store) and postgresql
-# (the shared outbox: the tests start their own cluster from its binaries), the test extras;
-# caddy, nginx, openssl and systemd's systemd-analyze check the deploy/ examples.
+# Run the whole test suite on this machine or a fresh Debian 12: installs what it needs first
+# (scripts/venv.sh: Debian's python3-venv, chromium, redis-server and postgresql when missing,
+# and a virtual environment in .venv with the test extras). Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-missing=()
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
-command -v caddy >/dev/null 2>&1 || missing+=(caddy)
-command -v nginx >/dev/null 2>&1 || missing+=(nginx)
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing Debian packages: ${missing[*]}"
-    # Installing caddy or nginx must not start them as services (listening on port 80):
-    # policy-rc.d's exit status 101 tells the packages' scripts not to start anything.
-    guard=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-        guard=/usr/sbin/policy-rc.d
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    [ -z "$guard" ] || rm -f "$guard"
-fi
-python -m pip install -q -e '.[test]'
-exec python -m pytest "$@"
+bash scripts/venv.sh
+exec .venv/bin/python -m pytest "$@"

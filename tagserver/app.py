@@ -20,8 +20,9 @@ from urllib.parse import parse_qsl
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request, cookie_parser
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -42,7 +43,7 @@ from .preview.routes import Server, preview_routes
 from .redact import Redactor
 from .reload import ContainerWatcher, remember
 from .runtime import Runtime
-from .settings import Settings
+from .settings import ROOT_PATH_SCOPE_KEY, Settings
 
 log = logging.getLogger("tagserver")
 
@@ -123,7 +124,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
         )
         metrics.count(metrics.HITS, "none", "404")
         if session:
-            _record_unclaimed(state, request, session, response.status_code)
+            _record_unclaimed(state, request, session, response)
         return response
 
     trace = None
@@ -131,6 +132,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
         body = await read_body(request, state.settings.max_body_bytes, headers)
         ctx = request_context(request, state.settings, body, headers)
         ctx.client_name = client.name
+        ctx.is_visitor = client.request_is_visitor
         if session:
             trace = HitTrace(
                 new_trace_id(), session, time.time(), _request_snapshot(ctx, state), client.name
@@ -154,6 +156,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
     metrics.observe(metrics.HIT_LATENCY, time.perf_counter() - started)
     if trace is not None:
         trace.status = response.status_code
+        trace.response = response_snapshot(response)
         trace.duration_ms = (time.perf_counter() - started) * 1000
         state.preview.record_hit(trace.as_dict())
     return response
@@ -169,8 +172,17 @@ def header_dict(scope: Scope) -> dict[str, str]:
             if len(names) > 1000:  # names made up by a client: stay bounded
                 names.clear()
             name = names[raw] = raw.decode("latin-1").lower()
-        headers[name] = value.decode("latin-1")
+        headers[name] = header_text(value)
     return headers
+
+
+def header_text(value: bytes) -> str:
+    """A header value as text: UTF-8 (what browsers and most clients send), else Latin-1
+    (HTTP's historical charset), so no byte sequence is ever refused."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 # raw header name → its lower-case text: hits repeat the same few names, and decoding and
@@ -212,7 +224,7 @@ def request_context(
         headers = header_dict(scope)
     query_string = scope.get("query_string", b"").decode("latin-1")
     scheme = scope.get("scheme", "http")
-    url = f"{scheme}://{headers.get('host', '')}{scope.get('root_path', '')}{scope['path']}"
+    url = f"{scheme}://{headers.get('host', '')}{scope.get(ROOT_PATH_SCOPE_KEY, '')}{scope['path']}"
     client = scope.get("client")
     return RequestContext.from_scope(
         method=scope["method"],
@@ -247,10 +259,32 @@ def _request_snapshot(ctx: RequestContext, state: State) -> dict[str, Any]:
     return snapshot
 
 
-def _record_unclaimed(state: State, request: Request, session: str, status: int) -> None:
+def response_snapshot(response: Response) -> dict[str, Any]:
+    """What preview shows of the answer sent back to the hit: status, headers, and for each
+    cookie set its name and attributes, never its value."""
+    headers: dict[str, str] = {}
+    cookies: list[dict[str, str]] = []
+    for raw_name, raw_value in response.raw_headers:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name == "set-cookie":
+            cookies.append(cookie_summary(value))
+        else:
+            headers[name] = value
+    return {"status": response.status_code, "headers": headers, "cookies": cookies}
+
+
+def cookie_summary(set_cookie: str) -> dict[str, str]:
+    """A `Set-Cookie` header without the cookie's value: {"name", "attributes"}."""
+    first, _, rest = set_cookie.partition(";")
+    attributes = "; ".join(part.strip() for part in rest.split(";") if part.strip())
+    return {"name": first.split("=", 1)[0].strip(), "attributes": attributes}
+
+
+def _record_unclaimed(state: State, request: Request, session: str, response: Response) -> None:
     ctx = request_context(request, state.settings)
     trace = HitTrace(new_trace_id(), session, time.time(), _request_snapshot(ctx, state), None)
-    trace.status, trace.error = status, "no client claimed this request"
+    trace.status, trace.error = response.status_code, "no client claimed this request"
+    trace.response = response_snapshot(response)
     state.preview.record_hit(trace.as_dict())
 
 
@@ -296,9 +330,23 @@ def builtin_routes(state: State) -> list[BaseRoute]:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *preview_routes(state.preview, server),
         *pages.routes(settings, lambda: state.runtime.container),  # /collector.js, /demo
-        Mount("/static", StaticFiles(directory=str(files("tagserver.static"))), name="static"),
+        Mount(
+            "/static", NoSniffStaticFiles(directory=str(files("tagserver.static"))), name="static"
+        ),
     ]
     return routes
+
+
+class NoSniffStaticFiles(StaticFiles):
+    """Static files that browsers must take for their declared type, never sniff (errors too)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:
+            response = PlainTextResponse(str(exc.detail), exc.status_code, headers=exc.headers)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 HIT_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -342,6 +390,29 @@ class HitsFirst:
         await self.app(scope, receive, send)
 
 
+class RootPath:
+    """ASGI middleware for TAGSERVER_ROOT_PATH: a request under the prefix (`/tag/collect`) is
+    served as its path without it (`/collect`), so the site's reverse proxy may forward the
+    prefix or strip it. The prefix goes in every request's scope (`ROOT_PATH_SCOPE_KEY`), for
+    the URLs the server writes (links, redirects, the hit's public URL)."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.raw_prefix = prefix.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, ROOT_PATH_SCOPE_KEY: self.prefix}
+            path: str = scope["path"]
+            if path == self.prefix or path.startswith(self.prefix + "/"):
+                scope["path"] = path[len(self.prefix) :] or "/"
+                raw = scope.get("raw_path")
+                if raw and raw.startswith(self.raw_prefix):
+                    scope["raw_path"] = raw[len(self.raw_prefix) :] or b"/"
+        await self.app(scope, receive, send)
+
+
 class TagServer(Starlette):
     """Starlette with `HitsFirst` outside its middleware stack, so hits skip all of it."""
 
@@ -352,7 +423,9 @@ class TagServer(Starlette):
         self.hits_first = (builtin_segments, state)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return HitsFirst(super().build_middleware_stack(), *self.hits_first)
+        app: ASGIApp = HitsFirst(super().build_middleware_stack(), *self.hits_first)
+        prefix = self.hits_first[1].settings.root_path
+        return RootPath(app, prefix) if prefix else app
 
 
 # -- lifecycle ---------------------------------------------------------------------------------

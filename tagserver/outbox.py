@@ -47,6 +47,7 @@ log = logging.getLogger("tagserver.outbox")
 
 RESTART_AFTER = 1.0  # seconds between a writer process that died and its replacement
 RESTART_RETRY = 5.0  # seconds between attempts while a new writer cannot start
+DISK_FULL_HOLD = 30.0  # seconds /healthz reports a full disk after a commit failed with it
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Outbox:
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-reader")
         self._free_bytes: int | None = None
         self._low_disk = False
+        self._full_since: float | None = None  # monotonic time of a commit lost to a full disk
         self._open = False
 
     # -- lifecycle
@@ -160,10 +162,18 @@ class Outbox:
 
     @property
     def problem(self) -> str | None:
-        """Why the outbox cannot store messages now (for /healthz), or None."""
+        """Why a hit would be refused now (for /healthz), or None: the same reasons `put`
+        gives, so a load balancer stops sending hits exactly while they would get 503."""
         if not self._open:
             return "the outbox is closed"
-        return self._broken
+        if self._broken is not None:
+            return self._broken
+        if self._full_since is not None:
+            if time.monotonic() - self._full_since < DISK_FULL_HOLD:
+                return "the disk holding the outbox is full (the last commit failed)"
+            self._full_since = None  # let hits try again: the next commit tells
+        refusal = self._refusal(1)
+        return refusal.reason if refusal is not None else None
 
     # -- the hit path
 
@@ -181,7 +191,9 @@ class Outbox:
             self.pending + self._queued_rows + len(messages) > self.settings.outbox_max_messages
             or self._low_disk
         ):
-            self._check_capacity(len(messages))  # raises, saying which limit was hit
+            refusal = self._refusal(len(messages))
+            if refusal is not None:
+                raise refusal  # saying which limit was hit
         dumps = orjson.dumps
         group = self._next
         group.rows += [
@@ -210,22 +222,24 @@ class Outbox:
         finally:
             self._queued_rows -= len(messages)
 
-    def _check_capacity(self, incoming: int) -> None:
+    def _refusal(self, incoming: int) -> Unavailable | None:
+        """The 503 for `incoming` more messages while the outbox or its disk is full."""
         limit = self.settings.outbox_max_messages
         queued = self.pending + self._queued_rows
         if queued + incoming > limit:
-            raise Unavailable(
+            return Unavailable(
                 f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
                 "retry later",
                 retry_after=30,
             )
         free = self._free_bytes
         if free is not None and free < self.settings.outbox_min_free_bytes:
-            raise Unavailable(
+            return Unavailable(
                 f"the disk holding the outbox has {free // 1_048_576} MiB free, below the "
                 f"minimum of {self.settings.outbox_min_free_bytes // 1_048_576} MiB; retry later",
                 retry_after=60,
             )
+        return None
 
     def _check_disk(self) -> None:
         try:
@@ -267,6 +281,8 @@ class Outbox:
         if not self._sent:
             self._drained.set()
         if isinstance(outcome, Exception):
+            if is_disk_full(outcome):
+                self._full_since = time.monotonic()
             for group in groups:
                 self._fail(group, outcome)
             return
@@ -287,6 +303,8 @@ class Outbox:
                 else:
                     future.set_exception(value)
         self.pending = self.pending + rows if pending is None else pending
+        if rows:
+            self._full_since = None  # messages fit on the disk again
         if touched and self.on_commit is not None:
             try:
                 self.on_commit(touched)

@@ -455,9 +455,13 @@ class PgOutbox:
 
     @property
     def problem(self) -> str | None:
+        """Why a hit would be refused now (for /healthz), or None: the reasons `put` gives."""
         if not self._open:
             return "the outbox is closed"
-        return self._problem
+        if self._problem is not None:
+            return self._problem
+        refusal = self._refusal(1)
+        return refusal.reason if refusal is not None else None
 
     # -- lifecycle
 
@@ -567,14 +571,9 @@ class PgOutbox:
             raise Unavailable("the server is starting or stopping; retry shortly", retry_after=5)
         if self._problem is not None:
             raise Unavailable(f"{self._problem}; nothing was stored, retry later", retry_after=5)
-        limit = self.settings.outbox_max_messages
-        queued = self.pending + self._queued_rows
-        if queued + len(messages) > limit:
-            raise Unavailable(
-                f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
-                "retry later",
-                retry_after=30,
-            )
+        refusal = self._refusal(len(messages))
+        if refusal is not None:
+            raise refusal
         group = self._next
         group.rows += messages
         group.counts.append(len(messages))
@@ -587,6 +586,18 @@ class PgOutbox:
             return await waiter
         finally:
             self._queued_rows -= len(messages)
+
+    def _refusal(self, incoming: int) -> Unavailable | None:
+        """The 503 for `incoming` more messages while the shared outbox is full."""
+        limit = self.settings.outbox_max_messages
+        queued = self.pending + self._queued_rows
+        if queued + incoming > limit:
+            return Unavailable(
+                f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
+                "retry later",
+                retry_after=30,
+            )
+        return None
 
     async def _commit_loop(self) -> None:
         """One commit at a time; what arrives meanwhile goes into the next one."""

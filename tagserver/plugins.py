@@ -182,10 +182,19 @@ class FireContext:
     tag_name: str
     notes: dict[str, Any] = field(default_factory=dict)
     redact: Callable[[Any], Any] = lambda value: value  # removes the container's secrets
+    dry_runs: list[dict[str, Any]] | None = None  # what `dry_run` recorded, in order
 
     def note(self, key: str, value: Any) -> None:
         """Attach information to the tag's result (shown in preview, e.g. match quality)."""
         self.notes[key] = value
+
+    def dry_run(self, payload: Any, reason: str) -> None:
+        """Record the payload the tag would have sent, and why it sends nothing (say, no
+        credentials yet). A tag that records one and returns no message has the status
+        `dry_run`: preview shows the payload in Outgoing, metrics count it apart from `fired`."""
+        if self.dry_runs is None:
+            self.dry_runs = []
+        self.dry_runs.append({"payload": payload, "reason": reason})
 
 
 @dataclass(frozen=True)
@@ -288,6 +297,11 @@ class Hit(Protocol):
         not previewed)."""
         ...
 
+    def reject(self, index: int, reason: str) -> None:
+        """The request's `index`-th event was refused, and why: preview shows it in the hit
+        list, the Request tab and the Console (no-op when not previewed)."""
+        ...
+
     @property
     def cookie_keeper(self) -> CookieKeeper | None:
         """The container's cookie keeper (other tools' cookies the server re-sets), None when
@@ -323,6 +337,12 @@ class Client:
     params: ClassVar[Sequence[Param]] = ()
     default_priority: ClassVar[int] = 0
     server_settings: ClassVar[Sequence[Setting[Any]]] = ()  # TAGSERVER_* settings it adds
+    request_is_visitor: bool = True
+    """Whether the request comes from the visitor's own browser or app, so that its IP address
+    and User-Agent are the visitor's. A server-to-server client says False (the caller's are
+    not the customer's): events then get no `ip_override`/`user_agent` from the request, and
+    `client_ip`/`user_agent.*` read only what the event carries. An instance may decide it
+    from its params."""
     # set by the container once built: which client asks first (its `priority`, else
     # `default_priority`, then the container's order)
     priority: int

@@ -128,9 +128,10 @@ class ContainerWatcher:
         self.state.status.refuse(digest, path, [str(p) for p in problems])
         metrics.labelled(metrics.CONTAINER_RELOADS, "refused").inc()
         remember_refusal(self.history, raw, path, problems)
+        head, *lines = ContainerError(problems).report(path)
         log.error(
-            "container %s changed but is invalid; keeping the running one (%d problems):\n%s",
-            path, len(problems), "\n".join(f"  {p}" for p in problems),
+            "container changed but is invalid; keeping the running one. %s:\n%s",
+            head, "\n".join(f"  {line}" for line in lines),
         )  # fmt: skip
 
     async def run(self) -> None:

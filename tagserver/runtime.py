@@ -25,7 +25,9 @@ from .variables import Scope
 
 log = logging.getLogger("tagserver.runtime")
 
-TagStatus = Literal["fired", "not_fired", "blocked", "paused", "no_consent", "rejected", "error"]
+TagStatus = Literal[
+    "fired", "dry_run", "not_fired", "blocked", "paused", "no_consent", "rejected", "error"
+]
 
 GRANTED = frozenset({True, "granted", "1", "true", "yes", "allow", "allowed"})
 DENIED = frozenset({False, "denied", "0", "false", "no", "deny"})
@@ -42,6 +44,7 @@ class TagResult:
     outgoing: list[Outgoing] = field(default_factory=list)
     params: dict[str, Any] | None = None  # resolved, secrets redacted; only when traced
     duration_ms: float = 0.0
+    dry_run: list[dict[str, Any]] | None = None  # payloads a dry run would have sent, and why
     # only when traced and a transformation applies to the tag: the event it received and,
     # per transformation, whether it applied and which keys it changed
     received: Event | None = None
@@ -72,6 +75,7 @@ class TagResult:
                 for o in self.outgoing
             ],
             "duration_ms": round(self.duration_ms, 3),
+            "dry_run": self.dry_run,
             "received": self.received,
             "transformations": self.transformations,
         }
@@ -263,7 +267,12 @@ class Runtime:
             log.warning("tag %r raised %s", tag.name, reason)
         # built once the tag has run, every field given: no default factories on the hot path
         notes = redact(ctx.notes) if ctx.notes else {}
+        dry_run = None
+        if ctx.dry_runs and status == "fired" and not outgoing:
+            dry_run = redact(ctx.dry_runs)
+            status, reason = "dry_run", f"dry run: {dry_run[0]['reason']}"
         result = TagResult(tag.name, tag.type, status, reason, checks, notes, outgoing)
+        result.dry_run = dry_run
         if trace:
             result.duration_ms = (time.perf_counter() - started) * 1000
             result.params = redact(

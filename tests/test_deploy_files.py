@@ -380,7 +380,13 @@ def test_compose_caddy_balances_two_instances_and_skips_one_that_is_down(tmp_pat
     if binary is None:
         pytest.skip("caddy is not installed (Debian: apt-get install caddy)")
     container = minimal_container()
-    container["tags"][0]["params"] = {"fields": {"ip": "{{client_ip}}"}, "include_event": False}
+    # the request's address is the customer's only when the events API client opts in
+    container["clients"][0]["params"] = {"use_request_ip_and_user_agent": True}
+    container["tags"][0]["params"] = {
+        "fields": {"ip": "{{client_ip}}"},
+        "include_event": False,
+        "ip_addresses": "full",  # (the log tag masks the host part by default)
+    }
     servers = []
     for name in TAGSERVERS:
         (tmp_path / name).mkdir()

@@ -147,8 +147,7 @@ class MetaCapiTag(Tag):
             raise MetaRefusal(*target.problem)
         if target.route is None:
             body: dict[str, Any] = {"data": [server], **target.extra}
-            notes["status"] = f"dry run: no {target.missing}, so nothing is sent"
-            notes["dry_run_payload"] = body
+            ctx.dry_run(body, f"no {target.missing}, so nothing is sent")
             return []
         return [
             Outgoing(

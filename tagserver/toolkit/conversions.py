@@ -492,8 +492,8 @@ class ConversionsTag(Tag):
             raise
         self._observe(quality.score)
         if target.route is None:
-            notes["status"] = f"dry run: no {target.missing}, so nothing is sent"
-            notes["dry_run_payload"] = self.dry_run_body(payload, target)
+            reason = f"no {target.missing}, so nothing is sent"
+            ctx.dry_run(self.dry_run_body(payload, target), reason)
             return []
         return [
             Outgoing(
