@@ -34,7 +34,8 @@ from .dispatch import Dispatcher
 from .errors import BadRequest, HitError, PayloadTooLarge
 from .event import RequestContext
 from .exposition import metrics_endpoint
-from .history import History, open_history
+from .history import History
+from .history_backend import open_history
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox_backend import OutboxBackend, open_outbox
 from .plugins import Example, Registry, load_registry
@@ -454,7 +455,7 @@ def quiet_gc() -> tuple[int, int, int]:
 
 def _open_history(settings: Settings) -> History | None:
     try:
-        return open_history(settings.data_dir)
+        return open_history(settings.data_dir, settings.outbox_url, settings.outbox_timeout_seconds)
     except Exception as exc:  # a record, not a reason to refuse to serve
         log.warning("container history unavailable: %s: %s", type(exc).__name__, exc)
         return None
