@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 from ..event import RequestContext
 from ..settings import ROOT_PATH_SCOPE_KEY
 from .sessions import PreviewSession
+from .store import StoreUnavailable
 
 if TYPE_CHECKING:
     from ..plugins import Example
@@ -43,6 +44,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+RETRY_SECONDS = 5  # Retry-After while the preview store is unreachable
 STREAM_SECONDS = 60.0  # a stream ends after this; the browser reconnects (and re-authenticates)
 POLL_SECONDS = 0.5  # how often a stream looks for other workers' hits
 HEARTBEAT_SECONDS = 15.0
@@ -111,11 +113,30 @@ class Views:
     def secured(self, endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def wrapper(request: Request) -> Response:
-            response = await endpoint(request)
+            try:
+                response = await endpoint(request)
+            except StoreUnavailable as exc:
+                response = self.unavailable(request, exc)
             response.headers.update(SECURITY_HEADERS)
             return response
 
         return wrapper
+
+    def unavailable(self, request: Request, exc: StoreUnavailable) -> Response:
+        """The store is down: 503 with its reason, as the sign-in form, a page or JSON."""
+        self.preview.store_failed(f"serving {request.method} {request.url.path}", exc)
+        reason = f"{exc.reason}; preview is paused, hits are still served"
+        response: Response
+        if request.url.path.endswith("/preview/login") and not wants_json(request):
+            response = self._login_form(request, f"{reason}. Try again shortly.", 503)
+        elif "text/html" in request.headers.get("accept", "") and not wants_json(request):
+            response = templates.TemplateResponse(
+                request, "preview_unavailable.html", {"reason": reason}, 503
+            )
+        else:
+            response = error(503, reason)
+        response.headers["Retry-After"] = str(RETRY_SECONDS)
+        return response
 
     def operator(self, endpoint: Endpoint, *, page: bool = False) -> Endpoint:
         """Only for a signed-in operator; POSTs must also come from this very origin."""
@@ -373,7 +394,11 @@ class Views:
             now = time.monotonic()
             if now - last_state > 2:  # renewed, stopped or deleted in another tab or worker
                 last_state = now
-                current = await asyncio.to_thread(self.sessions.get, session.id)
+                try:
+                    current = await asyncio.to_thread(self.sessions.get, session.id)
+                except StoreUnavailable as exc:  # the browser reconnects and is told why
+                    yield sse("unavailable", {"reason": exc.reason})
+                    return
                 if current is None:
                     yield sse("gone", {"id": session.id})
                     return
