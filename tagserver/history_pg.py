@@ -179,15 +179,19 @@ class PgHistory:
 
     def entries(self, limit: int | None = None) -> list[Entry]:
         async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(
+            rows = await conn.fetch(
                 f"SELECT {COLUMNS} FROM {TABLE} ORDER BY id DESC LIMIT $1", limit
             )
+            return list(rows)
 
         return [_entry(row) for row in self._run(work)]
 
     def get(self, entry_id: int) -> Entry | None:
         async def work(conn: asyncpg.Connection) -> asyncpg.Record | None:
-            return await conn.fetchrow(f"SELECT {COLUMNS} FROM {TABLE} WHERE id = $1", entry_id)
+            row: asyncpg.Record | None = await conn.fetchrow(
+                f"SELECT {COLUMNS} FROM {TABLE} WHERE id = $1", entry_id
+            )
+            return row
 
         row = self._run(work)
         return _entry(row) if row is not None else None

@@ -402,7 +402,7 @@ def _reachable(
     """Redis's connection errors become `StoreUnavailable` with a reason a person can act on."""
 
     @functools.wraps(method)
-    def wrapper(self: RedisStore, *args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         import redis
 
         try:
