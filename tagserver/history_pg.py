@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -90,13 +91,15 @@ class PgHistory:
         self._lock = threading.Lock()  # one call at a time (and one loop thread)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
     # -- the private loop
 
     def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         with self._lock:
             loop = self._loop
-            if loop is None:
+            if loop is None or self._pid != os.getpid():  # a forked child has no loop thread
+                self._pid = os.getpid()
                 loop = self._loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(
                     target=loop.run_forever, name="history-pg", daemon=True
