@@ -46,6 +46,7 @@ class TagResult:
     # per transformation, whether it applied and which keys it changed
     received: Event | None = None
     transformations: list[dict[str, Any]] | None = None
+    duplicates: int = 0  # messages the outbox had already (pending or delivered): not sent again
 
     @property
     def fired(self) -> bool:
@@ -87,20 +88,28 @@ class EventResult:
 
     def summary(self, index: int) -> dict[str, Any]:
         """What the events API tells its caller about the index-th event of a hit."""
-        fired, not_fired = [], {}
+        fired, not_fired, repeated = [], {}, []
         for t in self.tags:
             if t.status == "fired":
                 fired.append(t.tag)
+                if t.duplicates:
+                    repeated.append(t.tag)
             else:
                 not_fired[t.tag] = t.reason
-        return {
+        summary = {
             "index": index,
             "accepted": True,
             "event_id": self.event.get("event_id"),
             "event_name": self.event.get("event_name"),
             "tags_fired": fired,
             "tags_not_fired": not_fired,
+            "duplicate": bool(repeated),
         }
+        if repeated:
+            # the same event id reached these tags' destinations before (pending, or
+            # delivered within 48 hours): it is not sent again
+            summary["duplicate_tags"] = repeated
+        return summary
 
 
 def consent_decision(tag: CompiledTag, event: Event, strict: bool) -> str | None:
