@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from . import metrics
+from .alerts import Alerts
 from .http_client import vendor_client
 from .outbox_backend import Claim, OutboxBackend, Settlement
 from .plugins import Delivery, Message, Registry, Sender
@@ -107,6 +108,9 @@ class Lane:
         self.ahead: deque[Claim] = deque()  # batches claimed, waiting for a free send slot
         self.failures = 0  # consecutive sends in which nothing got through
         self.paused_until = 0.0
+        # the last failure this worker saw, for the status page: time, status, code, error, class
+        self.last_error: dict[str, Any] | None = None
+        self.failing = metrics.DESTINATION_FAILING.labels(key, tag_type)
         self._route: Any = None
         self._redactor = Redactor()
         self.latency = metrics.VENDOR_LATENCY.labels(tag_type)
@@ -216,6 +220,7 @@ class Lane:
         if reached and not throttle:
             if self.failures >= FAILURES_BEFORE_PAUSE:
                 log.info("destination %s recovered after %d failed sends", self.key, self.failures)
+                self.failing.set(0)
             self.failures, self.paused_until = 0, 0.0
             return
         self.failures += 1
@@ -228,6 +233,8 @@ class Lane:
                 settings.retry_base_seconds,
                 settings.retry_cap_seconds,
             )
+        if self.failures >= FAILURES_BEFORE_PAUSE:
+            self.failing.set(1)
         if pause:
             self.paused_until = max(self.paused_until, time.time() + pause)
             log.warning(
@@ -248,11 +255,13 @@ class Dispatcher:
         preview: Any = None,
         redact: Callable[[], Redactor] | None = None,
         http: httpx.AsyncClient | None = None,
+        alerts: Alerts | None = None,
     ) -> None:
         self.outbox = outbox
         self.registry = registry
         self.settings = settings
         self.preview = preview
+        self.alerts = alerts
         self._container_redactor = redact or (lambda: _NO_SECRETS)
         self.worker = worker_name()
         self.http = http
@@ -447,10 +456,16 @@ class Dispatcher:
                         plan.retry.append((message.id, at, result.status, summary))
                         record.update(outcome="retry", next_attempt_in=round(delay, 3))
                 lane.count(result.outcome)
+                if result.outcome != "delivered":
+                    self._failed(lane, result, error, clean)
                 records.append((message, record))
 
         if live:
             lane.sent(reached, throttle, last_error)
+            if plan.delivered and self.alerts is not None:
+                self.alerts.delivered(lane.key)
+        if plan.dead and self.alerts is not None:
+            self._tell_dead(lane, plan)
         await self._settle(lane, plan)
         self.claimed.difference_update(m.id for m in claim.messages)
         if live and lane.ahead and lane.paused_until > time.time():
@@ -459,6 +474,24 @@ class Dispatcher:
             for message, record in records:
                 if message.trace_id:
                     self._preview(message, claim, lane, record)
+
+    def _failed(
+        self, lane: Lane, result: Delivery, error: str, clean: Callable[[Any], Any]
+    ) -> None:
+        """Count a message the vendor did not take, by error class; remember it for the page."""
+        kind = error_class(result)
+        metrics.labelled(metrics.DELIVERY_ERRORS, lane.key, lane.tag_type, kind).inc()
+        code = str(clean(result.code) or "")
+        lane.last_error = {
+            "time": time.time(), "status": result.status, "code": code,
+            "error": error, "error_class": kind, "outcome": result.outcome,
+        }  # fmt: skip
+        if kind == "auth" and self.alerts is not None:
+            self.alerts.token_refused(lane.key, error, code)
+
+    def _tell_dead(self, lane: Lane, plan: Settlement) -> None:
+        _, _, _, error, code, _, reason = plan.dead[-1]
+        self.alerts.dead_lettering(lane.key, len(plan.dead), error or reason, code)  # type: ignore[union-attr]
 
     async def _settle(self, lane: Lane, plan: Settlement) -> None:
         """Record one send's results. Settlements that arrive while one is being written go
@@ -582,6 +615,22 @@ class Dispatcher:
             self.preview.record_delivery(message.trace_id, entry)
         except Exception:
             log.exception("preview could not record a delivery")
+
+
+def error_class(result: Delivery) -> str:
+    """The sender's error class, else one told by the HTTP status."""
+    if result.error_class:
+        return result.error_class
+    status = result.status
+    if status is None:
+        return "network"
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "throttled"
+    if status >= 500:
+        return "unavailable"
+    return "refused"
 
 
 _NO_SECRETS = Redactor()

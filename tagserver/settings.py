@@ -152,6 +152,13 @@ class Settings:
         "SQLite file of the preview store; empty = in shared memory (/dev/shm) when available, "
         "else `preview.sqlite3` in the data dir. Unused when TAGSERVER_REDIS_URL is set.",
     )
+    # -- monitoring
+    alert_webhook_url: str = setting(
+        "",
+        'Slack-compatible webhook (`{"text": …}`) told once per incident when a destination '
+        "starts dead-lettering, a vendor refuses a token, or a container edit is refused.",
+        secret=True,
+    )
 
     # values of plugin-declared settings given in code, by name: {"api_keys": "k1,k2"}
     plugin_settings: dict[str, Any] = field(default_factory=dict, repr=False)
