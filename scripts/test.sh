@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on a fresh Debian machine, then run it all:
 # Debian's chromium (real-browser tests), redis-server (shared preview store) and postgresql
-# (the shared outbox: the tests start their own cluster from its binaries), the test extras.
+# (the shared outbox: the tests start their own cluster from its binaries), prometheus
+# (promtool checks deploy/prometheus/alerts.yaml; the server itself is not started), the test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # promtool checks the alert rules
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"
     apt-get update -qq

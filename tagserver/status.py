@@ -193,8 +193,8 @@ class StatusBoard:
             row.pop("payload", None)  # hashed personal data, IP, user agent: never shown
         return stats, dead, ""
 
-    async def retry(self, destination: str | None, ids: list[int]) -> Retried:
-        """`tagserver outbox retry` with the running container's routes."""
+    async def retry(self, destination: str | None, ids: list[int]) -> dict[str, Any]:
+        """`tagserver outbox retry` with the running container's routes: what it did."""
         container = self.running.container()
 
         def work() -> Retried:
@@ -207,7 +207,7 @@ class StatusBoard:
             finally:
                 admin.close()
 
-        return await asyncio.to_thread(work)
+        return (await asyncio.to_thread(work)).as_dict()
 
     # -- the figures
 
