@@ -89,6 +89,7 @@ class State:
                 "tag_type": lane.tag_type,
                 "failing": lane.failures >= FAILURES_BEFORE_PAUSE,
                 "last_error": lane.last_error,
+                "tags": sorted(lane.tags),
             }
             for lane in list(self.dispatcher.lanes.values())
         ]

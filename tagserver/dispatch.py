@@ -110,6 +110,7 @@ class Lane:
         self.paused_until = 0.0
         # the last failure this worker saw, for the status page: time, status, code, error, class
         self.last_error: dict[str, Any] | None = None
+        self.tags: set[str] = set()  # the tags whose messages it carried (the page names it so)
         self.failing = metrics.DESTINATION_FAILING.labels(key, tag_type)
         self._route: Any = None
         self._redactor = Redactor()
@@ -156,6 +157,7 @@ class Lane:
         claim = await d.outbox.claim(self.id, d.worker, want)
         if claim.messages:
             d.claimed.update(m.id for m in claim.messages)
+            self.tags.update(claim.tag_names.values())
             if d.stopping:  # claimed while shutting down: released by close()
                 return
             messages = claim.messages

@@ -263,6 +263,7 @@ class StatusBoard:
         routes, _ = routes_now(container)
         for tag, (key, tag_type, _route) in routes.items():
             row(key, tag_type)["tags"].append(tag)
+            rows[key]["in_use"] = True
         for s in stats:
             r = row(s["destination"], s.get("tag_type", ""))
             r["pending"] = s["pending"]
@@ -280,6 +281,7 @@ class StatusBoard:
                 }  # fmt: skip
         for lane in self.running.lanes():
             r = row(lane["destination"], lane["tag_type"])
+            r["tags"].extend(t for t in lane.get("tags", []) if t and t not in r["tags"])
             r["failing"] = r["failing"] or lane["failing"]
             last = lane["last_error"]
             if last is not None and (
@@ -312,9 +314,11 @@ class StatusBoard:
                 )
         self._charts(rows, values, now)
         for r in rows.values():
+            r.setdefault("in_use", False)
             r["name"] = destination_name(r["tags"], r["tag_type"], r["destination"])
             r["state"] = destination_state(r)
-        return sorted(rows.values(), key=lambda r: (r["state"] == "healthy", r["name"]))
+        order = {"paused": 0, "failing": 1, "healthy": 2, "unused": 3}
+        return sorted(rows.values(), key=lambda r: (order[r["state"]], r["name"]))
 
     def _charts(
         self, rows: dict[str, dict[str, Any]], values: dict[Key, float], now: float
@@ -380,10 +384,13 @@ class StatusBoard:
 
 
 def destination_state(row: dict[str, Any]) -> str:
-    """paused: its sends keep failing, so its lane waits between tries; failing: nothing got
-    through in the last hour but something failed; healthy: otherwise."""
+    """paused: its sends keep failing, so its lane waits between tries; unused: no tag sends
+    there any more and nothing waits for it; failing: nothing got through in the last hour but
+    something failed; healthy: otherwise."""
     if row["failing"]:
         return "paused"
+    if not row.get("in_use", True) and not row["pending"] and not row["dead_letters"]:
+        return "unused"  # no tag sends there now (a new token), and nothing waits for it
     if row["failed"]["hour"] and not row["delivered"]["hour"]:
         return "failing"
     return "healthy"

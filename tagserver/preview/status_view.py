@@ -16,7 +16,8 @@ STATUS_NAMES = {
     "fired": "fired", "not_fired": "not fired", "blocked": "blocked", "no_consent": "no consent",
     "rejected": "rejected", "error": "errors", "dry_run": "dry run", "paused": "paused",
 }  # fmt: skip
-STATE_BADGES = {"healthy": "ok", "failing": "bad", "paused": "warn"}
+CHART_SLOTS = 60  # minutes drawn, whatever history there is yet
+STATE_BADGES = {"healthy": "ok", "failing": "bad", "paused": "warn", "unused": ""}
 
 
 def age(seconds: float | None) -> str:
@@ -45,10 +46,12 @@ def chart(series: list[dict[str, Any]], width: int = 360, height: int = 48) -> M
     top = max(1, max(p["delivered"] for p in series))
     bottom = max(1, max(p["failed"] for p in series))
     half = height / 2
-    step = width / max(len(series), 1)
+    slots = max(len(series), CHART_SLOTS)
+    step = width / slots
+    offset = slots - len(series)  # the newest minute is always at the right edge
     bars = []
     for i, p in enumerate(series):
-        x = round(i * step, 1)
+        x = round((offset + i) * step, 1)
         w = max(1.0, round(step - 1, 1))
         up = round(half * p["delivered"] / top, 1)
         down = round(half * p["failed"] / bottom, 1)
