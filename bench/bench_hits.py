@@ -157,8 +157,8 @@ class Servers:
         name: str = "tagserver",
         vendor_url: str | None = None,
         tree: Path | None = None,
-        transformations: list[dict[str, Any]] | None = None,
         extra_env: dict[str, str] | None = None,
+        transformations: list[dict[str, Any]] | None = None,
     ) -> tuple[str, subprocess.Popen[bytes]]:
         """`tagserver serve` with one worker; from `tree` (a checkout, via PYTHONPATH) if given."""
         vendor_url = vendor_url or self.vendor.url
@@ -571,15 +571,15 @@ def main() -> None:
         "PYTHONPATH), side by side with this one; repeatable",
     )  # fmt: skip
     parser.add_argument(
-        "--transformations",
-        action="store_true",
-        help="also run C with an exclude and an augment transformation on its tag (CT)",
-    )
-    parser.add_argument(
         "--postgres", action="store_true", help="also B and C with a PostgreSQL outbox "
         "(a temporary cluster), and both C servers' drain rates",
     )  # fmt: skip
     parser.add_argument("--drain-seconds", type=float, default=10)
+    parser.add_argument(
+        "--transformations",
+        action="store_true",
+        help="also run C with an exclude and an augment transformation on its tag (CT)",
+    )
     parser.add_argument("--outage-minutes", type=float, default=5)
     parser.add_argument("--rate", type=float, default=200, help="hits/s during the outage")
     parser.add_argument("--retry-cap", type=float, default=30, help="TAGSERVER_RETRY_CAP_SECONDS")

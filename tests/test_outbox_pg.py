@@ -218,3 +218,42 @@ def test_the_password_never_shows(tmp_path, postgres, caplog):
     assert PASSWORD not in str(bad.value)
     settings = CliRunner().invoke(main, ["settings"], env={"TAGSERVER_OUTBOX_URL": url})
     assert PASSWORD not in settings.output
+
+
+def test_postgres_too_slow_gets_503_and_healthz_says_so_until_it_answers(tmp_path, postgres):
+    url = postgres.create_database()
+    container = minimal_container(tags=[webhook_tag("http://127.0.0.1:9/hook")])
+    settings = {"outbox_url": url, "outbox_timeout_seconds": 0.5}
+    with app_client(tmp_path, container, **settings) as client:
+        assert client.post("/api/events", json=event("before"), headers=AUTH).status_code == 200
+
+        async def hold_lock(release: asyncio.Event, held: asyncio.Event) -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "LOCK TABLE tagserver_outbox_messages IN ACCESS EXCLUSIVE MODE"
+                    )
+                    held.set()
+                    await release.wait()
+            finally:
+                await conn.close()
+
+        release, held = client.portal.call(lambda: _events())
+        locker = client.portal.start_task_soon(hold_lock, release, held)
+        client.portal.call(held.wait)
+        slow = client.post("/api/events", json=event("slow"), headers=AUTH)
+        assert slow.status_code == 503 and slow.headers["retry-after"]
+        health = client.get("/healthz")
+        assert health.status_code == 503 and "no answer within 0.5 s" in health.json()["reason"]
+        client.portal.call(release.set)
+        locker.result(timeout=10)
+        wait_until(lambda: client.get("/healthz").status_code == 200, timeout=10)
+        assert client.post("/api/events", json=event("after"), headers=AUTH).status_code == 200
+    args = ["outbox", "status", "--json", "--outbox-url", url]
+    (row,) = json.loads(CliRunner().invoke(main, args).output)["destinations"]
+    assert row["pending"] == 2  # before and after; the refused one was not stored
+
+
+async def _events() -> tuple[asyncio.Event, asyncio.Event]:
+    return asyncio.Event(), asyncio.Event()
