@@ -35,6 +35,7 @@ REPEAT_AFTER = 24 * 3600.0  # an incident that never ends is told again once a d
 WINDOW = 600.0
 MAX_PER_WINDOW = 10  # messages per machine per WINDOW, all incidents together
 CHECK_RESOLVED_EVERY = 30.0  # a healthy destination looks for markers to clear this often
+LOCAL_QUIET = 30.0  # a process asks the markers about one incident at most this often
 TIMEOUT = 10.0
 
 
@@ -49,6 +50,7 @@ class Alerts:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._checked: dict[str, float] = {}  # destination → when its markers were last looked at
+        self._asked: dict[str, float] = {}  # incident → when this process last asked the markers
 
     @property
     def enabled(self) -> bool:
@@ -100,6 +102,7 @@ class Alerts:
             return
         self._checked[destination] = now
         for kind in ("dead", "auth"):
+            self._asked.pop(f"{kind}:{destination}", None)
             marker = self._marker(f"{kind}:{destination}")
             if marker.exists():
                 with contextlib.suppress(OSError):
@@ -122,6 +125,13 @@ class Alerts:
             self._loop.call_soon_threadsafe(self._start, key, text)
 
     def _start(self, key: str, text: str) -> None:
+        # a batch of 1000 refused messages reports 1000 times: ask the markers once
+        now = time.monotonic()
+        if now - self._asked.get(key, -LOCAL_QUIET) < LOCAL_QUIET:
+            return
+        if len(self._asked) > 10_000:
+            self._asked.clear()
+        self._asked[key] = now
         task = asyncio.create_task(self._notify(key, text), name="alert-webhook")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
