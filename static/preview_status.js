@@ -6,6 +6,7 @@
   'use strict';
   var body = document.body;
   if (!body || !body.classList.contains('page-status')) return;
+  var root = body.getAttribute('data-root') || '';  // a root path, e.g. /tag
   var live = document.getElementById('live');
   var dot = document.getElementById('live-state');
   var EVERY = 5000;
@@ -14,7 +15,7 @@
   function refresh() {
     if (busy || document.hidden) return;
     busy = true;
-    fetch('/preview/status/live' + window.location.search, { credentials: 'same-origin', cache: 'no-store' })
+    fetch(root + '/preview/status/live' + window.location.search, { credentials: 'same-origin', cache: 'no-store' })
       .then(function (response) {
         if (response.status === 401) {
           dot.textContent = 'signed out';

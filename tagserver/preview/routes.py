@@ -445,7 +445,8 @@ class Views:
 def status_context(figures: dict[str, Any], request: Request) -> dict[str, Any]:
     from .status_view import view
 
-    return {**view(figures), "query": dict(request.query_params)}
+    # "root": the path prefix of every link (empty unless a root path is configured)
+    return {"root": "", **view(figures), "query": dict(request.query_params)}
 
 
 def sse(event: str, data: Any, event_id: int | None = None) -> bytes:
