@@ -190,6 +190,11 @@ class Settings:
                 f"{PREFIX}OUTBOX_URL: expected postgresql://user:password@host:port/database "
                 "(or empty for the embedded SQLite outbox)"
             )
+        hook = self.alert_webhook_url.strip()
+        if hook and not hook.startswith(("https://", "http://")):
+            raise SettingsError(  # the value is a secret: not repeated here
+                f"{PREFIX}ALERT_WEBHOOK_URL: expected an https:// URL (a Slack-compatible webhook)"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

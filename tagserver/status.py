@@ -318,7 +318,8 @@ class StatusBoard:
             r["name"] = destination_name(r["tags"], r["tag_type"], r["destination"])
             r["state"] = destination_state(r)
         order = {"paused": 0, "failing": 1, "healthy": 2, "unused": 3}
-        return sorted(rows.values(), key=lambda r: (order[r["state"]], r["name"]))
+        shown = [r for r in rows.values() if r["state"] != "unused" or _active(r, "day")]
+        return sorted(shown, key=lambda r: (order[r["state"]], r["name"]))
 
     def _charts(
         self, rows: dict[str, dict[str, Any]], values: dict[Key, float], now: float
@@ -381,6 +382,10 @@ class StatusBoard:
             r["rejected_reasons"].sort(key=lambda x: -x["count"])
             del r["rejected_reasons"][5:]
         return list(rows.values())
+
+
+def _active(row: dict[str, Any], window: str) -> bool:
+    return bool(row["delivered"][window] or row["failed"][window])
 
 
 def destination_state(row: dict[str, Any]) -> str:

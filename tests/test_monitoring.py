@@ -244,3 +244,14 @@ def test_webhook_alerts_once_per_incident(tmp_path: Path) -> None:
         assert "hook-secret-0042" not in logs  # the URL is a secret
         assert all(r.path == "/services/T000/B000/hook-secret-0042" for r in hook.received)
         assert all(r.headers.get("content-type") == "application/json" for r in hook.received)
+
+
+def test_a_webhook_url_that_is_not_one_is_refused_without_repeating_it() -> None:
+    from tagserver.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"TAGSERVER_ALERT_WEBHOOK_URL": "hooks.example/T0/B0/secret-part-77"})
+    assert "TAGSERVER_ALERT_WEBHOOK_URL" in str(refused.value)
+    assert "secret-part-77" not in str(refused.value)
+    shown = Settings.from_env({"TAGSERVER_ALERT_WEBHOOK_URL": "https://hooks.example/x-secret-9"})
+    assert "https://hooks.example/x-secret-9" in shown.secret_values()
