@@ -109,6 +109,9 @@ def test_status_page_shows_a_refused_token_and_retries_after_the_fix(
     page.fill("#password", PASSWORD)
     page.click("button[type=submit]")
     expect(page).to_have_url(base + "/preview/status")
+    page.goto(base + "/preview")  # preview links to it
+    page.click("#status-link")
+    expect(page).to_have_url(base + "/preview/status")
 
     # the destination, named by its tag, fails with Meta's code and message
     card = page.locator("section.destination", has_text="meta_purchases (meta_capi)")
