@@ -62,6 +62,8 @@ def app_client(tmp_path: Path, container: dict[str, Any], **settings: Any) -> It
     options = {"container": str(path), "data_dir": str(tmp_path / "data"), "api_keys": "test-key"}
     options["ga4_collect_url"] = NO_GA4
     options["meta_graph_url"] = NO_VENDOR
+    for vendor in ("tiktok", "pinterest", "snapchat"):
+        options[f"{vendor}_api_url"] = NO_VENDOR
     # the `outbox_backend` fixture puts the PostgreSQL outbox's URL there
     options["outbox_url"] = os.environ.get("TAGSERVER_OUTBOX_URL", "")
     options.update(settings)
@@ -96,6 +98,9 @@ class ServerProcess:
             "TAGSERVER_RELOAD_INTERVAL": "0.2",
             "TAGSERVER_GA4_COLLECT_URL": NO_GA4,
             "TAGSERVER_META_GRAPH_URL": NO_VENDOR,
+            "TAGSERVER_TIKTOK_API_URL": NO_VENDOR,
+            "TAGSERVER_PINTEREST_API_URL": NO_VENDOR,
+            "TAGSERVER_SNAPCHAT_API_URL": NO_VENDOR,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
