@@ -255,3 +255,31 @@ def test_a_webhook_url_that_is_not_one_is_refused_without_repeating_it() -> None
     assert "secret-part-77" not in str(refused.value)
     shown = Settings.from_env({"TAGSERVER_ALERT_WEBHOOK_URL": "https://hooks.example/x-secret-9"})
     assert "https://hooks.example/x-secret-9" in shown.secret_values()
+
+
+def test_every_vendor_reports_a_refused_token_as_auth(tmp_path: Path) -> None:
+    """The invalid-token alert reads error_class="auth": TikTok says so with HTTP 200 and its
+    own code, Pinterest and Snapchat with 401."""
+    from fakes.capi import FakePinterest, FakeSnapchat, FakeTikTok
+
+    with (
+        FakeTikTok(token="tt-right", pixel_code="CABC123DEF456") as tt,
+        FakePinterest(token="pin-right") as pin,
+        FakeSnapchat(token="snap-right") as snap,
+    ):
+        env = {
+            "TIKTOK_PIXEL_CODE": "CABC123DEF456", "TIKTOK_ACCESS_TOKEN": "tt-expired",
+            "PINTEREST_AD_ACCOUNT_ID": "549755885175", "PINTEREST_ACCESS_TOKEN": "pin-expired",
+            "SNAPCHAT_PIXEL_ID": "1ec32188-754e-4be2-8e55-c949a984a39f",
+            "SNAPCHAT_ACCESS_TOKEN": "snap-expired",
+            "TAGSERVER_TIKTOK_API_URL": tt.url, "TAGSERVER_PINTEREST_API_URL": pin.url,
+            "TAGSERVER_SNAPCHAT_API_URL": snap.url,
+        }  # fmt: skip
+        with ServerProcess(tmp_path, ROOT / "container.json", env=env) as server:
+            r = httpx.post(server.url + "/api/events", json=purchase("v-1"), headers=AUTH)
+            assert r.status_code == 200, r.text
+            wait_until(lambda: dead_letters(server) == 3, timeout=15)
+            text = httpx.get(server.url + "/metrics", timeout=5).text
+    refused = set(re.findall(r'tagserver_delivery_errors_total\{[^}]*tag_type="(\w+)"', text))
+    assert refused == {"tiktok_events", "pinterest_capi", "snapchat_capi"}
+    assert not re.search(r'tagserver_delivery_errors_total\{[^}]*error_class="(?!auth)', text)
