@@ -35,7 +35,6 @@ REPEAT_AFTER = 24 * 3600.0  # an incident that never ends is told again once a d
 WINDOW = 600.0
 MAX_PER_WINDOW = 10  # messages per machine per WINDOW, all incidents together
 CHECK_RESOLVED_EVERY = 30.0  # a healthy destination looks for markers to clear this often
-LOCAL_QUIET = 30.0  # a process asks the markers about one incident at most this often
 TIMEOUT = 10.0
 
 
@@ -50,7 +49,7 @@ class Alerts:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._checked: dict[str, float] = {}  # destination → when its markers were last looked at
-        self._asked: dict[str, float] = {}  # incident → when this process last asked the markers
+        self._asking: set[str] = set()  # incidents whose markers this process is asking now
 
     @property
     def enabled(self) -> bool:
@@ -102,7 +101,6 @@ class Alerts:
             return
         self._checked[destination] = now
         for kind in ("dead", "auth"):
-            self._asked.pop(f"{kind}:{destination}", None)
             marker = self._marker(f"{kind}:{destination}")
             if marker.exists():
                 with contextlib.suppress(OSError):
@@ -125,16 +123,13 @@ class Alerts:
             self._loop.call_soon_threadsafe(self._start, key, text)
 
     def _start(self, key: str, text: str) -> None:
-        # a batch of 1000 refused messages reports 1000 times: ask the markers once
-        now = time.monotonic()
-        if now - self._asked.get(key, -LOCAL_QUIET) < LOCAL_QUIET:
+        # a batch of 1000 refused messages reports 1000 times at once: ask the markers once
+        if key in self._asking:
             return
-        if len(self._asked) > 10_000:
-            self._asked.clear()
-        self._asked[key] = now
+        self._asking.add(key)
         task = asyncio.create_task(self._notify(key, text), name="alert-webhook")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: (self._tasks.discard(done), self._asking.discard(key)))
 
     async def _notify(self, key: str, text: str) -> None:
         if not await asyncio.to_thread(self._claim, key):
