@@ -39,28 +39,13 @@ API_KEYS = Setting(
 )
 
 
-class JsonResponse(Response):
-    """A JSON response whose headers are built by hand: Starlette's `init_headers` costs
-    microseconds per hit. Same bytes on the wire as `Response(..., media_type=json)`."""
-
-    media_type = "application/json"
-
-    def __init__(self, body: bytes, status_code: int = 200) -> None:
-        self.status_code = status_code
-        self.background = None
-        self.body = body
-        self.raw_headers = [
-            (b"content-length", str(len(body)).encode("latin-1")),
-            (b"content-type", b"application/json"),
-        ]
-
-
 def json_response(body: Any, status: int = 200) -> Response:
-    return JsonResponse(orjson.dumps(body), status)
+    # Starlette's own headers: building them by hand saved ~0.5 us a hit (timeit), not worth
+    # a Response made without its __init__
+    return Response(orjson.dumps(body), status, media_type="application/json")
 
 
 class EventsApiClient(Client):
-    type_name = "events_api"
     description = "Server-to-server events: POST /api/events with a bearer API key."
     default_priority = 10
     params = (
@@ -135,6 +120,7 @@ class EventsApiClient(Client):
                 rows.append(None)  # an accepted event: summarised below, once it has run
             except EventError as exc:
                 rows.append({"index": index, "accepted": False, "reason": str(exc)})
+                hit.reject(index, str(exc))
         # one result per event, in order (no `zip(strict=True)`: its keyword costs ~0.3 us)
         results = iter(await hit.run(events))
         for index, row in enumerate(rows):

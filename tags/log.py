@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from tagserver import Event, FireContext, Outgoing, Param, Tag
+from tagserver import Event, FireContext, Outgoing, Param, StartupParams, Tag
 
 log = logging.getLogger("tagserver.tag.log")
 
@@ -27,7 +27,6 @@ def mask_personal_data(value: Any) -> Any:
 
 
 class LogTag(Tag):
-    type_name = "log"
     description = "Write the event (secrets redacted, personal data masked) as one JSON log line."
     params = (
         Param(
@@ -37,6 +36,9 @@ class LogTag(Tag):
         Param("include_event", "boolean", default=True, description="Include the whole event."),
         Param("fields", "object", description="Extra fields (values may use {{variables}})."),
     )
+
+    def describe(self, params: StartupParams) -> str:
+        return f"writes each event it fires on to the log (level {params.get('level', 'info')})"
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         line: dict[str, Any] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .container import ContainerError, load_file
+from .container import Container, ContainerError, load_file
 from .container_cli import container
 from .events_cli import events
 from .outbox_cli import outbox
@@ -111,7 +112,7 @@ def serve(**flags: object) -> None:
     registry = load_registry()
     _declared(settings, registry)
     try:
-        load_file(settings.container, registry, settings)  # fail here, loudly, before forking
+        loaded = load_file(settings.container, registry, settings)  # fail here, before forking
     except ContainerError as exc:
         click.echo(f"{settings.container} is invalid ({len(exc.problems)} problems):", err=True)
         for problem in exc.problems:
@@ -123,7 +124,8 @@ def serve(**flags: object) -> None:
         from .exposition import prepare_multiprocess
 
         prepare_multiprocess(settings)  # /metrics then sums every worker's counters
-    _before_serve(settings)
+    _before_serve(settings, loaded)
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         "tagserver.app:create_app",
         factory=True,
@@ -138,6 +140,13 @@ def serve(**flags: object) -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM after uvicorn's graceful shutdown (it raises the signal it handled again, with
+    this handler back in place): a stop asked for and done is a success, exit status 0, not a
+    death by signal (143) that Docker, systemd and Kubernetes would report as a failure."""
+    raise SystemExit(0)
 
 
 def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
@@ -158,10 +167,12 @@ def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
         history.close()
 
 
-def _before_serve(settings: Settings) -> None:
+def _before_serve(settings: Settings, loaded: Container) -> None:
     """Start-up work that must run once in the parent process, before workers fork."""
     from .preview import announce
+    from .startup import log_startup
 
+    log_startup(settings, loaded)  # what will happen: listen address, outbox, each tag
     announce(settings)  # the preview sign-in link with its one-time token
 
 

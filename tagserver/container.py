@@ -22,6 +22,7 @@ from typing import Any
 from . import cookie_keeper
 from .event import CONSENT_TYPES, RequestContext
 from .plugins import Client, Param, Registry, Tag
+from .redact import secret_values
 from .refs import Compiled, compile_value, has_refs, references
 from .settings import Settings
 from .transformations import Transformation, compile_all
@@ -85,6 +86,9 @@ class CompiledTag:
     params: Compiled
     secret_params: frozenset[str]
     templated_params: tuple[Param, ...] = ()  # typed (not `any`): checked once resolved
+    # the secret params' values when none is templated (else found per fire): they travel
+    # with every message the tag makes (`Outgoing.secrets`)
+    secrets: tuple[str, ...] | None = ()
     transformations: tuple[Transformation, ...] = ()  # in order; empty: the plain path
 
 
@@ -509,6 +513,7 @@ def _compile(
             if param.secret and isinstance(value, str) and value:
                 secrets.add(value)
         client = cls(spec["name"], params, settings)
+        client.type_name = spec["type"]  # the registry's name, whatever the class says
         client.priority = spec.get("priority", cls.default_priority)  # type: ignore[attr-defined]
         client.order = order  # type: ignore[attr-defined]
         clients.append(client)
@@ -521,16 +526,24 @@ def _compile(
         cls = registry.tags[spec["type"]]
         params = dict(spec.get("params") or {})
         secret_params = frozenset(p.name for p in cls.params if p.secret)
-        for pname in secret_params:
-            literal = params.get(pname)
-            if isinstance(literal, str) and literal and not has_refs(literal):
-                secrets.add(literal)
         defaults = {p.name: p.default for p in cls.params if p.default is not None}
+        given = {**defaults, **params}
+        for pname in secret_params:
+            if not has_refs(given.get(pname)):  # a literal secret (an object's texts too)
+                secrets.update(secret_values(given.get(pname)))
+        # known now unless templated; else found per event by the runtime
+        tag_secrets = (
+            None
+            if any(has_refs(given.get(name)) for name in secret_params)
+            else secret_values(*(given.get(name) for name in sorted(secret_params)))
+        )
+        instance = cls(spec["name"], _static_params(params, cls.params), settings)
+        instance.type_name = spec["type"]  # the registry's name, whatever the class says
         tags.append(
             CompiledTag(
                 name=spec["name"],
                 type=spec["type"],
-                instance=cls(spec["name"], _static_params(params, cls.params), settings),
+                instance=instance,
                 fire_on=[triggers[n] for n in spec["fire_on"]],
                 block_on=[triggers[n] for n in spec.get("block_on", [])],
                 consent=list(spec.get("consent", [])),
@@ -540,6 +553,7 @@ def _compile(
                 templated_params=tuple(
                     p for p in cls.params if p.type != "any" and has_refs(params.get(p.name))
                 ),
+                secrets=tag_secrets,
                 transformations=transformations.get(spec["name"], ()),
             )
         )

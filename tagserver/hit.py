@@ -33,6 +33,8 @@ class HitTrace:
     error: str | None = None
     duration_ms: float = 0.0
     console: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # events refused, with why
+    response: dict[str, Any] | None = None  # what the hit was answered (no cookie values)
     container: dict[str, Any] | None = None  # name, version, hash of the one that ran the hit
 
     def log(self, level: str, message: str) -> None:
@@ -49,6 +51,8 @@ class HitTrace:
             "error": self.error,
             "duration_ms": round(self.duration_ms, 3),
             "console": self.console,
+            "rejected": self.rejected,
+            "response": self.response,
             "container": self.container,
             "events": [
                 {
@@ -104,6 +108,16 @@ class Hit:
     def log(self, level: str, message: str) -> None:
         if self.trace is not None:
             self.trace.log(level, message)
+
+    def reject(self, index: int, reason: str) -> None:
+        """Record that the request's `index`-th event was refused and why (shown in preview).
+
+        Clients call it for every event they do not run, so a refused event leaves a trace
+        beside the caller's answer.
+        """
+        if self.trace is not None:
+            self.trace.rejected.append({"index": index, "reason": reason})
+            self.trace.log("warning", f"event {index} rejected: {reason}")
 
     async def run(self, events: list[Event]) -> list[EventResult]:
         """Run every event, then wait until their messages are durably in the outbox.

@@ -31,8 +31,9 @@ from typing import Any
 import orjson
 
 from . import metrics, outbox_store
+from .delivery_types import Destination, Due, RowValues, Settlement
 from .errors import Unavailable
-from .outbox_store import Row, Settlement, Store, connect, database_path, is_disk_full
+from .outbox_store import Store, connect, database_path, is_disk_full
 from .outbox_types import Claim, Routes, split
 from .outbox_writer import Job, WriterProcess, request_frame
 from .plugins import Message, Outgoing
@@ -50,7 +51,7 @@ RESTART_RETRY = 5.0  # seconds between attempts while a new writer cannot start
 class _Group:
     """Writes made during one loop iteration: one frame to the writer process."""
 
-    rows: list[Row] = field(default_factory=list)
+    rows: list[RowValues] = field(default_factory=list)
     waiters: list[asyncio.Future[list[int]]] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)  # rows each waiter put
     jobs: list[Job] = field(default_factory=list)
@@ -79,9 +80,8 @@ class Outbox:
         self.settings = settings
         self.path = database_path(settings.data_dir)
         self.pending = 0  # all workers' pending messages, as of the last commit or poll
-        self.on_commit: Callable[[dict[int, tuple[str, str]]], None] | None = (
-            None  # the dispatcher's bell
-        )
+        # the dispatcher's bell: the destinations a commit added messages to, by id
+        self.on_commit: Callable[[dict[int, Destination]], None] | None = None
         self._writer: WriterProcess | None = None
         self._next = _Group()  # filled by this loop iteration's puts and jobs
         self._flush_scheduled = False
@@ -182,7 +182,7 @@ class Outbox:
         dumps = orjson.dumps
         group = self._next
         group.rows += [
-            (
+            (  # an OutboxRow's fields (a plain tuple travels cheaper: see OutboxRow)
                 m.destination,
                 m.tag_type,
                 m.route,
@@ -192,6 +192,7 @@ class Outbox:
                 m.created_at,
                 m.deadline,
                 m.trace_id,
+                m.secrets,
             )
             for m in messages
         ]
@@ -360,7 +361,9 @@ class Outbox:
     async def claim(self, destination_id: int, worker: str, limit: int) -> Claim:
         lease = self.settings.outbox_lease_seconds
         claimed = await self.run(outbox_store.claim, destination_id, worker, limit, lease)
-        claim = Claim(route=claimed.route, messages=[], next_due=claimed.next_due)
+        claim = Claim(
+            route=claimed.route, messages=[], next_due=claimed.next_due, secrets=claimed.secrets
+        )
         key = claimed.key
         rows = orjson.loads(claimed.rows)
         rows.sort(key=lambda r: r[0])
@@ -387,7 +390,7 @@ class Outbox:
             raise RuntimeError("the outbox is not started")
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, self._reader)
 
-    async def due(self) -> list[tuple[int, str, str, float]]:
+    async def due(self) -> list[Due]:
         return await self.read(Store.due)
 
     async def stats(self) -> list[dict[str, Any]]:

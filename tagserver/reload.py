@@ -25,6 +25,7 @@ from .history import ACCEPTED, REFUSED, History, content_hash
 from .plugins import Registry
 from .runtime import Runtime
 from .settings import Settings
+from .startup import tag_lines
 
 log = logging.getLogger("tagserver.reload")
 
@@ -118,6 +119,8 @@ class ContainerWatcher:
             container.name, container.version, container.hash, running.version, running.hash,
             summary(diff(running.source, container.source)),
         )  # fmt: skip
+        for line in tag_lines(container):  # what the tags do now (LIVE, DRY RUN ...)
+            log.info("%s", line)
         return True
 
     def _refused(self, raw: bytes, problems: list[Problem]) -> None:

@@ -364,3 +364,25 @@ def test_a_writer_whose_server_dies_commits_what_it_got_and_exits_quietly(tmp_pa
     _, stderr = writer.communicate(timeout=10)
     assert writer.returncode == 0 and stderr == b""
     assert stored_ids(tmp_path) == ["id1"]
+
+
+def test_a_version_2_database_gets_the_secrets_column_and_keeps_its_messages(tmp_path):
+    path = database_path(tmp_path)
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE destinations (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
+        " tag_type TEXT NOT NULL, route BLOB NOT NULL, pending INTEGER NOT NULL DEFAULT 0,"
+        " updated_at REAL NOT NULL);"
+        "INSERT INTO destinations (key, tag_type, route, updated_at)"
+        " VALUES ('dest', 'http_request', '{\"url\": \"http://x\"}', 1.0);"
+    )
+    old.close()
+    store = Store.open(path)  # creates the other tables, adds the column: version 3
+    store.conn.execute(
+        "INSERT INTO messages (destination_id, payload, dedup_id, created_at, next_attempt_at)"
+        " VALUES (1, '{}', 'id1', 1.0, 1.0)"
+    )
+    claimed = store.claim(1, "w", 10, time.time() + 60, time.time())
+    assert claimed.ids and claimed.route == {"url": "http://x"} and claimed.secrets == ()
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    store.close()

@@ -200,7 +200,9 @@ class Preview:
         if not self.settings.preview_password:
             token, created = login_token(self.settings)
             if created:  # started without `tagserver serve` (which announces it): say it once
-                log.warning("preview: sign in at /preview/login?token=%s", token)
+                log.warning(
+                    "preview: sign in at %s/preview/login?token=%s", self.settings.root_path, token
+                )
 
     async def _prune_loop(self) -> None:
         """Forget sessions a day after they expired, now and every hour."""
@@ -270,7 +272,8 @@ def announce(settings: Settings) -> None:
     token = new_login_token(settings)
     print(
         f"tagserver preview: open {base}/preview/login?token={token}\n"
-        f"  (behind your proxy: https://<your tagging domain>/preview/login?token={token}; "
+        f"  (behind your proxy: https://<your tagging domain>{settings.root_path}/preview/login"
+        f"?token={token}; "
         "the token changes at every start - set TAGSERVER_PREVIEW_PASSWORD for a fixed one)",
         file=sys.stderr,
         flush=True,
