@@ -83,6 +83,7 @@ FLUSH_SECONDS = 0.1
 _counts: dict[tuple[Any, tuple[str, ...]], float] = {}
 _buckets: dict[tuple[Any, int], int] = {}  # (histogram, bucket index) → observations
 _sums: dict[Any, float] = {}  # histogram → sum of its observations
+_groups: dict[tuple[Any, tuple[tuple[str, ...], ...]], int] = {}  # count_each: (metric, labels)
 _flush_pending = False
 
 
@@ -90,6 +91,15 @@ def count(metric: Any, *labels: str, amount: float = 1) -> None:
     """`metric.labels(*labels).inc(amount)`, applied at the next flush."""
     key = (metric, labels)
     _counts[key] = _counts.get(key, 0) + amount
+    if not _flush_pending:
+        _schedule_flush()
+
+
+def count_each(metric: Any, labelsets: tuple[tuple[str, ...], ...]) -> None:
+    """`count(metric, *labels)` for each of `labelsets`, in one step: the same group recurs
+    (the tags an event's name skips), so it is kept as one key and spread at the flush."""
+    key = (metric, labelsets)
+    _groups[key] = _groups.get(key, 0) + 1
     if not _flush_pending:
         _schedule_flush()
 
@@ -121,6 +131,10 @@ def flush() -> None:
     while _counts:
         (metric, labels), amount = _counts.popitem()
         (labelled(metric, *labels) if labels else metric).inc(amount)
+    while _groups:
+        (metric, labelsets), times = _groups.popitem()
+        for labels in labelsets:
+            labelled(metric, *labels).inc(times)
     # prometheus-client's Histogram.observe adds to `_sum` and to the first bucket whose
     # upper bound is >= the value (`bisect_left` above); the same, once per bucket.
     while _buckets:

@@ -50,9 +50,10 @@ class Redactor:
             if secret in line:
                 return True
         lower = line.lower()  # the walk compares keys lower-cased
-        if any(mark in lower for mark in _KEY_MARKS):
-            return True
-        return "=" in line and any(token in lower for token in _URL_TOKENS)
+        for mark in _KEY_MARKS if "=" not in line else _KEY_MARKS + _URL_TOKENS:
+            if mark in lower:
+                return True
+        return False
 
     def __call__(self, value: Any, _key: str = "") -> Any:
         if isinstance(value, str):

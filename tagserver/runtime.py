@@ -18,6 +18,7 @@ from .container import CompiledTag, Container
 from .event import Event, RequestContext
 from .plugins import FireContext, Outgoing, TagRejected
 from .redact import REDACTED, Redactor
+from .refs import text
 from .settings import Settings
 from .transformations import changes
 from .triggers import Trigger, TriggerCheck
@@ -139,6 +140,12 @@ class Runtime:
         self.settings = settings
         self.redact = Redactor(container.secrets)
         self.strict = container.consent_mode == "strict"
+        # Triggers indexed by event name: a tag whose firing triggers all name their events
+        # cannot fire for an event of another name, so (unless the hit is previewed) it is
+        # skipped without evaluating anything; its result is the same for every such event.
+        self._names = [_event_names(tag) for tag in container.tags]
+        self._indexed = any(names is not None for names in self._names)
+        self._plans: dict[str, _Plan] = {}
 
     def run_event(
         self,
@@ -150,15 +157,35 @@ class Runtime:
         trace_id: str | None = None,
     ) -> EventResult:
         scope = Scope(event, request, self.container.variables, client_name)
-        results = []
-        for tag in self.container.tags:
-            result = self._decide(tag, event, scope, request, trace, trace_id)
-            metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
-            results.append(result)
+        if trace or not self._indexed:
+            results = []
+            for tag in self.container.tags:
+                result = self._decide(tag, event, scope, request, trace, trace_id)
+                metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
+                results.append(result)
+        else:
+            plan = self._plan(text(scope.get("event_name")))
+            results = list(plan.results)
+            tags = self.container.tags
+            for index in plan.live:
+                result = self._decide(tags[index], event, scope, request, trace, trace_id)
+                metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
+                results[index] = result
+            if plan.counted:
+                metrics.count_each(metrics.TAG_RESULTS, plan.counted)
         variables = None
         if trace:
             variables = self.redact(scope.snapshot(set(self.container.secret_variables)))
         return EventResult(event, results, variables)
+
+    def _plan(self, event_name: str) -> _Plan:
+        """Which tags an event of this name needs evaluated; the skipped ones' results."""
+        plan = self._plans.get(event_name)
+        if plan is None:
+            if len(self._plans) >= 512:  # event names come from callers: keep a bounded set
+                self._plans.clear()
+            plan = self._plans[event_name] = _Plan.of(self.container.tags, self._names, event_name)
+        return plan
 
     def _decide(
         self,
@@ -282,3 +309,47 @@ class Runtime:
         if received is event:
             return event, scope, steps
         return received, Scope(received, scope.request, scope.variables, scope.client_name), steps
+
+
+def _event_names(tag: CompiledTag) -> frozenset[str] | None:
+    """The only event names `tag` can fire for; None when it is not limited by name."""
+    if tag.paused or not tag.fire_on:
+        return None
+    names: set[str] = set()
+    for trigger in tag.fire_on:
+        only = trigger.filter.only_names
+        if only is None:
+            return None
+        names |= only
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """For events of one name: the results of the tags it skips (None where a tag runs)."""
+
+    results: tuple[TagResult | None, ...]
+    live: tuple[int, ...]  # the tags to evaluate, by index
+    counted: tuple[tuple[str, ...], ...]  # TAG_RESULTS labels of the skipped tags
+
+    @classmethod
+    def of(
+        cls, tags: list[CompiledTag], names: list[frozenset[str] | None], event_name: str
+    ) -> _Plan:
+        results: list[TagResult | None] = []
+        live, counted = [], []
+        for index, (tag, only) in enumerate(zip(tags, names, strict=True)):
+            if only is None or event_name in only:
+                results.append(None)
+                live.append(index)
+                continue
+            # what _decide finds: no firing trigger's event filter lets the name through
+            checks = [TriggerCheck(t.name, False, event_name, False) for t in tag.fire_on]
+            reason = "; ".join(c.explain() for c in checks)
+            results.append(
+                TagResult(
+                    tag.name, tag.type, "not_fired", f"no firing trigger matched: {reason}", checks
+                )
+            )
+            counted.append((tag.name, "not_fired"))
+        return cls(tuple(results), tuple(live), tuple(counted))
