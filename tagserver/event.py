@@ -79,10 +79,16 @@ class UserAgentInfo:
     is_bot: bool
 
 
+NO_USER_AGENT = UserAgentInfo(browser="", os="", device_type="", is_bot=False)
+"""What an event without a user agent is: unknown, and not a bot."""
+
+
 @lru_cache(maxsize=4096)
 def user_agent_info(header: str) -> UserAgentInfo:
     """Parsing a user agent costs ~0.1 ms; the same few strings repeat, so cache them."""
-    ua = parse_user_agent(header or "")
+    if not header:
+        return NO_USER_AGENT
+    ua = parse_user_agent(header)
     if ua.is_bot:
         device = "bot"
     elif ua.is_tablet:
@@ -115,6 +121,7 @@ class RequestContext:
     body: bytes = b""
     received_at: float = field(default_factory=time.time)
     client_name: str = ""
+    is_visitor: bool = True  # the request's IP and User-Agent are the visitor's (see Client)
 
     @classmethod
     def from_scope(

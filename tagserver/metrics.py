@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from ._compat import histogram_bounds, histogram_count, histogram_sum
+
 HITS = Counter(
     "tagserver_hits_total", "Hits by claiming client and HTTP status", ["client", "status"]
 )
@@ -105,8 +107,9 @@ def count_each(metric: Any, labelsets: tuple[tuple[str, ...], ...]) -> None:
 
 
 def observe(histogram: Any, value: float) -> None:
-    """`histogram.observe(value)` for an unlabelled histogram, applied at the next flush."""
-    key = (histogram, bisect_left(histogram._upper_bounds, value))
+    """`histogram.observe(value)` (a histogram, or one labelled child), applied at the next
+    flush."""
+    key = (histogram, bisect_left(histogram_bounds(histogram), value))
     _buckets[key] = _buckets.get(key, 0) + 1
     _sums[histogram] = _sums.get(histogram, 0.0) + value
     if not _flush_pending:
@@ -135,11 +138,10 @@ def flush() -> None:
         (metric, labelsets), times = _groups.popitem()
         for labels in labelsets:
             labelled(metric, *labels).inc(times)
-    # prometheus-client's Histogram.observe adds to `_sum` and to the first bucket whose
-    # upper bound is >= the value (`bisect_left` above); the same, once per bucket.
+    # what Histogram.observe would have done for each value, once per bucket (`_compat`)
     while _buckets:
         (histogram, index), amount = _buckets.popitem()
-        histogram._buckets[index].inc(amount)
+        histogram_count(histogram, index, amount)
     while _sums:
         histogram, total = _sums.popitem()
-        histogram._sum.inc(total)
+        histogram_sum(histogram, total)
