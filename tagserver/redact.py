@@ -25,7 +25,7 @@ SENSITIVE_KEYS = frozenset(
      "tagserver_preview", "appsecret_proof", "api_key", "apikey", "token", "password"}
 )  # fmt: skip
 _KEY_MARKS = tuple(f'"{key}":' for key in SENSITIVE_KEYS)  # a key, as orjson writes it
-_URL_TOKENS = ("access_token=", "appsecret_proof=", "tagserver_preview=")
+_URL_TOKEN_MARKS = ("access_token=", "appsecret_proof=", "tagserver_preview=")
 LIBRARY_LOGGERS = ("httpx", "httpcore")  # they log vendor request URLs (tokens in queries)
 _TOKEN_IN_URL = re.compile(r"((?:access_token|appsecret_proof|tagserver_preview)=)[^&\s\"']+", re.I)
 
@@ -92,7 +92,7 @@ class Redactor:
             if secret in line:
                 return True
         lower = line.lower()  # the walk compares keys lower-cased
-        for mark in _KEY_MARKS if "=" not in line else _KEY_MARKS + _URL_TOKENS:
+        for mark in _KEY_MARKS if "=" not in line else _KEY_MARKS + _URL_TOKEN_MARKS:
             if mark in lower:
                 return True
         return False

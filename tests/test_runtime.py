@@ -271,6 +271,12 @@ def test_tags_limited_by_event_name_answer_the_same_skipped_or_evaluated(tmp_pat
         {"event_name": "signup", "value": 5},
         {"event_name": "other"},
     ]
+
+    def send(client, *events):
+        response = client.post("/api/events", json={"events": list(events)}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        return response.json()["results"]
+
     with app_client(tmp_path, container) as client:
         results = send(client, *events)
         before = client.get("/metrics").text
