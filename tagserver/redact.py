@@ -97,6 +97,20 @@ class Redactor:
                 return True
         return False
 
+    def data(self, value: Any) -> Any:
+        """`self(value)` for JSON-shaped data (a tag's notes, a dry run's payload): when one
+        serialization shows nothing to redact, a copy made by orjson instead of the walk
+        (the same value: a copy that would differ, say a tuple or a NaN, takes the walk)."""
+        try:
+            line = orjson.dumps(value)
+        except TypeError:  # not JSON-shaped
+            return self(value)
+        if not self.may_redact_json(line.decode()):
+            copy = orjson.loads(line)
+            if copy == value:
+                return copy
+        return self(value)
+
     def __call__(self, value: Any, _key: str = "") -> Any:
         if isinstance(value, str):
             if value and _key and _key.lower() in SENSITIVE_KEYS:

@@ -293,10 +293,10 @@ class Runtime:
             reason = f"error: {type(exc).__name__}: {redact.text(str(exc))}"
             log.warning("tag %r raised %s", tag.name, reason)
         # built once the tag has run, every field given: no default factories on the hot path
-        notes = redact(ctx.notes) if ctx.notes else {}
+        notes = redact.data(ctx.notes) if ctx.notes else {}
         dry_run = None
         if ctx.dry_runs and status == "fired" and not outgoing:
-            dry_run = redact(ctx.dry_runs)
+            dry_run = redact.data(ctx.dry_runs)
             status, reason = "dry_run", f"dry run: {dry_run[0]['reason']}"
         result = TagResult(tag.name, tag.type, status, reason, checks, notes, outgoing)
         result.dry_run = dry_run
