@@ -135,6 +135,7 @@ class WebhookClient(Client):
                 rows.append(None)
             except EventError as exc:
                 rows.append({"index": index, "accepted": False, "reason": str(exc)})
+                hit.reject(index, str(exc))  # shown in preview's hit list and Console
         results = iter(await hit.run(events))
         for index, row in enumerate(rows):
             if row is None:
