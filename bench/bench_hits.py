@@ -2,6 +2,7 @@
 
     python bench/bench_hits.py                      # the real job (default), then idle tags
     python bench/bench_hits.py --mode real --workers2   # + tagserver --workers 2
+    python bench/bench_hits.py --tree ../before     # + E and K from another checkout
     python bench/bench_hits.py --mode one-tag       # the one-`http_request`-tag stand-in
     python bench/bench_hits.py --mode all           # real job, one tag, then a vendor outage
     python bench/bench_hits.py --mode outage --outage-minutes 1
@@ -525,6 +526,8 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
         "TAGSERVER_META_GRAPH_URL": graph.url,
         "TAGSERVER_LOG_LEVEL": "info",  # the log tag writes its line (the default level)
         "TAGSERVER_ALLOWED_ORIGINS": ORIGIN,
+        # one key for every server: the visitor's cookies are valid on each of them
+        "TAGSERVER_SECRET_KEY": "bench-secret-key-bench-secret-key-bench",
     }
     servers = Servers(work, vendor_up=False, pin=args.server_core)
     try:
@@ -552,6 +555,15 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
                     f"tagserver-i{idle}", container=real_container(idle), extra_env=env
                 )
                 plan.append((f"{name:<4} E + {idle} idle tags", name, "events"))
+        for number, tree in enumerate(args.tree or [], start=1):
+            # E again, from another checkout (its .venv): two versions side by side
+            name = f"E{number}"
+            started[name] = servers.start_tagserver(
+                f"tagserver-e{number}", container=real_container(), extra_env=env,
+                tree=Path(tree).resolve(),
+            )  # fmt: skip
+            plan.append((f"{name}   E from {Path(tree).resolve().name}"[:26], name, "events"))
+            plan.append((f"K{number}   K from {Path(tree).resolve().name}"[:26], name, "collect"))
         if args.workers2:
             started["W2"] = servers.start_tagserver(
                 "tagserver-w2", container=real_container(), extra_env=env, workers=2
@@ -910,8 +922,8 @@ def main() -> None:
         "(default: half of tagserver's measured maximum)",
     )  # fmt: skip
     parser.add_argument(
-        "--tree", action="append", help="also run C from this checkout (imported through "
-        "PYTHONPATH), side by side with this one; repeatable",
+        "--tree", action="append", help="also run C (one-tag) or E and K (real) from this "
+        "checkout (its .venv, else through PYTHONPATH), side by side with this one; repeatable",
     )  # fmt: skip
     parser.add_argument(
         "--postgres", action="store_true", help="also B and C with a PostgreSQL outbox "
