@@ -28,13 +28,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import metrics
+from .alerts import Alerts
 from .container import ContainerError, load_file
 from .container_status import ContainerStatus
-from .dispatch import Dispatcher
+from .dispatch import FAILURES_BEFORE_PAUSE, Dispatcher
 from .errors import BadRequest, HitError, PayloadTooLarge
 from .event import RequestContext
 from .exposition import metrics_endpoint
-from .history import History, open_history
+from .history import History
+from .history_backend import open_history
 from .hit import Hit, HitTrace, new_trace_id
 from .outbox_backend import OutboxBackend, open_outbox
 from .plugins import Example, Registry, load_registry
@@ -44,6 +46,7 @@ from .redact import Redactor
 from .reload import ContainerWatcher, remember
 from .runtime import Runtime
 from .settings import ROOT_PATH_SCOPE_KEY, Settings
+from .status import Running, StatusBoard
 
 log = logging.getLogger("tagserver")
 
@@ -60,6 +63,8 @@ class State:
     extra: dict[str, Any] = field(default_factory=dict)
     status: ContainerStatus = field(default_factory=ContainerStatus)
     history: History | None = None
+    alerts: Alerts | None = None
+    board: StatusBoard | None = None
 
     @property
     def redact(self) -> Redactor:
@@ -75,6 +80,21 @@ class State:
             "container": self.container_status(),
             "warnings": self.status.warnings(self.runtime.container),
         }
+
+    def lanes(self) -> list[dict[str, Any]]:
+        """This worker's delivery lanes: paused or not, and the last failure each saw."""
+        if self.dispatcher is None:
+            return []
+        return [
+            {
+                "destination": lane.key,
+                "tag_type": lane.tag_type,
+                "failing": lane.failures >= FAILURES_BEFORE_PAUSE,
+                "last_error": lane.last_error,
+                "tags": sorted(lane.tags),
+            }
+            for lane in list(self.dispatcher.lanes.values())
+        ]
 
 
 def state_of(request: Request) -> State:
@@ -317,11 +337,15 @@ def builtin_routes(state: State) -> list[BaseRoute]:
         examples = (client.example() for client in state.runtime.container.clients)
         return next((e for e in examples if e is not None), None)
 
+    board = state.board
+    assert board is not None  # made by create_app
     server = Server(
         context=lambda request: request_context(request, settings),
         redact=lambda value: state.runtime.redact(value),
         example=example,
         container=state.container_report,
+        status=board.figures,
+        retry=board.retry,
     )
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
@@ -454,7 +478,7 @@ def quiet_gc() -> tuple[int, int, int]:
 
 def _open_history(settings: Settings) -> History | None:
     try:
-        return open_history(settings.data_dir)
+        return open_history(settings.data_dir, settings.outbox_url, settings.outbox_timeout_seconds)
     except Exception as exc:  # a record, not a reason to refuse to serve
         log.warning("container history unavailable: %s: %s", type(exc).__name__, exc)
         return None
@@ -479,17 +503,36 @@ def create_app(settings: Settings | None = None) -> Starlette:
         outbox=open_outbox(settings),
         preview=preview,
         history=history,
+        alerts=Alerts(settings),
     )
+    state.board = StatusBoard(
+        settings,
+        Running(
+            container=lambda: state.runtime.container,
+            report=state.container_report,
+            problem=lambda: state.outbox.problem,
+            lanes=state.lanes,
+        ),
+    )
+    alerts, board = state.alerts, state.board
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.outbox.start()
+        alerts.start()
         dispatcher = state.dispatcher = Dispatcher(
-            state.outbox, registry, settings, preview=preview, redact=lambda: state.runtime.redact
-        )
+            state.outbox, registry, settings, preview=preview,
+            redact=lambda: state.runtime.redact, alerts=alerts,
+        )  # fmt: skip
         await dispatcher.start()  # resumes whatever the outbox holds
         await preview.start()
-        watcher = ContainerWatcher(settings, registry, state, history)
+        await board.start()
+        watcher = ContainerWatcher(
+            settings, registry, state, history,
+            on_refused=lambda digest, path, problems: alerts.reload_refused(
+                digest, path, [state.redact.text(p) for p in problems]
+            ),
+        )  # fmt: skip
         state.background.append(asyncio.create_task(watcher.run(), name="container-watcher"))
         log.info(
             "tagserver ready: container %s (version %s, hash %s), %d clients, %d tags",
@@ -500,6 +543,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await dispatcher.close()  # in-flight sends get the grace period
+            await board.close()
+            await alerts.close()
             for task in state.background:
                 task.cancel()
             await asyncio.gather(*state.background, return_exceptions=True)

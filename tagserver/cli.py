@@ -199,12 +199,14 @@ def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
     """A container refused at start is kept in the history too (when it can be read)."""
     from pathlib import Path
 
-    from .history import open_history
+    from .history_backend import open_history
     from .reload import remember_refusal
 
     try:
         raw = Path(settings.container).read_bytes()
-        history = open_history(settings.data_dir)
+        history = open_history(
+            settings.data_dir, settings.outbox_url, settings.outbox_timeout_seconds
+        )
     except Exception:
         return
     try:

@@ -7,8 +7,10 @@
 
 REF is `-N` (N accepted containers back: `-1` the one before the newest), `#ID` (the number
 `history` shows), a `version`, or a hash prefix. The history is kept in the data dir by the
-running server (every worker shares it), so these commands work while it runs; a rollback is
-picked up like any edit, within TAGSERVER_RELOAD_INTERVAL.
+running server (every worker shares it), or, with the outbox on PostgreSQL
+(TAGSERVER_OUTBOX_URL / --outbox-url), in that database, shared by every instance; these
+commands work while servers run; a rollback is picked up like any edit, within
+TAGSERVER_RELOAD_INTERVAL.
 """
 
 from __future__ import annotations
@@ -18,16 +20,26 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .container import ContainerError, load, parse_json
 from .container_diff import diff
 from .container_status import iso
-from .history import FILENAME, Entry, History, UnknownRef, content_hash, open_history, resolve
+from .history import (
+    FILENAME,
+    Entry,
+    History,
+    HistoryUnavailable,
+    UnknownRef,
+    content_hash,
+    resolve,
+)
+from .history_backend import open_history
 from .problems import plural
 
 data_dir_option = click.option(
@@ -38,20 +50,35 @@ data_dir_option = click.option(
     show_default=True,
     help="The server's data directory.  [env: TAGSERVER_DATA_DIR]",
 )
+url_option = click.option(
+    "--outbox-url",
+    envvar="TAGSERVER_OUTBOX_URL",
+    default="",
+    show_default=False,
+    help="The PostgreSQL outbox's URL, if the servers have one: the history every instance "
+    "shares is there (else in --data-dir).  [env: TAGSERVER_OUTBOX_URL]",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 REFS = {"ignore_unknown_options": True}  # so that `-1` is a REF, not an option
 
 
+def where(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--data-dir and --outbox-url: where the servers keep the history."""
+    return data_dir_option(url_option(function))
+
+
 @contextmanager
-def opened(data_dir: str) -> Iterator[History]:
-    if not (Path(data_dir) / FILENAME).exists():
+def opened(data_dir: str, outbox_url: str = "") -> Iterator[History]:
+    if not outbox_url.strip() and not (Path(data_dir) / FILENAME).exists():
         raise click.ClickException(
             f"no container history in {data_dir} (is --data-dir / TAGSERVER_DATA_DIR the "
             "server's? The server starts it at its first start)"
         )
-    history = open_history(data_dir)
+    history = open_history(data_dir, outbox_url)
     try:
         yield history
+    except HistoryUnavailable as exc:  # says where, without the password
+        raise click.ClickException(str(exc)) from None
     finally:
         history.close()
 
@@ -69,12 +96,12 @@ def container() -> None:
 
 
 @container.command()
-@data_dir_option
+@where
 @json_option
 @click.option("--limit", type=int, default=30, show_default=True, help="Entries to list.")
-def history(data_dir: str, as_json: bool, limit: int) -> None:
+def history(data_dir: str, outbox_url: str, as_json: bool, limit: int) -> None:
     """List accepted and refused containers, newest first."""
-    with opened(data_dir) as store:
+    with opened(data_dir, outbox_url) as store:
         entries = store.entries(limit)
         older: dict[str, int] = {}  # hash → the first entry that had it
         for e in reversed(store.entries()):
@@ -105,11 +132,11 @@ def history(data_dir: str, as_json: bool, limit: int) -> None:
 
 @container.command(context_settings=REFS)
 @click.argument("ref")
-@data_dir_option
+@where
 @json_option
-def show(ref: str, data_dir: str, as_json: bool) -> None:
+def show(ref: str, data_dir: str, outbox_url: str, as_json: bool) -> None:
     """Print the container REF names (the file as it was; problems too if refused)."""
-    with opened(data_dir) as store:
+    with opened(data_dir, outbox_url) as store:
         entry = pick(store.entries(), ref)
     if as_json:
         click.echo(json.dumps({**entry.as_dict(), "container": entry.data()}, indent=2))
@@ -124,12 +151,12 @@ def show(ref: str, data_dir: str, as_json: bool) -> None:
 @container.command(name="diff", context_settings=REFS)
 @click.argument("a")
 @click.argument("b", required=False, default="-0")
-@data_dir_option
+@where
 @json_option
 @click.option("--text", is_flag=True, help="A line-by-line diff of the files instead.")
-def diff_command(a: str, b: str, data_dir: str, as_json: bool, text: bool) -> None:
+def diff_command(a: str, b: str, data_dir: str, outbox_url: str, as_json: bool, text: bool) -> None:
     """What changed from A to B (B defaults to the newest accepted container)."""
-    with opened(data_dir) as store:
+    with opened(data_dir, outbox_url) as store:
         entries = store.entries()
     old, new = pick(entries, a), pick(entries, b)
     if text:
@@ -157,7 +184,7 @@ def diff_command(a: str, b: str, data_dir: str, as_json: bool, text: bool) -> No
 
 @container.command(context_settings=REFS)
 @click.argument("ref")
-@data_dir_option
+@where
 @click.option(
     "--container",
     "path",
@@ -167,9 +194,9 @@ def diff_command(a: str, b: str, data_dir: str, as_json: bool, text: bool) -> No
     show_default=True,
     help="The container file the server watches.  [env: TAGSERVER_CONTAINER]",
 )
-def rollback(ref: str, data_dir: str, path: str) -> None:
+def rollback(ref: str, data_dir: str, outbox_url: str, path: str) -> None:
     """Write the container REF names back to the container file (atomically)."""
-    with opened(data_dir) as store:
+    with opened(data_dir, outbox_url) as store:
         entry = pick(store.entries(), ref)
     if not entry.accepted:
         raise click.ClickException(

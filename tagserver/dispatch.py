@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from . import metrics
+from .alerts import Alerts
 from .delivery_types import DeadLetter, Destination, Retry, Settlement
 from .http_client import vendor_client
 from .outbox_backend import Claim, OutboxBackend
@@ -90,6 +91,10 @@ class Lane:
         self.paused_until = 0.0
         self._made_of: tuple[Redactor, tuple[str, ...]] | None = None
         self.redact = Redactor()  # this destination's, as last built by `redactor()`
+        # the last failure this worker saw, for the status page: time, status, code, error, class
+        self.last_error: dict[str, Any] | None = None
+        self.tags: set[str] = set()  # the tags whose messages it carried (the page names it so)
+        self.failing = metrics.DESTINATION_FAILING.labels(key, tag_type)
         self.latency = metrics.VENDOR_LATENCY.labels(tag_type)
         self.task = asyncio.create_task(self.run(), name=f"lane {key}")
 
@@ -137,6 +142,7 @@ class Lane:
         claim = await self.outbox.claim(self.id, d.worker, want)
         if claim.messages:
             d.claimed.update(m.id for m in claim.messages)
+            self.tags.update(claim.tag_names.values())
             if d.stopping:  # claimed while shutting down: released by the dispatcher's close()
                 return
             messages = claim.messages
@@ -258,10 +264,17 @@ class Lane:
                         plan.retry.append(Retry(message.id, at, result.status, summary))
                         record.update(outcome="retry", next_attempt_in=round(delay, 3))
                 self.count(result.outcome)
+                if result.outcome != "delivered":
+                    self.failed(result, error, clean)
                 records.append((message, record))
 
         if live:
             self.sent(reached, throttle, last_error)
+            if plan.delivered and d.alerts is not None:
+                d.alerts.delivered(self.key)
+        if plan.dead and d.alerts is not None:
+            last = plan.dead[-1]
+            d.alerts.dead_lettering(self.key, len(plan.dead), last.error or last.reason, last.code)
         await d.settle(self.key, plan)
         d.claimed.difference_update(m.id for m in claim.messages)
         if live and self.ahead and self.paused_until > time.time():
@@ -299,12 +312,26 @@ class Lane:
                 result.outcome = "retry"
         return results, elapsed
 
+    def failed(self, result: Delivery, error: str, clean: Callable[[Any], Any]) -> None:
+        """Count a message the vendor did not take, by error class; remember it for the page."""
+        kind = error_class(result)
+        metrics.labelled(metrics.DELIVERY_ERRORS, self.key, self.tag_type, kind).inc()
+        code = str(clean(result.code) or "")
+        self.last_error = {
+            "time": time.time(), "status": result.status, "code": code,
+            "error": error, "error_class": kind, "outcome": result.outcome,
+        }  # fmt: skip
+        alerts = self.dispatcher.alerts
+        if kind == "auth" and alerts is not None:
+            alerts.token_refused(self.key, error, code)
+
     def sent(self, reached: bool, throttle: float | None, error: str) -> None:
         """Adjust the lane after a send: `reached` = the vendor answered for some message."""
         settings = self.settings
         if reached and not throttle:
             if self.failures >= FAILURES_BEFORE_PAUSE:
                 log.info("destination %s recovered after %d failed sends", self.key, self.failures)
+                self.failing.set(0)
             self.failures, self.paused_until = 0, 0.0
             return
         self.failures += 1
@@ -317,6 +344,8 @@ class Lane:
                 settings.retry_base_seconds,
                 settings.retry_cap_seconds,
             )
+        if self.failures >= FAILURES_BEFORE_PAUSE:
+            self.failing.set(1)
         if pause:
             self.paused_until = max(self.paused_until, time.time() + pause)
             log.warning(
@@ -404,11 +433,13 @@ class Dispatcher:
         preview: Any = None,
         redact: Callable[[], Redactor] | None = None,
         http: httpx.AsyncClient | None = None,
+        alerts: Alerts | None = None,
     ) -> None:
         self.outbox = outbox
         self.registry = registry
         self.settings = settings
         self.preview = preview
+        self.alerts = alerts
         self.container_redactor: Callable[[], Redactor] = redact or (lambda: _NO_SECRETS)
         self.worker = worker_name()
         self.http = http
@@ -588,3 +619,19 @@ class Dispatcher:
 
 
 _NO_SECRETS = Redactor()
+
+
+def error_class(result: Delivery) -> str:
+    """The sender's error class, else one told by the HTTP status."""
+    if result.error_class:
+        return result.error_class
+    status = result.status
+    if status is None:
+        return "network"
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "throttled"
+    if status >= 500:
+        return "unavailable"
+    return "refused"

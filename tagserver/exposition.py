@@ -45,7 +45,7 @@ class _Families:
         return self.families
 
 
-def outbox_families(stats: list[dict[str, Any]]) -> list[Metric]:
+def outbox_families(stats: list[dict[str, Any]], available: bool = True) -> list[Metric]:
     pending = GaugeMetricFamily(
         "tagserver_outbox_pending", "Messages waiting for delivery", labels=["destination"]
     )
@@ -61,10 +61,15 @@ def outbox_families(stats: list[dict[str, Any]]) -> list[Metric]:
         pending.add_metric([row["destination"]], row["pending"])
         oldest.add_metric([row["destination"]], row["oldest_age_seconds"] or 0.0)
         dead.add_metric([row["destination"]], row["dead_letters"])
-    return [pending, oldest, dead]
+    up = GaugeMetricFamily(
+        "tagserver_outbox_available",
+        "1 while hits can be stored (/healthz 200), 0 while they get 503 (/healthz says why)",
+    )
+    up.add_metric([], 1.0 if available else 0.0)
+    return [pending, oldest, dead, up]
 
 
-def render(stats: list[dict[str, Any]]) -> bytes:
+def render(stats: list[dict[str, Any]], available: bool = True) -> bytes:
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
@@ -74,13 +79,17 @@ def render(stats: list[dict[str, Any]]) -> bytes:
     else:
         base = generate_latest(REGISTRY)
     extra = CollectorRegistry(auto_describe=False)
-    extra.register(_Families(outbox_families(stats)))  # type: ignore[arg-type]
+    extra.register(_Families(outbox_families(stats, available)))  # type: ignore[arg-type]
     return base + generate_latest(extra)
 
 
 async def metrics_endpoint(request: Request) -> Response:
     metrics.flush()  # what this worker counted since the last flush
     outbox = request.app.state.tagserver.outbox
-    stats = await outbox.stats() if outbox.is_open else []
-    body = await asyncio.get_running_loop().run_in_executor(None, render, stats)
+    available = outbox.problem is None
+    try:
+        stats = await outbox.stats() if outbox.is_open else []
+    except Exception:  # the outbox is down: say so rather than fail the scrape
+        stats, available = [], False
+    body = await asyncio.get_running_loop().run_in_executor(None, render, stats, available)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

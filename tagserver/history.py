@@ -5,8 +5,9 @@ server and the `tagserver container …` commands share. A write is one `BEGIN I
 transaction, so the workers that all see the same file change record it once: an entry is
 added only when it differs (hash or verdict) from the newest one.
 
-`History` is the small interface the server and the CLI use; another backend (say, the
-PostgreSQL database the outbox may share between machines) implements the same four methods.
+`History` is the small interface the server and the CLI use. With the outbox on PostgreSQL
+(`TAGSERVER_OUTBOX_URL`) the history lives there too (`history_pg.PgHistory`), shared by every
+instance on every machine; `history_backend.open_history` picks the backend.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class Entry:
             "source": self.source,
             "problems": list(self.problems),
         }
+
+
+class HistoryUnavailable(RuntimeError):
+    """The history's store cannot be reached; the message says where (never a password)."""
 
 
 class History(Protocol):
@@ -195,7 +200,8 @@ def _entry(row: tuple[Any, ...]) -> Entry:
 
 
 def open_history(data_dir: str | Path) -> History:
-    """The history of the server whose data dir is `data_dir`."""
+    """The SQLite history of the server whose data dir is `data_dir` (`history_backend`
+    picks PostgreSQL instead when the outbox is there)."""
     return SQLiteHistory(Path(data_dir) / FILENAME)
 
 

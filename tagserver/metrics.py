@@ -9,10 +9,11 @@ file) each time, several times per hit; a dict update does not.
 from __future__ import annotations
 
 import asyncio
+import re
 from bisect import bisect_left
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ._compat import histogram_bounds, histogram_count, histogram_sum
 
@@ -64,6 +65,25 @@ MATCH_QUALITY = Histogram(
     "Estimated match quality (0-10) of events a conversions tag built, by tag type",
     ["tag_type"],
     buckets=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+)
+
+DELIVERY_ERRORS = Counter(
+    "tagserver_delivery_errors_total",
+    "Messages a vendor did not accept, by destination, tag type and error class: auth (the "
+    "token or key was refused), throttled, invalid (the event was refused), unavailable "
+    "(5xx), network (no answer), refused (any other 4xx)",
+    ["destination", "tag_type", "error_class"],
+)
+DESTINATION_FAILING = Gauge(
+    "tagserver_destination_failing",
+    "1 while a destination's last sends all failed and its lane is paused between tries",
+    ["destination", "tag_type"],
+    multiprocess_mode="livemax",
+)
+TAG_REJECTIONS = Counter(
+    "tagserver_tag_rejections_total",
+    "Events a tag refused to send, by tag and the start of its reason (bounded)",
+    ["tag", "reason"],
 )
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -145,3 +165,19 @@ def flush() -> None:
     while _sums:
         histogram, total = _sums.popitem()
         histogram_sum(histogram, total)
+
+
+MAX_REASONS = 20  # distinct rejection reasons counted per process; later ones count as "other"
+_reasons: set[str] = set()
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
+
+
+def reason_label(reason: str) -> str:
+    """A bounded label for a rejection reason: quoted values and numbers (which may come from
+    the event) are dropped, the text is cut short, and past MAX_REASONS it is "other"."""
+    text = _QUOTED.sub("…", reason.removeprefix("not sent: "))[:80].strip()
+    if text not in _reasons:
+        if len(_reasons) >= MAX_REASONS:
+            return "other"
+        _reasons.add(text)
+    return text

@@ -18,12 +18,15 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .outbox_backend import OutboxAdmin, open_admin
 from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from .container import Container
 
 data_dir_option = click.option(
     "--data-dir",
@@ -206,65 +209,42 @@ def retry(
     Each tag's dead letters go where the tag sends now, with the current container and
     environment (a fixed token or URL takes effect); --keep-route sends them the old way.
     """
-    routes: dict[str, tuple[str, str, dict[str, Any]]] = {}
-    kept: dict[str, str] = {}
-    if not keep_route:
-        routes, kept = _current_routes(container_path)
+    from .retry import retry_dead_letters
+
+    container = None if keep_route else _current_container(container_path)
     admin = open_outbox(data_dir, outbox_url)
-    now = time.time()
-    expired = admin.count_past_deadline(destination, ids, now)
-    moved = using(admin, lambda a: a.requeue(destination, ids, now, routes))
-    count = sum(r["requeued"] for r in moved)
-    click.echo(f"requeued {count} dead letter{'s' if count != 1 else ''}")
-    for r in moved:
-        tag = r["tag"] or "(no tag)"
-        if r["to"] != r["from"]:
-            where = f"{r['to']} (where {tag} sends now; was {r['from']})"
-        elif keep_route:
-            where = f"{r['to']} (the stored route, --keep-route)"
-        elif r["tag"] in routes:
-            where = f"{r['to']} (where {tag} sends now)"
-        else:
-            reason = kept.get(r["tag"], f"no tag named {tag!r} in {container_path}")
-            where = f"{r['to']} (the stored route: {reason})"
-        click.echo(f"  {tag}: {r['requeued']} → {where}")
-        if r["already_sent_or_pending"]:
-            click.echo(
-                f"    {r['already_sent_or_pending']} not requeued: the same message is pending "
-                "there or was delivered within 48 hours"
-            )
-    if expired:
+    done = using(
+        admin,
+        lambda a: retry_dead_letters(
+            a, destination, ids, time.time(), container, container_name=container_path
+        ),
+    )
+    click.echo(f"requeued {done.count} dead letter{'s' if done.count != 1 else ''}")
+    for line, repeats in done.lines:
+        click.echo(f"  {line}")
+        if repeats:
+            click.echo(f"    {repeats}")
+    if done.expired:
         click.echo(
-            f"warning: {expired} of them are past their deadline (the vendor would refuse them) "
-            "and will be dead-lettered again",
+            f"warning: {done.expired} of them are past their deadline (the vendor would refuse "
+            "them) and will be dead-lettered again",
             err=True,
         )
 
 
-def _current_routes(
-    container_path: str,
-) -> tuple[dict[str, tuple[str, str, dict[str, Any]]], dict[str, str]]:
-    """Each tag's route now (tag → (key, type, route)), and why some tags have none."""
+def _current_container(container_path: str) -> Container:
+    """The container whose tags say where messages go now (with the current environment)."""
     from .container import ContainerError, load_file
     from .plugins import load_registry
-    from .reroute import Route, current_routes
-    from .settings import Settings, SettingsError
 
     try:
         settings = Settings.from_env(container=container_path)
-        container = load_file(container_path, load_registry(), settings)
+        return load_file(container_path, load_registry(), settings)
     except (ContainerError, SettingsError) as exc:
         raise click.ClickException(
             f"cannot tell where messages go now: {exc}\n"
             "fix the container (tagserver validate) or retry with --keep-route"
         ) from None
-    routes, kept = {}, {}
-    for tag, found in current_routes(container).items():
-        if isinstance(found, Route):
-            routes[tag] = (found.destination, found.tag_type, found.route)
-        else:
-            kept[tag] = found
-    return routes, kept
 
 
 @outbox.command()

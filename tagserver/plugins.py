@@ -138,6 +138,10 @@ class Delivery:
     response: Any = None  # parsed vendor response body, for preview
     latency_ms: float | None = None
     request: dict[str, Any] | None = None  # summary of the vendor request for preview, no secrets
+    # why it failed, for metrics and alerts: "auth" (the token or key was refused: an operator
+    # must act), "throttled", "invalid" (the event itself was refused), "unavailable",
+    # "network", "refused"; empty: the dispatcher guesses from the HTTP status
+    error_class: str = ""
 
 
 @dataclass

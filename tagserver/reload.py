@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -71,8 +72,11 @@ class ContainerWatcher:
         registry: Registry,
         state: Running,
         history: History | None = None,
+        *,
+        on_refused: Callable[[str, str, list[str]], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_refused = on_refused  # (hash, path, problems): the webhook alert
         self.registry = registry
         self.state = state
         self.history = history
@@ -128,6 +132,11 @@ class ContainerWatcher:
         self.state.status.refuse(digest, path, [str(p) for p in problems])
         metrics.labelled(metrics.CONTAINER_RELOADS, "refused").inc()
         remember_refusal(self.history, raw, path, problems)
+        if self.on_refused is not None:
+            try:
+                self.on_refused(digest, path, [str(p) for p in problems])
+            except Exception:
+                log.exception("could not tell about the refused container")
         head, *lines = ContainerError(problems).report(path)
         log.error(
             "container changed but is invalid; keeping the running one. %s:\n%s",

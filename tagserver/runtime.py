@@ -288,6 +288,7 @@ class Runtime:
             outgoing = made if type(made) is list else list(made)
         except TagRejected as exc:
             status, reason = "rejected", f"not sent: {redact.text(str(exc))}"
+            metrics.count(metrics.TAG_REJECTIONS, tag.name, metrics.reason_label(reason))
         except Exception as exc:  # one broken tag never affects the others
             status = "error"
             reason = f"error: {type(exc).__name__}: {redact.text(str(exc))}"

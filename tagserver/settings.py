@@ -157,6 +157,13 @@ class Settings:
         "SQLite file of the preview store; empty = in shared memory (/dev/shm) when available, "
         "else `preview.sqlite3` in the data dir. Unused when TAGSERVER_REDIS_URL is set.",
     )
+    # -- monitoring
+    alert_webhook_url: str = setting(
+        "",
+        'Slack-compatible webhook (`{"text": …}`) told once per incident when a destination '
+        "starts dead-lettering, a vendor refuses a token, or a container edit is refused.",
+        secret=True,
+    )
 
     # values of plugin-declared settings given in code, by name: {"api_keys": "k1,k2"}
     plugin_settings: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -188,6 +195,11 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}OUTBOX_URL: expected postgresql://user:password@host:port/database "
                 "(or empty for the embedded SQLite outbox)"
+            )
+        hook = self.alert_webhook_url.strip()
+        if hook and not hook.startswith(("https://", "http://")):
+            raise SettingsError(  # the value is a secret: not repeated here
+                f"{PREFIX}ALERT_WEBHOOK_URL: expected an https:// URL (a Slack-compatible webhook)"
             )
 
     @classmethod

@@ -110,7 +110,8 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 20.0, ready: tuple[int, ...] = (200,)) -> ServerProcess:
+        """Start and wait until /healthz answers one of `ready` (503: started, yet unwell)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [
@@ -139,7 +140,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code in ready:
                     return self
             except httpx.HTTPError:
                 pass

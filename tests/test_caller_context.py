@@ -136,7 +136,9 @@ def test_default_container_does_not_take_a_backend_for_a_bot(tmp_path, caller):
     with app_client(tmp_path, json.loads(DEFAULT_CONTAINER.read_text())) as client:
         r = client.post("/api/events", json=STORE_PURCHASE, headers={**AUTH, "User-Agent": caller})
     [result] = r.json()["results"]
-    assert "meta_capi" in result["tags_fired"], result["tags_not_fired"]
+    not_fired = result["tags_not_fired"]  # without credentials the tag runs dry: not blocked
+    assert "meta_capi" in result["tags_fired"] or not_fired["meta_capi"].startswith("dry run:")
+    assert not not_fired.get("meta_capi", "").startswith("blocked"), not_fired
 
 
 def test_default_container_still_blocks_a_bot_customer_and_a_bot_visitor(tmp_path):

@@ -7,10 +7,13 @@ import sys
 import time
 
 import httpx
-from support import ServerProcess, minimal_container, wait_until
+import pytest
+from support import LOOPBACK, ServerProcess, free_port, minimal_container, wait_until
 
 from tagserver.container_diff import diff, summary
-from tagserver.history import ACCEPTED, REFUSED, SQLiteHistory, UnknownRef, resolve
+from tagserver.history import ACCEPTED, REFUSED, HistoryUnavailable, UnknownRef, resolve
+from tagserver.history_backend import open_history
+from tagserver.history_pg import PgHistory
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -132,8 +135,17 @@ def test_workers_record_each_change_once(tmp_path):
         ]  # fmt: skip
 
 
-def test_resolve_refs(tmp_path):
-    history = SQLiteHistory(tmp_path / "h.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_store(request, tmp_path):
+    """The history on each backend, as `open_history` picks it."""
+    url = request.getfixturevalue("postgres").create_database() if request.param != "sqlite" else ""
+    history = open_history(tmp_path / "data", url)
+    yield history
+    history.close()
+
+
+def test_resolve_refs(history_store):
+    history = history_store
     for version in ("1", "2"):
         history.record(ACCEPTED, json.dumps({"version": version}).encode(), "c.json", "t", version)
     history.record(REFUSED, b"{", "c.json", problems=["invalid JSON"])
@@ -163,3 +175,112 @@ def test_diff_names_sections_and_fields():
     assert "tags reordered: buyer, log_all" in changes
     assert "transformation 'x' added" in changes
     assert summary(diff(old, new)).startswith("container version '1'→'2'; tags ~buyer(params)")
+
+
+def test_only_the_newest_thousand_are_kept(history_store):
+    history_store.keep = 5
+    for i in range(8):
+        history_store.record(
+            ACCEPTED, json.dumps({"version": str(i)}).encode(), "c.json", "t", str(i)
+        )
+    entries = history_store.entries()
+    assert [e.version for e in entries] == ["7", "6", "5", "4", "3"]
+    assert history_store.get(entries[0].id).version == "7" and history_store.get(1) is None
+
+
+# -- PostgreSQL: one history for every instance ---------------------------------------------
+
+
+def pg_cli(url, data_dir, container, *args, ok=True, via_env=False):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")}
+    env["TAGSERVER_CONTAINER"] = str(container)
+    option = [] if via_env else ["--outbox-url", url]
+    if via_env:
+        env["TAGSERVER_OUTBOX_URL"] = url
+    done = subprocess.run(
+        [sys.executable, "-m", "tagserver", "container", *args, "--data-dir", str(data_dir),
+         *option],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if ok:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_instances_sharing_postgresql_share_one_history(tmp_path, postgres):
+    url = postgres.create_database()
+    env = {"TAGSERVER_OUTBOX_URL": url}
+    path = tmp_path / "container.json"
+    path.write_text(json.dumps(shop("1", "purchase"), indent=2))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with ServerProcess(tmp_path / "a", path, env=env, data_dir=tmp_path / "a" / "data") as a, \
+            ServerProcess(tmp_path / "b", path, env=env, data_dir=tmp_path / "b" / "data") as b:  # fmt: skip
+        rewrite(path, shop("2", ["purchase", "refund"]))
+        for server in (a, b):
+            wait_until(lambda s=server: health(s)["container"]["version"] == "2")
+        time.sleep(0.5)  # both have recorded what they would record
+        # a third data dir, on no server: the history is in the database
+        elsewhere = tmp_path / "elsewhere"
+        rows = json.loads(pg_cli(url, elsewhere, path, "history", "--json").stdout)
+        assert [(e["version"], e["status"]) for e in rows] == [
+            ("2", "accepted"), ("1", "accepted")
+        ]  # fmt: skip
+        assert not (elsewhere / "history.sqlite").exists()
+        assert not (tmp_path / "a" / "data" / "history.sqlite").exists()
+        listing = pg_cli(url, elsewhere, path, "history", via_env=True).stdout
+        assert postgres.url().split("@")[0].split(":")[-1] not in listing  # no password
+        assert (
+            "trigger 'buy' changed (event)" in pg_cli(url, elsewhere, path, "diff", "1", "2").stdout
+        )
+
+        out = pg_cli(url, elsewhere, path, "rollback", "1").stdout
+        assert "wrote #1 (version 1" in out
+        for server in (a, b):
+            wait_until(lambda s=server: health(s)["container"]["version"] == "1", timeout=5)
+            assert fired(server, "refund") == ["log_all"]
+        time.sleep(0.5)
+        rows = json.loads(pg_cli(url, elsewhere, path, "history", "--json").stdout)
+        assert [(e["version"], e["status"]) for e in rows] == [
+            ("1", "accepted"), ("2", "accepted"), ("1", "accepted")
+        ]  # fmt: skip
+        for server in (a, b):
+            assert "container history not written" not in server.logs()
+
+
+def test_an_unreachable_postgresql_history_says_so_without_the_password(tmp_path, caplog):
+    password = "hist-Secret-9931"
+    url = f"postgresql://tagserver:{password}@{LOOPBACK}:{free_port()}/nowhere"
+    history = PgHistory(url, timeout=1)
+    try:
+        with pytest.raises(HistoryUnavailable) as caught:
+            history.record(ACCEPTED, b"{}", "c.json")
+    finally:
+        history.close()
+    assert "cannot reach the container history" in str(caught.value)
+    assert password not in str(caught.value) and LOOPBACK in str(caught.value)
+    done = pg_cli(url, tmp_path, tmp_path / "c.json", "history", ok=False)
+    assert done.returncode == 1
+    assert "cannot reach the container history in PostgreSQL" in done.stderr
+    assert password not in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
+def test_reloads_and_hits_go_on_when_the_postgresql_history_is_down(tmp_path):
+    """The history is a record: with PostgreSQL unreachable an edit is still applied and hits
+    answered; the log says the history was not written, without the password."""
+    password = "hist-Secret-9931"
+    url = f"postgresql://tagserver:{password}@{LOOPBACK}:{free_port()}/nowhere"
+    env = {"TAGSERVER_OUTBOX_URL": url, "TAGSERVER_OUTBOX_TIMEOUT_SECONDS": "1"}
+    server = ServerProcess(tmp_path, shop("1", "purchase"), env=env)
+    server.start(ready=(503,))  # the outbox is down too: /healthz says so
+    try:
+        assert fired(server, "refund") == ["log_all"]  # log tags send nothing to the outbox
+        rewrite(server.container_path, shop("2", ["purchase", "refund"]))
+        version = lambda: httpx.get(server.url + "/healthz").json()["container"]["version"]  # noqa: E731
+        wait_until(lambda: version() == "2")
+        assert fired(server, "refund") == ["log_all", "buyer"]
+        logs = wait_until(lambda: "container history not written" in (t := server.logs()) and t)
+        assert "cannot reach the container history in PostgreSQL" in logs
+        assert password not in logs
+    finally:
+        server.stop()

@@ -548,30 +548,37 @@ def test_two_workers_share_one_preview(tmp_path):
 # -- Redis -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_url(tmp_path) -> Iterator[str]:
+def start_redis(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A real redis-server on a free loopback port (no disk); the caller stops it."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
+         "--dir", str(tmp_path), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
+                    return proc, port
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.terminate()
+            proc.wait(10)
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def redis_url(tmp_path) -> Iterator[str]:
+    proc, port = start_redis(tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection((LOOPBACK, port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
         yield f"redis://{LOOPBACK}:{port}/0"
     finally:
         proc.terminate()
@@ -653,6 +660,66 @@ def test_two_machines_share_previews_through_redis(tmp_path, redis_url):
         # signing in on b works with a's cookie too: same key, same password
         ui_b = httpx.Client(base_url=b.url, cookies=ui.cookies)
         assert ui_b.get(f"/preview/api/s/{session['id']}").json()["live"] is True
+
+
+def test_every_preview_route_answers_503_while_redis_is_down(tmp_path, caplog):
+    """Redis stopped under a running server: each preview page and endpoint says so with a
+    503 and a reason (never a 500, never the URL's password); hits and /healthz go on."""
+    secret = "redis-Secret-5521"
+    proc, port = start_redis(tmp_path, "--requirepass", secret)
+    url = f"redis://:{secret}@{LOOPBACK}:{port}/0"
+    try:
+        with preview_app(tmp_path, redis_url=url) as c:
+            assert sign_in(c).status_code == 303
+            session = start_session(c)
+            sid = session["id"]
+            send(c, session["token"])
+            tid = wait_hits(c, sid, 1)[0]["id"]
+            proc.terminate()
+            proc.wait(10)
+
+            r = sign_in(c)
+            assert r.status_code == 503, r.text
+            assert "preview store (Redis" in r.text and "unreachable" in r.text
+            assert r.headers["retry-after"]
+            responses = [r]
+            for method, path in [
+                ("GET", "/preview"),
+                ("GET", f"/preview/s/{sid}"),
+                ("GET", "/preview/api/sessions"),
+                ("POST", "/preview/sessions"),
+                ("GET", f"/preview/api/s/{sid}"),
+                ("GET", f"/preview/api/s/{sid}/hits"),
+                ("GET", f"/preview/api/s/{sid}/hits/{tid}"),
+                ("GET", f"/preview/api/s/{sid}/stream"),
+                *[("POST", f"/preview/s/{sid}/{a}") for a in
+                  ("renew", "stop", "clear", "mark", "unmark", "delete")],
+            ]:  # fmt: skip
+                r = c.request(method, path, headers={"Accept": "application/json"},
+                              follow_redirects=False)  # fmt: skip
+                assert r.status_code == 503, (method, path, r.status_code, r.text)
+                assert "the preview store (Redis" in r.json()["error"], r.text
+                assert r.headers["retry-after"]
+                responses.append(r)
+            page = c.get("/preview", headers={"Accept": "text/html"})
+            assert page.status_code == 503 and "unreachable" in page.text
+            assert page.headers["content-security-policy"]
+            responses.append(page)
+            for r in responses:
+                assert secret not in r.text and secret not in str(r.headers)
+
+            # hits are served, previewed or not, and /healthz is not concerned
+            send(c, None)
+            send(c, session["token"])
+            health = c.get("/healthz")
+            assert health.status_code == 200 and secret not in health.text
+            assert c.get("/preview/api/container").status_code == 200
+        assert "preview store failed" in caplog.text and "is unreachable" in caplog.text
+        assert secret not in caplog.text
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
 
 
 # -- the hot path ------------------------------------------------------------------------------

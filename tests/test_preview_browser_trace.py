@@ -78,6 +78,8 @@ def test_preview_shows_refusals_delivery_states_dry_runs_and_the_answer(
     # 1. two events, one refused: the list counts it, the Console says which and why
     event = {"event_name": "purchase", "event_id": "o-1", "value": 12, "currency": "EUR",
              "page_location": "https://www.shop.test/checkout/done", "action_source": "website",
+             # the customer's own context: a backend's request gives none (issue 15.5)
+             "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0", "ip_override": "203.0.113.9",
              "note": f"invoice{RLO}fdp.exe", f"k{LRI}ey{PDI}": "v"}  # fmt: skip
     r = httpx.post(server.url + "/api/events",
                    json={"events": [event, {"event_name": "purchase", "value": "ten"}]},

@@ -60,6 +60,7 @@ class Verdict:
     retry_after: float | None = None
     bisect: bool = False  # code 100 on several events: split to find the bad one(s)
     alert: str = ""  # something an operator must fix (token, permissions, policy)
+    error_class: str = ""  # Delivery.error_class: "auth" when the token is refused
 
 
 def _int(value: Any) -> int | None:
@@ -96,7 +97,7 @@ def classify(status: int, error: GraphError | None, batch_size: int) -> Verdict:
         return Verdict("retry")
     code = error.code
     if code in THROTTLING:
-        return Verdict("retry", retry_after=THROTTLE_FLOOR_SECONDS)
+        return Verdict("retry", retry_after=THROTTLE_FLOOR_SECONDS, error_class="throttled")
     if code == SPAM:
         return Verdict(
             "retry",
@@ -106,16 +107,18 @@ def classify(status: int, error: GraphError | None, batch_size: int) -> Verdict:
     if error.is_transient or code in TRANSIENT:
         return Verdict("retry")
     if code == INVALID_PARAMETER:
-        return Verdict("permanent", bisect=batch_size > 1)
+        return Verdict("permanent", bisect=batch_size > 1, error_class="invalid")
     if code in TOKEN:
         return Verdict(
             "permanent",
+            error_class="auth",
             alert=f"the access token is invalid or expired (code {error.code_text}): "
             "create a new one in Events Manager",
         )
     if code in PERMISSION:
         return Verdict(
             "permanent",
+            error_class="auth",
             alert=f"the token may not send events to this pixel (code {error.code_text})",
         )
     if status >= 500:

@@ -143,6 +143,7 @@ class MetaSender(Sender):
                 else redact.text(response.text[:2000]),
                 latency_ms=latency,
                 request=shown,
+                error_class=verdict.error_class,
             ),
             bisect=verdict.bisect,
         )

@@ -142,6 +142,8 @@ class TikTokSender(Sender):
                 response=shown_body,
                 latency_ms=posted.latency_ms,
                 request=shown,
+                # TikTok refuses a token with HTTP 200 and its own code: say "auth" outright
+                error_class="auth" if code in AUTH or status in (401, 403) else "",
             ),
             bisect=bisect and len(messages) > 1,
         )

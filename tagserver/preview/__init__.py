@@ -97,7 +97,7 @@ class Preview:
         try:
             return self.sessions.live_session(token)
         except Exception as exc:  # the store is down: the hit goes on, unpreviewed
-            self._store_failed("checking a preview token", exc)
+            self.store_failed("checking a preview token", exc)
             return None
 
     def record_hit(self, trace: dict[str, Any]) -> None:
@@ -140,7 +140,7 @@ class Preview:
         try:
             retry = await asyncio.to_thread(self._write, batch)
         except Exception as exc:
-            self._store_failed("storing previewed hits", exc)
+            self.store_failed("storing previewed hits", exc)
             return
         if retry:  # deliveries whose hit is not stored yet: try again shortly
             self._queue.extendleft(reversed(retry))
@@ -178,7 +178,7 @@ class Preview:
     def stopping(self) -> bool:
         return self._stopping is not None and self._stopping.is_set()
 
-    def _store_failed(self, doing: str, exc: Exception) -> None:
+    def store_failed(self, doing: str, exc: Exception) -> None:
         self._store_errors += 1
         if self._store_errors in (1, 10, 100) or self._store_errors % 1000 == 0:
             log.error(
@@ -212,7 +212,7 @@ class Preview:
                 await asyncio.to_thread(self.store.prune)
                 await asyncio.to_thread(sweep_orphans)
             except Exception as exc:
-                self._store_failed("pruning old sessions", exc)
+                self.store_failed("pruning old sessions", exc)
             await asyncio.sleep(PRUNE_SECONDS)
 
     def _watch_shutdown_signals(self) -> None:

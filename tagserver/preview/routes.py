@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 from ..event import RequestContext
 from ..settings import ROOT_PATH_SCOPE_KEY
 from .sessions import PreviewSession
+from .store import StoreUnavailable
 
 if TYPE_CHECKING:
     from ..plugins import Example
@@ -43,6 +44,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+RETRY_SECONDS = 5  # Retry-After while the preview store is unreachable
 STREAM_SECONDS = 60.0  # a stream ends after this; the browser reconnects (and re-authenticates)
 POLL_SECONDS = 0.5  # how often a stream looks for other workers' hits
 HEARTBEAT_SECONDS = 15.0
@@ -83,6 +85,10 @@ class Server:
     example: Callable[[], Example | None]
     # the container in force and the last refused edit, with warnings (as /healthz shows them)
     container: Callable[[], dict[str, Any]] = dict
+    # the status page's figures (deliveries, dead letters, tags, match quality, health)
+    status: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    # `tagserver outbox retry` for (destination or None, dead letter ids): what it did
+    retry: Callable[[str | None, list[int]], Awaitable[dict[str, Any]]] | None = None
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -111,11 +117,30 @@ class Views:
     def secured(self, endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def wrapper(request: Request) -> Response:
-            response = await endpoint(request)
+            try:
+                response = await endpoint(request)
+            except StoreUnavailable as exc:
+                response = self.unavailable(request, exc)
             response.headers.update(SECURITY_HEADERS)
             return response
 
         return wrapper
+
+    def unavailable(self, request: Request, exc: StoreUnavailable) -> Response:
+        """The store is down: 503 with its reason, as the sign-in form, a page or JSON."""
+        self.preview.store_failed(f"serving {request.method} {request.url.path}", exc)
+        reason = f"{exc.reason}; preview is paused, hits are still served"
+        response: Response
+        if request.url.path.endswith("/preview/login") and not wants_json(request):
+            response = self._login_form(request, f"{reason}. Try again shortly.", 503)
+        elif "text/html" in request.headers.get("accept", "") and not wants_json(request):
+            response = templates.TemplateResponse(
+                request, "preview_unavailable.html", {"reason": reason}, 503
+            )
+        else:
+            response = error(503, reason)
+        response.headers["Retry-After"] = str(RETRY_SECONDS)
+        return response
 
     def operator(self, endpoint: Endpoint, *, page: bool = False) -> Endpoint:
         """Only for a signed-in operator; POSTs must also come from this very origin."""
@@ -221,6 +246,69 @@ class Views:
                 request, "preview_missing.html", {"sid": request.path_params["sid"]}, 404
             )
         return templates.TemplateResponse(request, "preview_session.html", {"session": session})
+
+    # -- the status page
+
+    async def _figures(self) -> dict[str, Any] | Response:
+        if self.server.status is None:
+            return error(404, "this server has no status page")
+        return await self.server.status()
+
+    async def status_page(self, request: Request) -> Response:
+        figures = await self._figures()
+        if isinstance(figures, Response):
+            return figures
+        return templates.TemplateResponse(
+            request, "preview_status.html", status_context(figures, request)
+        )
+
+    async def status_live(self, request: Request) -> Response:
+        """The page's changing part, polled by its script."""
+        figures = await self._figures()
+        if isinstance(figures, Response):
+            return figures
+        return templates.TemplateResponse(
+            request, "preview_status_live.html", status_context(figures, request)
+        )
+
+    async def api_status(self, request: Request) -> Response:
+        figures = await self._figures()
+        if isinstance(figures, Response):
+            return figures
+        return json_response(figures)
+
+    async def retry(self, request: Request) -> Response:
+        """Retry dead letters: one (`id`), a destination's, or all (`all=1`)."""
+        if self.server.retry is None:
+            return error(404, "this server has no status page")
+        if request.headers.get("content-type", "").startswith("application/json"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_FORM_BYTES:
+                    return error(413, f"the body is over {MAX_FORM_BYTES} bytes")
+            try:
+                form = orjson.loads(body or b"{}")
+            except orjson.JSONDecodeError:
+                return error(400, "the body is not JSON")
+            if not isinstance(form, dict):
+                return error(400, "the body must be a JSON object")
+        else:
+            form = await read_form(request)
+        raw_ids = form.get("id", form.get("ids", []))
+        raw_ids = raw_ids if isinstance(raw_ids, list) else [raw_ids]
+        try:
+            ids = [int(i) for i in raw_ids if str(i).strip()]
+        except ValueError:
+            return error(400, "id: a dead letter's number expected")
+        destination = str(form.get("destination") or "") or None
+        if not ids and destination is None and str(form.get("all", "")) not in ("1", "true"):
+            return error(400, "say what to retry: id, destination, or all=1")
+        done = await self.server.retry(destination, ids)
+        if wants_json(request) or request.url.path.startswith("/preview/api/"):
+            return json_response(done)
+        query = f"retried={done['requeued']}&expired={done['past_deadline']}"
+        return RedirectResponse(f"{root(request)}/preview/status?{query}#dead-letters", 303)
 
     # -- JSON
 
@@ -373,7 +461,11 @@ class Views:
             now = time.monotonic()
             if now - last_state > 2:  # renewed, stopped or deleted in another tab or worker
                 last_state = now
-                current = await asyncio.to_thread(self.sessions.get, session.id)
+                try:
+                    current = await asyncio.to_thread(self.sessions.get, session.id)
+                except StoreUnavailable as exc:  # the browser reconnects and is told why
+                    yield sse("unavailable", {"reason": exc.reason})
+                    return
                 if current is None:
                     yield sse("gone", {"id": session.id})
                     return
@@ -387,6 +479,12 @@ class Views:
             if len(entries) < 200:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), POLL_SECONDS)
+
+
+def status_context(figures: dict[str, Any], request: Request) -> dict[str, Any]:
+    from .status_view import view
+
+    return {**view(figures), "query": dict(request.query_params)}
 
 
 def sse(event: str, data: Any, event_id: int | None = None) -> bytes:
@@ -446,6 +544,11 @@ def preview_routes(preview: Preview, server: Server) -> list[BaseRoute]:
         Route("/preview/s/{sid}/{action}", op(v.api_action), methods=["POST"]),
         Route("/preview/api/sessions", op(v.api_sessions), methods=["GET"]),
         Route("/preview/api/container", op(v.api_container), methods=["GET"]),
+        Route("/preview/status", op(v.status_page, page=True), methods=["GET"]),
+        Route("/preview/status/live", op(v.status_live), methods=["GET"]),
+        Route("/preview/status/retry", op(v.retry), methods=["POST"]),
+        Route("/preview/api/status", op(v.api_status), methods=["GET"]),
+        Route("/preview/api/status/retry", op(v.retry), methods=["POST"]),
         Route("/preview/api/s/{sid}", op(v.api_session), methods=["GET"]),
         Route("/preview/api/s/{sid}/hits", op(v.api_hits), methods=["GET"]),
         Route("/preview/api/s/{sid}/hits/{trace_id}", op(v.api_hit), methods=["GET"]),

@@ -16,14 +16,17 @@ sequence number in a per-session feed, which the live stream (SSE) reads from.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -36,6 +39,17 @@ RETENTION_SECONDS = 86400  # sessions (and their hits) are forgotten a day after
 SHARED_MEMORY = Path("/dev/shm")
 
 Summary = dict[str, Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached; `reason` says so and where, never with a password. The
+    preview routes answer it with 503; the hit path goes on without previewing."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Store(Protocol):
@@ -369,6 +383,36 @@ class SqliteStore:
 # -- Redis ----------------------------------------------------------------------------------
 
 
+def safe_redis_url(url: str) -> str:
+    """The Redis URL without its user and password (host, port and database only)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+    except ValueError:
+        return "redis://(unreadable URL)"
+
+
+def _reachable(
+    method: Callable[Concatenate[RedisStore, P], R],
+) -> Callable[Concatenate[RedisStore, P], R]:
+    """Redis's connection errors become `StoreUnavailable` with a reason a person can act on."""
+
+    @functools.wraps(method)
+    def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        import redis
+
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.RedisError, OSError) as exc:
+            raise StoreUnavailable(self.unreachable(exc)) from None
+
+    return wrapper
+
+
 class RedisStore:
     """The same store on Redis, for instances on several machines.
 
@@ -386,15 +430,32 @@ class RedisStore:
 
         self.per_session = per_session
         self.total = total
+        self.where = safe_redis_url(url)
         self.redis = redis.Redis.from_url(
             url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
+
+    def unreachable(self, exc: BaseException) -> str:
+        """Why the store failed, without the URL's password (Redis's own messages name only
+        the host; the reason is ours all the same)."""
+        import redis
+
+        if isinstance(exc, redis.AuthenticationError):
+            what = "refuses this server's credentials (check TAGSERVER_REDIS_URL)"
+        elif isinstance(exc, redis.TimeoutError | TimeoutError):
+            what = "does not answer in time"
+        elif isinstance(exc, redis.ConnectionError | OSError):
+            what = "is unreachable"
+        else:
+            what = f"failed ({type(exc).__name__})"
+        return f"the preview store (Redis at {self.where}) {what}"
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     # sessions
 
+    @_reachable
     def put_session(self, data: dict[str, Any]) -> None:
         ttl = max(60, int(data["expires"] - time.time()) + RETENTION_SECONDS)
         pipe = self.redis.pipeline()
@@ -402,10 +463,12 @@ class RedisStore:
         pipe.zadd(self._k("sessions"), {data["id"]: data["created"]})
         pipe.execute()
 
+    @_reachable
     def get_session(self, sid: str) -> dict[str, Any] | None:
         raw = self.redis.get(self._k("session", sid))
         return orjson.loads(raw) if raw else None
 
+    @_reachable
     def list_sessions(self) -> list[dict[str, Any]]:
         ids = [i.decode() for i in self.redis.zrevrange(self._k("sessions"), 0, 199)]
         if not ids:
@@ -416,6 +479,7 @@ class RedisStore:
             self.redis.zrem(self._k("sessions"), *gone)
         return [orjson.loads(raw) for raw in raws if raw]
 
+    @_reachable
     def delete_session(self, sid: str) -> None:
         self.clear(sid)
         pipe = self.redis.pipeline()
@@ -437,6 +501,7 @@ class RedisStore:
             pipe.zrem(self._k("hits"), f"{sid}:{tid}")
         pipe.execute()
 
+    @_reachable
     def add_hits(self, hits: list[tuple[str, Summary, dict[str, Any]]]) -> None:
         if not hits:
             return
@@ -468,6 +533,7 @@ class RedisStore:
             if oldest:
                 self.redis.zremrangebyscore(self._k("feed", sid), "-inf", f"({oldest[0][1]}")
 
+    @_reachable
     def add_deliveries(self, items: list[tuple[str, dict[str, Any]]]) -> list[int]:
         unknown = []
         for index, (tid, delivery) in enumerate(items):
@@ -505,6 +571,7 @@ class RedisStore:
                 out[tid] = item
         return out
 
+    @_reachable
     def hits(self, sid: str, limit: int) -> list[Summary]:
         rows = self.redis.zrevrange(self._k("hits", sid), 0, limit - 1, withscores=True)
         rows.reverse()
@@ -517,6 +584,7 @@ class RedisStore:
                 out.append(item)
         return out
 
+    @_reachable
     def hit(self, sid: str, trace_id: str) -> dict[str, Any] | None:
         owner = self.redis.get(self._k("of", trace_id))
         raw = self.redis.get(self._k("hit", trace_id))
@@ -526,6 +594,7 @@ class RedisStore:
         trace["deliveries"] = self._deliveries(trace_id)
         return trace
 
+    @_reachable
     def changes(self, sid: str, after: int, limit: int = 200) -> list[dict[str, Any]]:
         rows = self.redis.zrangebyscore(
             self._k("feed", sid), f"({after}", "+inf", start=0, num=limit, withscores=True
@@ -544,9 +613,11 @@ class RedisStore:
                             "deliveries": item["deliveries"]})  # fmt: skip
         return out
 
+    @_reachable
     def cursor(self) -> int:
         return int(self.redis.get(self._k("seq")) or 0)
 
+    @_reachable
     def clear(self, sid: str) -> None:
         tids = [t.decode() for t in self.redis.zrange(self._k("hits", sid), 0, -1)]
         self._drop_hits([(sid, t) for t in tids])
@@ -554,6 +625,7 @@ class RedisStore:
 
     # sign-in throttling
 
+    @_reachable
     def count_failure(self, key: str, window: float) -> None:
         name = self._k("login", key)
         pipe = self.redis.pipeline()
@@ -561,12 +633,15 @@ class RedisStore:
         pipe.expire(name, int(window), nx=True)
         pipe.execute()
 
+    @_reachable
     def failures(self, key: str, window: float) -> int:
         return int(self.redis.get(self._k("login", key)) or 0)
 
+    @_reachable
     def reset_failures(self, key: str) -> None:
         self.redis.delete(self._k("login", key))
 
+    @_reachable
     def prune(self) -> None:
         self.list_sessions()  # drops expired session ids from the index; keys expire by TTL
 
