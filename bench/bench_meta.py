@@ -1,6 +1,11 @@
 """Benchmark: building the Conversions API request body for 10,000 full Purchase events.
 
-    python bench/bench_meta.py [--events 10000] [--rounds 2]
+    python bench/bench_meta.py [--events 10000] [--rounds 2] [--vendors-only]
+
+The per-vendor table (always printed; `--vendors-only` skips the SDK comparison) times each
+conversions tag — meta_capi, tiktok_events, pinterest_capi, snapchat_capi — the same way
+(`fire` + the stored payload + the request body) on the same 13-key events, round-robin in
+one process, and gives µs per event and the ratio to meta_capi.
 
 "Building" = normalize + hash + serialize, from raw event data to the JSON bytes of the
 requests (1000 events each):
@@ -51,6 +56,9 @@ from facebook_business.api import _top_level_param_json_encode  # noqa: E402
 from requests.models import RequestEncodingMixin  # noqa: E402
 from tagserver.tags.meta_capi import MetaCapiTag  # noqa: E402
 from tagserver.tags.meta_capi.mapping import build  # noqa: E402
+from tagserver.tags.pinterest_capi import PinterestCapiTag  # noqa: E402
+from tagserver.tags.snapchat_capi import SnapchatCapiTag  # noqa: E402
+from tagserver.tags.tiktok_events import TikTokEventsTag  # noqa: E402
 
 from tagserver.event import RequestContext  # noqa: E402
 from tagserver.plugins import FireContext  # noqa: E402
@@ -144,6 +152,53 @@ def tagserver_events(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for r in raw
     ]
+
+
+VENDORS: list[tuple[str, Any, dict[str, Any]]] = [
+    ("meta_capi", MetaCapiTag, {"pixel_id": PIXEL, "access_token": TOKEN, "api_version": "v25.0",
+                                "action_source": "website", "external_id_hashing": "sha256"}),
+    ("tiktok_events", TikTokEventsTag, {"pixel_code": "CBENCH1234567", "access_token": TOKEN,
+                                        "api_version": "v1.3"}),
+    ("pinterest_capi", PinterestCapiTag, {"ad_account_id": "549755885175", "access_token": TOKEN}),
+    ("snapchat_capi", SnapchatCapiTag, {"pixel_id": "1ec32188-754e-4be2-8e55-c949a984a39f",
+                                        "access_token": TOKEN}),
+]  # fmt: skip
+
+
+def run_tag(tag_class: Any, params: dict[str, Any], events: list[dict[str, Any]]) -> list[bytes]:
+    """`fire` for each event, each payload stored as the outbox does, one body per 1000."""
+    settings = Settings()
+    request = RequestContext.from_scope(
+        method="POST", url="https://sgtm.shop.example/api/events", path="/api/events",
+        query={}, headers={"user-agent": "bench"}, cookies={}, peer_ip="127.0.0.1",
+        scheme="https", settings=settings,
+    )  # fmt: skip
+    tag = tag_class("bench", {}, settings)
+    bodies = []
+    for start in range(0, len(events), BATCH):
+        stored = []
+        for event in events[start : start + BATCH]:
+            ctx = FireContext(request=request, settings=settings, tag_name="bench")
+            outgoing = tag.fire(event, params, ctx)
+            assert outgoing, f"{tag_class.type_name} sent nothing: {ctx.notes}"
+            stored.extend(orjson.dumps(o.payload) for o in outgoing)
+        bodies.append(orjson.dumps({"data": [orjson.Fragment(p) for p in stored]}))
+    return bodies
+
+
+def vendor_table(events: list[dict[str, Any]], rounds: int) -> None:
+    times: dict[str, list[float]] = {name: [] for name, _, _ in VENDORS}
+    for round_no in range(1, rounds + 1):
+        for name, tag_class, params in VENDORS:
+            t, _ = timed(run_tag, tag_class, params, [dict(e) for e in events])
+            times[name].append(t)
+            line(round_no, name, t, len(events))
+    meta = statistics.median(times["meta_capi"])
+    print()
+    print(f"{'tag':16s} {'µs/event (median)':>18s} {'× meta_capi':>12s}")
+    for name, _, _ in VENDORS:
+        med = statistics.median(times[name])
+        print(f"{name:16s} {med / len(events) * 1e6:18.1f} {med / meta:12.2f}")
 
 
 def run_tagserver(events: list[dict[str, Any]]) -> list[bytes]:
@@ -286,11 +341,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2, help="A B pairs (default 2: A B A B)")
+    parser.add_argument("--vendors-only", action="store_true", help="only the per-vendor table")
     args = parser.parse_args()
 
     now = int(time.time())
     raw = raw_events(args.events, now)
     events = tagserver_events(raw)
+    for _, tag_class, params in VENDORS:  # warm-up
+        run_tag(tag_class, params, tagserver_events(raw_events(200, now)))
+    vendor_table(events, args.rounds)
+    if args.vendors_only:
+        return
+    print()
     # warm-up (imports, lazy metadata, caches of the interpreter), not timed
     run_tagserver(tagserver_events(raw_events(200, now)))
     run_sdk(raw_events(200, now))

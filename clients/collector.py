@@ -344,7 +344,14 @@ class CollectorClient(Client):
             "set_cookies",
             "boolean",
             default=True,
-            description="Set _fbp/_fbc/client id cookies (off: read nothing, set nothing).",
+            description="Set _fbp/_fbc/client id and click-id cookies (off: read nothing, set "
+            "nothing).",
+        ),
+        Param(
+            "generate_ttp",
+            "boolean",
+            default=False,
+            description="Create TikTok's _ttp browser id when the TikTok pixel has not set one.",
         ),
     )
 
@@ -354,6 +361,7 @@ class CollectorClient(Client):
         self.max_events = self.max_events_from(params)
         self.client_id_cookie = params.get("client_id_cookie") or cookies.CLIENT_ID_COOKIE
         self.set_cookies = params.get("set_cookies", True) is not False
+        self.generate_ttp = params.get("generate_ttp") is True
         cookies.registrable_domain("example.com")  # load the Public Suffix List now, not on a hit
 
     def claim(self, request: Request) -> bool:
@@ -394,7 +402,11 @@ class CollectorClient(Client):
         if self.set_cookies:
             events = [event for _, event in accepted]
             location = next(
-                (e["page_location"] for e in events if "fbclid=" in e.get("page_location", "")),
+                (
+                    e["page_location"]
+                    for e in events
+                    if cookies.has_click_id(e.get("page_location"))
+                ),
                 events[0].get("page_location"),
             )
             ts = envelope.get("ts")
@@ -406,7 +418,10 @@ class CollectorClient(Client):
                 client_id_cookie=self.client_id_cookie,
                 seed=envelope.get("pid") or None,
                 seed_ms=int(ts) if isinstance(ts, (int, float)) and math.isfinite(ts) else None,
+                generate_ttp=self.generate_ttp,
             )
+            consent = envelope.get("consent")
+            cookies.keep_others(visitor, hit.request, self.settings, hit.cookie_keeper, consent)
             keys = visitor.event_keys()
             for event in events:
                 event.update(keys)

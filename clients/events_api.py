@@ -41,6 +41,9 @@ STRING_FIELDS = frozenset((
     "event_name", "event_id", "client_id", "user_agent", "page_location", "page_referrer",
     "page_title", "page_hostname", "page_path", "language", "screen_resolution", "user_id",
     "currency", "transaction_id", "search_term", "action_source",
+    # click ids and browser ids for the ad platforms' tags, as the browser clients set them
+    "x-fb-ck-fbp", "x-fb-ck-fbc", "x-tt-ck-ttclid", "x-tt-ck-ttp", "x-pin-ck-epik",
+    "x-sc-ck-sccid", "x-sc-ck-scid",
 ))  # fmt: skip
 ID_FIELDS = frozenset(("event_id", "client_id", "user_id", "transaction_id"))  # ints become strings
 OBJECT_FIELDS = ("user_data", "consent", "custom_data")

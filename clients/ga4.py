@@ -60,7 +60,14 @@ class Ga4Client(Client):
             "meta_cookies",
             "boolean",
             default=True,
-            description="Set and forward the first-party Meta cookies _fbp/_fbc on GA4 hits.",
+            description="Set and forward the first-party ad cookies on GA4 hits: Meta's "
+            "_fbp/_fbc and the click ids ttclid, _epik, _scclid.",
+        ),
+        Param(
+            "generate_ttp",
+            "boolean",
+            default=False,
+            description="Create TikTok's _ttp browser id when the TikTok pixel has not set one.",
         ),
         Param(
             "server_managed_client_id",
@@ -90,6 +97,7 @@ class Ga4Client(Client):
         paths = params.get("paths") or ["/g/collect"]
         self.paths = frozenset(p for p in paths if isinstance(p, str) and p.startswith("/"))
         self.meta_cookies = params.get("meta_cookies", True) is not False
+        self.generate_ttp = params.get("generate_ttp") is True
         self.server_managed = bool(params.get("server_managed_client_id", False))
         self.cookie_name = str(params.get("client_id_cookie") or FPID_COOKIE)
         self.migrate = params.get("migrate_client_id", True) is not False
@@ -120,6 +128,10 @@ class Ga4Client(Client):
 
         events = parsed.events
         visitor = self._identify(ctx, events)
+        if hit.cookie_keeper is not None:
+            visitor = visitor or cookies.VisitorCookies()
+            consent = _strictest_consent(events)
+            cookies.keep_others(visitor, ctx, self.settings, hit.cookie_keeper, consent)
         await hit.run(events)
 
         response = Response(status_code=204)
@@ -139,7 +151,7 @@ class Ga4Client(Client):
             return None
         js_client_id = next((e["client_id"] for e in events if e.get("client_id")), None)
         locations = [e["page_location"] for e in events if e.get("page_location")]
-        page_location = next((u for u in locations if "fbclid=" in u), None) or next(
+        page_location = next((u for u in locations if cookies.has_click_id(u)), None) or next(
             iter(locations), None
         )
         consent = _strictest_consent(events)
@@ -163,11 +175,13 @@ class Ga4Client(Client):
             client_id_cookie=cookie_name,
             seed=js_client_id,
             seed_ms=_first_visit_ms(js_client_id),
+            generate_ttp=self.generate_ttp,
         )
         if migrating and cookie_name in visitor.actions:
             visitor.actions[cookie_name] = "migrated from the JavaScript client id"
         if not self.meta_cookies:
             visitor.fbp = visitor.fbc = None
+            visitor.click_ids = {}
             visitor.set_cookie = [c for c in visitor.set_cookie if c.startswith(cookie_name + "=")]
         keys = visitor.event_keys()
         for event in events:

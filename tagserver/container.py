@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import cookie_keeper
 from .event import CONSENT_TYPES
 from .plugins import Client, Param, Registry, Tag
 from .refs import Compiled, compile_value, has_refs, references
@@ -30,7 +31,7 @@ from .variables import VARIABLE_TYPES, Variable, compile_variable, direct_getter
 
 TOP_LEVEL_KEYS = (
     "$schema", "name", "version", "description", "consent_mode", "clients", "variables",
-    "triggers", "tags", "transformations",
+    "triggers", "tags", "transformations", "cookie_keeper",
 )  # fmt: skip
 CLIENT_KEYS = ("name", "type", "priority", "params", "description")
 TAG_KEYS = ("name", "type", "fire_on", "block_on", "consent", "paused", "params", "description")
@@ -93,6 +94,7 @@ class Container:
     secret_variables: frozenset[str] = field(default_factory=frozenset)
     source: dict[str, Any] = field(default_factory=dict, repr=False)
     raw: bytes = field(default=b"", repr=False)  # the file as read (kept in the history)
+    cookie_keeper: cookie_keeper.CookieKeeper | None = None  # None: off
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "hash": self.hash}
@@ -218,6 +220,9 @@ class _Validator:
                 self.add(key, "must be a string")
         if data.get("consent_mode", "basic") not in ("basic", "strict"):
             self.add("consent_mode", 'must be "basic" or "strict"')
+        if "cookie_keeper" in data:
+            for path, message in cookie_keeper.problems(data["cookie_keeper"]):
+                self.add(path, message)
 
         variables = self.named_list(data, "variables")
         self.variable_names = {item["name"] for _, item in variables}
@@ -510,4 +515,5 @@ def _compile(
         secret_variables=secret_variables,
         source=data,
         raw=raw,
+        cookie_keeper=cookie_keeper.compile_keeper(data.get("cookie_keeper")),
     )

@@ -34,8 +34,11 @@ Rules:
   `localhost` and hosts that are themselves a public suffix. `Path=/`, `SameSite=Lax`, `Secure`
   when the request is HTTPS (X-Forwarded-Proto from trusted proxies is honoured upstream).
   Max-Age: `cookie_max_age_days` for `_fbp`/`_fbc`, `client_id_max_age_days` for the client id.
-- Consent: when `ad_storage` is denied, `_fbp`/`_fbc` are neither set nor extended nor read
-  (nothing goes on the event). When `analytics_storage` is denied, the same holds for the
+- Other ad platforms' click ids (see `clickids.py`): TikTok's `ttclid` (and `_ttp` when the
+  TikTok pixel has not set one), Pinterest's `epik` → `_epik`, Snapchat's `ScCid` → `_scclid`
+  (and its pixel's `_scid`, read only), under the same consent and attributes.
+- Consent: when `ad_storage` is denied, `_fbp`/`_fbc` and the click-id cookies are neither set
+  nor extended nor read (nothing goes on the event). When `analytics_storage` is denied, the same holds for the
   client id. Consent that is absent or not "denied" counts as granted (gtag's default).
 
 Parallel first hits: a new visitor's first hits may arrive at the same time, all without
@@ -59,17 +62,23 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from . import clickids
+from .clickids import has_click_id
 from .event import RequestContext
 from .settings import Settings
 
 if TYPE_CHECKING:
     from starlette.responses import Response
 
+    from .cookie_keeper import CookieKeeper
+
 __all__ = [
     "CLIENT_ID_COOKIE",
     "VisitorCookies",
     "visitor_cookies",
     "apply",
+    "keep_others",
+    "has_click_id",
     "cookie_domain",
     "registrable_domain",
     "consent_denied",
@@ -99,13 +108,14 @@ class VisitorCookies:
     fbp: str | None = None
     fbc: str | None = None
     client_id: str | None = None
+    click_ids: dict[str, str] = field(default_factory=dict)  # event key → value
     set_cookie: list[str] = field(default_factory=list)
     actions: dict[str, str] = field(default_factory=dict)  # cookie → what happened (preview)
 
     def event_keys(self) -> dict[str, str]:
         """The keys to put on every event of the hit (only those with a value)."""
         keys = {"x-fb-ck-fbp": self.fbp, "x-fb-ck-fbc": self.fbc, "client_id": self.client_id}
-        return {k: v for k, v in keys.items() if v}
+        return {**{k: v for k, v in keys.items() if v}, **self.click_ids}
 
 
 def visitor_cookies(
@@ -117,6 +127,7 @@ def visitor_cookies(
     client_id_cookie: str | None = CLIENT_ID_COOKIE,
     seed: str | None = None,
     seed_ms: int | None = None,
+    generate_ttp: bool = False,
 ) -> VisitorCookies:
     """Resolve `_fbp`, `_fbc` and the client id for one hit; see the module docstring.
 
@@ -156,6 +167,7 @@ def visitor_cookies(
             out.actions[FBC_COOKIE] = "ignored malformed"
         if out.fbc:
             out.set_cookie.append(_header(FBC_COOKIE, out.fbc, max_age, attrs))
+        clickids.resolve(out, request, settings, page_location, attrs, gen.token, generate_ttp)
 
     if client_id_cookie:
         if consent_denied(consent, "analytics_storage"):
@@ -172,6 +184,22 @@ def visitor_cookies(
                 _header(client_id_cookie, out.client_id, max_age, attrs + "; HttpOnly")
             )
     return out
+
+
+def keep_others(
+    visitor: VisitorCookies,
+    request: RequestContext,
+    settings: Settings,
+    keeper: CookieKeeper | None,
+    consent: dict[str, Any] | None,
+) -> None:
+    """Add the container's cookie keeper's Set-Cookie values (other tools' cookies re-set with
+    a long lifetime, see `cookie_keeper.py`) to `visitor`; nothing when the keeper is off."""
+    if keeper is None or not request.cookies:
+        return
+    attrs = _attributes(cookie_domain(request.hostname, settings), request.is_https)
+    already = {value.split("=", 1)[0] for value in visitor.set_cookie}
+    visitor.set_cookie.extend(keeper.keep(request, consent, attrs, already, visitor.actions))
 
 
 def apply(response: Response, cookies: VisitorCookies) -> Response:
@@ -301,3 +329,16 @@ class _Generator:
         message = f"{purpose}\0{self.basis}".encode("utf-8", "surrogatepass")
         digest = hmac.new(_key(self.settings), message, hashlib.sha256).digest()
         return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF or 1
+
+    def token(self, purpose: str, size: int) -> str:
+        """`size` characters of [A-Za-z0-9] (a 27-character `_ttp`, say)."""
+        message = f"{purpose}\0{self.basis}".encode("utf-8", "surrogatepass")
+        number = int.from_bytes(hmac.new(_key(self.settings), message, hashlib.sha256).digest())
+        chars = []
+        for _ in range(size):
+            number, rest = divmod(number, 62)
+            chars.append(_BASE62[rest])
+        return "".join(chars)
+
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -15,6 +15,7 @@ from .event import Event, RequestContext
 from .runtime import EventResult, Runtime
 
 if TYPE_CHECKING:
+    from .cookie_keeper import CookieKeeper
     from .outbox import Outbox
 
 
@@ -86,6 +87,11 @@ class Hit:
     @property
     def body(self) -> bytes:
         return self.request.body
+
+    @property
+    def cookie_keeper(self) -> CookieKeeper | None:
+        """The container's cookie keeper (other tools' cookies re-set), None when off."""
+        return self.runtime.container.cookie_keeper
 
     @property
     def previewed(self) -> bool:

@@ -51,6 +51,18 @@ CONTAINER_RELOADS = Counter(
     "container stays). Each worker counts the changes it saw.",
     ["result"],
 )
+TAG_REFUSED = Counter(
+    "tagserver_tag_refused_total",
+    "Events a conversions tag (TikTok, Pinterest, Snapchat) did not send because the vendor "
+    "would refuse them, by tag type and reason code",
+    ["tag_type", "reason"],
+)
+MATCH_QUALITY = Histogram(
+    "tagserver_match_quality",
+    "Estimated match quality (0-10) of events a conversions tag built, by tag type",
+    ["tag_type"],
+    buckets=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+)
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from .cookie_keeper import CookieKeeper
+
 ParamType = Literal["string", "number", "integer", "boolean", "object", "array", "any"]
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -243,6 +245,12 @@ class Hit(Protocol):
     def log(self, level: str, message: str) -> None:
         """A line for preview's Console: `level` is debug, info, warning or error (no-op when
         not previewed)."""
+        ...
+
+    @property
+    def cookie_keeper(self) -> CookieKeeper | None:
+        """The container's cookie keeper (other tools' cookies the server re-sets), None when
+        off: hand it to `tagserver.toolkit.cookies.keep_others`."""
         ...
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import cookie_keeper
 from .event import CONSENT_TYPES
 from .plugins import Registry, params_schema
 from .transformations import schema as transformations_schema
@@ -61,6 +62,7 @@ def container_schema(registry: Registry) -> dict[str, Any]:
             "version": {"type": ["string", "integer"]},
             "description": {"type": "string"},
             "consent_mode": {"enum": ["basic", "strict"], "default": "basic"},
+            "cookie_keeper": cookie_keeper.SCHEMA,
             "clients": {
                 "type": "array",
                 "items": {

@@ -62,6 +62,8 @@ def app_client(tmp_path: Path, container: dict[str, Any], **settings: Any) -> It
     options = {"container": str(path), "data_dir": str(tmp_path / "data"), "api_keys": "test-key"}
     options["ga4_collect_url"] = NO_GA4
     options["meta_graph_url"] = NO_VENDOR
+    for vendor in ("tiktok", "pinterest", "snapchat"):
+        options[f"{vendor}_api_url"] = NO_VENDOR
     options.update(settings)
     app = create_app(Settings.from_env({}, **options))  # core and plugin settings by name
     with TestClient(app, base_url="http://sgtm.shop.test") as client:
@@ -94,6 +96,9 @@ class ServerProcess:
             "TAGSERVER_RELOAD_INTERVAL": "0.2",
             "TAGSERVER_GA4_COLLECT_URL": NO_GA4,
             "TAGSERVER_META_GRAPH_URL": NO_VENDOR,
+            "TAGSERVER_TIKTOK_API_URL": NO_VENDOR,
+            "TAGSERVER_PINTEREST_API_URL": NO_VENDOR,
+            "TAGSERVER_SNAPCHAT_API_URL": NO_VENDOR,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

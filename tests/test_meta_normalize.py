@@ -5,8 +5,9 @@ import hashlib
 import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
-from tagserver.tags.meta_capi import normalize
-from tagserver.tags.meta_capi.normalize import hash_value
+
+from tagserver.toolkit import identity as normalize
+from tagserver.toolkit.identity import hash_value
 
 
 def sha(text: str) -> str:

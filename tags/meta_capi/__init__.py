@@ -1,6 +1,6 @@
 """The Meta Conversions API tag (`meta_capi`).
 
-normalize.py     per-field normalization (Meta's written rules) and SHA-256
+normalize.py     the shared identity module (tagserver.toolkit.identity): normalization, SHA-256
 mapping.py       common event data → a CAPI server event
 checks.py        what Meta would refuse, decided before anything is stored
 quality.py       local Event Match Quality estimate

@@ -10,14 +10,12 @@ splitting at once: what is left is retried later (never resent in a tight loop).
 
 The access token travels only as the query parameter of the request. It never appears in a
 `Delivery` (errors, responses), in an exception leaving this module, or in a log line:
-httpx's own request log line gets the token redacted by a filter installed here.
+httpx's own request log line gets the token redacted by the conversions toolkit's filter.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import re
 import time
 from typing import Any
 
@@ -25,48 +23,22 @@ import httpx
 import orjson
 
 from tagserver import Delivery, Message, Sender, Setting
+from tagserver.toolkit.conversions import (
+    MAX_REQUESTS_PER_SEND,
+    VendorAnswer,
+    install_token_log_filter,
+    isolate,
+)
 from tagserver.toolkit.http import elapsed_ms, retry_after_seconds
 from tagserver.toolkit.redact import Redactor
 
 from .graph_errors import THROTTLE_FLOOR_SECONDS, classify, parse_error
 
-__all__ = ["MetaSender"]
+__all__ = ["MetaSender", "MAX_REQUESTS_PER_SEND"]
 
 log = logging.getLogger("tagserver.tag.meta_capi")
 
-MAX_REQUESTS_PER_SEND = 64  # bound on the requests one batch may take while isolating events
-_TOKEN_IN_TEXT = re.compile(r"(access_token=)[^&\s\"'#]+", re.I)
-
-
-class _RedactTokens(logging.Filter):
-    """Removes `access_token=…` from httpx's and httpcore's log records, whatever the level."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(
-                _TOKEN_IN_TEXT.sub(r"\1[redacted]", str(a)) if "access_token" in str(a) else a
-                for a in args
-            )
-        if isinstance(record.msg, str) and "access_token" in record.msg:
-            record.msg = _TOKEN_IN_TEXT.sub(r"\1[redacted]", record.msg)
-        return True
-
-
-def _install_log_filter() -> None:
-    for name in ("httpx", "httpcore"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactTokens) for f in logger.filters):
-            logger.addFilter(_RedactTokens())
-
-
-_install_log_filter()
-
-
-@dataclasses.dataclass
-class _Answer:
-    delivery: Delivery
-    bisect: bool = False
+install_token_log_filter()  # the token travels in the URL, which httpx logs
 
 
 GRAPH_URL = Setting(
@@ -82,45 +54,15 @@ class MetaSender(Sender):
             return []
         token = str(route.get("access_token") or "")
         redact = Redactor([token])
-        results: list[Delivery | None] = [None] * len(batch)
-        pending = [(0, len(batch))]
-        requests = 0
-        stopped: Delivery | None = None  # once Graph is down or throttling, stop calling it
-        while pending:
-            lo, hi = pending.pop()
-            if stopped is None and requests >= MAX_REQUESTS_PER_SEND:
-                stopped = Delivery(
-                    "retry",
-                    error=f"isolating the events Meta refused took {requests} requests; "
-                    "the rest is tried again later",
-                )
-            if stopped is not None:
-                results[lo:hi] = [dataclasses.replace(stopped) for _ in range(hi - lo)]
-                continue
-            answer = await self._post(route, token, redact, batch[lo:hi])
-            requests += 1
-            if answer.bisect and hi - lo > 1:
-                mid = (lo + hi) // 2
-                pending.append((mid, hi))
-                pending.append((lo, mid))  # popped first: results keep the batch's order
-                continue
-            delivery = answer.delivery
-            results[lo:hi] = [delivery] + [
-                dataclasses.replace(delivery) for _ in range(hi - lo - 1)
-            ]
-            if delivery.outcome == "retry":
-                stopped = delivery
-        if requests > 1:
-            refused = sum(1 for r in results if r is not None and r.outcome == "permanent")
-            log.info(
-                "meta %s: batch of %d split into %d requests; %d event(s) refused",
-                batch[0].destination, len(batch), requests, refused,
-            )  # fmt: skip
-        return [r if r is not None else Delivery("retry", error="not sent") for r in results]
+
+        async def post(messages: list[Message]) -> VendorAnswer:
+            return await self._post(route, token, redact, messages)
+
+        return await isolate(batch, post, vendor="meta", log=log, label="Meta")
 
     async def _post(
         self, route: dict[str, Any], token: str, redact: Redactor, messages: list[Message]
-    ) -> _Answer:
+    ) -> VendorAnswer:
         graph = self.settings.get(GRAPH_URL).rstrip("/")
         url = f"{graph}/{route.get('api_version')}/{route.get('pixel_id')}/events"
         body: dict[str, Any] = {"data": [_payload(m.payload) for m in messages]}
@@ -147,12 +89,12 @@ class MetaSender(Sender):
             )
         except httpx.TimeoutException as exc:
             error = f"no answer from the Graph API within {timeout:g} s ({type(exc).__name__})"
-            return _Answer(
+            return VendorAnswer(
                 Delivery("retry", error=error, latency_ms=elapsed_ms(started), request=shown)
             )
         except httpx.HTTPError as exc:
             error = redact.text(f"cannot reach the Graph API: {type(exc).__name__}: {exc}")
-            return _Answer(
+            return VendorAnswer(
                 Delivery("retry", error=error, latency_ms=elapsed_ms(started), request=shown)
             )
         latency = elapsed_ms(started)
@@ -164,7 +106,7 @@ class MetaSender(Sender):
         header_trace = response.headers.get("x-fb-trace-id", "")
         if 200 <= status < 300:
             trace = parsed.get("fbtrace_id", "") if isinstance(parsed, dict) else ""
-            return _Answer(
+            return VendorAnswer(
                 Delivery(
                     "delivered",
                     status=status,
@@ -186,7 +128,7 @@ class MetaSender(Sender):
             code, trace = "", header_trace
         if verdict.alert:
             log.error("meta %s: %s", messages[0].destination, redact.text(verdict.alert))
-        return _Answer(
+        return VendorAnswer(
             Delivery(
                 verdict.outcome,
                 status=status,

@@ -4,6 +4,7 @@ Each submodule re-exports exactly what plugins may rely on; the engine modules b
 may move. Import the submodule and use its names:
 
     from tagserver.toolkit import cookies, cors, events, http, metrics, redact
+    from tagserver.toolkit import identity, conversions
 
 - `cookies`  first-party visitor cookies (`_fbp`, `_fbc`, client id) with the shared rules
 - `cors`     credentialed CORS grants and preflights for browser hits
@@ -11,8 +12,12 @@ may move. Import the submodule and use its names:
 - `http`     how a sender reads a vendor's HTTP answer: delivered, retry or permanent
 - `metrics`  cheap counting on the hit path (`count`, `observe`, `labelled`)
 - `redact`   remove a token from text before it is shown anywhere
+- `identity` customer data normalized and SHA-256 hashed (email, phone, names, address, ids),
+             one set of rules for every conversions tag; hashes pass through
+- `conversions` what a conversions-API tag needs: `ConversionsTag`, refusals, match quality,
+             reading GA4 items and click ids, isolating refused events in a batch
 """
 
 from __future__ import annotations
 
-__all__ = ["cookies", "cors", "events", "http", "metrics", "redact"]
+__all__ = ["conversions", "cookies", "cors", "events", "http", "identity", "metrics", "redact"]

@@ -1,4 +1,5 @@
-"""A fake Graph API for the Conversions API: a real HTTP server on 127.0.0.1.
+"""A fake Graph API for the Conversions API: a real HTTP server on 127.0.0.1, on the
+fake-vendor kit (fakes/capi.py) like the other conversions APIs' stand-ins.
 
 It checks requests the way Meta does (path, token, batch size, required fields, hash formats,
 the 7-day rule, customer information strength, test_event_code) and answers the way Graph
@@ -19,12 +20,11 @@ import ipaddress
 import json
 import re
 import secrets
-import threading
-import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
+
+from .capi import ApiRequest, FakeApi, Invalid, Reply
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 FBP = re.compile(r"fb\.\d{1,2}\.\d{1,13}\.\d{1,20}(?:\.[A-Za-z0-9_-]{1,64})?")
@@ -45,147 +45,53 @@ CURRENCIES = {"USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "SEK", "NOK", "DK
 DAY = 86400
 
 
-class Refused(Exception):
+class Refused(Invalid):
     def __init__(self, subcode: int, message: str, title: str = "Invalid parameter") -> None:
         super().__init__(message)
         self.subcode, self.message, self.title = subcode, message, title
 
 
-@dataclass
-class GraphRequest:
-    """One request as the fake saw it, and what it answered."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-    raw_body: bytes = b""
-    status: int = 0
-    answer: Any = None
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        data = self.body.get("data") if isinstance(self.body, dict) else None
-        return data if isinstance(data, list) else []
-
-    @property
-    def accepted(self) -> bool:
-        return self.status == 200
+GraphRequest = ApiRequest
 
 
 @dataclass
-class FakeGraph:
-    token: str = "test-token"
+class FakeGraph(FakeApi):
     pixel_ids: set[str] | None = None  # None: any numeric id exists
-    now: Any = time.time
-    mode: str = "ok"  # ok | outage | throttle | invalid_token
     outage_style: str = "graph"  # graph (5xx with a transient envelope) | html | drop
     throttle_code: int = 17
-    reject: dict[str, int] = field(default_factory=dict)  # event_id → subcode
-    delay: float = 0.0
-    requests: list[GraphRequest] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle
+    reject: dict[str, Any] = field(default_factory=dict)  # event_id → subcode
 
     def start(self) -> FakeGraph:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-            wbufsize = 65536  # headers and body leave in one write (no delayed-ACK stall)
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                fake._handle(self)
-
-            def do_GET(self) -> None:  # noqa: N802
-                fake._send(self, 400, _error(100, None, "Unsupported get request."))
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a dropped connection (outage "drop") is on purpose
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        super().start()
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def __enter__(self) -> FakeGraph:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    # -- the kit's hooks
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    # -- what tests read
-
-    def accepted_events(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for r in self.requests if r.accepted for e in r.events]
-
-    def received_ids(self) -> list[str]:
-        return [e.get("event_id") for e in self.accepted_events()]
-
-    def request_count(self) -> int:
-        with self._lock:
-            return len(self.requests)
-
-    def reset(self) -> None:
-        with self._lock:
-            self.requests.clear()
-
-    # -- the Graph API
-
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        if self.delay:
-            time.sleep(self.delay)
-        length = int(handler.headers.get("content-length") or 0)
-        raw = handler.rfile.read(length) if length else b""
-        parts = urlsplit(handler.path)
-        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        headers = {k.lower(): v for k, v in handler.headers.items()}
+    def decode(self, raw: bytes, headers: dict[str, str], query: dict[str, str]) -> Any:
         body = _decode(raw, headers.get("content-type", ""))
         if isinstance(body, dict) and "access_token" in body and "access_token" not in query:
             query["access_token"] = str(body.pop("access_token"))
-        record = GraphRequest("POST", parts.path, query, headers, body, raw)
-        with self._lock:
-            self.requests.append(record)
+        return body
 
+    def response_headers(self) -> dict[str, str]:
+        return {"x-fb-trace-id": _trace()}
+
+    def outage(self) -> Reply:
+        return Reply(503, _error(2, None, "Service temporarily unavailable", transient=True))
+
+    def get(self, request: ApiRequest) -> Reply:
+        return Reply(400, _error(100, None, "Unsupported get request."))
+
+    def _reply(self, request: ApiRequest) -> Reply:
         if self.mode == "outage":
-            if self.outage_style == "drop":
-                handler.close_connection = True
-                handler.connection.shutdown(2)
-                record.status = 0
-                return
-            if self.outage_style == "html":
-                return self._send(handler, 502, "<html>Bad gateway</html>", record, html=True)
-            answer = _error(2, None, "Service temporarily unavailable", transient=True)
-            return self._send(handler, 503, answer, record)
-        status, answer, extra = self._answer(parts.path, query, body)
-        self._send(handler, status, answer, record, headers=extra)
+            return self.outage()
+        status, answer, extra = self._answer(request.path, request.query, request.body)
+        return Reply(status, answer, extra)
+
+    # -- the Graph API
 
     def _answer(
         self, path: str, query: dict[str, str], body: Any
@@ -314,27 +220,6 @@ class FakeGraph:
         event_id = event.get("event_id")
         if event_id in self.reject:
             raise Refused(self.reject[event_id], f"event {event_id} was refused")
-
-    def _send(
-        self,
-        handler: BaseHTTPRequestHandler,
-        status: int,
-        answer: Any,
-        record: GraphRequest | None = None,
-        html: bool = False,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        body = answer.encode() if html else json.dumps(answer).encode()
-        if record is not None:
-            record.status, record.answer = status, answer
-        handler.send_response(status)
-        handler.send_header("content-type", "text/html" if html else "application/json")
-        handler.send_header("content-length", str(len(body)))
-        handler.send_header("x-fb-trace-id", _trace())
-        for key, value in (headers or {}).items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        handler.wfile.write(body)
 
 
 def _decode(raw: bytes, content_type: str) -> Any:

@@ -1,0 +1,203 @@
+"""Common event data → one Pinterest Conversions API v5 event, personal data hashed here.
+
+Pinterest's OpenAPI spec: hashed keys are arrays of lowercase-hex SHA-256 of the normalized
+value (em lowercase; ph digits with country code; fn/ln lowercase; ge f, m or n; db YYYYMMDD;
+ct letters only; st two letters; zp; country ISO alpha-2; external_id). `value` and
+`item_price` are strings. The `epik` click id goes raw as `click_id`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tagserver import Event, RequestContext
+from tagserver.toolkit import identity
+from tagserver.toolkit.conversions import click_id, event_time, items, number, raw_identity, total
+
+__all__ = ["DEFAULT_EVENT_NAMES", "EVENT_NAMES", "build", "pinterest_event_name", "EPIK_RE"]
+
+# GA4 and Meta standard names → Pinterest's enum (stape-io/pinterest-capi-tag)
+DEFAULT_EVENT_NAMES = {
+    "page_view": "page_visit",
+    "view_item": "view_content",
+    "view_item_list": "view_category",
+    "add_to_cart": "add_to_cart",
+    "add_to_wishlist": "add_to_wishlist",
+    "begin_checkout": "initiate_checkout",
+    "add_payment_info": "add_payment_info",
+    "purchase": "checkout",
+    "search": "search",
+    "generate_lead": "lead",
+    "sign_up": "signup",
+    "PageView": "page_visit",
+    "ViewContent": "view_content",
+    "AddToCart": "add_to_cart",
+    "AddToWishlist": "add_to_wishlist",
+    "InitiateCheckout": "initiate_checkout",
+    "AddPaymentInfo": "add_payment_info",
+    "Purchase": "checkout",
+    "Search": "search",
+    "Lead": "lead",
+    "CompleteRegistration": "signup",
+    "Subscribe": "subscribe",
+}
+# Pinterest's enum (OpenAPI 5.23): nothing else is accepted, so any other name goes as `custom`
+EVENT_NAMES = frozenset(
+    {"add_payment_info", "add_to_cart", "add_to_wishlist", "app_install", "checkout", "custom",
+     "initiate_checkout", "lead", "page_visit", "search", "signup", "subscribe",
+     "view_category", "view_content", "watch_video"}
+)  # fmt: skip
+EPIK_RE = re.compile(r"[A-Za-z0-9_.=%+/-]{1,1000}")
+_GENDERS = {"n": "n", "non-binary": "n", "nonbinary": "n", "non binary": "n"}
+
+
+def pinterest_event_name(name: str, custom: Any) -> str:
+    if custom.__class__ is dict and custom:
+        mapped = custom.get(name)
+        if isinstance(mapped, str) and mapped.strip():
+            name = mapped.strip()
+            return name if name in EVENT_NAMES else "custom"
+    found = DEFAULT_EVENT_NAMES.get(name, name)
+    return found if found in EVENT_NAMES else "custom"
+
+
+def _gender(text: str, cc: str | None) -> str | None:
+    return identity.NORMALIZERS["ge"](text, cc) or _GENDERS.get(text.lower())
+
+
+_NORMALIZERS: dict[str, Any] = {**identity.NORMALIZERS, "ge": _gender}
+HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
+
+
+def build(
+    event: Event, params: dict[str, Any], request: RequestContext
+) -> tuple[dict[str, Any], dict[str, str]]:
+    dropped: dict[str, str] = {}
+    out: dict[str, Any] = {
+        "event_name": pinterest_event_name(
+            str(event.get("event_name") or ""), params.get("event_name_map")
+        ),
+        "action_source": "web",
+        "event_time": event_time(event, request.received_at),
+        "event_id": str(event.get("event_id") or request.derived_event_id(0)),
+    }
+    location = event.get("page_location")
+    if location.__class__ is str and location:
+        out["event_source_url"] = location
+    if isinstance(event.get("opt_out"), bool):
+        out["opt_out"] = event["opt_out"]
+    if params.get("partner_name"):
+        out["partner_name"] = str(params["partner_name"])
+    language = event.get("language")
+    if language.__class__ is str and len(language.strip()) >= 2:
+        code = language.strip()[:2].lower()
+        if code.isalpha():
+            out["language"] = code
+    out["user_data"] = _user(event, params, request, dropped)
+    custom = _custom(event, params)
+    if custom:
+        out["custom_data"] = custom
+    return out, dropped
+
+
+def _user(
+    event: Event, params: dict[str, Any], request: RequestContext, dropped: dict[str, str]
+) -> dict[str, Any]:
+    raw = raw_identity(event, params.get("user_data"))
+    country = identity.NORMALIZERS["country"]
+    cc = country(raw.country.strip(), None) if raw.country else None
+    region = cc
+    if region is None and isinstance(params.get("default_phone_country"), str):
+        region = country(params["default_phone_country"].strip(), None) or None
+    user: dict[str, Any] = {}
+    values = raw.values
+    for key in HASHED_KEYS:
+        given = values.get(key)
+        if not given:
+            continue
+        normalize = _NORMALIZERS[key]
+        context = region if key == "ph" else cc
+        found: list[str] = []
+        for value in given:
+            if value.__class__ is float and value.is_integer():
+                value = int(value)
+            if value.__class__ is int and not isinstance(value, bool):
+                value = str(value)
+            if value.__class__ is not str or not value.strip():
+                continue
+            result = identity.hash_with(normalize, value.strip(), context)
+            if result and result not in found:
+                found.append(result)
+        if found:
+            user[key] = found
+        else:
+            dropped[key] = "not usable after normalization"
+    ip = event.get("ip_override")
+    if ip.__class__ is str and ip:
+        user["client_ip_address"] = ip
+    agent = event.get("user_agent")
+    if agent.__class__ is str and agent:
+        user["client_user_agent"] = agent
+    epik = _epik(event, request)
+    if epik:
+        user["click_id"] = epik
+    return user
+
+
+def _epik(event: Event, request: RequestContext) -> str | None:
+    """The URL's `epik` first (a new click), then the event's (the collector's cookie), then
+    the `_epik` cookie; forwarded byte-exact."""
+    found = click_id(event.get("page_location"), "epik") or event.get("x-pin-ck-epik")
+    if not found:
+        found = request.cookies.get("_epik")
+    return found if found.__class__ is str and EPIK_RE.fullmatch(found) else None
+
+
+def _custom(event: Event, params: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    currency = event.get("currency")
+    if currency.__class__ is str and currency.strip():
+        out["currency"] = currency.strip().upper()
+    found = items(event)
+    value = event.get("value")
+    if value is None or value == "":
+        value = total(found)
+    if value is not None:
+        amount = number(value)
+        out["value"] = _decimal(amount) if amount is not None else value
+    if found:
+        contents = []
+        for item in found:
+            entry: dict[str, Any] = {"id": item.id, "quantity": item.quantity}
+            if item.price is not None:
+                entry["item_price"] = _decimal(item.price)
+            if item.name:
+                entry["item_name"] = item.name
+            if item.category:
+                entry["item_category"] = item.category
+            if item.brand:
+                entry["item_brand"] = item.brand
+            contents.append(entry)
+        out["contents"] = contents
+        out["content_ids"] = [item.id for item in found]
+        out["num_items"] = sum(item.quantity for item in found)
+    order = event.get("transaction_id")
+    if (order.__class__ is str or order.__class__ is int) and order != "":
+        out["order_id"] = str(order)
+    search = event.get("search_term")
+    if search.__class__ is str and search:
+        out["search_string"] = search
+    if params.get("limited_data_processing") is True:
+        out["opt_out_type"] = "LDP"
+    configured = params.get("custom_data")
+    if configured.__class__ is dict and configured:
+        out.update({k: v for k, v in configured.items() if v is not None and v != ""})
+    return out
+
+
+def _decimal(value: float | int) -> str:
+    """A number as Pinterest's string (`12`, `12.5`), never in exponent notation."""
+    if value.__class__ is int or float(value).is_integer():
+        return str(int(value))
+    return format(value, ".10f").rstrip("0").rstrip(".")

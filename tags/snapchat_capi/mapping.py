@@ -1,0 +1,181 @@
+"""Common event data → one Snapchat Conversions API v3 event, personal data hashed here.
+
+Snap's Parameters and Best Practices pages: normalize, then lowercase-hex SHA-256 (em trimmed
+and lowercased; ph digits only with the country code, no `+`, no leading `00` or national
+`0`; fn/ln lowercase letters, UTF-8 kept; ge, ct, st, zp, country, external_id likewise
+hashed). IP and user agent go raw; `ScCid` as `sc_click_id`, the `_scid` cookie as
+`sc_cookie1`. `event_id` sits at the top of each event (not in custom_data: Snap would not
+deduplicate it).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tagserver import Event, RequestContext
+from tagserver.toolkit import identity
+from tagserver.toolkit.conversions import click_id, event_time, items, number, raw_identity, total
+
+__all__ = ["DEFAULT_EVENT_NAMES", "STANDARD_EVENTS", "build", "snapchat_event_name"]
+
+DEFAULT_EVENT_NAMES = {
+    "page_view": "PAGE_VIEW",
+    "view_item": "VIEW_CONTENT",
+    "view_item_list": "LIST_VIEW",
+    "add_to_cart": "ADD_CART",
+    "add_to_wishlist": "ADD_TO_WISHLIST",
+    "begin_checkout": "START_CHECKOUT",
+    "add_payment_info": "ADD_BILLING",
+    "purchase": "PURCHASE",
+    "search": "SEARCH",
+    "generate_lead": "SIGN_UP",
+    "sign_up": "SIGN_UP",
+    "login": "LOGIN",
+    "share": "SHARE",
+    "PageView": "PAGE_VIEW",
+    "ViewContent": "VIEW_CONTENT",
+    "AddToCart": "ADD_CART",
+    "AddToWishlist": "ADD_TO_WISHLIST",
+    "InitiateCheckout": "START_CHECKOUT",
+    "AddPaymentInfo": "ADD_BILLING",
+    "Purchase": "PURCHASE",
+    "Search": "SEARCH",
+    "Lead": "SIGN_UP",
+    "CompleteRegistration": "SIGN_UP",
+    "Subscribe": "SUBSCRIBE",
+    "StartTrial": "START_TRIAL",
+}
+STANDARD_EVENTS = frozenset(
+    {"PAGE_VIEW", "VIEW_CONTENT", "LIST_VIEW", "ADD_CART", "ADD_TO_WISHLIST",
+     "START_CHECKOUT", "ADD_BILLING", "PURCHASE", "SIGN_UP", "LOGIN", "SEARCH", "SUBSCRIBE",
+     "SAVE", "SHARE", "INVITE", "RESERVE", "RATE", "START_TRIAL", "AD_CLICK", "AD_VIEW",
+     "COMPLETE_TUTORIAL", "LEVEL_COMPLETE", "ACHIEVEMENT_UNLOCKED", "SPENT_CREDITS",
+     "APP_INSTALL", "APP_OPEN", "CUSTOM_EVENT_1", "CUSTOM_EVENT_2", "CUSTOM_EVENT_3",
+     "CUSTOM_EVENT_4", "CUSTOM_EVENT_5"}
+)  # fmt: skip
+CLICK_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,500}")
+SCID_RE = re.compile(r"[A-Za-z0-9_.\-]{8,128}")
+HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "ct", "st", "zp", "country", "external_id")
+
+
+def snapchat_event_name(name: str, custom: Any) -> str:
+    if custom.__class__ is dict and custom:
+        mapped = custom.get(name)
+        if isinstance(mapped, str) and mapped.strip():
+            return mapped.strip()
+    return DEFAULT_EVENT_NAMES.get(name, name)
+
+
+def build(
+    event: Event, params: dict[str, Any], request: RequestContext
+) -> tuple[dict[str, Any], dict[str, str]]:
+    dropped: dict[str, str] = {}
+    out: dict[str, Any] = {
+        "event_name": snapchat_event_name(
+            str(event.get("event_name") or ""), params.get("event_name_map")
+        ),
+        "action_source": "WEB",
+        "event_time": event_time(event, request.received_at),
+        "event_id": str(event.get("event_id") or request.derived_event_id(0)),
+    }
+    location = event.get("page_location")
+    if location.__class__ is str and location:
+        out["event_source_url"] = location
+    if params.get("integration"):
+        out["integration"] = str(params["integration"])
+    out["user_data"] = _user(event, params, request, dropped)
+    custom = _custom(event, params.get("custom_data"))
+    if custom:
+        out["custom_data"] = custom
+    return out, dropped
+
+
+def _user(
+    event: Event, params: dict[str, Any], request: RequestContext, dropped: dict[str, str]
+) -> dict[str, Any]:
+    raw = raw_identity(event, params.get("user_data"))
+    country = identity.NORMALIZERS["country"]
+    cc = country(raw.country.strip(), None) if raw.country else None
+    region = cc
+    if region is None and isinstance(params.get("default_phone_country"), str):
+        region = country(params["default_phone_country"].strip(), None) or None
+    user: dict[str, Any] = {}
+    values = raw.values
+    normalizers = identity.NORMALIZERS
+    for key in HASHED_KEYS:
+        given = values.get(key)
+        if not given:
+            continue
+        normalize = normalizers[key]
+        context = region if key == "ph" else cc
+        found: list[str] = []
+        for value in given:
+            if value.__class__ is float and value.is_integer():
+                value = int(value)
+            if value.__class__ is int and not isinstance(value, bool):
+                value = str(value)
+            if value.__class__ is not str or not value.strip():
+                continue
+            result = identity.hash_with(normalize, value.strip(), context)
+            if result and result not in found:
+                found.append(result)
+        if found:
+            user[key] = found
+        else:
+            dropped[key] = "not usable after normalization"
+    ip = event.get("ip_override")
+    if ip.__class__ is str and ip:
+        user["client_ip_address"] = ip
+    agent = event.get("user_agent")
+    if agent.__class__ is str and agent:
+        user["client_user_agent"] = agent
+    sccid = (
+        click_id(event.get("page_location"), "ScCid", ignore_case=True)
+        or event.get("x-sc-ck-sccid")
+        or request.cookies.get("_scclid")
+    )
+    if sccid.__class__ is str and CLICK_ID_RE.fullmatch(sccid):
+        user["sc_click_id"] = sccid
+    scid = event.get("x-sc-ck-scid") or request.cookies.get("_scid")
+    if scid.__class__ is str and scid:
+        if SCID_RE.fullmatch(scid):
+            user["sc_cookie1"] = scid
+        else:
+            dropped["sc_cookie1"] = "malformed _scid value"
+    return user
+
+
+def _custom(event: Event, configured: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    currency = event.get("currency")
+    if currency.__class__ is str and currency.strip():
+        out["currency"] = currency.strip().upper()
+    found = items(event)
+    value = event.get("value")
+    if value is None or value == "":
+        value = total(found)
+    if value is not None:
+        amount = number(value)
+        out["value"] = amount if amount is not None else value
+    if found:
+        contents = []
+        for item in found:
+            entry: dict[str, Any] = {"id": item.id, "quantity": item.quantity}
+            if item.price is not None:
+                entry["item_price"] = item.price
+            if item.brand:
+                entry["brand"] = item.brand
+            contents.append(entry)
+        out["contents"] = contents
+        out["content_ids"] = [item.id for item in found]
+        out["num_items"] = sum(item.quantity for item in found)
+    order = event.get("transaction_id")
+    if (order.__class__ is str or order.__class__ is int) and order != "":
+        out["order_id"] = str(order)
+    search = event.get("search_term")
+    if search.__class__ is str and search:
+        out["search_string"] = search
+    if configured.__class__ is dict and configured:
+        out.update({k: v for k, v in configured.items() if v is not None and v != ""})
+    return out

@@ -1,0 +1,176 @@
+"""Tag `tiktok_events`: one event → one TikTok Events API 2.0 event for the outbox.
+
+fire = map (normalize + hash) → estimate match quality → check what TikTok would refuse → an
+`Outgoing` for the sender, or, without pixel code or token, a dry run that only shows the body.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from tagserver import Event, Param, RequestContext
+from tagserver.toolkit.conversions import (
+    ConversionsTag,
+    MatchQuality,
+    Refusal,
+    Target,
+    text,
+    token_id,
+)
+from tagserver.toolkit.identity import CURRENCIES
+
+from .mapping import STANDARD_EVENTS, build
+from .sender import API_URL, TikTokSender
+
+DEFAULT_API_VERSION = "v1.3"
+MAX_AGE_SECONDS = 7 * 86400  # TikTok's own limit is unconfirmed: keep to Meta's 7 days
+FUTURE_TOLERANCE_SECONDS = 60
+_PIXEL_CODE = re.compile(r"[A-Za-z0-9]{8,40}")
+_API_VERSION = re.compile(r"v\d{1,2}\.\d{1,2}")
+_CUSTOM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,49}")
+_GTM_PREVIEW_HOST = "gtm-msr.appspot.com"
+
+QUALITY = MatchQuality(
+    {"email": 3.0, "phone": 2.0, "ttclid": 1.5, "ttp": 1.5, "external_id": 1.0, "ip": 1.0,
+     "user_agent": 1.0, "first_name": 0.25, "last_name": 0.25, "zip_code": 0.25,
+     "city": 0.25, "state": 0.25, "country": 0.25},
+    ("ip", "user_agent"),
+    0.5,
+)  # fmt: skip
+
+
+class TikTokEventsTag(ConversionsTag):
+    type_name = "tiktok_events"
+    description = (
+        "TikTok Events API 2.0: normalized, hashed, checked, batched (1000 per request), "
+        "retried; dry run without pixel code or access token."
+    )
+    batch_size = 1000
+    sender_class = TikTokSender
+    server_settings = (API_URL,)
+    quality = QUALITY
+    max_age_seconds = MAX_AGE_SECONDS
+    target_params: ClassVar[tuple[str, ...]] = (
+        "pixel_code", "access_token", "api_version", "test_event_code", "partner_name",
+    )  # fmt: skip
+    params = (
+        Param("pixel_code", "string", description="TikTok pixel code. Empty: dry run."),
+        Param(
+            "access_token",
+            "string",
+            secret=True,
+            description="Events API access token (Events Manager → pixel → Settings). "
+            "Empty: dry run.",
+        ),
+        Param(
+            "api_version",
+            "string",
+            default=DEFAULT_API_VERSION,
+            description="Marketing API version in the URL, like v1.3.",
+        ),
+        Param("test_event_code", "string", description="Send to Events Manager → Test Events."),
+        Param("partner_name", "string", description="TikTok partner_name, when you have one."),
+        Param(
+            "event_name_map",
+            "object",
+            description='Event name → TikTok name, over the GA4 table ({"signup": "Lead"}).',
+        ),
+        Param(
+            "default_phone_country",
+            "string",
+            description="Country for phone numbers without country code when the event has no "
+            "address country.",
+        ),
+        Param(
+            "limited_data_use",
+            "boolean",
+            description="Flag events for limited data processing (the event's own value wins).",
+        ),
+        Param(
+            "properties",
+            "object",
+            description="Extra properties (values may use {{variables}}); they win over those "
+            "derived from the event.",
+        ),
+        Param(
+            "user_data",
+            "object",
+            description="Customer information by short key (em, ph, fn, ln, ct, st, zp, "
+            "country, external_id); normalized and hashed like the event's, and wins over it.",
+        ),
+    )
+
+    def build(
+        self, event: Event, params: dict[str, Any], request: RequestContext
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        return build(event, params, request)
+
+    def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return payload["user"]  # type: ignore[no-any-return]
+
+    def check(self, payload: dict[str, Any], now: float) -> None:
+        check(payload, now)
+
+    def make_target(self, values: tuple[Any, ...]) -> Target:
+        pixel, token, version, test_code, partner = (text(v) for v in values)
+        version = version or DEFAULT_API_VERSION
+        shown = {"event_source": "web", "event_source_id": pixel or "<pixel_code>"}
+        shown.update({k: v for k, v in (("test_event_code", test_code),
+                                        ("partner_name", partner)) if v})  # fmt: skip
+        if pixel and not _PIXEL_CODE.fullmatch(pixel):
+            return Target(problem=("bad_pixel_code", f"pixel_code {pixel[:30]!r} is not a "
+                                   "TikTok pixel code (letters and digits)"))  # fmt: skip
+        if not _API_VERSION.fullmatch(version):
+            reason = f"api_version {version[:20]!r} is not like {DEFAULT_API_VERSION}"
+            return Target(problem=("bad_api_version", reason))
+        if not pixel or not token:
+            missing = " and ".join(n for n, v in (("pixel_code", pixel),
+                                                  ("access_token", token)) if not v)  # fmt: skip
+            return Target(missing=missing, shown=shown)
+        route = {"pixel_code": pixel, "access_token": token, "api_version": version}
+        route.update({k: v for k, v in shown.items() if k in ("test_event_code", "partner_name")})
+        return Target(
+            destination=f"tiktok:{pixel}:{token_id(token)}:{test_code or '-'}:{version}",
+            route=route,
+            shown=shown,
+        )
+
+
+def check(event: dict[str, Any], now: float) -> None:
+    """Raise `Refusal` for what TikTok refuses (or tagserver keeps from it)."""
+    name = event["event"]
+    if not name:
+        raise Refusal("no_event_name", "event name is empty")
+    if name not in STANDARD_EVENTS and not _CUSTOM_NAME.fullmatch(name):
+        raise Refusal(
+            "bad_custom_name",
+            f"custom event name {name[:60]!r}: TikTok wants at most 50 letters, digits, _ or -, "
+            "starting with a letter (map it with event_name_map)",
+        )
+    if not event["event_id"]:
+        raise Refusal("no_event_id", "event_id is empty")
+    age = now - event["event_time"]
+    if age > MAX_AGE_SECONDS:
+        raise Refusal("too_old", f"event_time is {age / 86400:.1f} days old (limit 7 days)")
+    if age < -FUTURE_TOLERANCE_SECONDS:
+        raise Refusal("in_future", "event_time is in the future")
+    url = (event.get("page") or {}).get("url")
+    if not url:
+        raise Refusal("no_page_url", "page_location is empty: TikTok needs the page URL")
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        host = ""
+    if host == _GTM_PREVIEW_HOST:
+        raise Refusal("gtm_preview_host", f"page URL on {_GTM_PREVIEW_HOST} (Tag Assistant)")
+    props = event.get("properties") or {}
+    value = props.get("value")
+    if value is not None and (value.__class__ not in (int, float) or value != value):
+        raise Refusal("bad_value", f"value {str(value)[:30]!r} is not a number")
+    currency = props.get("currency")
+    if currency is not None and currency not in CURRENCIES:
+        raise Refusal("bad_currency", f"currency {str(currency)[:10]!r} is not an ISO 4217 code")
+    if not event["user"]:
+        raise Refusal("no_user_data", "no customer information, IP or user agent to match")

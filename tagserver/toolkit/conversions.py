@@ -1,0 +1,538 @@
+"""Toolkit for conversions-API tags (TikTok, Pinterest, Snapchat ...): what every one needs.
+
+- `Refusal`: an event the vendor would refuse, with a short fixed code for metrics; raised by
+  `fire` so it never reaches the outbox (the reason shows in the events-API answer, preview
+  and the log, and counts in `tagserver_tag_refused_total{tag_type, reason}`).
+- `raw_identity(event)`: the person's raw match keys from sGTM's common event data, by the
+  short names the vendors share (`em`, `ph`, `fn` ...), each a list; hash them with
+  `tagserver.toolkit.identity`.
+- `items(event)` / `total(items)`: GA4 items read once, with numbers made numbers.
+- `click_id(url, name)`: a click id of the page URL, exactly as given.
+- `MatchQuality`: a local 0–10 estimate from the keys an event carries, with weights per vendor.
+- `isolate(batch, post)`: sends a batch, and when the vendor refuses the whole request for one
+  bad event, halves it until each refused event stands alone (bounded in requests).
+- `VendorAnswer` / `http_failure`: the verdict of one vendor request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+
+from .. import metrics
+from ..event import Event, RequestContext
+from ..http_outcomes import elapsed_ms
+from ..plugins import Delivery, FireContext, Message, Outgoing, Tag, TagRejected
+from ..redact import Redactor
+
+__all__ = [
+    "Refusal",
+    "refused",
+    "raw_identity",
+    "Item",
+    "items",
+    "total",
+    "click_id",
+    "event_time",
+    "MatchQuality",
+    "Quality",
+    "VendorAnswer",
+    "isolate",
+    "post_json",
+    "number",
+    "Target",
+    "ConversionsTag",
+    "text",
+    "token_id",
+    "install_token_log_filter",
+]
+
+MAX_REQUESTS_PER_SEND = 64  # bound on the requests one batch may take while isolating events
+_TOKEN_IN_TEXT = re.compile(r"(access_token=)[^&\s\"'#]+", re.I)
+
+
+class RedactTokens(logging.Filter):
+    """Removes `access_token=…` from httpx's and httpcore's log records, whatever the level:
+    their request line shows the URL, where Meta's and Snapchat's tokens travel."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(
+                _TOKEN_IN_TEXT.sub(r"\1[redacted]", str(a)) if "access_token" in str(a) else a
+                for a in args
+            )
+        if isinstance(record.msg, str) and "access_token" in record.msg:
+            record.msg = _TOKEN_IN_TEXT.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+def install_token_log_filter() -> None:
+    """Install `RedactTokens` on httpx's and httpcore's loggers, once."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
+install_token_log_filter()
+
+
+class Refusal(TagRejected):
+    """An event the vendor would refuse. `code` is a short, fixed label for metrics."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def refused(tag_type: str, refusal: Refusal) -> None:
+    metrics.labelled(metrics.TAG_REFUSED, tag_type, refusal.code).inc()
+
+
+# -- reading the event ----------------------------------------------------------------------------
+
+# key, sGTM user_data fields in order of preference (the sha256_* forms pass through hashing)
+_PERSON: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("em", ("email_address", "sha256_email_address", "email")),
+    ("ph", ("phone_number", "sha256_phone_number", "phone")),
+    ("ge", ("gender",)),
+    ("db", ("date_of_birth",)),
+    ("external_id", ("external_id",)),
+)
+_ADDRESS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fn", ("first_name", "sha256_first_name")),
+    ("ln", ("last_name", "sha256_last_name")),
+    ("ct", ("city",)),
+    ("st", ("region",)),
+    ("zp", ("postal_code",)),
+    ("country", ("country",)),
+)
+
+
+class RawIdentity(NamedTuple):
+    values: dict[str, list[Any]]  # key → raw values, in order, blanks left out
+    country: str | None  # the first address's country as given (phone and ZIP rules need it)
+
+
+def raw_identity(event: Event, configured: Any = None) -> RawIdentity:
+    """Raw match keys: the tag's `user_data` param (by short key) first, then sGTM's
+    `user_data` (email_address, phone_number, gender, date_of_birth, address{…} — one or a
+    list — and their sha256_* forms), `user_id` for external_id."""
+    out: dict[str, list[Any]] = {}
+    country: str | None = None
+    if configured.__class__ is dict and configured:
+        for key, value in configured.items():
+            if value is not None and value != "":
+                out[key] = value if value.__class__ is list else [value]
+        given = configured.get("country")
+        if given.__class__ is str and given.strip():
+            country = given
+    ud = event.get("user_data")
+    if ud.__class__ is not dict:
+        ud = {}
+    for key, fields in _PERSON:
+        if key in out:
+            continue
+        value = event.get("user_id") if key == "external_id" else None
+        if not value:
+            for field in fields:
+                value = ud.get(field)
+                if value:
+                    break
+        if value:
+            out[key] = value if value.__class__ is list else [value]
+    addresses = ud.get("address")
+    if addresses.__class__ is dict:
+        addresses = (addresses,)
+    if addresses.__class__ is list or addresses.__class__ is tuple:
+        taken = frozenset(out)
+        for address in addresses:
+            if address.__class__ is not dict:
+                continue
+            given = address.get("country")
+            if country is None and given.__class__ is str and given.strip():
+                country = given
+            for key, names in _ADDRESS:
+                if key in taken:
+                    continue
+                for field in names:
+                    value = address.get(field)
+                    if value:
+                        out.setdefault(key, []).append(value)
+                        break
+    return RawIdentity(out, country)
+
+
+class Item(NamedTuple):
+    id: str
+    name: str | None
+    category: str | None
+    brand: str | None
+    price: float | int | None
+    quantity: int
+
+
+def items(event: Event) -> list[Item]:
+    """GA4 `items` with an id (item_id, else item_name); quantity ≥ 1 (default 1)."""
+    raw = event.get("items")
+    if raw.__class__ is not list or not raw:
+        return []
+    out = []
+    for item in raw:
+        if item.__class__ is not dict:
+            continue
+        ident = item.get("item_id")
+        if ident is None or ident == "":
+            ident = item.get("item_name")
+        if ident is None or ident == "" or isinstance(ident, (dict, list, bool)):
+            continue
+        quantity = item.get("quantity", 1)
+        if quantity.__class__ is not int:
+            quantity = number(quantity)
+            quantity = int(quantity) if quantity is not None else 1
+        price = item.get("price")
+        if price is not None and price.__class__ is not float and price.__class__ is not int:
+            price = number(price)
+        out.append(
+            Item(
+                ident if ident.__class__ is str else str(ident),
+                _text(item.get("item_name")),
+                _text(item.get("item_category")),
+                _text(item.get("item_brand")),
+                price,
+                quantity if quantity >= 1 else 1,
+            )
+        )
+    return out
+
+
+def total(found: list[Item]) -> float | None:
+    """Σ price × quantity, when every item has a price."""
+    amount: float = 0
+    for item in found:
+        if item.price is None:
+            return None
+        amount += item.price * item.quantity
+    return round(amount, 2) if found else None
+
+
+def number(value: Any) -> float | int | None:
+    """A finite number from a number or numeric text, else None."""
+    if value.__class__ is int or value.__class__ is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            found = float(value.strip())
+        except ValueError:
+            return None
+        if math.isfinite(found):
+            return int(found) if found.is_integer() and "." not in value else found
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value.__class__ is str:
+        return value.strip() or None
+    if value.__class__ is int or value.__class__ is float:
+        return str(value)
+    return None
+
+
+def click_id(url: Any, name: str, *, ignore_case: bool = False) -> str | None:
+    """The first non-empty `name` query parameter of `url`, exactly as given (never altered:
+    click ids are case-sensitive)."""
+    if url.__class__ is not str or "=" not in url:
+        return None
+    if (name.lower() if ignore_case else name) + "=" not in (url.lower() if ignore_case else url):
+        return None
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return None
+    for key, value in parse_qsl(query):
+        if (key.lower() == name.lower() if ignore_case else key == name) and value:
+            return value[:500]
+    return None
+
+
+def event_time(event: Event, received_at: float) -> int:
+    """The event's own time (unix seconds), else when the hit arrived."""
+    value = event.get("event_time")
+    if (value.__class__ is int or value.__class__ is float) and math.isfinite(value):
+        return int(value)
+    return int(received_at)
+
+
+# -- match quality ----------------------------------------------------------------------------------
+
+
+class Quality(NamedTuple):
+    keys: tuple[str, ...]
+    score: float  # 0–10
+    band: str  # poor | ok | good | great
+
+
+BANDS = ((8.0, "great"), (6.0, "good"), (4.0, "ok"), (0.0, "poor"))
+
+
+class MatchQuality:
+    """A plain sum of per-key weights (capped at 10), with a bonus for keys that count more
+    together (IP + user agent). Vendors publish no formula: this tells a marketer, per event,
+    which keys are missing. Scores are cached per key combination."""
+
+    def __init__(self, weights: dict[str, float], pair: tuple[str, str], bonus: float) -> None:
+        self.weights, self.pair, self.bonus = weights, pair, bonus
+        self._cache: dict[tuple[str, ...], Quality] = {}
+
+    def assess(self, user: dict[str, Any]) -> Quality:
+        keys = tuple(user)
+        found = self._cache.get(keys)
+        if found is None:
+            score = sum(self.weights.get(k, 0.0) for k in keys)
+            if self.pair[0] in keys and self.pair[1] in keys:
+                score += self.bonus
+            score = min(score, 10.0)
+            band = next(label for floor, label in BANDS if score >= floor)
+            found = Quality(keys, score, band)
+            if len(self._cache) < 4096:
+                self._cache[keys] = found
+        return found
+
+
+# -- delivery -------------------------------------------------------------------------------------
+
+
+@dataclass
+class VendorAnswer:
+    """The verdict for one vendor request: one delivery for all its messages, or one each
+    (`per_message`, vendors that answer per event); `bisect` when the vendor refused the
+    whole request because of some event(s) in it."""
+
+    delivery: Delivery
+    per_message: list[Delivery] | None = None
+    bisect: bool = False
+
+
+Post = Callable[[list[Message]], Awaitable[VendorAnswer]]
+
+
+async def isolate(
+    batch: list[Message], post: Post, *, vendor: str, log: Any = None, label: str = ""
+) -> list[Delivery]:
+    """Deliveries for `batch`, in order. A refused batch is split in halves until each refused
+    event stands alone; a retry verdict (outage, throttling) stops calling the vendor at once,
+    and what is left is retried later, never in a tight loop."""
+    results: list[Delivery | None] = [None] * len(batch)
+    pending = [(0, len(batch))]
+    requests = 0
+    stopped: Delivery | None = None
+    while pending:
+        lo, hi = pending.pop()
+        if stopped is None and requests >= MAX_REQUESTS_PER_SEND:
+            stopped = Delivery(
+                "retry",
+                error=f"isolating the events {label or vendor} refused took {requests} requests; "
+                "the rest is tried again later",
+            )
+        if stopped is not None:
+            results[lo:hi] = [dataclasses.replace(stopped) for _ in range(hi - lo)]
+            continue
+        answer = await post(batch[lo:hi])
+        requests += 1
+        if answer.bisect and hi - lo > 1:
+            mid = (lo + hi) // 2
+            pending.append((mid, hi))
+            pending.append((lo, mid))  # popped first: results keep the batch's order
+            continue
+        if answer.per_message is not None and len(answer.per_message) == hi - lo:
+            results[lo:hi] = answer.per_message
+        else:
+            delivery = answer.delivery
+            results[lo:hi] = [delivery] + [
+                dataclasses.replace(delivery) for _ in range(hi - lo - 1)
+            ]
+        if answer.delivery.outcome == "retry" and answer.per_message is None:
+            stopped = answer.delivery
+    if requests > 1 and log is not None:
+        refused_count = sum(1 for r in results if r is not None and r.outcome == "permanent")
+        log.info(
+            "%s %s: batch of %d split into %d requests; %d event(s) refused",
+            vendor, batch[0].destination, len(batch), requests, refused_count,
+        )  # fmt: skip
+    return [r if r is not None else Delivery("retry", error="not sent") for r in results]
+
+
+class Posted(NamedTuple):
+    """A vendor's HTTP answer (or None and the retry Delivery when there was none)."""
+
+    response: httpx.Response | None
+    body: Any  # parsed JSON, or None
+    failure: Delivery | None
+    latency_ms: float
+
+
+async def post_json(
+    http: httpx.AsyncClient,
+    url: str,
+    content: bytes,
+    *,
+    headers: dict[str, str],
+    params: dict[str, str] | None,
+    timeout: float,
+    vendor: str,
+    redact: Redactor,
+    shown: dict[str, Any],
+) -> Posted:
+    """POST a JSON body; a timeout or a connection error is a retry `failure` whose text holds
+    no secret."""
+    started = time.perf_counter()
+    try:
+        response = await http.post(
+            url, params=params, content=content, headers=headers, timeout=timeout
+        )
+    except httpx.TimeoutException as exc:
+        error = f"no answer from the {vendor} API within {timeout:g} s ({type(exc).__name__})"
+        latency = elapsed_ms(started)
+        return Posted(
+            None, None, Delivery("retry", error=error, latency_ms=latency, request=shown), latency
+        )
+    except httpx.HTTPError as exc:
+        error = redact.text(f"cannot reach the {vendor} API: {type(exc).__name__}: {exc}")
+        latency = elapsed_ms(started)
+        return Posted(
+            None, None, Delivery("retry", error=error, latency_ms=latency, request=shown), latency
+        )
+    latency = elapsed_ms(started)
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    return Posted(response, body, None, latency)
+
+
+# -- the tag --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a tag's events go: the route for its sender, or why there is none."""
+
+    destination: str = ""
+    route: dict[str, Any] | None = None  # None: dry run
+    missing: str = ""  # what a dry run lacks (shown in preview)
+    shown: dict[str, Any] = dataclasses.field(default_factory=dict)  # body keys besides data
+    problem: tuple[str, str] | None = None  # (code, reason) of a Refusal
+
+
+class ConversionsTag(Tag):
+    """A conversions-API tag: build the vendor event (PII hashed) → estimate match quality →
+    refuse what the vendor would refuse → an `Outgoing`, or a dry run that shows the exact
+    body in preview while the credentials are missing. Subclasses give `build`, `check`,
+    `make_target` and the names of the params that decide the target."""
+
+    target_params: ClassVar[tuple[str, ...]] = ()
+    quality: ClassVar[MatchQuality]
+    max_age_seconds: ClassVar[int] = 7 * 86400
+    deadline_margin_seconds: ClassVar[int] = 600
+
+    def __init__(self, name: str, static_params: dict[str, Any], settings: Any) -> None:
+        super().__init__(name, static_params, settings)
+        self._targets: dict[tuple[Any, ...], Target] = {}
+        self._log = logging.getLogger(f"tagserver.tag.{self.type_name}")
+        self._observe = metrics.labelled(metrics.MATCH_QUALITY, self.type_name).observe
+
+    def build(
+        self, event: Event, params: dict[str, Any], request: RequestContext
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The vendor event and what could not be used (key → why, never the value)."""
+        raise NotImplementedError
+
+    def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check(self, payload: dict[str, Any], now: float) -> None:
+        """Raise `Refusal` when the vendor would refuse `payload`."""
+
+    def make_target(self, values: tuple[Any, ...]) -> Target:
+        raise NotImplementedError
+
+    def dry_run_body(self, payload: dict[str, Any], target: Target) -> dict[str, Any]:
+        return {**target.shown, "data": [payload]}
+
+    def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
+        payload, dropped = self.build(event, params, ctx.request)
+        quality = self.quality.assess(self.match_keys(payload))
+        notes = ctx.notes
+        notes["match_keys"] = list(quality.keys)
+        notes["match_quality"] = quality.score
+        notes["match_quality_band"] = quality.band
+        if dropped:
+            notes["dropped_user_data"] = dropped
+        name, event_id = payload.get("event_name") or payload.get("event"), payload["event_id"]
+        try:
+            self.check(payload, time.time())
+            target = self._target(params)
+            if target.problem is not None:
+                raise Refusal(*target.problem)
+        except Refusal as refusal:
+            refused(self.type_name, refusal)
+            self._log.info(
+                "tag %r: %s event %s not sent: %s", self.name, name, event_id, refusal.reason
+            )
+            raise
+        self._observe(quality.score)
+        if target.route is None:
+            notes["status"] = f"dry run: no {target.missing}, so nothing is sent"
+            notes["dry_run_payload"] = self.dry_run_body(payload, target)
+            return []
+        return [
+            Outgoing(
+                destination=target.destination,
+                payload=payload,
+                dedup_id=f"{name}:{event_id}",
+                tag_type=self.type_name,
+                route=target.route,
+                deadline=payload["event_time"]
+                + self.max_age_seconds
+                - self.deadline_margin_seconds,
+            )
+        ]
+
+    def _target(self, params: dict[str, Any]) -> Target:
+        """The same few param combinations repeat for every event: each is worked out once."""
+        key = tuple(params.get(name) for name in self.target_params)
+        try:
+            target = self._targets.get(key)
+        except TypeError:  # a templated param resolved to something unhashable
+            return self.make_target(key)
+        if target is None:
+            if len(self._targets) >= 64:
+                self._targets.clear()
+            target = self._targets[key] = self.make_target(key)
+        return target
+
+
+def text(value: Any) -> str:
+    """A param as stripped text ("" when absent or not text; whole numbers without `.0`)."""
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(int(value)) if float(value).is_integer() else str(value)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def token_id(token: str) -> str:
+    """A short, non-secret name of a token for destination keys."""
+    return hashlib.sha256(token.encode()).hexdigest()[:8]
