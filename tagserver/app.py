@@ -32,6 +32,7 @@ from .container_status import ContainerStatus
 from .dispatch import Dispatcher
 from .errors import BadRequest, HitError, PayloadTooLarge
 from .event import RequestContext
+from .event_ids import ReuseDetector, detector
 from .exposition import metrics_endpoint
 from .history import History, open_history
 from .hit import Hit, HitTrace, new_trace_id
@@ -59,6 +60,7 @@ class State:
     extra: dict[str, Any] = field(default_factory=dict)
     status: ContainerStatus = field(default_factory=ContainerStatus)
     history: History | None = None
+    reuse: ReuseDetector | None = None  # event ids seen by this worker (event_ids.py)
 
     @property
     def redact(self) -> Redactor:
@@ -114,7 +116,12 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
             )
             trace.container = runtime.container.describe()
         hit = Hit(
-            request=ctx, client_name=client.name, runtime=runtime, outbox=state.outbox, trace=trace
+            request=ctx,
+            client_name=client.name,
+            runtime=runtime,
+            outbox=state.outbox,
+            trace=trace,
+            reuse=state.reuse,
         )
         response = await client.handle(request, hit)
     except HitError as exc:
@@ -384,6 +391,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         outbox=Outbox(settings),
         preview=preview,
         history=history,
+        reuse=detector(settings.event_id_reuse_window_seconds, settings.event_id_reuse_max_ids),
     )
 
     @contextlib.asynccontextmanager

@@ -94,8 +94,11 @@ def count(metric: Any, *labels: str, amount: float = 1) -> None:
         _schedule_flush()
 
 
-def observe(histogram: Any, value: float) -> None:
-    """`histogram.observe(value)` for an unlabelled histogram, applied at the next flush."""
+def observe(histogram: Any, value: float, *labels: str) -> None:
+    """`histogram.labels(*labels).observe(value)` (no labels: the histogram itself), applied
+    at the next flush."""
+    if labels:
+        histogram = labelled(histogram, *labels)
     key = (histogram, bisect_left(histogram._upper_bounds, value))
     _buckets[key] = _buckets.get(key, 0) + 1
     _sums[histogram] = _sums.get(histogram, 0.0) + value

@@ -16,7 +16,8 @@ from typing import Any, Literal
 from . import metrics
 from .container import CompiledTag, Container
 from .event import Event, RequestContext
-from .plugins import FireContext, Outgoing, TagRejected
+from .match import record as record_match
+from .plugins import FireContext, MatchReport, Outgoing, TagRejected
 from .redact import REDACTED, Redactor
 from .settings import Settings
 from .transformations import changes
@@ -46,6 +47,7 @@ class TagResult:
     # per transformation, whether it applied and which keys it changed
     received: Event | None = None
     transformations: list[dict[str, Any]] | None = None
+    match: MatchReport | None = None  # where the match keys came from, when the tag tells
 
     @property
     def fired(self) -> bool:
@@ -68,6 +70,7 @@ class TagResult:
             "duration_ms": round(self.duration_ms, 3),
             "received": self.received,
             "transformations": self.transformations,
+            "match": self.match.as_dict() if self.match is not None else None,
         }
 
 
@@ -76,6 +79,7 @@ class EventResult:
     event: Event
     tags: list[TagResult]
     variables: dict[str, Any] | None = None  # only when traced
+    warnings: list[str] | None = None  # e.g. a reused event id (see event_ids.py)
 
     @property
     def outgoing(self) -> list[Outgoing]:
@@ -88,12 +92,17 @@ class EventResult:
     def summary(self, index: int) -> dict[str, Any]:
         """What the events API tells its caller about the index-th event of a hit."""
         fired, not_fired = [], {}
+        match = None
         for t in self.tags:
             if t.status == "fired":
                 fired.append(t.tag)
+                if t.match is not None:
+                    if match is None:
+                        match = {}
+                    match[t.tag] = t.match.as_dict()
             else:
                 not_fired[t.tag] = t.reason
-        return {
+        row = {
             "index": index,
             "accepted": True,
             "event_id": self.event.get("event_id"),
@@ -101,6 +110,11 @@ class EventResult:
             "tags_fired": fired,
             "tags_not_fired": not_fired,
         }
+        if match is not None:  # per tag: which keys came from where, score before and after
+            row["match"] = match
+        if self.warnings:
+            row["warnings"] = self.warnings
+        return row
 
 
 def consent_decision(tag: CompiledTag, event: Event, strict: bool) -> str | None:
@@ -238,6 +252,9 @@ class Runtime:
         # built once the tag has run, every field given: no default factories on the hot path
         notes = self.redact(ctx.notes) if ctx.notes else {}
         result = TagResult(tag.name, tag.type, status, reason, checks, notes, outgoing)
+        if ctx.match is not None and status == "fired":
+            result.match = ctx.match
+            record_match(tag.type, ctx.match)
         if trace:
             result.duration_ms = (time.perf_counter() - started) * 1000
             result.params = self.redact(
