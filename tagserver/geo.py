@@ -78,6 +78,20 @@ def locate(headers: dict[str, str], peer_ip: str, client_ip: str, settings: Sett
     )  # fmt: skip
 
 
+def of_ip(ip: str, settings: Settings) -> Geography:
+    """The geography of an address other than the request's (an event's own `ip_override`,
+    sent server to server): the database only, since headers describe the request's client."""
+    if not settings.geo_database or not ip:
+        return NOWHERE
+    found = database(settings.geo_database).lookup(ip)
+    if not found:
+        return NOWHERE
+    return Geography(
+        found.get("country"), found.get("region"), found.get("city"), found.get("postal_code"),
+        "database",
+    )  # fmt: skip
+
+
 def _clean(raw: str | None, field: str) -> str | None:
     """A header value as text: percent-decoded (Vercel, CloudFront), UTF-8 mis-read as
     Latin-1 repaired (Cloudflare sends city names as raw UTF-8), blanks and unknowns dropped."""

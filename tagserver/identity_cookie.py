@@ -276,7 +276,8 @@ def remember(
     else:
         merged, action = dict(stored.keys), "re-sealed with the current key"
     issued_at = int(now) if given else stored.issued_at
-    max_age = max(0, int(issued_at + settings.identity_cookie_days * 86400 - now))
+    lifetime = settings.identity_cookie_days * 86400
+    max_age = lifetime if given else max(0, int(issued_at + lifetime - now))
     value = keyring(settings).seal(merged, issued_at)
     header = f"{COOKIE}={value}; Max-Age={max_age}{attributes}; HttpOnly"
     return Stored([header], action, tuple(k for k in KEYS if k in merged))

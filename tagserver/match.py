@@ -28,6 +28,7 @@ from prometheus_client import Counter, Histogram
 from . import metrics
 from .cookies import attributes, consent_denied
 from .event import Event, RequestContext
+from .geo import NOWHERE, Geography, of_ip
 from .identity_cookie import Stored, hashed_keys, remember
 from .plugins import MatchReport, Param
 from .settings import Settings
@@ -67,6 +68,17 @@ NO_GAIN = Gain({})
 # -- filling an event ---------------------------------------------------------------------------
 
 
+def geography(event: Event, request: RequestContext) -> Geography:
+    """Where the event's visitor is. The request's geography (a trusted proxy's headers, the
+    database) describes the request's client: it is used when the event's IP is that client's
+    (browser hits); an event with another `ip_override` (sent server to server for a
+    customer) gets the database's answer for that address, or nothing."""
+    ip = event.get("ip_override")
+    if not ip or ip == request.ip or request.settings is None:
+        return request.geo
+    return of_ip(ip, request.settings) if isinstance(ip, str) else NOWHERE
+
+
 def enrich(
     event: Event,
     params: dict[str, Any],
@@ -87,7 +99,7 @@ def enrich(
     stored = request.identity.keys if use_cookie else None
     if stored and consent and consent_denied(consent, "ad_storage"):
         stored = None
-    geo = request.geo.as_dict() if use_geo else None
+    geo = geography(event, request).as_dict() if use_geo else None
     if not stored and not geo:
         return event, NO_GAIN
 
