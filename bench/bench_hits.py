@@ -4,6 +4,7 @@
     python bench/bench_hits.py --mode hits          # throughput only
     python bench/bench_hits.py --mode outage --outage-minutes 1
     python bench/bench_hits.py --mode hits --tree ../other-checkout   # two versions of C
+    python bench/bench_hits.py --mode hits --postgres   # B and C on a PostgreSQL outbox too
 
 Throughput (`hits`): A = a bare Starlette app answering 204; B = `tagserver serve` handling the
 same POST /api/events end to end (events API client → container with one `http_request` tag
@@ -15,7 +16,10 @@ One worker each, uvloop + httptools, `wrk` at 64 connections with a unique event
 request, runs alternating A A2 B C A A2 B C. Prints hits/s, p50/p99 per run, the medians and
 the ratios to A (and of B and C to A2); then p50/p99 of each at a fixed rate (`hey`), half of
 C's maximum. `--tree DIR` adds C as another checkout runs it (C1, C2 ...), in the same rounds:
-on a shared machine, only versions measured side by side can be compared.
+on a shared machine, only versions measured side by side can be compared. `--postgres` starts
+a PostgreSQL (Debian's binaries, a temporary cluster on loopback) and adds B and C with the
+outbox there (`TAGSERVER_OUTBOX_URL`), in the same rounds; at the end the vendor of both C
+servers comes up and each one's drain rate is measured for `--drain-seconds`.
 
 Outage (`outage`): the fake vendor is down for N minutes while `hey` sends a steady rate of
 hits; prints the server's RSS and the outbox backlog over time (memory stays flat: the backlog
@@ -153,6 +157,7 @@ class Servers:
         name: str = "tagserver",
         vendor_url: str | None = None,
         tree: Path | None = None,
+        extra_env: dict[str, str] | None = None,
         transformations: list[dict[str, Any]] | None = None,
     ) -> tuple[str, subprocess.Popen[bytes]]:
         """`tagserver serve` with one worker; from `tree` (a checkout, via PYTHONPATH) if given."""
@@ -194,6 +199,7 @@ class Servers:
         }
         if tree is not None:
             env["PYTHONPATH"] = str(tree)
+        env.update(extra_env or {})
         proc = self._spawn(
             [sys.executable, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
              str(port), "--container", str(path), "--data-dir", str(self.work / name),
@@ -279,6 +285,32 @@ def outbox_pending(data_dir: Path) -> int:
         conn.close()
 
 
+def pg_pending(url: str) -> int:
+    import asyncio
+
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM tagserver_outbox_messages"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+def drain_rate(vendor: FakeVendor, seconds: float) -> float:
+    """Messages/s the vendor receives from its first delivery on, over `seconds`."""
+    vendor.up()
+    deadline = time.monotonic() + 60
+    while vendor.count == 0 and time.monotonic() < deadline:  # the paused lane's next probe
+        time.sleep(0.05)
+    start, first = time.monotonic(), vendor.count
+    time.sleep(seconds)
+    return (vendor.count - first) / (time.monotonic() - start)
+
+
 def disk_mb(data_dir: Path) -> float:
     return sum(p.stat().st_size for p in data_dir.glob("outbox.sqlite3*")) / 1e6
 
@@ -313,7 +345,12 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
     body = json.dumps({**BODY, "event_id": "EVENT_ID"})
     script.write_text(LUA % (body, API_KEY))
     servers = Servers(work)
+    postgres = None
     try:
+        pg_urls: dict[str, str] = {}
+        c_vendor = FakeVendor(keep=False)  # down until the drain phase
+        c_pg_vendor = FakeVendor(keep=False)
+        quick = {"TAGSERVER_RETRY_CAP_SECONDS": "1"}  # a paused lane probes each second
         started = {
             "A bare starlette": servers.start_bare(),
             # A2: bare, but the same HTTP exchange as B and C: reads the body, answers the JSON
@@ -321,8 +358,21 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
             # B: its dispatcher delivers every message to the fake vendor meanwhile
             "B tagserver": servers.start_tagserver("tagserver"),
             # C: vendor unreachable, its lane paused: the hit path alone (messages pile up)
-            "C tagserver, vendor down": servers.start_tagserver("tagserver-c", f"http://127.0.0.1:{free_port()}"),
+            "C tagserver, vendor down": servers.start_tagserver("tagserver-c", c_vendor.url, extra_env=quick),
         }  # fmt: skip
+        if args.postgres:
+            from pg import postgres_server
+
+            postgres = postgres_server()
+            cluster = postgres.__enter__()
+            pg_urls = {"B": cluster.create_database(), "C": cluster.create_database()}
+            started["Bpg tagserver, PostgreSQL"] = servers.start_tagserver(
+                "tagserver-bpg", extra_env={"TAGSERVER_OUTBOX_URL": pg_urls["B"]}
+            )
+            started["Cpg PostgreSQL, vendor down"] = servers.start_tagserver(
+                "tagserver-cpg", c_pg_vendor.url,
+                extra_env={"TAGSERVER_OUTBOX_URL": pg_urls["C"], **quick},
+            )  # fmt: skip
         for number, tree in enumerate(args.tree or [], start=1):
             # C again, from another checkout: two versions side by side in the same run
             name = f"C{number} {Path(tree).resolve().name}"[:25]
@@ -378,6 +428,11 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
         for name in summary:
             if not name.startswith("A"):
                 print(f"  {name}: {summary[name]['rps'] / exchange:.2f} of A2 (same HTTP exchange)")
+        if args.postgres:
+            for pg_name, lite in (("Bpg tagserver, PostgreSQL", "B tagserver"),
+                                  ("Cpg PostgreSQL, vendor down", "C tagserver, vendor down")):  # fmt: skip
+                ratio = summary[pg_name]["rps"] / summary[lite]["rps"]
+                print(f"  {pg_name}: {ratio:.2f} of {lite} (SQLite outbox); target ≥ 0.7")
         rate = args.steady_rate or round(summary["C tagserver, vendor down"]["rps"] / 2, -2)
         body_file = work / "body.json"
         body_file.write_text(json.dumps(BODY))
@@ -397,9 +452,27 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
             f"B delivered {servers.vendor.count} messages to the vendor meanwhile; its outbox "
             f"holds {outbox_pending(work / 'tagserver')}, C's {outbox_pending(work / 'tagserver-c')}"
         )
+        if args.postgres:
+            print(
+                f"backlogs: C (SQLite) {outbox_pending(work / 'tagserver-c')}, "
+                f"Cpg (PostgreSQL) {pg_pending(pg_urls['C'])}; each vendor comes up in turn"
+            )
+            for name, vendor in (("C  SQLite    ", c_vendor), ("Cpg PostgreSQL", c_pg_vendor)):
+                for other, (_, proc) in started.items():  # only the draining server runs
+                    running = other.startswith(name.split()[0] + " ")
+                    os.killpg(proc.pid, signal.SIGCONT if running else signal.SIGSTOP)
+                rate = drain_rate(vendor, args.drain_seconds)
+                print(f"drain {name}: {rate:7.0f} messages/s over {args.drain_seconds:g}s")
+                vendor.down()
+            for _, proc in started.values():
+                os.killpg(proc.pid, signal.SIGCONT)
+        c_vendor.close()
+        c_pg_vendor.close()
         return {"summary": summary}
     finally:
         servers.close()
+        if postgres is not None:
+            postgres.__exit__(None, None, None)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -497,6 +570,11 @@ def main() -> None:
         "--tree", action="append", help="also run C from this checkout (imported through "
         "PYTHONPATH), side by side with this one; repeatable",
     )  # fmt: skip
+    parser.add_argument(
+        "--postgres", action="store_true", help="also B and C with a PostgreSQL outbox "
+        "(a temporary cluster), and both C servers' drain rates",
+    )  # fmt: skip
+    parser.add_argument("--drain-seconds", type=float, default=10)
     parser.add_argument(
         "--transformations",
         action="store_true",

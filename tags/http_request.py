@@ -286,6 +286,13 @@ class HttpRequestTag(Tag):
             Outgoing(destination, body, dedup_id, self.type_name, "", route, now + lifetime, now)
         ]
 
+    def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        try:
+            destination, route, _ = self._route_for(params)
+        except Exception:  # e.g. a URL that only an event's data completes
+            return None
+        return destination, route
+
     def _route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any], float]:
         key = route_key(params)
         found = self._routes.get(key) if key is not None else None

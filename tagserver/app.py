@@ -36,7 +36,7 @@ from .event_ids import ReuseDetector, detector
 from .exposition import metrics_endpoint
 from .history import History, open_history
 from .hit import Hit, HitTrace, new_trace_id
-from .outbox import Outbox
+from .outbox_backend import OutboxBackend, open_outbox
 from .plugins import Example, Registry, load_registry
 from .preview import Preview
 from .preview.routes import Server, preview_routes
@@ -53,7 +53,7 @@ class State:
     settings: Settings
     registry: Registry
     runtime: Runtime
-    outbox: Outbox
+    outbox: OutboxBackend
     preview: Preview
     dispatcher: Dispatcher | None = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -388,7 +388,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings=settings,
         registry=registry,
         runtime=Runtime(container, settings),
-        outbox=Outbox(settings),
+        outbox=open_outbox(settings),
         preview=preview,
         history=history,
         reuse=detector(settings.event_id_reuse_window_seconds, settings.event_id_reuse_max_ids),

@@ -34,7 +34,7 @@ import httpx
 
 from . import metrics
 from .http_client import vendor_client
-from .outbox import Claim, Outbox, Settlement
+from .outbox_backend import Claim, OutboxBackend, Settlement
 from .plugins import Delivery, Message, Registry, Sender
 from .redact import Redactor
 from .settings import Settings
@@ -120,7 +120,8 @@ class Lane:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("delivery lane %s failed; retrying in 1s", self.key)
+                if d.outbox.problem is None:  # an outbox that is down says so itself, once
+                    log.exception("delivery lane %s failed; retrying in 1s", self.key)
                 await d.sleep(1.0)
 
     async def step(self) -> None:
@@ -240,7 +241,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxBackend,
         registry: Registry,
         settings: Settings,
         *,
@@ -339,7 +340,8 @@ class Dispatcher:
                     if next_due <= now:
                         lane.wake.set()
             except Exception:
-                log.exception("dispatcher poll failed")
+                if self.outbox.problem is None:
+                    log.exception("dispatcher poll failed")
             await self.sleep(POLL_SECONDS)
 
     async def _heartbeat(self) -> None:

@@ -17,7 +17,7 @@ from .runtime import EventResult, Runtime
 
 if TYPE_CHECKING:
     from .cookie_keeper import CookieKeeper
-    from .outbox import Outbox
+    from .outbox_backend import OutboxBackend
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Hit:
         request: RequestContext,
         client_name: str,
         runtime: Runtime,
-        outbox: Outbox,
+        outbox: OutboxBackend,
         trace: HitTrace | None = None,
         reuse: ReuseDetector | None = None,
     ) -> None:
@@ -146,8 +146,23 @@ class Hit:
                 if tag.outgoing:
                     outgoing.extend(tag.outgoing)
         if outgoing:
-            await self.outbox.put(outgoing)
+            repeats = await self.outbox.put(outgoing)
+            if repeats:
+                mark_repeats(results, repeats)
         metrics.count(metrics.EVENTS, self.client_name, amount=len(events))
         if self.trace is not None:
             self.trace.events.extend(results)
         return results
+
+
+def mark_repeats(results: list[EventResult], repeats: list[int]) -> None:
+    """Count, on each tag, its messages the outbox did not store as repeats (`repeats` are
+    indices into the hit's messages, in the order `run` collected them)."""
+    wanted = set(repeats)
+    index = 0
+    for result in results:
+        for tag in result.tags:
+            for _ in tag.outgoing:
+                if index in wanted:
+                    tag.duplicates += 1
+                index += 1

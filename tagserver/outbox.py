@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,11 +33,12 @@ import orjson
 from . import metrics, outbox_store
 from .errors import Unavailable
 from .outbox_store import Row, Settlement, Store, connect, database_path, is_disk_full
+from .outbox_types import Claim, Routes, split
 from .outbox_writer import Job, WriterProcess, request_frame
 from .plugins import Message, Outgoing
 from .settings import Settings
 
-__all__ = ["Claim", "Outbox", "Settlement", "Store", "database_path"]
+__all__ = ["Claim", "Outbox", "Settlement", "SqliteAdmin", "Store", "database_path"]
 
 log = logging.getLogger("tagserver.outbox")
 
@@ -46,21 +47,12 @@ RESTART_RETRY = 5.0  # seconds between attempts while a new writer cannot start
 
 
 @dataclass
-class Claim:
-    """Messages one worker claimed for one destination, with the route to send them."""
-
-    route: dict[str, Any] | None
-    messages: list[Message]
-    tag_names: dict[int, str] = field(default_factory=dict)
-    next_due: float | None = None  # when the destination's next message becomes due
-
-
-@dataclass
 class _Group:
     """Writes made during one loop iteration: one frame to the writer process."""
 
     rows: list[Row] = field(default_factory=list)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    waiters: list[asyncio.Future[list[int]]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # rows each waiter put
     jobs: list[Job] = field(default_factory=list)
     results: list[asyncio.Future[Any]] = field(default_factory=list)
 
@@ -156,6 +148,10 @@ class Outbox:
         self._reader_pool.shutdown(wait=True)
 
     @property
+    def where(self) -> str:
+        return f"SQLite {self.path}"
+
+    @property
     def is_open(self) -> bool:
         return self._open
 
@@ -168,10 +164,12 @@ class Outbox:
 
     # -- the hit path
 
-    async def put(self, messages: list[Outgoing]) -> None:
-        """Store `messages`; returns once they are committed. Raises `Unavailable` (→ 503)."""
+    async def put(self, messages: list[Outgoing]) -> list[int]:
+        """Store `messages`; returns once they are committed, with the indices of those not
+        stored because the same destination and dedup id is pending or was delivered within
+        48 hours. Raises `Unavailable` (→ 503)."""
         if not messages:
-            return
+            return []
         if not self._open:
             raise Unavailable("the server is starting or stopping; retry shortly", retry_after=5)
         if self._broken is not None:
@@ -197,13 +195,14 @@ class Outbox:
             )
             for m in messages
         ]
-        waiter: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
+        waiter: asyncio.Future[list[int]] = self._loop.create_future()  # type: ignore[union-attr]
         group.waiters.append(waiter)
+        group.counts.append(len(messages))
         if not self._flush_scheduled:
             self._schedule_flush()
         self._queued_rows += len(messages)
         try:
-            await waiter
+            return await waiter
         finally:
             self._queued_rows -= len(messages)
 
@@ -267,14 +266,15 @@ class Outbox:
             for group in groups:
                 self._fail(group, outcome)
             return
-        touched, results, pending = outcome
+        touched, results, pending, repeats = outcome
         metrics.observe(metrics.OUTBOX_COMMIT, elapsed)
         rows = 0
         for seq, group in zip(seqs, groups, strict=True):
-            rows += len(group.rows)
-            for waiter in group.waiters:
+            rows += len(group.rows) - len(repeats.get(seq, ()))
+            mine_all = split(repeats.get(seq), group.counts)
+            for waiter, mine in zip(group.waiters, mine_all, strict=True):
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(mine)
             for future, (ok, value) in zip(group.results, results.get(seq, ()), strict=True):
                 if future.done():
                     continue
@@ -394,12 +394,17 @@ class Outbox:
         return await self.read(lambda store: store.stats(time.time()))
 
     async def _maintain(self) -> None:
-        """Once a second: free disk, pending count (other workers, CLI), WAL checkpoint."""
+        """Once a second: free disk, pending count (other workers, CLI), WAL checkpoint;
+        once a minute: forget dedup ids delivered before the window."""
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
+            ticks += 1
             try:
                 self._check_disk()
                 self.pending = await self.read(self._refresh)
+                if ticks % 60 == 1:
+                    await self.run(outbox_store.forget_delivered)
             except Exception:
                 log.exception("outbox maintenance failed")
 
@@ -410,3 +415,45 @@ class Outbox:
         except sqlite3.Error as exc:
             log.debug("checkpoint skipped: %s", exc)
         return store.pending_total()
+
+
+class SqliteAdmin:
+    """The SQLite outbox for `tagserver outbox …`: safe while the server runs (WAL)."""
+
+    def __init__(self, settings: Settings) -> None:
+        path = database_path(settings.data_dir)
+        if not path.exists():
+            raise LookupError(
+                f"no outbox at {path} (is --data-dir / TAGSERVER_DATA_DIR the server's?)"
+            )
+        self.where = f"SQLite {path}"
+        self.store = Store.open(path)
+
+    def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
+        return self.store.stats(now, in_flight=in_flight)
+
+    def dead_letters(
+        self, destination: str | None = None, limit: int = 100, ids: Sequence[int] = ()
+    ) -> list[dict[str, Any]]:
+        return self.store.dead_letters(destination, limit, ids)
+
+    def count_past_deadline(self, destination: str | None, ids: Sequence[int], now: float) -> int:
+        return self.store.count_past_deadline(destination, ids, now)
+
+    def requeue(
+        self,
+        destination: str | None,
+        ids: Sequence[int],
+        now: float,
+        routes: Routes | None = None,
+    ) -> list[dict[str, Any]]:
+        store = self.store
+        return store.transaction(lambda: store.requeue(destination, ids, now, routes))  # type: ignore[no-any-return]
+
+    def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int:
+        store = self.store
+        work = lambda: store.purge(pending=pending, dead=dead, destination=destination)  # noqa: E731
+        return store.transaction(work)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.store.close()

@@ -2,12 +2,14 @@
 
     tagserver outbox status                     pending per destination, oldest age, dead letters
     tagserver outbox dead-letters               what could not be delivered, and why
-    tagserver outbox retry [--destination D]    send dead letters again
+    tagserver outbox retry [--destination D]    send dead letters again, where their tags
+                                                send now (--keep-route: the old way)
     tagserver outbox purge --dead-letters|--pending [--destination D] --yes
 
-The outbox is a SQLite file in WAL mode, so these commands are safe while the server runs:
-a running dispatcher picks requeued messages up within a second. Routes (tokens, webhook
-URLs) are never printed.
+They work on the outbox the server uses: the SQLite file in the data dir (WAL mode), or the
+PostgreSQL outbox of TAGSERVER_OUTBOX_URL / --outbox-url. Both are safe while servers run: a
+running dispatcher picks requeued messages up within a second. Routes (tokens, webhook URLs)
+and the URL's password are never printed.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
 
-from .outbox import Store, database_path
+from .outbox_backend import OutboxAdmin, open_admin
+from .settings import Settings, SettingsError
 
 data_dir_option = click.option(
     "--data-dir",
@@ -31,23 +33,37 @@ data_dir_option = click.option(
     show_default=True,
     help="The server's data directory.  [env: TAGSERVER_DATA_DIR]",
 )
+url_option = click.option(
+    "--outbox-url",
+    envvar="TAGSERVER_OUTBOX_URL",
+    default="",
+    show_default=False,
+    help="The server's PostgreSQL outbox, if it has one (else the SQLite one in --data-dir).  "
+    "[env: TAGSERVER_OUTBOX_URL]",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def open_store(data_dir: str) -> Store:
-    path = database_path(data_dir)
-    if not path.exists():
-        raise click.ClickException(
-            f"no outbox at {path} (is --data-dir / TAGSERVER_DATA_DIR the server's?)"
-        )
-    return Store.open(Path(path))
+def where(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--data-dir and --outbox-url: the same settings the server reads."""
+    return data_dir_option(url_option(function))
 
 
-def in_transaction(store: Store, work: Callable[[], Any]) -> Any:
+def open_outbox(data_dir: str, outbox_url: str) -> OutboxAdmin:
     try:
-        return store.transaction(work)
+        settings = Settings(data_dir=data_dir, outbox_url=outbox_url)
+        return open_admin(settings)
+    except (LookupError, SettingsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # unreachable PostgreSQL: its reason, never the URL's password
+        raise click.ClickException(f"cannot open the outbox: {exc}") from None
+
+
+def using(admin: OutboxAdmin, work: Callable[[OutboxAdmin], Any]) -> Any:
+    try:
+        return work(admin)
     finally:
-        store.close()
+        admin.close()
 
 
 def age(seconds: float | None) -> str:
@@ -75,15 +91,12 @@ def outbox() -> None:
 
 
 @outbox.command()
-@data_dir_option
+@where
 @json_option
-def status(data_dir: str, as_json: bool) -> None:
+def status(data_dir: str, outbox_url: str, as_json: bool) -> None:
     """Pending messages per destination, the oldest one's age, dead letters."""
-    store = open_store(data_dir)
-    try:
-        rows = store.stats(time.time(), in_flight=True)
-    finally:
-        store.close()
+    admin = open_outbox(data_dir, outbox_url)
+    rows = using(admin, lambda a: a.stats(time.time(), in_flight=True))
     if as_json:
         click.echo(json.dumps({"destinations": rows}, indent=2))
         return
@@ -109,20 +122,22 @@ def status(data_dir: str, as_json: bool) -> None:
 
 
 @outbox.command(name="dead-letters")
-@data_dir_option
+@where
 @click.option("--destination", help="Only this destination (as `status` shows it).")
 @click.option("--limit", type=int, default=100, show_default=True, help="Most rows shown.")
 @click.option("--payload", "show_payload", is_flag=True, help="Also print each message.")
 @json_option
 def dead_letters(
-    data_dir: str, destination: str | None, limit: int, show_payload: bool, as_json: bool
+    data_dir: str,
+    outbox_url: str,
+    destination: str | None,
+    limit: int,
+    show_payload: bool,
+    as_json: bool,
 ) -> None:
     """Messages that will not be delivered, with the vendor's reason."""
-    store = open_store(data_dir)
-    try:
-        rows = store.dead_letters(destination, limit)
-    finally:
-        store.close()
+    admin = open_outbox(data_dir, outbox_url)
+    rows = using(admin, lambda a: a.dead_letters(destination, limit))
     if not show_payload and not as_json:
         for row in rows:
             row.pop("payload")
@@ -161,16 +176,63 @@ def dead_letters(
 
 
 @outbox.command()
-@data_dir_option
+@where
 @click.option("--destination", help="Only this destination's dead letters.")
 @click.option("--id", "ids", type=int, multiple=True, help="Only this dead letter (repeatable).")
-def retry(data_dir: str, destination: str | None, ids: tuple[int, ...]) -> None:
-    """Put dead letters back in the outbox, attempts reset (after fixing the cause)."""
-    store = open_store(data_dir)
+@click.option(
+    "--container",
+    "container_path",
+    envvar="TAGSERVER_CONTAINER",
+    default="container.json",
+    show_default=True,
+    help="The container whose tags say where messages go now.  [env: TAGSERVER_CONTAINER]",
+)
+@click.option(
+    "--keep-route",
+    is_flag=True,
+    help="Send through the route stored with each message (its old token or URL) instead of "
+    "the one its tag resolves to now.",
+)
+def retry(
+    data_dir: str,
+    outbox_url: str,
+    destination: str | None,
+    ids: tuple[int, ...],
+    container_path: str,
+    keep_route: bool,
+) -> None:
+    """Put dead letters back in the outbox, attempts reset (after fixing the cause).
+
+    Each tag's dead letters go where the tag sends now, with the current container and
+    environment (a fixed token or URL takes effect); --keep-route sends them the old way.
+    """
+    routes: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    kept: dict[str, str] = {}
+    if not keep_route:
+        routes, kept = _current_routes(container_path)
+    admin = open_outbox(data_dir, outbox_url)
     now = time.time()
-    expired = store.count_past_deadline(destination, ids, now)
-    count = in_transaction(store, lambda: store.requeue_dead_letters(destination, ids, now))
+    expired = admin.count_past_deadline(destination, ids, now)
+    moved = using(admin, lambda a: a.requeue(destination, ids, now, routes))
+    count = sum(r["requeued"] for r in moved)
     click.echo(f"requeued {count} dead letter{'s' if count != 1 else ''}")
+    for r in moved:
+        tag = r["tag"] or "(no tag)"
+        if r["to"] != r["from"]:
+            where = f"{r['to']} (where {tag} sends now; was {r['from']})"
+        elif keep_route:
+            where = f"{r['to']} (the stored route, --keep-route)"
+        elif r["tag"] in routes:
+            where = f"{r['to']} (where {tag} sends now)"
+        else:
+            reason = kept.get(r["tag"], f"no tag named {tag!r} in {container_path}")
+            where = f"{r['to']} (the stored route: {reason})"
+        click.echo(f"  {tag}: {r['requeued']} → {where}")
+        if r["already_sent_or_pending"]:
+            click.echo(
+                f"    {r['already_sent_or_pending']} not requeued: the same message is pending "
+                "there or was delivered within 48 hours"
+            )
     if expired:
         click.echo(
             f"warning: {expired} of them are past their deadline (the vendor would refuse them) "
@@ -179,13 +241,41 @@ def retry(data_dir: str, destination: str | None, ids: tuple[int, ...]) -> None:
         )
 
 
+def _current_routes(
+    container_path: str,
+) -> tuple[dict[str, tuple[str, str, dict[str, Any]]], dict[str, str]]:
+    """Each tag's route now (tag → (key, type, route)), and why some tags have none."""
+    from .container import ContainerError, load_file
+    from .plugins import load_registry
+    from .reroute import Route, current_routes
+    from .settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(container=container_path)
+        container = load_file(container_path, load_registry(), settings)
+    except (ContainerError, SettingsError) as exc:
+        raise click.ClickException(
+            f"cannot tell where messages go now: {exc}\n"
+            "fix the container (tagserver validate) or retry with --keep-route"
+        ) from None
+    routes, kept = {}, {}
+    for tag, found in current_routes(container).items():
+        if isinstance(found, Route):
+            routes[tag] = (found.destination, found.tag_type, found.route)
+        else:
+            kept[tag] = found
+    return routes, kept
+
+
 @outbox.command()
-@data_dir_option
+@where
 @click.option("--dead-letters", "dead", is_flag=True, help="Delete dead letters.")
 @click.option("--pending", is_flag=True, help="Delete pending messages (they are never sent).")
 @click.option("--destination", help="Only this destination.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def purge(data_dir: str, dead: bool, pending: bool, destination: str | None, yes: bool) -> None:
+def purge(
+    data_dir: str, outbox_url: str, dead: bool, pending: bool, destination: str | None, yes: bool
+) -> None:
     """Delete dead letters and/or pending messages for good."""
     if not dead and not pending:
         raise click.UsageError("say what to purge: --dead-letters, --pending or both")
@@ -195,8 +285,6 @@ def purge(data_dir: str, dead: bool, pending: bool, destination: str | None, yes
     scope = f" of {destination}" if destination else ""
     if not yes:
         click.confirm(f"Delete all {what}{scope}? This cannot be undone", abort=True)
-    store = open_store(data_dir)
-    count = in_transaction(
-        store, lambda: store.purge(pending=pending, dead=dead, destination=destination)
-    )
+    admin = open_outbox(data_dir, outbox_url)
+    count = using(admin, lambda a: a.purge(pending=pending, dead=dead, destination=destination))
     click.echo(f"deleted {count} {what}{scope}")

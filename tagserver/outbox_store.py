@@ -10,6 +10,9 @@ Tables:
   sets `claimed_by`/`lease_until` and pushes `next_attempt_at` to the lease end in one UPDATE,
   so two workers never claim the same message and a dead worker's claims come back when the
   lease runs out.
+  At most one message per destination and dedup id (a unique index): a repeat is not stored.
+- `delivered`: dedup ids delivered in the last 48 hours (Meta's own window), so that an event
+  resent after its delivery is not sent again either.
 - `dead_letters`: messages that can never be delivered, with the vendor's reason.
 """
 
@@ -19,7 +22,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,10 @@ from typing import Any
 import orjson
 
 FILENAME = "outbox.sqlite3"
-SCHEMA_VERSION = 2  # 2: payloads stored as JSON text (were blobs)
+# 2: payloads stored as JSON text (were blobs); 3: one message per destination and dedup id
+# (unique index) and the `delivered` table (dedup ids delivered within DEDUP_WINDOW)
+SCHEMA_VERSION = 3
+DEDUP_WINDOW = 48 * 3600.0  # Meta deduplicates an event id within 48 hours; so do we
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS destinations (
@@ -78,6 +84,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters (destination_id);
+CREATE TABLE IF NOT EXISTS delivered (
+    destination_id INTEGER NOT NULL,
+    dedup_id TEXT NOT NULL,
+    delivered_at REAL NOT NULL,
+    PRIMARY KEY (destination_id, dedup_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_at ON delivered (delivered_at);
 CREATE TRIGGER IF NOT EXISTS messages_counted AFTER INSERT ON messages BEGIN
     UPDATE destinations SET pending = pending + 1 WHERE id = NEW.destination_id;
 END;
@@ -86,16 +99,44 @@ CREATE TRIGGER IF NOT EXISTS messages_uncounted AFTER DELETE ON messages BEGIN
 END;
 """
 
+# Version 2 databases may hold repeats; the first copy of each stays.
+DEDUP_MIGRATION = """
+DELETE FROM messages WHERE id NOT IN
+    (SELECT min(id) FROM messages GROUP BY destination_id, dedup_id);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (destination_id, dedup_id);
+"""
+
 MAX_ROWS_PER_INSERT = 4000  # 8 parameters a row; SQLite allows 32766 per statement
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_sql(count: int) -> str:
-    """One INSERT for many rows: one SQLite call for a whole group."""
+    """One INSERT for many rows: one SQLite call for a whole group. A message whose dedup id
+    is pending for its destination, or was delivered there within the window, is skipped;
+    the rows it returns are the ones stored."""
     return (
         "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at, deadline,"
-        " trace_id, next_attempt_at) VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * count)
+        " trace_id, next_attempt_at) SELECT * FROM (VALUES "
+        + ",".join(["(?,?,?,?,?,?,?,?)"] * count)
+        + ") AS v WHERE NOT EXISTS (SELECT 1 FROM delivered AS d WHERE"
+        " d.destination_id = v.column1 AND d.dedup_id = v.column3 AND d.delivered_at > ?)"
+        " ON CONFLICT DO NOTHING RETURNING destination_id, dedup_id"
     )
+
+
+def duplicates(keys: Sequence[tuple[int, str]], stored: Iterable[tuple[int, str]]) -> list[int]:
+    """Indices of `keys` that were not stored: every repeat after the first of a key stored
+    now, and every key not stored at all (pending or delivered already)."""
+    fresh = set(stored)
+    if len(fresh) == len(keys):
+        return []
+    out = []
+    for index, key in enumerate(keys):
+        if key in fresh:
+            fresh.discard(key)
+        else:
+            out.append(index)
+    return out
 
 
 # A row as `put` hands it to the writer process: destination key, tag type, route, then the message.
@@ -172,7 +213,7 @@ class Store:
             return
         try:  # several workers may race here: the IMMEDIATE lock makes them take turns
             self.conn.executescript(
-                f"BEGIN IMMEDIATE;{SCHEMA}"
+                f"BEGIN IMMEDIATE;{SCHEMA}{DEDUP_MIGRATION}"
                 "UPDATE messages SET payload = CAST(payload AS TEXT) WHERE typeof(payload) = 'blob';"
                 "UPDATE dead_letters SET payload = CAST(payload AS TEXT)"
                 " WHERE typeof(payload) = 'blob';"
@@ -225,22 +266,31 @@ class Store:
                 return False
         return True
 
-    def insert(self, rows: Sequence[Row], now: float) -> dict[int, tuple[str, str]]:
-        """Insert messages; the destinations they went to: id → (key, type).
+    def insert(
+        self, rows: Sequence[Row], now: float
+    ) -> tuple[dict[int, tuple[str, str]], list[int]]:
+        """Insert messages; the destinations they went to (id → (key, type)), and the indices
+        of the rows not stored because they repeat a pending or recently delivered message.
 
         Outside a transaction this is atomic only when `knows_destinations(rows)` and there
         are at most MAX_ROWS_PER_INSERT rows: then it is one statement.
         """
         touched: dict[int, tuple[str, str]] = {}
         values: list[Any] = []
+        keys: list[tuple[int, str]] = []
         for key, tag_type, route, payload, dedup_id, tag_name, created, deadline, trace in rows:
             dest = self.destination_id(key, tag_type, route, now)
             touched[dest] = (key, tag_type)
+            keys.append((dest, dedup_id))
             values.extend((dest, payload, dedup_id, tag_name, created, deadline, trace, now))
+        stored: list[tuple[int, str]] = []
+        since = now - DEDUP_WINDOW
         for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
             count = min(MAX_ROWS_PER_INSERT, len(rows) - start)
-            self.conn.execute(_insert_sql(count), values[start * 8 : (start + count) * 8])
-        return touched
+            stored += self.conn.execute(
+                _insert_sql(count), [*values[start * 8 : (start + count) * 8], since]
+            ).fetchall()
+        return touched, duplicates(keys, stored)
 
     def pending_total(self) -> int:
         return int(self.conn.execute("SELECT total(pending) FROM destinations").fetchone()[0])
@@ -286,6 +336,13 @@ class Store:
     def settle(self, worker: str, plan: Settlement, now: float) -> None:
         conn = self.conn
         if plan.delivered:
+            # remembered for the dedup window: the same event resent is not stored again
+            conn.execute(
+                "INSERT OR REPLACE INTO delivered (destination_id, dedup_id, delivered_at)"
+                " SELECT destination_id, dedup_id, ? FROM messages"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (now, _json(plan.delivered)),
+            )
             # delivered is final whoever holds the lease now: deleting stops a second send
             conn.execute(
                 "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
@@ -441,16 +498,54 @@ class Store:
     def requeue_dead_letters(
         self, destination: str | None = None, ids: Sequence[int] = (), now: float | None = None
     ) -> int:
-        """Move dead letters back to pending, attempts reset (inside a transaction)."""
+        """Move dead letters back to pending through their stored routes; how many."""
+        return sum(r["dead_letters"] for r in self.requeue(destination, ids, now))
+
+    def requeue(
+        self,
+        destination: str | None = None,
+        ids: Sequence[int] = (),
+        now: float | None = None,
+        routes: Mapping[str, tuple[str, str, dict[str, Any]]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Move dead letters back to pending, attempts reset (inside a transaction).
+
+        `routes` maps a tag name to the (destination key, tag type, route) it resolves to now:
+        that tag's dead letters go there; the others keep their destination. One row per tag
+        and old destination: where they went, how many were requeued, and how many were
+        dropped because the same message is pending there or was delivered within 48 hours.
+        """
         now = time.time() if now is None else now
         where, args = self._dead_filter(destination, ids)
-        self.conn.execute(
-            "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at,"
-            " deadline, trace_id, next_attempt_at) SELECT destination_id, payload, dedup_id,"
-            f" tag_name, created_at, deadline, trace_id, ? FROM dead_letters d {where}",
-            (now, *args),
-        )
-        return self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args).rowcount
+        groups = self.conn.execute(
+            "SELECT d.tag_name, d.destination_id, k.key, k.tag_type, count(*) FROM dead_letters d"
+            f" JOIN destinations k ON k.id = d.destination_id {where}"
+            " GROUP BY d.tag_name, d.destination_id ORDER BY d.tag_name, k.key",
+            args,
+        ).fetchall()
+        out = []
+        scoped = f"{where} AND" if where else "WHERE"
+        for tag_name, dest_id, key, tag_type, count in groups:
+            target_key, target_id = key, dest_id
+            new = (routes or {}).get(tag_name)
+            if new is not None and new[1] == tag_type:
+                target_key = new[0]
+                target_id = self.destination_id(new[0], new[1], new[2], now)
+            stored = self.conn.execute(
+                "INSERT INTO messages (destination_id, payload, dedup_id, tag_name, created_at,"
+                " deadline, trace_id, next_attempt_at) SELECT ?, payload, dedup_id, tag_name,"
+                f" created_at, deadline, trace_id, ? FROM dead_letters d {scoped}"
+                " d.tag_name = ? AND d.destination_id = ? AND NOT EXISTS (SELECT 1 FROM"
+                " delivered x WHERE x.destination_id = ? AND x.dedup_id = d.dedup_id"
+                " AND x.delivered_at > ?) ORDER BY d.id ON CONFLICT DO NOTHING",
+                (target_id, now, *args, tag_name, dest_id, target_id, now - DEDUP_WINDOW),
+            ).rowcount
+            out.append({
+                "tag": tag_name, "from": key, "to": target_key, "dead_letters": count,
+                "requeued": stored, "already_sent_or_pending": count - stored,
+            })  # fmt: skip
+        self.conn.execute(f"DELETE FROM dead_letters AS d {where}", args)
+        return out
 
     def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int:
         count = 0
@@ -467,6 +562,12 @@ class Store:
             else:
                 count += self.conn.execute("DELETE FROM messages").rowcount
         return count
+
+    def forget_delivered(self, now: float) -> int:
+        """Drop dedup ids delivered before the window (inside a transaction)."""
+        return self.conn.execute(
+            "DELETE FROM delivered WHERE delivered_at <= ?", (now - DEDUP_WINDOW,)
+        ).rowcount
 
     def checkpoint(self) -> None:
         self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -492,3 +593,7 @@ def extend(store: Store, now: float, worker: str, ids: list[int], lease: float) 
 
 def release(store: Store, now: float, worker: str, ids: list[int]) -> None:
     store.release(worker, ids, now)
+
+
+def forget_delivered(store: Store, now: float) -> int:
+    return store.forget_delivered(now)

@@ -12,7 +12,8 @@ are this code, started together; nothing else can reach the socket):
   module-level functions of `outbox_store` run as `function(store, now, *args)`.
 - writer → server: `("ready", pending)` once the database is open, or `("failed", reason)`;
   then, for each commit, `("committed", seqs, outcome, seconds)`. A commit takes every frame
-  that has arrived while the previous one ran. `outcome` is `(touched, results, pending)`, or
+  that has arrived while the previous one ran. `outcome` is `(touched, results, pending,
+  duplicates)` (duplicates: seq → indices of that group's rows not stored, as repeats), or
   the exception that lost the whole transaction.
 
 The writer exits when the server closes its end (also when the server is killed): it first
@@ -152,7 +153,8 @@ def commit(store: Store, requests: list[Request]) -> tuple[str, list[int], Any, 
             and store.knows_destinations(rows)
         ):
             # the common case under load: one INSERT in autocommit mode is its own transaction
-            outcome: Any = (store.insert(rows, now), {}, None)
+            touched, repeats = store.insert(rows, now)
+            outcome: Any = (touched, {}, None, by_group(requests, repeats))
         else:
             outcome = store.transaction(lambda: _work(store, rows, requests, now))
     except Exception as exc:
@@ -160,12 +162,29 @@ def commit(store: Store, requests: list[Request]) -> tuple[str, list[int], Any, 
     return ("committed", seqs, outcome, time.perf_counter() - started)
 
 
+def by_group(requests: list[Request], repeats: list[int]) -> dict[int, list[int]]:
+    """Indices of rows not stored (over all groups' rows) → seq → indices in that group."""
+    out: dict[int, list[int]] = {}
+    if not repeats:
+        return out
+    start, i = 0, 0
+    for seq, rows, _ in requests:
+        end = start + len(rows)
+        while i < len(repeats) and repeats[i] < end:
+            out.setdefault(seq, []).append(repeats[i] - start)
+            i += 1
+        start = end
+    return out
+
+
 def _work(
     store: Store, rows: list[Row], requests: list[Request], now: float
-) -> tuple[dict[int, tuple[str, str]], dict[int, list[tuple[bool, Any]]], int]:
+) -> tuple[
+    dict[int, tuple[str, str]], dict[int, list[tuple[bool, Any]]], int, dict[int, list[int]]
+]:
     """Inside one transaction: the rows, then each job in its own savepoint."""
     conn = store.conn
-    touched = store.insert(rows, now) if rows else {}
+    touched, repeats = store.insert(rows, now) if rows else ({}, [])
     results: dict[int, list[tuple[bool, Any]]] = {}
     for seq, _, jobs in requests:
         for function, args in jobs:
@@ -183,7 +202,7 @@ def _work(
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 results.setdefault(seq, []).append((False, portable(exc)))
-    return touched, results, store.pending_total()
+    return touched, results, store.pending_total(), by_group(requests, repeats)
 
 
 def portable(exc: Exception) -> Exception:

@@ -236,6 +236,15 @@ class Tag:
         """Build the vendor messages for one event: fast, synchronous, no I/O."""
         raise NotImplementedError
 
+    def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """Where this tag's messages go with these resolved params: (destination, route).
+
+        `tagserver outbox retry` sends dead letters through it, so a fixed token or URL takes
+        effect. None (the default) when the tag cannot say without an event, or would send
+        nothing (dry run): retry then keeps each message's stored route.
+        """
+        return None
+
 
 # -- clients --------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ class TagResult:
     # per transformation, whether it applied and which keys it changed
     received: Event | None = None
     transformations: list[dict[str, Any]] | None = None
+    duplicates: int = 0  # messages the outbox had already (pending or delivered): not sent again
     match: MatchReport | None = None  # where the match keys came from, when the tag tells
 
     @property
@@ -91,30 +92,37 @@ class EventResult:
 
     def summary(self, index: int) -> dict[str, Any]:
         """What the events API tells its caller about the index-th event of a hit."""
-        fired, not_fired = [], {}
+        fired, not_fired, repeated = [], {}, []
         match = None
         for t in self.tags:
             if t.status == "fired":
                 fired.append(t.tag)
+                if t.duplicates:
+                    repeated.append(t.tag)
                 if t.match is not None:
                     if match is None:
                         match = {}
                     match[t.tag] = t.match.as_dict()
             else:
                 not_fired[t.tag] = t.reason
-        row = {
+        summary = {
             "index": index,
             "accepted": True,
             "event_id": self.event.get("event_id"),
             "event_name": self.event.get("event_name"),
             "tags_fired": fired,
             "tags_not_fired": not_fired,
+            "duplicate": bool(repeated),
         }
+        if repeated:
+            # the same event id reached these tags' destinations before (pending, or
+            # delivered within 48 hours): it is not sent again
+            summary["duplicate_tags"] = repeated
         if match is not None:  # per tag: which keys came from where, score before and after
-            row["match"] = match
+            summary["match"] = match
         if self.warnings:
-            row["warnings"] = self.warnings
-        return row
+            summary["warnings"] = self.warnings
+        return summary
 
 
 def consent_decision(tag: CompiledTag, event: Event, strict: bool) -> str | None:

@@ -163,6 +163,16 @@ class Settings:
     outbox_lease_seconds: float = setting(
         60.0, "How long a worker holds the messages it claimed; a dead worker's return after it."
     )
+    outbox_url: str = setting(
+        "",
+        "PostgreSQL URL (`postgresql://user:password@host:5432/db`) of an outbox shared by every "
+        "instance; empty = the embedded SQLite outbox in the data dir.",
+        secret=True,
+    )
+    outbox_timeout_seconds: float = setting(
+        5.0, "Longest wait for the PostgreSQL outbox (connect, commit) before hits get 503."
+    )
+    outbox_pool_size: int = setting(8, "Connections each worker keeps to the PostgreSQL outbox.")
     outbox_sync: str = setting(
         "full",
         "SQLite `synchronous` for outbox commits: `full` survives power loss, `normal` only "
@@ -208,6 +218,12 @@ class Settings:
             ]
         except ValueError as exc:
             raise SettingsError(f"{PREFIX}TRUSTED_PROXIES: {exc}") from None
+        url = self.outbox_url.strip()
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError(
+                f"{PREFIX}OUTBOX_URL: expected postgresql://user:password@host:port/database "
+                "(or empty for the embedded SQLite outbox)"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

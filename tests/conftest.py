@@ -34,3 +34,25 @@ def browser():
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL cluster (Debian's binaries) for the whole session."""
+    from pg import BIN, available, postgres_server
+
+    if not available():
+        pytest.fail(f"PostgreSQL is not installed ({BIN}/initdb): run scripts/test.sh")
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outbox_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Run the test on each outbox backend: settings to add ({} for SQLite). The URL is also
+    in TAGSERVER_OUTBOX_URL, where `app_client` and `tagserver outbox …` find it."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("postgres").create_database()
+    monkeypatch.setenv("TAGSERVER_OUTBOX_URL", url)
+    return {"outbox_url": url}

@@ -64,6 +64,8 @@ def app_client(tmp_path: Path, container: dict[str, Any], **settings: Any) -> It
     options["meta_graph_url"] = NO_VENDOR
     for vendor in ("tiktok", "pinterest", "snapchat"):
         options[f"{vendor}_api_url"] = NO_VENDOR
+    # the `outbox_backend` fixture puts the PostgreSQL outbox's URL there
+    options["outbox_url"] = os.environ.get("TAGSERVER_OUTBOX_URL", "")
     options.update(settings)
     app = create_app(Settings.from_env({}, **options))  # core and plugin settings by name
     with TestClient(app, base_url="http://sgtm.shop.test") as client:

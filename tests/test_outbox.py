@@ -1,4 +1,7 @@
-"""The outbox: what a 2xx promises is on disk; routes stored once; 503 when it cannot store."""
+"""The outbox: what a 2xx promises is on disk; routes stored once; 503 when it cannot store.
+
+Tests taking `outbox_backend` run on SQLite and PostgreSQL; the others are about the SQLite
+outbox's own machinery (its writer process, the disk)."""
 
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ def pending(data_dir) -> int:
     return sum(d["pending"] for d in outbox_status(data_dir)["destinations"])
 
 
-def test_a_2xx_means_the_message_is_on_disk(tmp_path, dead_vendor):
+def test_a_2xx_means_the_message_is_on_disk(tmp_path, dead_vendor, outbox_backend):
     with app_client(tmp_path, container(dead_vendor.url + "/hook"), **FAST) as client:
         for i in range(5):
             assert post(client, f"e{i}").status_code == 200
@@ -122,7 +125,9 @@ def test_routes_with_secrets_are_stored_once_and_never_with_messages(tmp_path, d
         assert result.exit_code == 0 and SECRET not in result.output
 
 
-def test_outbox_full_answers_503_and_keeps_everything_acknowledged(tmp_path, dead_vendor):
+def test_outbox_full_answers_503_and_keeps_everything_acknowledged(
+    tmp_path, dead_vendor, outbox_backend
+):
     settings = {**FAST, "outbox_max_messages": 5}
     with app_client(tmp_path, container(dead_vendor.url + "/hook"), **settings) as client:
         answers = {f"e{i}": post(client, f"e{i}") for i in range(9)}
@@ -184,7 +189,9 @@ def test_sqlite_disk_full_answers_503_and_loses_nothing_acknowledged(
         assert sorted(r.json()["event_id"] for r in dead_vendor.accepted) == sorted(acked)
 
 
-def test_messages_left_at_shutdown_are_sent_after_the_next_start(tmp_path, dead_vendor):
+def test_messages_left_at_shutdown_are_sent_after_the_next_start(
+    tmp_path, dead_vendor, outbox_backend
+):
     tags = container(dead_vendor.url + "/hook")
     with app_client(tmp_path, tags, **FAST) as client:
         for i in range(3):

@@ -1,16 +1,18 @@
-"""`tagserver outbox status | dead-letters | retry | purge`, as an operator runs them."""
+"""`tagserver outbox status | dead-letters | retry | purge`, as an operator runs them, on
+both outbox backends (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import pytest
 from click.testing import CliRunner
 
 from tagserver.cli import main
-from tagserver.outbox import Outbox, Settlement, Store, database_path
+from tagserver.outbox_backend import Settlement, open_outbox
 from tagserver.plugins import Outgoing
 from tagserver.settings import Settings
 
@@ -18,10 +20,12 @@ TOKEN = "EAAB-secret-token-123456"
 
 
 def fill(data_dir, pending: dict[str, int], dead: dict[str, int]) -> None:
-    """Store messages as the server would; dead-letter some as the dispatcher would."""
+    """Store messages as the server would; dead-letter some as the dispatcher would (on the
+    outbox the `outbox_backend` fixture chose)."""
 
     async def run() -> None:
-        outbox = Outbox(Settings(data_dir=str(data_dir)))
+        url = os.environ.get("TAGSERVER_OUTBOX_URL", "")
+        outbox = open_outbox(Settings(data_dir=str(data_dir), outbox_url=url))
         await outbox.start()
         for destination in {*pending, *dead}:
             route = {"url": "https://vendor.example/x", "access_token": TOKEN}
@@ -33,27 +37,19 @@ def fill(data_dir, pending: dict[str, int], dead: dict[str, int]) -> None:
                     for i in range(count)
                 ]
             )  # fmt: skip
+        ids = {key: dest_id for dest_id, key, _, _ in await outbox.due()}
+        for destination, count in dead.items():
+            claim = await outbox.claim(ids[destination], "w", count)
+            plan = Settlement(
+                dead=[
+                    (m.id, True, 400, "Invalid parameter", "100/2804003", "AbCtrace", "refused by the vendor")
+                    for m in claim.messages
+                ]
+            )  # fmt: skip
+            await outbox.settle("w", plan)
         await outbox.close()
 
     asyncio.run(run())
-    store = Store.open(database_path(data_dir))
-    for destination, count in dead.items():
-        dest_id = store.conn.execute(
-            "SELECT id FROM destinations WHERE key = ?", (destination,)
-        ).fetchone()[0]
-
-        def refuse(dest_id=dest_id, count=count):
-            claim = store.claim(dest_id, "w", count, time.time() + 60, time.time())
-            plan = Settlement(
-                dead=[
-                    (m, True, 400, "Invalid parameter", "100/2804003", "AbCtrace", "refused by the vendor")
-                    for m in claim.ids
-                ]
-            )  # fmt: skip
-            store.settle("w", plan, time.time())
-
-        store.transaction(refuse)
-    store.close()
 
 
 def outbox(*args: str, input: str | None = None, env: dict[str, str] | None = None):
@@ -61,7 +57,7 @@ def outbox(*args: str, input: str | None = None, env: dict[str, str] | None = No
 
 
 @pytest.fixture
-def data(tmp_path):
+def data(tmp_path, outbox_backend):
     fill(tmp_path, pending={"meta:111": 3, "http_request:a.example:1": 2}, dead={"meta:111": 2})
     return str(tmp_path)
 
@@ -95,7 +91,7 @@ def test_status_json_and_env_data_dir(data):
     assert rows["meta:111"]["oldest_age_seconds"] >= 89
 
 
-def test_status_of_an_empty_outbox(tmp_path):
+def test_status_of_an_empty_outbox(tmp_path, outbox_backend):
     fill(tmp_path, {}, {})
     assert "the outbox is empty" in outbox("status", "--data-dir", str(tmp_path)).output
 

@@ -171,6 +171,12 @@ class MetaCapiTag(Tag):
             )
         ]
 
+    def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        target = self._target(params)
+        if target.route is None or target.problem is not None:
+            return None
+        return target.destination, target.route
+
     def _target(self, params: dict[str, Any]) -> Target:
         """Where the event goes, from the resolved params; the same few combinations repeat
         for every event, so they are worked out once."""
