@@ -260,9 +260,10 @@ class Runtime:
         # built once the tag has run, every field given: no default factories on the hot path
         notes = self.redact(ctx.notes) if ctx.notes else {}
         result = TagResult(tag.name, tag.type, status, reason, checks, notes, outgoing)
-        if ctx.match is not None and status == "fired":
-            result.match = ctx.match
-            record_match(tag.type, ctx.match)
+        if ctx.match is not None:
+            result.match = ctx.match  # shown for a refused event too: it may say why
+            if status == "fired":
+                record_match(tag.type, ctx.match)
         if trace:
             result.duration_ms = (time.perf_counter() - started) * 1000
             result.params = self.redact(
