@@ -54,14 +54,21 @@ NOWHERE = Geography()
 def locate(headers: dict[str, str], peer_ip: str, client_ip: str, settings: Settings) -> Geography:
     """The hit's geography from a trusted proxy's headers, then the database file."""
     found: dict[str, str] = {}
-    names = header_names(settings)
-    if settings.is_trusted_proxy(peer_ip) and not names.isdisjoint(headers):
-        for field, candidates in _fields_of(settings):
+    table, names = _config(
+        settings.geo_country_headers,
+        settings.geo_region_headers,
+        settings.geo_city_headers,
+        settings.geo_postal_code_headers,
+    )
+    if not names.isdisjoint(headers) and settings.is_trusted_proxy(peer_ip):
+        for field, candidates in table:
             for name in candidates:
-                value = _clean(headers.get(name), field)
-                if value:
-                    found[field] = value
-                    break
+                raw = headers.get(name)
+                if raw:
+                    value = _clean(raw, field)
+                    if value:
+                        found[field] = value
+                        break
     source = "headers" if found else ""
     if settings.geo_database and len(found) < len(FIELDS):
         looked_up = database(settings.geo_database).lookup(client_ip)
@@ -119,28 +126,11 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip().lower() for n in text.split(",") if n.strip())
 
 
-def _fields_of(settings: Settings) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    return _header_table(
-        settings.geo_country_headers,
-        settings.geo_region_headers,
-        settings.geo_city_headers,
-        settings.geo_postal_code_headers,
-    )
-
-
 @lru_cache(maxsize=8)
-def _header_table(*lists: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    return tuple(zip(FIELDS, (_names(text) for text in lists), strict=True))
-
-
-def header_names(settings: Settings) -> frozenset[str]:
-    """Every geography header name the settings list (lower case)."""
-    return _all_names(*(",".join(names) for _, names in _fields_of(settings)))
-
-
-@lru_cache(maxsize=8)
-def _all_names(*lists: str) -> frozenset[str]:
-    return frozenset(n for text in lists for n in _names(text))
+def _config(*lists: str) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], frozenset[str]]:
+    """(field, header names) pairs and every name, from the four settings (once)."""
+    table = tuple(zip(FIELDS, (_names(text) for text in lists), strict=True))
+    return table, frozenset(n for _, names in table for n in names)
 
 
 # -- the database file ------------------------------------------------------------------------

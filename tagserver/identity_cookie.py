@@ -53,6 +53,7 @@ _AAD = b"tagserver identity cookie v1"
 _HKDF_INFO = b"tagserver.identity_cookie.v1"
 _NONCE = 12
 _ENTRY = 33
+MAX_OPENED = 2048  # sealed values each keyring remembers having opened
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Keyring:
     def __init__(self, current: str, previous: list[str]) -> None:
         self.current = AESGCM(_derive(current))
         self.previous = [AESGCM(_derive(k)) for k in previous if k and k != current]
+        self._opened: dict[str, tuple[dict[str, str], int, bool]] = {}
 
     def seal(self, keys: dict[str, str], issued_at: int) -> str:
         plain = bytearray(struct.pack(">I", issued_at & 0xFFFFFFFF))
@@ -91,6 +93,18 @@ class Keyring:
         nonce = os.urandom(_NONCE)
         sealed = bytes([VERSION]) + nonce + self.current.encrypt(nonce, bytes(plain), _AAD)
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+    def open_cached(self, value: str) -> tuple[dict[str, str], int, bool] | None:
+        """`open`, remembered per keyring: a visitor sends the same sealed value with every
+        hit, so each is opened once (bounded; only values this keyring authenticated)."""
+        found = self._opened.get(value)
+        if found is None:
+            found = self.open(value)
+            if found is not None:
+                if len(self._opened) >= MAX_OPENED:
+                    self._opened.clear()
+                self._opened[value] = found
+        return found
 
     def open(self, value: str) -> tuple[dict[str, str], int, bool] | None:
         """(keys, issued_at, sealed with a previous key) or None when not ours or tampered."""
@@ -157,7 +171,7 @@ def read(cookies: dict[str, str], settings: Settings, now: float) -> Remembered:
     value = cookies.get(COOKIE)
     if not value:
         return NOTHING
-    opened = keyring(settings).open(value)
+    opened = keyring(settings).open_cached(value)
     if opened is None:
         return Remembered(status="invalid")
     keys, issued_at, rotated = opened

@@ -72,11 +72,14 @@ def geography(event: Event, request: RequestContext) -> Geography:
     """Where the event's visitor is. The request's geography (a trusted proxy's headers, the
     database) describes the request's client: it is used when the event's IP is that client's
     (browser hits); an event with another `ip_override` (sent server to server for a
-    customer) gets the database's answer for that address, or nothing."""
+    customer) gets the database's answer for that address, or nothing, and so does an event
+    without any (a server-to-server client that does not take the caller's address)."""
     ip = event.get("ip_override")
-    if not ip or ip == request.ip or request.settings is None:
+    if ip == request.ip or request.settings is None:
         return request.geo
-    return of_ip(ip, request.settings) if isinstance(ip, str) else NOWHERE
+    if not ip or not isinstance(ip, str):  # no customer address: nothing to locate
+        return NOWHERE
+    return of_ip(ip, request.settings)
 
 
 def enrich(
@@ -203,7 +206,8 @@ def _with(event: Event, person: dict[str, Any], place: dict[str, Any]) -> Event:
     out = dict(event)
     ud = dict(out["user_data"]) if isinstance(out.get("user_data"), dict) else {}
     for key, value in person.items():
-        ud[_PERSON_TARGET[key]] = value
+        if key in _PERSON_TARGET:
+            ud[_PERSON_TARGET[key]] = value
     address = {_ADDRESS_TARGET[k]: v for k, v in person.items() if k in _ADDRESS_TARGET}
     address.update({_ADDRESS_TARGET[k]: v for k, v in place.items()})
     if address:

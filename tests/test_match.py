@@ -65,7 +65,16 @@ def identity_cookie_headers(response: Any) -> list[str]:
 
 def test_identity_is_kept_encrypted_and_fills_later_events(tmp_path: Path) -> None:
     with app_client(tmp_path, container()) as client:
-        first = collect(client, consent=GRANTED, user={"email": EMAIL, "phone": "+1 650 555 1212"})
+        first = collect(
+            client,
+            consent=GRANTED,
+            user={
+                "email": EMAIL,
+                "phone": "+1 650 555 1212",
+                "first_name": "Jane",
+                "city": "Paris",
+            },
+        )
         assert first.status_code == 200
         [header] = identity_cookie_headers(first)
         assert "HttpOnly" in header and "SameSite=Lax" in header and "Domain=shop.test" in header
@@ -80,9 +89,9 @@ def test_identity_is_kept_encrypted_and_fills_later_events(tmp_path: Path) -> No
             client, {"event_name": "page_view", "user_agent": "UA", "ip_override": "198.51.100.7"}
         )
         meta = row["match"]["meta"]
-        assert meta["keys"]["identity_cookie"] == ["em", "ph"]
+        assert meta["keys"]["identity_cookie"] == ["em", "ph", "fn", "ct"]
         assert meta["quality_after"] > meta["quality_before"]
-        assert meta["gain"] == 5.0  # em 3 + ph 2
+        assert meta["gain"] == 5.75  # em 3 + ph 2 + fn 0.5 + ct 0.25
         # TikTok normalizes phones its own way: only the email hash fits it
         assert row["match"]["tiktok"]["keys"]["identity_cookie"] == ["email"]
         # the per-tag opt-out
@@ -91,7 +100,7 @@ def test_identity_is_kept_encrypted_and_fills_later_events(tmp_path: Path) -> No
         # an event's own data always wins
         own = send(client, {"event_name": "lead", "user_data": {"email_address": "x@y.org"}})
         assert "em" in own["match"]["meta"]["keys"]["event"]
-        assert own["match"]["meta"]["keys"]["identity_cookie"] == ["ph"]
+        assert own["match"]["meta"]["keys"]["identity_cookie"] == ["ph", "fn", "ct"]
 
         # consent denied on the event: nothing added
         denied = send(client, {"event_name": "page_view", "consent": {"ad_user_data": "denied"}})
