@@ -14,6 +14,7 @@ import click
 
 from .container import ContainerError, load_file
 from .container_cli import container
+from .events_cli import events
 from .outbox_cli import outbox
 from .plugins import Registry, load_registry
 from .settings import PREFIX, Settings, SettingsError
@@ -210,4 +211,5 @@ def show_settings(markdown: bool, **flags: Any) -> None:
 
 
 main.add_command(outbox)
+main.add_command(events)
 main.add_command(container)

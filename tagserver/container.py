@@ -20,14 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from . import cookie_keeper
-from .event import CONSENT_TYPES
+from .event import CONSENT_TYPES, RequestContext
 from .plugins import Client, Param, Registry, Tag
 from .refs import Compiled, compile_value, has_refs, references
 from .settings import Settings
 from .transformations import Transformation, compile_all
 from .transformations import validate as validate_transformations
 from .triggers import OPERATORS, Trigger, variable_name
-from .variables import VARIABLE_TYPES, Variable, compile_variable, direct_getters, is_builtin
+from .variables import (
+    VARIABLE_TYPES,
+    Scope,
+    Variable,
+    compile_variable,
+    direct_getters,
+    is_builtin,
+)
 
 TOP_LEVEL_KEYS = (
     "$schema", "name", "version", "description", "consent_mode", "clients", "variables",
@@ -37,6 +44,7 @@ CLIENT_KEYS = ("name", "type", "priority", "params", "description")
 TAG_KEYS = ("name", "type", "fire_on", "block_on", "consent", "paused", "params", "description")
 TRIGGER_KEYS = ("name", "event", "conditions", "description")
 CONDITION_KEYS = ("variable", "operator", "value", "negate", "ignore_case")
+STATIC = ("env", "constant")  # variable types a client param may use: known without an event
 NUMERIC_OPERATORS = ("greater_than", "greater_or_equal", "less_than", "less_or_equal")
 
 
@@ -226,6 +234,7 @@ class _Validator:
 
         variables = self.named_list(data, "variables")
         self.variable_names = {item["name"] for _, item in variables}
+        self.variable_types = {item["name"]: item.get("type") for _, item in variables}
         triggers = self.named_list(data, "triggers")
         self.trigger_names = {item["name"] for _, item in triggers}
 
@@ -388,7 +397,27 @@ class _Validator:
             not isinstance(item["priority"], int) or isinstance(item["priority"], bool)
         ):
             self.add(f"{path}.priority", "must be an integer")
-        self.params(cls.params, item.get("params"), f"{path}.params", f'client "{kind}"')
+        params = item.get("params")
+        self.params(cls.params, params, f"{path}.params", f'client "{kind}"')
+        if isinstance(params, dict):
+            for key, value in params.items():
+                for name in references(value):
+                    if name in self.variable_types and self.variable_types[name] not in STATIC:
+                        self.add(
+                            f"{path}.params.{key}",
+                            f'"{name}" is a {self.variable_types[name]} variable: client params '
+                            "may use only env and constant variables (resolved once, at load)",
+                        )
+                    elif name not in self.variable_types and is_builtin(name):
+                        self.add(
+                            f"{path}.params.{key}",
+                            f'"{name}" is known only per event: client params may use only env '
+                            "and constant variables (resolved once, at load)",
+                        )
+            if not any(p.path.startswith(f"{path}.params") for p in self.problems):
+                static = {k: v for k, v in params.items() if not has_refs(v)}
+                for where, message in cls.check_params(static):
+                    self.add(f"{path}.params.{where}", message)
 
     def tag(self, path: str, item: dict[str, Any]) -> None:
         self.unknown_keys(item, TAG_KEYS, path)
@@ -445,6 +474,18 @@ def _static_params(params: dict[str, Any], declared: Iterable[Param]) -> dict[st
     return out
 
 
+def _client_params(
+    params: dict[str, Any], declared: Iterable[Param], variables: dict[str, Variable]
+) -> dict[str, Any]:
+    """A client's params with declared defaults, `{{env}}` and `{{constant}}` variables
+    resolved once: a client is built once per container, before any event exists."""
+    out = {p.name: p.default for p in declared if p.default is not None}
+    scope = Scope({}, RequestContext.empty(), variables)
+    for key, value in params.items():
+        out[key] = compile_value(value)(scope) if has_refs(value) else value
+    return out
+
+
 def _compile(
     data: dict[str, Any], registry: Registry, settings: Settings, raw: bytes | None
 ) -> Container:
@@ -462,7 +503,11 @@ def _compile(
     clients = []
     for order, spec in enumerate(data.get("clients", [])):
         cls = registry.clients[spec["type"]]
-        params = _static_params(spec.get("params") or {}, cls.params)
+        params = _client_params(spec.get("params") or {}, cls.params, variables)
+        for param in cls.params:
+            value = params.get(param.name)
+            if param.secret and isinstance(value, str) and value:
+                secrets.add(value)
         client = cls(spec["name"], params, settings)
         client.priority = spec.get("priority", cls.default_priority)  # type: ignore[attr-defined]
         client.order = order  # type: ignore[attr-defined]

@@ -145,6 +145,12 @@ class RequestContext:
             "", peer_ip, settings,
         )  # fmt: skip
 
+    @classmethod
+    def empty(cls, method: str = "", url: str = "") -> RequestContext:
+        """The context of events that came with no HTTP request (a file import, a container
+        being compiled): no address, no headers, no cookies."""
+        return cls(method, url, "", {}, {}, {}, "", False, "")
+
     @property
     def user_agent(self) -> str:
         return self.headers.get("user-agent", "")

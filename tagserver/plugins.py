@@ -333,6 +333,12 @@ class Client:
         self.name = name
         self.settings = settings
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """Problems the declared types cannot see, as (place under `params`, message) pairs;
+        called by `tagserver validate` with the literal params once their types check."""
+        return []
+
     def max_events_from(self, params: dict[str, Any]) -> int:
         """The `max_events` param, else `TAGSERVER_MAX_EVENTS_PER_REQUEST`."""
         return int(params.get("max_events") or self.settings.max_events_per_request)

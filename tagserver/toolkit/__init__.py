@@ -8,7 +8,8 @@ may move. Import the submodule and use its names:
 
 - `cookies`  first-party visitor cookies (`_fbp`, `_fbc`, client id) with the shared rules
 - `cors`     credentialed CORS grants and preflights for browser hits
-- `events`   event helpers: consent types, page parts, preview-token stripping, value text
+- `events`   event helpers: checking an event given as JSON (`check_event`), consent types,
+             page parts, preview-token stripping, value text
 - `http`     how a sender reads a vendor's HTTP answer: delivered, retry or permanent
 - `metrics`  cheap counting on the hit path (`count`, `observe`, `labelled`)
 - `redact`   remove a token from text before it is shown anywhere

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from ..event import CONSENT_TYPES, add_page_parts, get_path, page_parts
+from ..event_checks import EventError, check_event, parse_event_time
 from ..refs import text as value_text
 
 _PREVIEW_PARAM = re.compile(r"([?&])tagserver_preview=[^&#]*(&?)")
@@ -17,5 +18,6 @@ def strip_preview(url: str) -> str:
 
 
 __all__ = [
-    "CONSENT_TYPES", "add_page_parts", "get_path", "page_parts", "strip_preview", "value_text",
+    "CONSENT_TYPES", "EventError", "add_page_parts", "check_event", "get_path", "page_parts",
+    "parse_event_time", "strip_preview", "value_text",
 ]  # fmt: skip
