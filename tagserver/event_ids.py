@@ -133,18 +133,11 @@ def _show(value: Any) -> str:
     return repr(value)[:60] if isinstance(value, str) else str(value)
 
 
-_detectors: dict[tuple[float, int], ReuseDetector] = {}
-
-
 def detector(window_seconds: float, max_ids: int) -> ReuseDetector | None:
-    """The worker's detector for these settings (None when off): kept across reloads."""
+    """A worker's detector (None when off). The app makes one at start: it outlives reloads."""
     if window_seconds <= 0 or max_ids <= 0:
         return None
-    key = (window_seconds, max_ids)
-    found = _detectors.get(key)
-    if found is None:
-        found = _detectors[key] = ReuseDetector(window_seconds, max_ids)
-    return found
+    return ReuseDetector(window_seconds, max_ids)
 
 
 __all__ = ["EVENT_ID_REUSE", "ReuseDetector", "detector"]

@@ -126,7 +126,7 @@ def enrich(
                     added[key] = IDENTITY_COOKIE
             if country is None and "country" in place:
                 country = place["country"]  # a hash: geography must then agree with it
-    if geo:
+    if geo and not (place and country is None):  # a stored city without a country: no mix
         geo_cc = geo.get("country")
         if country is None or (
             geo_cc is not None and country in (geo_cc.lower(), _hash_cc(geo_cc))
