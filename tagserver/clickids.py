@@ -5,13 +5,12 @@ tagserver already sends (no extra request). Values go on every event of the hit 
 `x-tt-ck-ttclid`, `x-tt-ck-ttp`, `x-pin-ck-epik`, `x-sc-ck-sccid`, `x-sc-ck-scid`, where the
 TikTok, Pinterest and Snapchat tags read them. None is HttpOnly: the vendors' pixels read them.
 
-| URL parameter | cookie    | lifetime                         | rule |
-|---------------|-----------|----------------------------------|------|
-| `ttclid`      | `ttclid`  | 30 days (TikTok's own template)  | written when the URL brings a new or different click id |
-| (none)        | `_ttp`    | 13 months                        | kept as is and its expiry refreshed; generated (27 letters and digits) when absent, only where the client's `generate_ttp` is on |
-| `epik`        | `_epik`   | `cookie_max_age_days` (90)        | like ttclid |
-| `ScCid`       | `_scclid` | `cookie_max_age_days` (90)        | like ttclid (any case of the parameter name) |
-| (none)        | `_scid`   | never set: the Snap Pixel's own   | read only |
+- `ttclid` → cookie `ttclid`, 30 days (TikTok's own template); written when the URL brings a
+  new or different click id.
+- `_ttp` (TikTok's browser id): kept as is and renewed for 13 months; created (27 letters and
+  digits) when absent only where the client's `generate_ttp` is on.
+- `epik` → `_epik`, and `ScCid` (any case) → `_scclid`: `cookie_max_age_days` (90), like ttclid.
+- `_scid` (the Snap Pixel's own): read, never set.
 
 A click id cookie that already holds the URL's click id is left alone: no new Set-Cookie, so
 its lifetime counts from the click, like the vendor's attribution window, and it is never

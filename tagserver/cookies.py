@@ -38,8 +38,9 @@ Rules:
   TikTok pixel has not set one), Pinterest's `epik` → `_epik`, Snapchat's `ScCid` → `_scclid`
   (and its pixel's `_scid`, read only), under the same consent and attributes.
 - Consent: when `ad_storage` is denied, `_fbp`/`_fbc` and the click-id cookies are neither set
-  nor extended nor read (nothing goes on the event). When `analytics_storage` is denied, the same holds for the
-  client id. Consent that is absent or not "denied" counts as granted (gtag's default).
+  nor extended nor read (nothing goes on the event). When `analytics_storage` is denied, the
+  same holds for the client id. Consent that is absent or not "denied" counts as granted
+  (gtag's default).
 
 Parallel first hits: a new visitor's first hits may arrive at the same time, all without
 cookies. Generated values are therefore deterministic for the visitor's first moments: the

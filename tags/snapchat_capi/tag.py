@@ -64,7 +64,8 @@ class SnapchatCapiTag(ConversionsTag):
         Param(
             "event_name_map",
             "object",
-            description='Event name → Snap name, over the GA4 table ({"lead": "CUSTOM_EVENT_1"}); '
+            description="Event name → Snap name, over the GA4 table "
+            '({"lead": "CUSTOM_EVENT_1"}); '
             "Snap accepts only its standard names and CUSTOM_EVENT_1…5.",
         ),
         Param(

@@ -102,7 +102,7 @@ def refused(tag_type: str, refusal: Refusal) -> None:
     metrics.labelled(metrics.TAG_REFUSED, tag_type, refusal.code).inc()
 
 
-# -- reading the event ----------------------------------------------------------------------------
+# -- reading the event -----------------------------------------------------------------------------
 
 # key, sGTM user_data fields in order of preference (the sha256_* forms pass through hashing)
 _PERSON: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -276,7 +276,7 @@ def event_time(event: Event, received_at: float) -> int:
     return int(received_at)
 
 
-# -- match quality ----------------------------------------------------------------------------------
+# -- match quality -------------------------------------------------------------------------------
 
 
 class Quality(NamedTuple):
@@ -312,7 +312,7 @@ class MatchQuality:
         return found
 
 
-# -- delivery -------------------------------------------------------------------------------------
+# -- delivery --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -423,7 +423,7 @@ async def post_json(
     return Posted(response, body, None, latency)
 
 
-# -- the tag --------------------------------------------------------------------------------------
+# -- the tag ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
