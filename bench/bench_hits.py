@@ -186,7 +186,9 @@ class Servers:
         transformations: list[dict[str, Any]] | None = None,
         extra_tags: list[dict[str, Any]] | None = None,
     ) -> tuple[str, subprocess.Popen[bytes]]:
-        """`tagserver serve` with one worker; from `tree` (a checkout, via PYTHONPATH) if given."""
+        """`tagserver serve` with one worker; from `tree` (a checkout) if given: with the
+        checkout's own `.venv` when it has one (its entry points and package mapping), else
+        through PYTHONPATH."""
         vendor_url = vendor_url or self.vendor.url
         container: dict[str, Any] = {
             "name": "bench",
@@ -224,12 +226,15 @@ class Servers:
             "TAGSERVER_LOG_LEVEL": "warning",
             "TAGSERVER_PREVIEW_PASSWORD": "bench-preview-password",
         }
-        if tree is not None:
+        python = sys.executable
+        if tree is not None and (tree / ".venv" / "bin" / "python").exists():
+            python = str(tree / ".venv" / "bin" / "python")
+        elif tree is not None:
             env["PYTHONPATH"] = str(tree)
         env.update(extra_env or {})
         proc = self._spawn(
-            [sys.executable, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
-             str(port), "--container", str(path), "--data-dir", str(self.work / name),
+            [python, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
+             str(port), "--container", str(path), "--data-dir", str(self.work / "data" / name),
              "--workers", "1"],
             name, env,
         )  # fmt: skip
@@ -559,8 +564,8 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
                 sample = (
                     now - started,
                     rss_mb(proc.pid),
-                    outbox_pending(work / "tagserver"),
-                    disk_mb(work / "tagserver"),
+                    outbox_pending(work / "data" / "tagserver"),
+                    disk_mb(work / "data" / "tagserver"),
                 )
                 samples.append(sample)
                 print(
@@ -571,8 +576,8 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.5)
         hey_out = load.stdout.read() if load.stdout else ""
         status = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", hey_out))
-        backlog = outbox_pending(work / "tagserver")
-        db_mb = disk_mb(work / "tagserver")
+        backlog = outbox_pending(work / "data" / "tagserver")
+        db_mb = disk_mb(work / "data" / "tagserver")
         print(
             f"load done: responses by status {status}; backlog {backlog} messages, "
             f"RSS {rss_mb(proc.pid):.1f} MB, outbox files {db_mb:.1f} MB on disk"
@@ -583,7 +588,7 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
         last_count = 0
         print("vendor up: draining")
         while True:
-            pending = outbox_pending(work / "tagserver")
+            pending = outbox_pending(work / "data" / "tagserver")
             count = servers.vendor.count
             if first is None and count > last_count:
                 first = time.time() - up_at
@@ -595,7 +600,7 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
                 break
             time.sleep(0.5)
         took = time.time() - up_at
-        drained = backlog - outbox_pending(work / "tagserver")
+        drained = backlog - outbox_pending(work / "data" / "tagserver")
         sending = took - (first or 0)
         rate = drained / sending if sending > 0 else 0.0
         print(

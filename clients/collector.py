@@ -331,7 +331,6 @@ def check_params(event: Event, where: str) -> None:
 
 
 class CollectorClient(Client):
-    type_name = "collector"
     description = "Hits from collector.js: POST /collect, sets first-party _fbp/_fbc/client id."
     default_priority = 20
     params = (
@@ -397,6 +396,7 @@ class CollectorClient(Client):
                 rows.append({})
             except EventError as exc:
                 rows.append({"index": index, "accepted": False, "reason": str(exc)})
+                hit.reject(index, str(exc))
         if not accepted and rows:
             reasons = "; ".join(row["reason"] for row in rows[:3])
             raise BadRequest(f"no valid event: {reasons}")

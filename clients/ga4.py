@@ -46,7 +46,6 @@ FPID_COOKIE = "FPID"
 
 
 class Ga4Client(Client):
-    type_name = "ga4"
     description = "GA4 hits from gtag.js / GTM web containers (server_container_url) at /g/collect."
     default_priority = 5
     params = (

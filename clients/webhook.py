@@ -58,6 +58,9 @@ class WebhookClient(Client):
     type_name = "webhook"
     description = "Another system's webhook (Shopify, a CRM …), verified and mapped to events."
     default_priority = 10
+    request_is_visitor = (
+        False  # the sender's servers: their address and agent are not the customer's
+    )
     params = (
         Param("path", "string", required=True, description="Path this client claims, e.g. `/hooks/shopify`."),
         Param("preset", "string", choices=tuple(PRESETS), description="A ready mapping: " + ", ".join(PRESETS) + "."),
@@ -132,6 +135,7 @@ class WebhookClient(Client):
                 rows.append(None)
             except EventError as exc:
                 rows.append({"index": index, "accepted": False, "reason": str(exc)})
+                hit.reject(index, str(exc))  # shown in preview's hit list and Console
         results = iter(await hit.run(events))
         for index, row in enumerate(rows):
             if row is None:

@@ -1,18 +1,8 @@
 #!/usr/bin/env bash
-# Install what the test suite needs on a fresh Debian machine, then run it all:
-# Debian's chromium (real-browser tests), redis-server (shared preview store) and postgresql
-# (the shared outbox: the tests start their own cluster from its binaries), the test extras.
+# Run the whole test suite on this machine or a fresh Debian 12: installs what it needs first
+# (scripts/venv.sh: Debian's python3-venv, chromium, redis-server and postgresql when missing,
+# and a virtual environment in .venv with the test extras). Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-missing=()
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing Debian packages: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-python -m pip install -q -e '.[test]'
-exec python -m pytest "$@"
+bash scripts/venv.sh
+exec .venv/bin/python -m pytest "$@"

@@ -1,7 +1,10 @@
 /*! tagserver collector.js: sends events to your own tagging server (first-party). */
-// Snippet (before this script loads, calls are queued by the stub):
-//   window.tagserver = window.tagserver || function () {
-//     (tagserver.q = tagserver.q || []).push(arguments); };
+// Snippet (before this script loads, calls are queued by the stub, which makes each event's id
+// itself so that `tagserver('event', ...)` returns it even then; queued calls keep that id):
+//   window.tagserver = window.tagserver || function (c, n, p, o) {
+//     if (c == 'event') { o = Object.assign({}, o);
+//       o.event_id = o.event_id || crypto.getRandomValues(new Uint32Array(4)).join('-'); }
+//     (tagserver.q = tagserver.q || []).push([c, n, p, o]); return o && o.event_id; };
 //   tagserver('config', {send_page_view: true, spa: false});
 // API:
 //   tagserver('config', {endpoint, send_page_view, spa})
@@ -16,7 +19,9 @@
   if (old && old.loaded) return;
   var script = d.currentScript;
   var base = script && script.src ? script.src : location.href;
-  var cfg = {endpoint: new URL('/collect', base).href, send_page_view: true, spa: false};
+  // the server writes its TAGSERVER_ROOT_PATH here (e.g. '/tag') when it serves this file
+  var root = '';
+  var cfg = {endpoint: new URL(root + '/collect', base).href, send_page_view: true, spa: false};
   var consent = null;
   var user = null;
   var pending = [];

@@ -10,12 +10,19 @@
   if (!body || !body.classList.contains('page-session')) return;
 
   var sid = body.getAttribute('data-session');
-  var api = '/preview/api/s/' + encodeURIComponent(sid);
+  var root = body.getAttribute('data-root') || '';  // TAGSERVER_ROOT_PATH, e.g. /tag
+  var api = root + '/preview/api/s/' + encodeURIComponent(sid);
   var TABS = ['request', 'event', 'tags', 'variables', 'outgoing', 'console'];
   var STATUS_TEXT = {
-    fired: 'fired', not_fired: 'not fired', blocked: 'blocked', paused: 'paused',
-    no_consent: 'no consent', rejected: 'rejected', error: 'error'
+    fired: 'fired', dry_run: 'dry run', not_fired: 'not fired', blocked: 'blocked',
+    paused: 'paused', no_consent: 'no consent', rejected: 'rejected', error: 'error'
   };
+  // where a message's delivery stands, from its latest result (none yet: pending)
+  var DELIVERY_TEXT = {
+    pending: 'pending', delivered: 'delivered', retry: 'retrying', dead_letter: 'dead-lettered'
+  };
+  // bidirectional controls reorder the text around them: shown as ⟨U+202E⟩ instead
+  var BIDI = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
 
   var state = {
     session: null, expiresAt: 0, hits: [], byId: {}, cursor: 0,
@@ -24,10 +31,16 @@
 
   // -- small DOM helpers (text only) --------------------------------------------------------
 
+  function visible(text) {
+    return String(text).replace(BIDI, function (c) {
+      return '\u27E8U+' + pad(c.charCodeAt(0).toString(16).toUpperCase(), 4) + '\u27E9';
+    });
+  }
+
   function el(tag, cls, text) {
     var node = document.createElement(tag);
     if (cls) node.className = cls;
-    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (text !== undefined && text !== null) node.textContent = visible(text);
     return node;
   }
 
@@ -35,12 +48,17 @@
     for (var i = 1; i < arguments.length; i++) {
       var child = arguments[i];
       if (child === null || child === undefined || child === false) continue;
-      parent.appendChild(typeof child === 'string' ? document.createTextNode(child) : child);
+      parent.appendChild(typeof child === 'string' ? document.createTextNode(visible(child)) : child);
     }
     return parent;
   }
 
   function $(id) { return document.getElementById(id); }
+
+  function appPath() {  // this page's path without the root path
+    var path = location.pathname;
+    return root && path.indexOf(root + '/') === 0 ? path.slice(root.length) : path;
+  }
 
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
 
@@ -52,7 +70,7 @@
       pad(d.getMilliseconds(), 3);
   }
 
-  function plural(n, word) { return n + ' ' + word + (n === 1 ? '' : 's'); }
+  function plural(n, word, many) { return n + ' ' + (n === 1 ? word : many || word + 's'); }
 
   function safeHref(url) {
     try {
@@ -72,7 +90,7 @@
   function preview(value) {
     if (Array.isArray(value)) return '[ ' + plural(value.length, 'item') + ' ]';
     var keys = Object.keys(value);
-    var shown = keys.slice(0, 4).join(', ');
+    var shown = keys.slice(0, 4).map(visible).join(', ');
     return '{ ' + shown + (keys.length > 4 ? ', …' : '') + ' }';
   }
 
@@ -100,7 +118,7 @@
       var cell = el('td');
       if (value instanceof Node) add(cell, value);
       else if (value !== null && typeof value === 'object') add(cell, tree(value, 1));
-      else cell.textContent = value === null ? '—' : String(value);
+      else cell.textContent = value === null ? '—' : visible(value);
       add(table, add(el('tr'), el('th', null, row[0]), cell));
     });
     return table;
@@ -117,7 +135,7 @@
   function getJSON(url) {
     return fetch(url, {credentials: 'same-origin', headers: {Accept: 'application/json'}})
       .then(function (r) {
-        if (r.status === 401) { location.href = '/preview/login?next=' + encodeURIComponent(location.pathname); throw new Error('signed out'); }
+        if (r.status === 401) { location.href = root + '/preview/login?next=' + encodeURIComponent(appPath()); throw new Error('signed out'); }
         return r.json().then(function (data) {
           if (!r.ok) throw new Error(data && data.error ? data.error : 'HTTP ' + r.status);
           return data;
@@ -126,10 +144,10 @@
   }
 
   function post(action) {
-    return fetch('/preview/s/' + encodeURIComponent(sid) + '/' + action, {
+    return fetch(root + '/preview/s/' + encodeURIComponent(sid) + '/' + action, {
       method: 'POST', credentials: 'same-origin', headers: {Accept: 'application/json'}
     }).then(function (r) {
-      if (r.status === 401) { location.href = '/preview/login'; throw new Error('signed out'); }
+      if (r.status === 401) { location.href = root + '/preview/login'; throw new Error('signed out'); }
       return r.json().then(function (data) {
         if (!r.ok) throw new Error(data && data.error ? data.error : 'HTTP ' + r.status);
         return data;
@@ -225,7 +243,18 @@
 
   function hitHasProblem(hit) {
     return (hit.status && hit.status >= 400) || !!hit.error || hit.tag_errors > 0 ||
-      (hit.deliveries && hit.deliveries.failed > 0) || !hit.client;
+      hit.rejected > 0 || (hit.deliveries && hit.deliveries.failed > 0) || !hit.client;
+  }
+
+  function deliverySummary(d) {
+    // each message once, by where it stands now: "2 deliveries: 1 delivered, 1 dead-lettered"
+    if (!d.total) return [];
+    var mixed = [d.delivered, d.retrying, d.failed].filter(Boolean).length > 1;
+    var parts = mixed ? [el('span', 'deliv', plural(d.total, 'delivery', 'deliveries') + ':')] : [];
+    if (d.delivered) parts.push(el('span', 'deliv ok', d.delivered + ' delivered'));
+    if (d.retrying) parts.push(el('span', 'deliv warn', d.retrying + ' retrying'));
+    if (d.failed) parts.push(el('span', 'deliv bad', d.failed + ' dead-lettered'));
+    return parts;
   }
 
   function renderHit(hit) {
@@ -234,17 +263,18 @@
     var head = el('button', 'hit-head');
     head.type = 'button';
     var status = el('span', 'status s' + String(hit.status || 0).charAt(0), hit.status || '—');
-    add(head, el('time', null, clock(hit.time)), el('span', 'method', hit.method),
-      el('span', 'path', hit.path), status);
+    // the page the hit came from says more than "POST /collect"; the request line stays below
+    var where = hit.page ? el('span', 'path page', hit.page.replace(/^https?:\/\//, ''))
+      : el('span', 'path', hit.method + ' ' + hit.path);
+    if (hit.page) where.title = hit.page;
+    add(head, el('time', null, clock(hit.time)), where, status);
     head.addEventListener('click', function () { select(hit.id, 0); });
     var meta = el('div', 'hit-meta');
+    if (hit.page) add(meta, el('span', 'reqline', hit.method + ' ' + hit.path));
     add(meta, el('span', 'client', hit.client ? hit.client : 'no client claimed it'));
     add(meta, containerBadge(hit.container));
-    var d = hit.deliveries || {total: 0, failed: 0};
-    if (d.total) {
-      add(meta, el('span', 'deliv' + (d.failed ? ' bad' : ''),
-        d.failed ? plural(d.failed, 'failed delivery') : plural(d.total, 'delivery')));
-    }
+    if (hit.rejected) add(meta, el('span', 'rejected', plural(hit.rejected, 'rejected event')));
+    deliverySummary(hit.deliveries || {}).forEach(function (part) { add(meta, part); });
     add(li, head, meta);
     if (hit.error) add(li, el('div', 'hit-error', hit.error));
     var events = el('ol', 'events');
@@ -253,6 +283,7 @@
       button.type = 'button';
       add(button, el('span', 'ename', ev.name),
         el('span', 'count', plural(ev.fired, 'tag') + ' fired'),
+        ev.dry_run ? el('span', 'dry', plural(ev.dry_run, 'dry run')) : null,
         ev.errors ? el('span', 'err', plural(ev.errors, 'error')) : null);
       button.addEventListener('click', function () {
         select(hit.id, index, state.tab === 'request' ? 'tags' : null);
@@ -359,6 +390,7 @@
         add(panel, emptyNote(trace.error
           ? 'This hit produced no events: ' + trace.error
           : 'This hit produced no events.'));
+        if ((trace.rejected || []).length) add(panel, rejectedList(trace.rejected));
         return;
       }
       var ev = currentEvent();
@@ -393,6 +425,35 @@
       try { bodyNode = tree(JSON.parse(bodyText), 1); } catch (e) { bodyNode = el('pre', 'wrap', bodyText); }
     }
     add(panel, section('Body', bodyNode));
+    if ((trace.rejected || []).length) add(panel, rejectedList(trace.rejected));
+    add(panel, renderResponse(trace.response));
+  }
+
+  function rejectedList(rejected) {
+    var list = el('ol', 'rejected-list');
+    rejected.forEach(function (r) {
+      add(list, add(el('li'), el('strong', null, 'event ' + r.index), ': ' + r.reason));
+    });
+    return section('Rejected events (' + rejected.length + ')', list);
+  }
+
+  function renderResponse(response) {
+    // what the hit was answered: status, headers, and the cookies set (names, never values)
+    if (!response) return section('Response', emptyNote('No response was recorded.'));
+    var box = el('div', 'response');
+    add(box, kv([['Status', response.status]]));
+    add(box, tree(response.headers || {}, 1));
+    var cookies = response.cookies || [];
+    if (cookies.length) {
+      var table = el('table', 'kv cookies-set');
+      cookies.forEach(function (c) {
+        add(table, add(el('tr'), el('th', 'mono', c.name), el('td', 'muted', c.attributes || '')));
+      });
+      add(box, section('Cookies set (values not shown)', table));
+    } else {
+      add(box, section('Cookies set', emptyNote('No cookie was set.')));
+    }
+    return section('Response', box);
   }
 
   function renderEvent(panel) {
@@ -414,14 +475,59 @@
     return table;
   }
 
+  function tagName(d) {
+    // a destination named by the tag that sent to it (its key is a hash, meaningless to people)
+    return d.tag ? d.tag + ' (' + (d.tag_type || 'tag') + ')' : (d.tag_type || d.destination || 'a destination');
+  }
+
+  function latestDelivery(deliveries, tag, message) {
+    var found = null;
+    deliveries.forEach(function (d) {
+      if (d.dedup_id === message.dedup_id && (!d.tag || d.tag === tag.tag)) found = d;
+    });
+    return found;
+  }
+
+  function deliveryState(d) {
+    if (!d) return {state: 'pending', text: 'pending', detail: 'stored, not sent yet'};
+    var state = d.outcome === 'permanent' ? 'dead_letter' : d.outcome;
+    var detail = '';
+    if (state === 'delivered') detail = d.status ? 'HTTP ' + d.status : '';
+    else if (state === 'retry') {
+      detail = 'attempt ' + d.attempt + (d.error ? ' failed: ' + d.error : ' failed') +
+        (d.next_attempt_in ? ' · next try in ' + d.next_attempt_in + ' s' : '');
+    } else if (state === 'dead_letter') {
+      detail = (d.reason || 'not delivered') + (d.error ? ': ' + d.error : '') +
+        (d.status && (d.error || '').indexOf('HTTP ' + d.status) < 0 ? ' (HTTP ' + d.status + ')' : '');
+    }
+    return {state: state, text: DELIVERY_TEXT[state] || state, detail: detail};
+  }
+
+  function deliveryLine(tag, message) {
+    var d = deliveryState(latestDelivery((state.detail && state.detail.deliveries) || [], tag, message));
+    var line = el('p', 'delivery-state ds-' + d.state);
+    add(line, el('span', 'badge ' + ({delivered: 'ok', pending: 'muted', retry: 'warn'}[d.state] || 'bad'),
+      d.text), d.detail ? ' ' + d.detail : null);
+    return {node: line, state: d.state};
+  }
+
   function renderTag(tag) {
     var ok = tag.status === 'fired';
     var card = el('article', 'tag ' + tag.status);
     card.setAttribute('data-tag', tag.tag);
     var head = el('div', 'tag-head');
-    add(head, el('span', 'badge ' + (ok ? 'ok' : (tag.status === 'error' || tag.status === 'rejected') ? 'bad' : 'muted'),
-      STATUS_TEXT[tag.status] || tag.status), el('strong', 'tag-name', tag.tag), el('span', 'muted', tag.type));
+    var badge = ok ? 'ok' : tag.status === 'dry_run' ? 'warn' :
+      (tag.status === 'error' || tag.status === 'rejected') ? 'bad' : 'muted';
+    add(head, el('span', 'badge ' + badge, STATUS_TEXT[tag.status] || tag.status),
+      el('strong', 'tag-name', tag.tag), el('span', 'muted', tag.type));
     add(card, head, el('p', 'reason', tag.reason));
+    var worst = null;
+    (tag.outgoing || []).forEach(function (m) {
+      var line = deliveryLine(tag, m);
+      if (line.state !== 'delivered') worst = worst === 'dead_letter' ? worst : line.state;
+      add(card, line.node);
+    });
+    if (worst) card.classList.add('delivery-' + worst);
     (tag.triggers || []).forEach(function (t) {
       var block = el('div', 'trigger ' + (t.matched ? 'matched' : 'unmatched'));
       add(block, add(el('div', 'trigger-head'),
@@ -437,6 +543,7 @@
     if (tag.params) add(extra, section('Parameters (resolved)', tree(tag.params, 2)));
     if (tag.notes && Object.keys(tag.notes).length) add(extra, section('Notes', tree(tag.notes, 1)));
     if ((tag.outgoing || []).length) add(extra, el('p', 'muted', plural(tag.outgoing.length, 'outgoing message') + ' — see Outgoing'));
+    if ((tag.dry_run || []).length) add(extra, el('p', 'muted', 'dry run: the payload it would send is in Outgoing'));
     if (tag.duration_ms) add(extra, el('p', 'muted', 'ran in ' + tag.duration_ms + ' ms'));
     add(card, extra);
     return card;
@@ -520,14 +627,21 @@
   function renderTags(panel) {
     var tags = currentEvent().tags || [];
     if (!tags.length) { add(panel, emptyNote('The container has no tags.')); return; }
-    var fired = tags.filter(function (t) { return t.status === 'fired'; });
-    var other = tags.filter(function (t) { return t.status !== 'fired'; });
-    var a = el('div', 'tag-list fired');
-    fired.forEach(function (t) { add(a, renderTag(t)); });
-    var b = el('div', 'tag-list not-fired');
-    other.forEach(function (t) { add(b, renderTag(t)); });
-    add(panel, section('Fired (' + fired.length + ')', fired.length ? a : emptyNote('No tag fired for this event.')));
-    add(panel, section('Not fired (' + other.length + ')', other.length ? b : emptyNote('Every tag fired.')));
+    var groups = {fired: [], dry_run: [], other: []};
+    tags.forEach(function (t) { (groups[t.status] || groups.other).push(t); });
+    var list = function (cls, items) {
+      var node = el('div', 'tag-list ' + cls);
+      items.forEach(function (t) { add(node, renderTag(t)); });
+      return node;
+    };
+    add(panel, section('Fired (' + groups.fired.length + ')', groups.fired.length
+      ? list('fired', groups.fired) : emptyNote('No tag fired for this event.')));
+    if (groups.dry_run.length) {
+      add(panel, section('Dry run (' + groups.dry_run.length + ') — built, not sent',
+        list('dry-run', groups.dry_run)));
+    }
+    add(panel, section('Not fired (' + groups.other.length + ')', groups.other.length
+      ? list('not-fired', groups.other) : emptyNote('Every tag fired.')));
   }
 
   function renderVariables(panel) {
@@ -544,13 +658,15 @@
     var good = d.outcome === 'delivered';
     var card = el('div', 'delivery ' + (good ? 'good' : 'bad'));
     add(card, add(el('div', 'tag-head'),
-      el('span', 'badge ' + (good ? 'ok' : d.outcome === 'retry' ? 'warn' : 'bad'), d.outcome || 'result'),
+      el('span', 'badge ' + (good ? 'ok' : d.outcome === 'retry' ? 'warn' : 'bad'),
+        DELIVERY_TEXT[d.outcome] || d.outcome || 'result'),
       el('strong', null, d.status ? 'HTTP ' + d.status : 'no HTTP status'),
       el('span', 'muted', d.latency_ms !== undefined && d.latency_ms !== null ? ' ' + d.latency_ms + ' ms' : '')));
     add(card, kv([
       ['Attempt', d.attempt !== undefined ? d.attempt : d.attempts],
       ['Retries', d.retries],
-      ['Next retry in', d.retry_after !== undefined && d.retry_after !== null ? d.retry_after + ' s' : undefined],
+      ['Next retry in', d.next_attempt_in !== undefined && d.next_attempt_in !== null ? d.next_attempt_in + ' s' : undefined],
+      ['Reason', d.reason || undefined],
       ['Error', d.error || undefined], ['Code', d.code || undefined], ['Vendor trace', d.trace || undefined],
       ['Time', d.time ? clock(d.time) : undefined]
     ]));
@@ -559,25 +675,39 @@
     return card;
   }
 
+  function dryRunCard(tag, dry) {
+    var card = el('article', 'outgoing dry-run');
+    add(card, add(el('div', 'tag-head'), el('span', 'badge warn dry-badge', 'DRY RUN'),
+      el('strong', 'tag-name', tag.tag), el('span', 'muted', tag.type)));
+    add(card, el('p', 'reason', 'Not sent: ' + dry.reason + '. This is the payload it would send.'));
+    add(card, section('Payload (dry run)', tree(dry.payload, 1)));
+    return card;
+  }
+
   function renderOutgoing(panel, trace) {
     var ev = currentEvent();
     var deliveries = (trace.deliveries || []).slice();
-    var messages = [];
+    var messages = [], dry = [];
     (ev.tags || []).forEach(function (tag) {
       (tag.outgoing || []).forEach(function (m) { messages.push({tag: tag, message: m}); });
+      (tag.dry_run || []).forEach(function (d) { dry.push({tag: tag, dry: d}); });
     });
-    if (!messages.length) {
+    if (!messages.length && !dry.length) {
       add(panel, emptyNote('No tag built an outgoing message for this event.'));
     }
+    dry.forEach(function (item) { add(panel, dryRunCard(item.tag, item.dry)); });
     messages.forEach(function (item) {
       var m = item.message;
       var card = el('article', 'outgoing');
+      card.setAttribute('data-tag', item.tag.tag);
       add(card, add(el('div', 'tag-head'), el('strong', 'tag-name', item.tag.tag),
-        el('span', 'muted', item.tag.type), el('span', 'mono', m.destination)));
-      add(card, kv([['Dedup id', m.dedup_id]]));
+        el('span', 'muted', item.tag.type)));
+      add(card, deliveryLine(item.tag, m).node);
+      add(card, kv([['Dedup id', m.dedup_id], ['Destination key', el('span', 'mono muted', m.destination)]]));
       add(card, section('Payload', tree(m.payload, 1)));
       var mine = deliveries.filter(function (d) {
-        return d.dedup_id ? d.dedup_id === m.dedup_id : (d.destination && d.destination === m.destination);
+        return d.dedup_id ? d.dedup_id === m.dedup_id && (!d.tag || d.tag === item.tag.tag)
+          : (d.destination && d.destination === m.destination);
       });
       deliveries = deliveries.filter(function (d) { return mine.indexOf(d) < 0; });
       var results = el('div', 'deliveries');
@@ -601,6 +731,9 @@
     (trace.events || []).forEach(function (ev) {
       var name = (ev.event && ev.event.event_name) || '?';
       (ev.tags || []).forEach(function (t) {
+        if (t.status === 'dry_run') {
+          lines.push({time: trace.time, level: 'info', message: name + ' › tag ' + t.tag + ': ' + t.reason});
+        }
         if (t.status === 'error' || t.status === 'rejected') {
           lines.push({time: trace.time, level: t.status === 'error' ? 'error' : 'warning',
             message: name + ' › tag ' + t.tag + ': ' + t.reason});
@@ -608,9 +741,10 @@
       });
     });
     (trace.deliveries || []).forEach(function (d) {
-      lines.push({time: d.time || trace.time, level: d.outcome === 'delivered' ? 'info' : 'warning',
+      var level = d.outcome === 'delivered' ? 'info' : d.outcome === 'retry' ? 'warning' : 'error';
+      lines.push({time: d.time || trace.time, level: level,
         message: 'delivery ' + (d.outcome || '') + (d.status ? ' (HTTP ' + d.status + ')' : '') +
-          (d.destination ? ' to ' + d.destination : '') + (d.error ? ': ' + d.error : '')});
+          ' to ' + tagName(d) + (d.reason ? ': ' + d.reason : '') + (d.error ? ': ' + d.error : '')});
     });
     if (!lines.length) { add(panel, emptyNote('Nothing was logged for this hit.')); return; }
     lines.sort(function (a, b) { return (a.time || 0) - (b.time || 0); });

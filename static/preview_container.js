@@ -36,7 +36,8 @@
   }
 
   function poll() {
-    fetch('/preview/api/container', {credentials: 'same-origin', headers: {Accept: 'application/json'}})
+    var root = document.body.getAttribute('data-root') || '';  // TAGSERVER_ROOT_PATH
+    fetch(root + '/preview/api/container', {credentials: 'same-origin', headers: {Accept: 'application/json'}})
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (data) { if (data) show(data); }, function () {})
       .then(function () { setTimeout(poll, POLL_MS); });

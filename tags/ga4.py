@@ -36,6 +36,7 @@ from tagserver import (
     Sender,
     Setting,
     Settings,
+    StartupParams,
     Tag,
     TagRejected,
 )
@@ -146,7 +147,6 @@ COLLECT_URL = Setting(
 
 
 class Ga4Tag(Tag):
-    type_name = "ga4"
     description = (
         "Google Analytics 4: forward events as /g/collect hits with the visitor's IP and user "
         "agent, batched (20 per request), retried; personal data is never sent."
@@ -186,6 +186,18 @@ class Ga4Tag(Tag):
         super().__init__(name, static_params, settings)
         self.collect_url = settings.get(COLLECT_URL)
         self._destinations: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+
+    def describe(self, params: StartupParams) -> str:
+        endpoint = _text(params.get("endpoint")) or self.collect_url
+        if "endpoint" in params.per_event:
+            endpoint = f"the endpoint from {params.source('endpoint')}"
+        else:
+            endpoint = endpoint.split("?", 1)[0]
+        if "measurement_id" in params.per_event:
+            measurement = f"measurement id from {params.source('measurement_id')}"
+        else:
+            measurement = _text(params.get("measurement_id")) or "each hit's own measurement id"
+        return f"LIVE → {endpoint} ({measurement})"
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         measurement_id = _text(params.get("measurement_id")) or _text(
@@ -228,7 +240,6 @@ class Ga4Tag(Tag):
                 destination=destination,
                 payload={"params": hit, "ua": user_agent if isinstance(user_agent, str) else ""},
                 dedup_id=f"{hit['en']}:{event_id}" if event_id else f"{self.name}:{now}",
-                tag_type=self.type_name,
                 route=route,
                 deadline=now + DEADLINE_HOURS * 3600,
                 created_at=now,

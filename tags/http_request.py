@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import orjson
@@ -30,6 +30,7 @@ from tagserver import (
     Outgoing,
     Param,
     Sender,
+    StartupParams,
     Tag,
     TagRejected,
 )
@@ -217,7 +218,6 @@ ROUTE_PARAMS = ("url", "method", "headers", "body_format", "idempotency_header",
 
 
 class HttpRequestTag(Tag):
-    type_name = "http_request"
     description = "Send the event to any HTTP endpoint (webhook), with retries and dead letters."
     params = (
         Param("url", "string", required=True, description="http(s) URL of the endpoint."),
@@ -261,6 +261,18 @@ class HttpRequestTag(Tag):
         self._literal = tuple(static_params.get(name) for name in ROUTE_PARAMS)
         self._literal_route: tuple[str, dict[str, Any], float] | None = None
 
+    def describe(self, params: StartupParams) -> str:
+        method = text(params.get("method", "POST")).upper()
+        if "url" in params.per_event:
+            return f"LIVE → {method} to the URL from {params.source('url')}"
+        url = text(params.get("url"))
+        try:  # shown without user info, query and fragment: they may hold a key
+            parts = urlsplit(url)
+            url = f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        except ValueError:
+            return f"REFUSES EVERY EVENT — url {url[:40]!r} is not a URL"
+        return f"LIVE → {method} {url}"
+
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         url, method, headers, body_format, idem, hours = self._literal
         get = params.get
@@ -283,7 +295,9 @@ class HttpRequestTag(Tag):
         dedup_id = str(event_id) if event_id else f"{self.name}:{now}"
         body = params.get("body")
         return [
-            Outgoing(destination, body, dedup_id, self.type_name, "", route, now + lifetime, now)
+            Outgoing(
+                destination, body, dedup_id, route=route, deadline=now + lifetime, created_at=now
+            )
         ]
 
     def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:

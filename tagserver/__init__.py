@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         Param,
         RunResult,
         Sender,
+        StartupParams,
         Tag,
         TagRejected,
     )
@@ -36,7 +37,7 @@ _EXPORTS = {
     ".event": ["Event", "RequestContext"],
     ".plugins": [
         "MAX_EVENTS", "Client", "Delivery", "Example", "FireContext", "Hit", "Message", "Outcome",
-        "Outgoing", "Param", "RunResult", "Sender", "Tag", "TagRejected",
+        "Outgoing", "Param", "RunResult", "Sender", "StartupParams", "Tag", "TagRejected",
     ],
     ".settings": ["Setting", "Settings", "SettingsError"],
 }  # fmt: skip
@@ -45,8 +46,8 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = [
     "MAX_EVENTS", "BadRequest", "Client", "Delivery", "Event", "Example", "FireContext", "Hit",
     "HitError", "Message", "Outcome", "Outgoing", "Param", "PayloadTooLarge", "RequestContext",
-    "RunResult", "Sender", "Setting", "Settings", "SettingsError", "Tag", "TagRejected",
-    "Unauthorized", "Unavailable",
+    "RunResult", "Sender", "Setting", "Settings", "SettingsError", "StartupParams", "Tag",
+    "TagRejected", "Unauthorized", "Unavailable",
 ]  # fmt: skip
 
 

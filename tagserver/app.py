@@ -13,15 +13,16 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request, cookie_parser
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,7 +44,7 @@ from .preview.routes import Server, preview_routes
 from .redact import Redactor
 from .reload import ContainerWatcher, remember
 from .runtime import Runtime
-from .settings import Settings
+from .settings import ROOT_PATH_SCOPE_KEY, Settings
 
 log = logging.getLogger("tagserver")
 
@@ -85,7 +86,29 @@ def state_of(request: Request) -> State:
 # -- the hit path ------------------------------------------------------------------------------
 
 
+class HitRequest(Request):
+    """A hit's request: its body is read by `read_body` (bounded, straight from `receive`), and
+    `await request.body()` (or `.json()`, `.stream()`) in a client returns those same bytes."""
+
+    received: bytes | None = None
+
+    async def body(self) -> bytes:
+        if self.received is not None:
+            return self.received
+        return await super().body()
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        if self.received is not None:
+            yield self.received
+            yield b""
+            return
+        async for chunk in super().stream():
+            yield chunk
+
+
 async def handle_hit(request: Request, state: State | None = None) -> Response:
+    if not isinstance(request, HitRequest):  # through the router (HitsFirst makes one)
+        request = HitRequest(request.scope, request.receive)
     state = state or state_of(request)
     started = time.perf_counter()
     runtime = state.runtime  # one container for the whole hit, even if a reload lands meanwhile
@@ -102,7 +125,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
         )
         metrics.count(metrics.HITS, "none", "404")
         if session:
-            _record_unclaimed(state, request, session, response.status_code)
+            _record_unclaimed(state, request, session, response)
         return response
 
     trace = None
@@ -110,6 +133,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
         body = await read_body(request, state.settings.max_body_bytes, headers)
         ctx = request_context(request, state.settings, body, headers)
         ctx.client_name = client.name
+        ctx.is_visitor = client.request_is_visitor
         if session:
             trace = HitTrace(
                 new_trace_id(), session, time.time(), _request_snapshot(ctx, state), client.name
@@ -138,6 +162,7 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
     metrics.observe(metrics.HIT_LATENCY, time.perf_counter() - started)
     if trace is not None:
         trace.status = response.status_code
+        trace.response = response_snapshot(response)
         trace.duration_ms = (time.perf_counter() - started) * 1000
         state.preview.record_hit(trace.as_dict())
     return response
@@ -153,8 +178,17 @@ def header_dict(scope: Scope) -> dict[str, str]:
             if len(names) > 1000:  # names made up by a client: stay bounded
                 names.clear()
             name = names[raw] = raw.decode("latin-1").lower()
-        headers[name] = value.decode("latin-1")
+        headers[name] = header_text(value)
     return headers
+
+
+def header_text(value: bytes) -> str:
+    """A header value as text: UTF-8 (what browsers and most clients send), else Latin-1
+    (HTTP's historical charset), so no byte sequence is ever refused."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 # raw header name → its lower-case text: hits repeat the same few names, and decoding and
@@ -162,7 +196,7 @@ def header_dict(scope: Scope) -> dict[str, str]:
 _header_names: dict[bytes, str] = {}
 
 
-async def read_body(request: Request, limit: int, headers: dict[str, str]) -> bytes:
+async def read_body(request: HitRequest, limit: int, headers: dict[str, str]) -> bytes:
     """The request body, refusing more than `limit` bytes without reading them all."""
     declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -179,7 +213,7 @@ async def read_body(request: Request, limit: int, headers: dict[str, str]) -> by
         chunks.append(chunk)
         more = message.get("more_body", False)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    request._body = body  # so a client may still call `await request.body()`
+    request.received = body  # so a client may still call `await request.body()`
     return body
 
 
@@ -196,7 +230,7 @@ def request_context(
         headers = header_dict(scope)
     query_string = scope.get("query_string", b"").decode("latin-1")
     scheme = scope.get("scheme", "http")
-    url = f"{scheme}://{headers.get('host', '')}{scope.get('root_path', '')}{scope['path']}"
+    url = f"{scheme}://{headers.get('host', '')}{scope.get(ROOT_PATH_SCOPE_KEY, '')}{scope['path']}"
     client = scope.get("client")
     return RequestContext.from_scope(
         method=scope["method"],
@@ -230,10 +264,32 @@ def _request_snapshot(ctx: RequestContext, state: State) -> dict[str, Any]:
     )
 
 
-def _record_unclaimed(state: State, request: Request, session: str, status: int) -> None:
+def response_snapshot(response: Response) -> dict[str, Any]:
+    """What preview shows of the answer sent back to the hit: status, headers, and for each
+    cookie set its name and attributes, never its value."""
+    headers: dict[str, str] = {}
+    cookies: list[dict[str, str]] = []
+    for raw_name, raw_value in response.raw_headers:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name == "set-cookie":
+            cookies.append(cookie_summary(value))
+        else:
+            headers[name] = value
+    return {"status": response.status_code, "headers": headers, "cookies": cookies}
+
+
+def cookie_summary(set_cookie: str) -> dict[str, str]:
+    """A `Set-Cookie` header without the cookie's value: {"name", "attributes"}."""
+    first, _, rest = set_cookie.partition(";")
+    attributes = "; ".join(part.strip() for part in rest.split(";") if part.strip())
+    return {"name": first.split("=", 1)[0].strip(), "attributes": attributes}
+
+
+def _record_unclaimed(state: State, request: Request, session: str, response: Response) -> None:
     ctx = request_context(request, state.settings)
     trace = HitTrace(new_trace_id(), session, time.time(), _request_snapshot(ctx, state), None)
-    trace.status, trace.error = status, "no client claimed this request"
+    trace.status, trace.error = response.status_code, "no client claimed this request"
+    trace.response = response_snapshot(response)
     state.preview.record_hit(trace.as_dict())
 
 
@@ -279,9 +335,23 @@ def builtin_routes(state: State) -> list[BaseRoute]:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *preview_routes(state.preview, server),
         *pages.routes(settings, lambda: state.runtime.container),  # /collector.js, /demo
-        Mount("/static", StaticFiles(directory=str(files("tagserver.static"))), name="static"),
+        Mount(
+            "/static", NoSniffStaticFiles(directory=str(files("tagserver.static"))), name="static"
+        ),
     ]
     return routes
+
+
+class NoSniffStaticFiles(StaticFiles):
+    """Static files that browsers must take for their declared type, never sniff (errors too)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:
+            response = PlainTextResponse(str(exc.detail), exc.status_code, headers=exc.headers)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 HIT_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -319,9 +389,32 @@ class HitsFirst:
         if scope["type"] == "http" and self.builtin is not None:
             first = scope["path"][1:].split("/", 1)[0]
             if first not in self.builtin:
-                response = await handle_hit(Request(scope, receive), self.state)
+                response = await handle_hit(HitRequest(scope, receive), self.state)
                 await response(scope, receive, send)
                 return
+        await self.app(scope, receive, send)
+
+
+class RootPath:
+    """ASGI middleware for TAGSERVER_ROOT_PATH: a request under the prefix (`/tag/collect`) is
+    served as its path without it (`/collect`), so the site's reverse proxy may forward the
+    prefix or strip it. The prefix goes in every request's scope (`ROOT_PATH_SCOPE_KEY`), for
+    the URLs the server writes (links, redirects, the hit's public URL)."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.raw_prefix = prefix.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, ROOT_PATH_SCOPE_KEY: self.prefix}
+            path: str = scope["path"]
+            if path == self.prefix or path.startswith(self.prefix + "/"):
+                scope["path"] = path[len(self.prefix) :] or "/"
+                raw = scope.get("raw_path")
+                if raw and raw.startswith(self.raw_prefix):
+                    scope["raw_path"] = raw[len(self.raw_prefix) :] or b"/"
         await self.app(scope, receive, send)
 
 
@@ -335,7 +428,9 @@ class TagServer(Starlette):
         self.hits_first = (builtin_segments, state)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return HitsFirst(super().build_middleware_stack(), *self.hits_first)
+        app: ASGIApp = HitsFirst(super().build_middleware_stack(), *self.hits_first)
+        prefix = self.hits_first[1].settings.root_path
+        return RootPath(app, prefix) if prefix else app
 
 
 # -- lifecycle ---------------------------------------------------------------------------------

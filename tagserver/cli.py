@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .container import ContainerError, load_file
+from . import serving
+from .container import Container, ContainerError, load_file
 from .container_cli import container
 from .events_cli import events
 from .outbox_cli import outbox
@@ -20,6 +24,9 @@ from .plugins import Registry, load_registry
 from .settings import PREFIX, Settings, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -111,20 +118,34 @@ def serve(**flags: object) -> None:
     registry = load_registry()
     _declared(settings, registry)
     try:
-        load_file(settings.container, registry, settings)  # fail here, loudly, before forking
+        loaded = load_file(settings.container, registry, settings)  # fail here, before forking
     except ContainerError as exc:
-        click.echo(f"{settings.container} is invalid ({len(exc.problems)} problems):", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
+        head, *lines = exc.report(settings.container)
+        click.echo(f"{head}; not starting:", err=True)
+        for line in lines:
+            click.echo(f"  {line}", err=True)
         _remember_refusal(settings, exc)
         sys.exit(1)
+    # Bind first: a server that cannot listen must not touch what a running one relies on
+    # (the preview sign-in token, the metrics directory).
+    try:
+        sock = serving.bind(settings)
+    except serving.AddressInUse as exc:
+        hint = ""
+        if serving.running(settings) is not None:
+            hint = (
+                " (a tagserver is running on this data dir: `tagserver preview link` prints a"
+                " sign-in link for it)"
+            )
+        raise click.ClickException(f"{exc.strerror}{hint}") from None
     settings.signing_key()  # create the shared key once, before workers race for it
     if settings.workers > 1:
         from .exposition import prepare_multiprocess
 
         prepare_multiprocess(settings)  # /metrics then sums every worker's counters
-    _before_serve(settings)
-    uvicorn.run(
+    _before_serve(settings, loaded)
+    signal.signal(signal.SIGTERM, _stopped)
+    config = uvicorn.Config(
         "tagserver.app:create_app",
         factory=True,
         host=settings.host,
@@ -138,6 +159,40 @@ def serve(**flags: object) -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+    logging.getLogger("tagserver").info("listening on %s", serving.base_url(settings))
+    serving.record(settings)
+    try:
+        started = _run(config, sock)
+    finally:
+        serving.forget(settings)
+    if not started:
+        sys.exit(1)
+
+
+def _run(config: uvicorn.Config, sock: socket.socket) -> bool:
+    """What `uvicorn.run` does, on the socket bound beforehand; False if the server failed."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    server = uvicorn.Server(config)
+    try:
+        if config.workers > 1:
+            if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn < 0.36
+                Multiprocess(config, target=server.run, sockets=[sock]).run()  # type: ignore[call-arg]
+            else:
+                Multiprocess(config, sockets=[sock]).run()
+            return True
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    return server.started
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM after uvicorn's graceful shutdown (it raises the signal it handled again, with
+    this handler back in place): a stop asked for and done is a success, exit status 0, not a
+    death by signal (143) that Docker, systemd and Kubernetes would report as a failure."""
+    raise SystemExit(0)
 
 
 def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
@@ -158,10 +213,12 @@ def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
         history.close()
 
 
-def _before_serve(settings: Settings) -> None:
+def _before_serve(settings: Settings, loaded: Container) -> None:
     """Start-up work that must run once in the parent process, before workers fork."""
     from .preview import announce
+    from .startup import log_startup
 
+    log_startup(settings, loaded)  # what will happen: listen address, outbox, each tag
     announce(settings)  # the preview sign-in link with its one-time token
 
 
@@ -178,9 +235,10 @@ def validate(path: str | None) -> None:
     try:
         container = load_file(path, registry, settings)
     except ContainerError as exc:
-        click.echo(f"{path}: {len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}")
-        for problem in exc.problems:
-            click.echo(f"  {problem}")
+        head, *lines = exc.report(path)
+        click.echo(head)
+        for line in lines:
+            click.echo(f"  {line}")
         sys.exit(1)
     click.echo(
         f"{path}: valid — container {container.name!r} version {container.version!r}, "
@@ -208,6 +266,39 @@ def show_settings(markdown: bool, **flags: Any) -> None:
     from .settings_cli import show
 
     show(flags, markdown)
+
+
+@main.group()
+def preview() -> None:
+    """Preview mode: sign-in links."""
+
+
+@preview.command()
+@click.option(
+    "--data-dir", type=click.Path(), help="The server's data directory.  [env: TAGSERVER_DATA_DIR]"
+)
+def link(data_dir: str | None) -> None:
+    """Print a fresh sign-in link for the server running on this data dir.
+
+    The link printed at start-up (or by an earlier `preview link`) stops working."""
+    from .preview.auth import new_login_token
+
+    settings = _settings(data_dir=data_dir)
+    note = serving.running(settings)
+    if note is None:
+        raise click.ClickException(
+            f"no tagserver is running on the data dir {settings.data_path} "
+            "(start one with `tagserver serve`: it prints a sign-in link)"
+        )
+    if note["password"]:
+        click.echo(f"{note['url']}/preview  (sign in with TAGSERVER_PREVIEW_PASSWORD)")
+        return
+    token = new_login_token(settings)
+    click.echo(f"{note['url']}/preview/login?token={token}")
+    click.echo(
+        f"  (behind your proxy: https://<your tagging domain>/preview/login?token={token})",
+        err=True,
+    )
 
 
 main.add_command(outbox)

@@ -15,19 +15,22 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import cookie_keeper
 from .event import CONSENT_TYPES, RequestContext
 from .plugins import Client, Param, Registry, Tag
+from .problems import describe, line_of, owner_name, plural, value_lines
+from .redact import secret_values
 from .refs import Compiled, compile_value, has_refs, references
 from .settings import Settings
 from .transformations import Transformation, compile_all
 from .transformations import validate as validate_transformations
 from .triggers import OPERATORS, Trigger, variable_name
 from .variables import (
+    BUILTINS,
     VARIABLE_TYPES,
     Scope,
     Variable,
@@ -52,9 +55,21 @@ NUMERIC_OPERATORS = ("greater_than", "greater_or_equal", "less_than", "less_or_e
 class Problem:
     path: str
     message: str
+    line: int | None = None  # in the file, when the container came from one
+    name: str | None = None  # of the trigger, tag, variable or client the path points into
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+    def render(self, file: str | None = None) -> str:
+        """`container.json:23: triggers[1] "purchase": conditions[0].operator: ...`"""
+        return describe(self.path, self.message, self.line, self.name, file)
+
+
+def locate(found: list[Problem], data: Any, raw: bytes | None) -> list[Problem]:
+    """The problems with the line each one is on and the name of the entry it is in."""
+    lines = value_lines(raw.decode("utf-8", "replace")) if raw is not None else {}
+    return [replace(p, line=line_of(p.path, lines), name=owner_name(p.path, data)) for p in found]
 
 
 class ContainerError(Exception):
@@ -64,10 +79,52 @@ class ContainerError(Exception):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    def report(self, file: str | None = None) -> list[str]:
+        """A headline (`container.json: 2 problems`) and one line per problem."""
+        head = f"{file}: " if file else ""
+        return [
+            f"{head}{plural(len(self.problems), 'problem')}",
+            *(p.render(file) for p in self.problems),
+        ]
+
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
     return f' — did you mean "{close[0]}"?' if close else ""
+
+
+# what people write for an operator, from other tools and languages: (operator, negate)
+OPERATOR_ALIASES: dict[str, tuple[str, bool]] = {
+    **dict.fromkeys((">", "gt", "greater", "more_than", "above"), ("greater_than", False)),
+    **dict.fromkeys((">=", "=>", "gte", "ge", "at_least"), ("greater_or_equal", False)),
+    **dict.fromkeys(("<", "lt", "less", "below"), ("less_than", False)),
+    **dict.fromkeys(("<=", "=<", "lte", "le", "at_most"), ("less_or_equal", False)),
+    **dict.fromkeys(("=", "==", "===", "eq", "equal", "is", "exact"), ("equals", False)),
+    **dict.fromkeys(
+        ("!=", "!==", "<>", "ne", "neq", "not_equal", "not_equals", "is_not"), ("equals", True)
+    ),
+    **dict.fromkeys(("~", "=~", "regex", "matches", "match", "regexp"), ("matches_regex", False)),
+    **dict.fromkeys(("!~", "not_matches", "not_regex"), ("matches_regex", True)),
+    **dict.fromkeys(("includes", "has", "like"), ("contains", False)),
+    **dict.fromkeys(("not_contains", "not_includes", "excludes"), ("contains", True)),
+    **dict.fromkeys(("startswith", "begins_with", "prefix"), ("starts_with", False)),
+    **dict.fromkeys(("endswith", "suffix"), ("ends_with", False)),
+    **dict.fromkeys(("one_of", "in_list", "any_of"), ("in", False)),
+    **dict.fromkeys(("not_in", "none_of"), ("in", True)),
+    **dict.fromkeys(("cidr", "in_network", "in_subnet", "ip_in"), ("in_cidr", False)),
+}
+
+
+def operator_hint(op: str) -> str:
+    """A suggestion for an unknown operator, then the list of valid ones."""
+    key = op.strip().lower().replace(" ", "_").replace("-", "_")
+    alias = OPERATOR_ALIASES.get(key)
+    if alias is not None:
+        name, negate = alias
+        hint = f' — did you mean "{name}"' + (' with "negate": true?' if negate else "?")
+    else:
+        hint = did_you_mean(key, OPERATORS)
+    return f"{hint} (operators: {', '.join(OPERATORS)})"
 
 
 # -- compiled form ---------------------------------------------------------------------------
@@ -85,6 +142,9 @@ class CompiledTag:
     params: Compiled
     secret_params: frozenset[str]
     templated_params: tuple[Param, ...] = ()  # typed (not `any`): checked once resolved
+    # the secret params' values when none is templated (else found per fire): they travel
+    # with every message the tag makes (`Outgoing.secrets`)
+    secrets: tuple[str, ...] | None = ()
     transformations: tuple[Transformation, ...] = ()  # in order; empty: the plain path
 
 
@@ -136,9 +196,9 @@ def load_file(path: str | Path, registry: Registry, settings: Settings) -> Conta
 
 
 def load(data: Any, registry: Registry, settings: Settings, raw: bytes | None = None) -> Container:
-    problems = validate(data, registry)
-    if problems:
-        raise ContainerError(problems)
+    found = validate(data, registry)
+    if found:
+        raise ContainerError(locate(found, data, raw))
     return _compile(data, registry, settings, raw)
 
 
@@ -154,6 +214,10 @@ class _Validator:
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
+
+    def variable_hint(self, name: str) -> str:
+        """`did you mean` among the container's variables and the built-ins."""
+        return did_you_mean(name, [*self.variable_names, *BUILTINS])
 
     def unknown_keys(self, obj: dict[str, Any], allowed: Iterable[str], path: str) -> None:
         allowed = tuple(allowed)
@@ -214,9 +278,7 @@ class _Validator:
     def refs(self, value: Any, path: str) -> None:
         for name in references(value):
             if name not in self.variable_names and not is_builtin(name):
-                self.add(
-                    path, f'no variable named "{name}"{did_you_mean(name, self.variable_names)}'
-                )
+                self.add(path, f'no variable named "{name}"{self.variable_hint(name)}')
 
     def run(self, data: Any) -> list[Problem]:
         if not isinstance(data, dict):
@@ -351,13 +413,11 @@ class _Validator:
             if name not in self.variable_names and not is_builtin(name):
                 self.add(
                     f"{path}.variable",
-                    f'no variable named "{name}"{did_you_mean(name, self.variable_names)}',
+                    f'no variable named "{name}"{self.variable_hint(name)}',
                 )
         op = cond.get("operator")
         if op not in OPERATORS:
-            self.add(
-                f"{path}.operator", f'unknown operator "{op}"{did_you_mean(str(op), OPERATORS)}'
-            )
+            self.add(f"{path}.operator", f'unknown operator "{op}"{operator_hint(str(op))}')
             return
         if "value" not in cond:
             self.add(f"{path}.value", f'required by operator "{op}"')
@@ -509,6 +569,7 @@ def _compile(
             if param.secret and isinstance(value, str) and value:
                 secrets.add(value)
         client = cls(spec["name"], params, settings)
+        client.type_name = spec["type"]  # the registry's name, whatever the class says
         client.priority = spec.get("priority", cls.default_priority)  # type: ignore[attr-defined]
         client.order = order  # type: ignore[attr-defined]
         clients.append(client)
@@ -521,16 +582,24 @@ def _compile(
         cls = registry.tags[spec["type"]]
         params = dict(spec.get("params") or {})
         secret_params = frozenset(p.name for p in cls.params if p.secret)
-        for pname in secret_params:
-            literal = params.get(pname)
-            if isinstance(literal, str) and literal and not has_refs(literal):
-                secrets.add(literal)
         defaults = {p.name: p.default for p in cls.params if p.default is not None}
+        given = {**defaults, **params}
+        for pname in secret_params:
+            if not has_refs(given.get(pname)):  # a literal secret (an object's texts too)
+                secrets.update(secret_values(given.get(pname)))
+        # known now unless templated; else found per event by the runtime
+        tag_secrets = (
+            None
+            if any(has_refs(given.get(name)) for name in secret_params)
+            else secret_values(*(given.get(name) for name in sorted(secret_params)))
+        )
+        instance = cls(spec["name"], _static_params(params, cls.params), settings)
+        instance.type_name = spec["type"]  # the registry's name, whatever the class says
         tags.append(
             CompiledTag(
                 name=spec["name"],
                 type=spec["type"],
-                instance=cls(spec["name"], _static_params(params, cls.params), settings),
+                instance=instance,
                 fire_on=[triggers[n] for n in spec["fire_on"]],
                 block_on=[triggers[n] for n in spec.get("block_on", [])],
                 consent=list(spec.get("consent", [])),
@@ -540,6 +609,7 @@ def _compile(
                 templated_params=tuple(
                     p for p in cls.params if p.type != "any" and has_refs(params.get(p.name))
                 ),
+                secrets=tag_secrets,
                 transformations=transformations.get(spec["name"], ()),
             )
         )

@@ -28,6 +28,7 @@ from .container import ContainerError, load, parse_json
 from .container_diff import diff
 from .container_status import iso
 from .history import FILENAME, Entry, History, UnknownRef, content_hash, open_history, resolve
+from .problems import plural
 
 data_dir_option = click.option(
     "--data-dir",
@@ -114,7 +115,7 @@ def show(ref: str, data_dir: str, as_json: bool) -> None:
         click.echo(json.dumps({**entry.as_dict(), "container": entry.data()}, indent=2))
         return
     if not entry.accepted:
-        click.echo(f"#{entry.id} was refused ({len(entry.problems)} problems):", err=True)
+        click.echo(f"#{entry.id} was refused ({plural(len(entry.problems), 'problem')}):", err=True)
         for problem in entry.problems:
             click.echo(f"  {problem}", err=True)
     click.echo(entry.raw.decode("utf-8", "replace").rstrip("\n"))
@@ -204,9 +205,10 @@ def _check_still_valid(entry: Entry) -> None:
     try:
         load(parse_json(entry.raw), registry, settings, raw=entry.raw)
     except ContainerError as exc:
-        click.echo(f"#{entry.id} is not valid any more ({len(exc.problems)} problems):", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
+        head, *lines = exc.report()
+        click.echo(f"#{entry.id} is not valid any more ({head}):", err=True)
+        for line in lines:
+            click.echo(f"  {line}", err=True)
         sys.exit(1)
 
 

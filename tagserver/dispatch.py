@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -28,15 +29,17 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from . import metrics
+from .delivery_types import DeadLetter, Destination, Retry, Settlement
 from .http_client import vendor_client
-from .outbox_backend import Claim, OutboxBackend, Settlement
+from .outbox_backend import Claim, OutboxBackend
 from .plugins import Delivery, Message, Registry, Sender
-from .redact import Redactor
+from .redact import RedactingFilter, Redactor
 from .settings import Settings
 
 log = logging.getLogger("tagserver.dispatch")
@@ -47,8 +50,6 @@ UNSETTLED_SENDS = 2  # sends per slot whose results may be waiting to be written
 SETTLE_DELAY = 0.003  # results of sends ending within this time are written together
 CLAIM_AHEAD = 32  # a healthy lane of small batches claims at least this many messages at once
 MAX_RETRY_AFTER = 86400.0  # a vendor's Retry-After is honoured up to a day
-_SECRET_KEY_PARTS = ("token", "secret", "key", "auth", "password", "signature", "proof", "cookie")
-_PLAIN_HEADERS = frozenset({"content-type", "accept", "user-agent"})
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -64,40 +65,20 @@ def backoff(attempt: int, base: float, cap: float, retry_after: float | None = N
     return delay
 
 
-def route_secrets(route: Any, key: str = "", headers: bool = False) -> list[str]:
-    """Values of a route that look like credentials, to redact everywhere.
-
-    A value counts when its key says so (token, secret, key, auth …), and every value of a
-    `headers` object does (API keys hide under any header name), but for plain ones such as
-    Content-Type.
-    """
-    found: list[str] = []
-    if isinstance(route, dict):
-        for k, v in route.items():
-            found.extend(route_secrets(v, str(k), headers=headers or str(k).lower() == "headers"))
-    elif isinstance(route, list):
-        for v in route:
-            found.extend(route_secrets(v, key, headers))
-    elif isinstance(route, str):
-        name = key.lower()
-        if any(part in name for part in _SECRET_KEY_PARTS) or (
-            headers and name not in _PLAIN_HEADERS
-        ):
-            found.append(route)
-            if " " in route:  # "Bearer abc…": the credential alone too
-                found.append(route.split(" ", 1)[1])
-    return found
-
-
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class Lane:
-    """One destination's delivery loop in this worker."""
+    """One destination's delivery loop in this worker: claim, send, settle, repeat.
+
+    The lane does its own sends; the dispatcher only gives it the shared services (outbox,
+    senders, the settlement writer, the claims this worker holds) and wakes it."""
 
     def __init__(self, dispatcher: Dispatcher, destination_id: int, key: str, tag_type: str):
         self.dispatcher = dispatcher
+        self.outbox = dispatcher.outbox
+        self.settings = dispatcher.settings
         self.id = destination_id
         self.key = key
         self.tag_type = tag_type
@@ -107,10 +88,12 @@ class Lane:
         self.ahead: deque[Claim] = deque()  # batches claimed, waiting for a free send slot
         self.failures = 0  # consecutive sends in which nothing got through
         self.paused_until = 0.0
-        self._route: Any = None
-        self._redactor = Redactor()
+        self._made_of: tuple[Redactor, tuple[str, ...]] | None = None
+        self.redact = Redactor()  # this destination's, as last built by `redactor()`
         self.latency = metrics.VENDOR_LATENCY.labels(tag_type)
         self.task = asyncio.create_task(self.run(), name=f"lane {key}")
+
+    # -- the loop
 
     async def run(self) -> None:
         d = self.dispatcher
@@ -130,7 +113,9 @@ class Lane:
         if self.paused_until > now:
             await d.sleep(self.paused_until - now)
             return
-        limit = max(1, 1 if self.failures >= FAILURES_BEFORE_PAUSE else d.settings.send_concurrency)
+        limit = max(
+            1, 1 if self.failures >= FAILURES_BEFORE_PAUSE else self.settings.send_concurrency
+        )
         if len(self.sending) >= limit or len(self.inflight) >= UNSETTLED_SENDS * limit:
             self.wake.clear()  # set again when a send ends
             await self.wake.wait()
@@ -149,15 +134,15 @@ class Lane:
         want = batch_size * (limit - len(self.sending))
         if self.failures < FAILURES_BEFORE_PAUSE and want < CLAIM_AHEAD:
             want = -(-CLAIM_AHEAD // batch_size) * batch_size
-        claim = await d.outbox.claim(self.id, d.worker, want)
+        claim = await self.outbox.claim(self.id, d.worker, want)
         if claim.messages:
             d.claimed.update(m.id for m in claim.messages)
-            if d.stopping:  # claimed while shutting down: released by close()
+            if d.stopping:  # claimed while shutting down: released by the dispatcher's close()
                 return
             messages = claim.messages
             for start in range(0, len(messages), batch_size):
                 batch = messages[start : start + batch_size]
-                self.ahead.append(Claim(claim.route, batch, claim.tag_names, claim.next_due))
+                self.ahead.append(dataclasses.replace(claim, messages=batch))
             while self.ahead and len(self.sending) < limit:
                 self.start(sender, self.ahead.popleft())
             return
@@ -165,33 +150,10 @@ class Lane:
         await self.wait(timeout)
 
     def start(self, sender: Sender, batch: Claim) -> None:
-        task = asyncio.create_task(self.dispatcher.deliver(self, sender, batch))
+        task = asyncio.create_task(self.deliver(sender, batch))
         self.inflight.add(task)
         self.sending.add(task)
         task.add_done_callback(self._done)
-
-    def send_ended(self) -> None:
-        """The vendor request is over: its slot is free while the results are being recorded."""
-        task = asyncio.current_task()
-        if task is not None and task in self.sending:
-            self.sending.discard(task)
-            self.wake.set()
-
-    async def release_ahead(self) -> None:
-        """Give back the messages claimed ahead (the lane paused): other workers may take them."""
-        ids = [m.id for batch in self.ahead for m in batch.messages]
-        self.ahead.clear()
-        if ids:
-            d = self.dispatcher
-            try:
-                await d.outbox.release(d.worker, ids)
-            except Exception as exc:
-                log.warning("could not release messages claimed ahead (they return after the lease): %s", exc)  # fmt: skip
-                return
-            d.claimed.difference_update(ids)
-
-    def count(self, outcome: str) -> None:
-        metrics.labelled(metrics.DELIVERIES, self.key, outcome).inc()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.inflight.discard(task)
@@ -200,19 +162,146 @@ class Lane:
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery to %s failed", self.key, exc_info=task.exception())
 
+    def _send_ended(self) -> None:
+        """The vendor request is over: its slot is free while the results are being recorded."""
+        task = asyncio.current_task()
+        if task is not None and task in self.sending:
+            self.sending.discard(task)
+            self.wake.set()
+
     async def wait(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout)
 
-    def redactor(self, route: Any) -> Redactor:
-        if route != self._route:
-            self._route = route
-            self._redactor = Redactor(route_secrets(route))
-        return self._redactor
+    async def release_ahead(self) -> None:
+        """Give back the messages claimed ahead (the lane paused): other workers may take them."""
+        ids = [m.id for batch in self.ahead for m in batch.messages]
+        self.ahead.clear()
+        if ids:
+            d = self.dispatcher
+            try:
+                await self.outbox.release(d.worker, ids)
+            except Exception as exc:
+                log.warning("could not release messages claimed ahead (they return after the lease): %s", exc)  # fmt: skip
+                return
+            d.claimed.difference_update(ids)
+
+    # -- one send
+
+    async def deliver(self, sender: Sender, claim: Claim) -> None:
+        """Send one claimed batch and settle every message of it by its verdict."""
+        d = self.dispatcher
+        settings = self.settings
+        clean = self.redactor(claim.secrets)
+
+        now = time.time()
+        plan = Settlement()
+        records: list[tuple[Message, dict[str, Any]]] = []  # for preview
+        live: list[Message] = []
+        for message in claim.messages:
+            if message.deadline is not None and now >= message.deadline:
+                reason = f"deadline passed before delivery ({message.attempts} attempts made)"
+                plan.dead.append(DeadLetter(message.id, False, None, "", "", "", reason))
+                self.count("deadline")
+                records.append((message, {"outcome": "dead_letter", "reason": reason}))
+            else:
+                live.append(message)
+
+        reached, throttle, last_error = False, None, ""
+        if live and claim.route is None:
+            log.error("destination %s has no stored route; releasing its messages", self.key)
+            await self.outbox.release(d.worker, [m.id for m in live])
+            d.claimed.difference_update(m.id for m in live)
+            live = []
+        if live:
+            try:
+                results, elapsed = await self._send(sender, claim.route or {}, live, clean)
+            finally:
+                self._send_ended()
+            for message, result in zip(live, results, strict=True):
+                error = clean(result.error) if result.error else ""
+                last_error = error or last_error
+                record = self._record(message, result, clean, error, elapsed, len(live))
+                if result.outcome == "delivered":
+                    plan.delivered.append(message.id)
+                    reached = True
+                elif result.outcome == "permanent":
+                    reached = True
+                    reason = "refused by the vendor"
+                    plan.dead.append(
+                        DeadLetter(message.id, True, result.status, error, clean(result.code),
+                                   clean(result.trace), reason)
+                    )  # fmt: skip
+                    record.update(outcome="dead_letter", reason=reason)
+                else:
+                    attempt = message.attempts + 1
+                    delay = backoff(
+                        attempt, settings.retry_base_seconds, settings.retry_cap_seconds,
+                        result.retry_after,
+                    )  # fmt: skip
+                    at = time.time() + delay
+                    if result.retry_after:
+                        throttle = max(throttle or 0.0, result.retry_after)
+                    if message.deadline is not None and at >= message.deadline:
+                        reason = (
+                            f"deadline: not delivered after {attempt} attempts, and the next "
+                            "retry would come after the message's deadline"
+                        )
+                        plan.dead.append(
+                            DeadLetter(message.id, True, result.status, error,
+                                       clean(result.code), clean(result.trace), reason)
+                        )  # fmt: skip
+                        record.update(outcome="dead_letter", reason=reason)
+                        self.count("deadline")
+                    else:
+                        summary = error or (f"HTTP {result.status}" if result.status else "")
+                        plan.retry.append(Retry(message.id, at, result.status, summary))
+                        record.update(outcome="retry", next_attempt_in=round(delay, 3))
+                self.count(result.outcome)
+                records.append((message, record))
+
+        if live:
+            self.sent(reached, throttle, last_error)
+        await d.settle(self.key, plan)
+        d.claimed.difference_update(m.id for m in claim.messages)
+        if live and self.ahead and self.paused_until > time.time():
+            await self.release_ahead()
+        if d.preview is not None:
+            for message, record in records:
+                if message.trace_id:
+                    self._preview(message, claim, record)
+
+    async def _send(
+        self,
+        sender: Sender,
+        route: dict[str, Any],
+        batch: list[Message],
+        clean: Callable[[Any], Any],
+    ) -> tuple[list[Delivery], float]:
+        """Call the sender; an exception or a wrong answer counts as "retry" for the batch."""
+        started = time.perf_counter()
+        try:
+            results = await sender.send(route, batch)
+            if not isinstance(results, list) or len(results) != len(batch):
+                count = len(results) if isinstance(results, list) else type(results).__name__
+                raise RuntimeError(f"the sender returned {count} results for {len(batch)} messages")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = clean(f"{type(exc).__name__}: {exc}")
+            log.warning("sender for %s failed: %s", self.key, error)
+            results = [Delivery("retry", error=f"sender failed: {error}") for _ in batch]
+        elapsed = time.perf_counter() - started
+        self.latency.observe(elapsed)
+        for result in results:
+            if result.outcome not in ("delivered", "retry", "permanent"):
+                result.error = f"the sender returned an unknown outcome {result.outcome!r}"
+                result.outcome = "retry"
+        return results, elapsed
 
     def sent(self, reached: bool, throttle: float | None, error: str) -> None:
         """Adjust the lane after a send: `reached` = the vendor answered for some message."""
-        settings = self.dispatcher.settings
+        settings = self.settings
         if reached and not throttle:
             if self.failures >= FAILURES_BEFORE_PAUSE:
                 log.info("destination %s recovered after %d failed sends", self.key, self.failures)
@@ -235,9 +324,76 @@ class Lane:
                 self.key, self.failures, error or "no detail", pause,
             )  # fmt: skip
 
+    def count(self, outcome: str) -> None:
+        metrics.labelled(metrics.DELIVERIES, self.key, outcome).inc()
+
+    def redactor(self, secrets: tuple[str, ...]) -> Redactor:
+        """This destination's one redactor: its route's declared secrets and the container's
+        (settings, secret variables, literal secret params). Rebuilt when either changes."""
+        shared = self.dispatcher.container_redactor()
+        made_of = self._made_of
+        if made_of is None or made_of[0] is not shared or made_of[1] != secrets:
+            self.redact = shared.extended(secrets)
+            self._made_of = (shared, secrets)
+        return self.redact
+
+    # -- what preview shows
+
+    def _record(
+        self,
+        message: Message,
+        result: Delivery,
+        clean: Callable[[Any], Any],
+        error: str,
+        elapsed: float,
+        batch_size: int,
+    ) -> dict[str, Any]:
+        if not message.trace_id or self.dispatcher.preview is None:
+            return {}
+        latency = result.latency_ms if result.latency_ms is not None else elapsed * 1000
+        return {
+            "outcome": result.outcome,
+            "status": result.status,
+            "error": error,
+            "code": clean(result.code),
+            "trace": clean(result.trace),
+            "retry_after": result.retry_after,
+            "response": clean(result.response),
+            "latency_ms": round(latency, 3),
+            "request": clean(result.request)
+            if result.request
+            else {"destination": self.key, "messages_in_request": batch_size},
+        }
+
+    def _preview(self, message: Message, claim: Claim, record: dict[str, Any]) -> None:
+        skipped = record.get("reason", "").startswith("deadline passed before")
+        entry = {
+            "time": time.time(),
+            "destination": self.key,
+            "tag_type": self.tag_type,
+            "tag": claim.tag_names.get(message.id, ""),
+            "dedup_id": message.dedup_id,
+            "attempt": message.attempts + (0 if skipped else 1),
+            **record,
+        }
+        try:
+            self.dispatcher.preview.record_delivery(message.trace_id, entry)
+        except Exception:
+            log.exception("preview could not record a delivery")
+
+
+@dataclass
+class _Queued:
+    """One send's settlement, waiting for the settlement writer."""
+
+    key: str
+    plan: Settlement
+    done: asyncio.Future[None]
+
 
 class Dispatcher:
-    """Every lane of this worker, the shared HTTP client and the senders."""
+    """Every lane of this worker, and what they share: the HTTP client, the senders, the
+    claims this worker holds (their leases are extended together) and the settlement writer."""
 
     def __init__(
         self,
@@ -253,23 +409,26 @@ class Dispatcher:
         self.registry = registry
         self.settings = settings
         self.preview = preview
-        self._container_redactor = redact or (lambda: _NO_SECRETS)
+        self.container_redactor: Callable[[], Redactor] = redact or (lambda: _NO_SECRETS)
         self.worker = worker_name()
         self.http = http
         self.lanes: dict[int, Lane] = {}
         self.claimed: set[int] = set()  # claimed by this worker and not yet settled
         self.stopping = False
         self._senders: dict[str, tuple[Sender | None, int]] = {}
-        self._plans: list[tuple[str, Settlement, asyncio.Future[None]]] = []
+        self._queued: list[_Queued] = []
         self._settler: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._log_filter = RedactingFilter(lambda: [lane.redact for lane in self.lanes.values()])
 
     # -- lifecycle
 
     async def start(self) -> None:
-        # httpx logs every request's full URL at INFO: URLs may carry tokens
+        # httpx logs every request's full URL at INFO: URLs may carry tokens. Quiet it, and
+        # should someone turn it up, clean its records with every destination's secrets
         logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
+        self._log_filter.install()
         if self.http is None:
             self.http = vendor_client(self.settings.send_timeout_seconds)
         self.outbox.on_commit = self._on_commit
@@ -311,6 +470,7 @@ class Dispatcher:
             self.claimed.clear()
         if self.http is not None:
             await self.http.aclose()
+        self._log_filter.remove()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when the dispatcher stops."""
@@ -325,7 +485,7 @@ class Dispatcher:
             lane = self.lanes[destination_id] = Lane(self, destination_id, key, tag_type)
         return lane
 
-    def _on_commit(self, touched: dict[int, tuple[str, str]]) -> None:
+    def _on_commit(self, touched: dict[int, Destination]) -> None:
         if self.stopping:
             return
         for destination_id, (key, tag_type) in touched.items():
@@ -335,6 +495,8 @@ class Dispatcher:
         while not self.stopping:
             try:
                 now = time.time()
+                # (destination id, key, tag type, next due): a `Due` from SQLite, a row from
+                # PostgreSQL
                 for destination_id, key, tag_type, next_due in await self.outbox.due():
                     lane = self.lane(destination_id, key, tag_type)
                     if next_due <= now:
@@ -373,120 +535,33 @@ class Dispatcher:
             self._senders[tag_type] = found
         return found
 
-    # -- one send
+    # -- recording results
 
-    async def deliver(self, lane: Lane, sender: Sender, claim: Claim) -> None:
-        settings = self.settings
-        redactor = lane.redactor(claim.route)
-        container_redactor = self._container_redactor()
-
-        def clean(value: Any) -> Any:
-            return redactor(container_redactor(value))
-
-        now = time.time()
-        plan = Settlement()
-        records: list[tuple[Message, dict[str, Any]]] = []
-        live: list[Message] = []
-        for message in claim.messages:
-            if message.deadline is not None and now >= message.deadline:
-                reason = f"deadline passed before delivery ({message.attempts} attempts made)"
-                plan.dead.append((message.id, False, None, "", "", "", reason))
-                lane.count("deadline")
-                records.append((message, {"outcome": "dead_letter", "reason": reason}))
-            else:
-                live.append(message)
-
-        reached, throttle, last_error = False, None, ""
-        if live and claim.route is None:
-            log.error("destination %s has no stored route; releasing its messages", lane.key)
-            await self.outbox.release(self.worker, [m.id for m in live])
-            self.claimed.difference_update(m.id for m in live)
-            live = []
-        if live:
-            try:
-                results, elapsed = await self._send(lane, sender, claim.route or {}, live, clean)
-            finally:
-                lane.send_ended()
-            for message, result in zip(live, results, strict=True):
-                error = clean(result.error) if result.error else ""
-                last_error = error or last_error
-                record = self._record(lane, message, result, clean, error, elapsed, len(live))
-                if result.outcome == "delivered":
-                    plan.delivered.append(message.id)
-                    reached = True
-                elif result.outcome == "permanent":
-                    reached = True
-                    reason = "refused by the vendor"
-                    plan.dead.append(
-                        (message.id, True, result.status, error, clean(result.code),
-                         clean(result.trace), reason)
-                    )  # fmt: skip
-                    record.update(outcome="dead_letter", reason=reason)
-                else:
-                    attempt = message.attempts + 1
-                    delay = backoff(
-                        attempt, settings.retry_base_seconds, settings.retry_cap_seconds,
-                        result.retry_after,
-                    )  # fmt: skip
-                    at = time.time() + delay
-                    if result.retry_after:
-                        throttle = max(throttle or 0.0, result.retry_after)
-                    if message.deadline is not None and at >= message.deadline:
-                        reason = (
-                            f"deadline: not delivered after {attempt} attempts, and the next "
-                            "retry would come after the message's deadline"
-                        )
-                        plan.dead.append(
-                            (message.id, True, result.status, error, clean(result.code),
-                             clean(result.trace), reason)
-                        )  # fmt: skip
-                        record.update(outcome="dead_letter", reason=reason)
-                        lane.count("deadline")
-                    else:
-                        summary = error or (f"HTTP {result.status}" if result.status else "")
-                        plan.retry.append((message.id, at, result.status, summary))
-                        record.update(outcome="retry", next_attempt_in=round(delay, 3))
-                lane.count(result.outcome)
-                records.append((message, record))
-
-        if live:
-            lane.sent(reached, throttle, last_error)
-        await self._settle(lane, plan)
-        self.claimed.difference_update(m.id for m in claim.messages)
-        if live and lane.ahead and lane.paused_until > time.time():
-            await lane.release_ahead()
-        if self.preview is not None:
-            for message, record in records:
-                if message.trace_id:
-                    self._preview(message, claim, lane, record)
-
-    async def _settle(self, lane: Lane, plan: Settlement) -> None:
+    async def settle(self, key: str, plan: Settlement) -> None:
         """Record one send's results. Settlements that arrive while one is being written go
         together into the next: one writer job for many sends, not one each."""
-        if not (plan.delivered or plan.retry or plan.dead):
+        if not plan:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._plans.append((lane.key, plan, done))
+        self._queued.append(_Queued(key, plan, done))
         if self._settler is None or self._settler.done():
             self._settler = asyncio.create_task(self._settle_queued(), name="dispatch-settle")
         await done  # cancelling this send leaves the write to the settler task
 
     async def _settle_queued(self) -> None:
-        while self._plans:
+        while self._queued:
             await asyncio.sleep(SETTLE_DELAY)
-            queued, self._plans = self._plans, []
+            queued, self._queued = self._queued, []
             merged = Settlement()
-            for _, plan, _ in queued:
-                merged.delivered.extend(plan.delivered)
-                merged.retry.extend(plan.retry)
-                merged.dead.extend(plan.dead)
-            keys = ", ".join(sorted({key for key, _, _ in queued}))
+            for item in queued:
+                merged.extend(item.plan)
+            keys = ", ".join(sorted({item.key for item in queued}))
             try:
                 await self._write_settlement(keys, merged)
             finally:
-                for _, _, done in queued:
-                    if not done.done():
-                        done.set_result(None)
+                for item in queued:
+                    if not item.done.done():
+                        item.done.set_result(None)
 
     async def _write_settlement(self, keys: str, plan: Settlement) -> None:
         """Record the results; while the disk is full, keep trying for about a lease.
@@ -510,78 +585,6 @@ class Dispatcher:
                 if attempt == 0:
                     log.warning("recording delivery results for %s failed, retrying: %s", keys, exc)  # fmt: skip
                 await self.sleep(min(2.0, 0.05 * 2**attempt))
-
-    async def _send(
-        self,
-        lane: Lane,
-        sender: Sender,
-        route: dict[str, Any],
-        batch: list[Message],
-        clean: Callable[[Any], Any],
-    ) -> tuple[list[Delivery], float]:
-        """Call the sender; an exception or a wrong answer counts as "retry" for the batch."""
-        started = time.perf_counter()
-        try:
-            results = await sender.send(route, batch)
-            if not isinstance(results, list) or len(results) != len(batch):
-                count = len(results) if isinstance(results, list) else type(results).__name__
-                raise RuntimeError(f"the sender returned {count} results for {len(batch)} messages")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            error = clean(f"{type(exc).__name__}: {exc}")
-            log.warning("sender for %s failed: %s", lane.key, error)
-            results = [Delivery("retry", error=f"sender failed: {error}") for _ in batch]
-        elapsed = time.perf_counter() - started
-        lane.latency.observe(elapsed)
-        for result in results:
-            if result.outcome not in ("delivered", "retry", "permanent"):
-                result.error = f"the sender returned an unknown outcome {result.outcome!r}"
-                result.outcome = "retry"
-        return results, elapsed
-
-    def _record(
-        self,
-        lane: Lane,
-        message: Message,
-        result: Delivery,
-        clean: Callable[[Any], Any],
-        error: str,
-        elapsed: float,
-        batch_size: int,
-    ) -> dict[str, Any]:
-        if not message.trace_id or self.preview is None:
-            return {}
-        latency = result.latency_ms if result.latency_ms is not None else elapsed * 1000
-        return {
-            "outcome": result.outcome,
-            "status": result.status,
-            "error": error,
-            "code": clean(result.code),
-            "trace": clean(result.trace),
-            "retry_after": result.retry_after,
-            "response": clean(result.response),
-            "latency_ms": round(latency, 3),
-            "request": clean(result.request)
-            if result.request
-            else {"destination": lane.key, "messages_in_request": batch_size},
-        }
-
-    def _preview(self, message: Message, claim: Claim, lane: Lane, record: dict[str, Any]) -> None:
-        skipped = record.get("reason", "").startswith("deadline passed before")
-        entry = {
-            "time": time.time(),
-            "destination": lane.key,
-            "tag_type": lane.tag_type,
-            "tag": claim.tag_names.get(message.id, ""),
-            "dedup_id": message.dedup_id,
-            "attempt": message.attempts + (0 if skipped else 1),
-            **record,
-        }
-        try:
-            self.preview.record_delivery(message.trace_id, entry)
-        except Exception:
-            log.exception("preview could not record a delivery")
 
 
 _NO_SECRETS = Redactor()

@@ -81,10 +81,16 @@ class UserAgentInfo:
     is_bot: bool
 
 
+NO_USER_AGENT = UserAgentInfo(browser="", os="", device_type="", is_bot=False)
+"""What an event without a user agent is: unknown, and not a bot."""
+
+
 @lru_cache(maxsize=4096)
 def user_agent_info(header: str) -> UserAgentInfo:
     """Parsing a user agent costs ~0.1 ms; the same few strings repeat, so cache them."""
-    ua = parse_user_agent(header or "")
+    if not header:
+        return NO_USER_AGENT
+    ua = parse_user_agent(header)
     if ua.is_bot:
         device = "bot"
     elif ua.is_tablet:
@@ -117,6 +123,7 @@ class RequestContext:
     body: bytes = b""
     received_at: float = field(default_factory=time.time)
     client_name: str = ""
+    is_visitor: bool = True  # the request's IP and User-Agent are the visitor's (see Client)
     peer_ip: str = ""  # the direct peer (a proxy, when one is in front); `ip` is the client's
     settings: Settings | None = field(default=None, repr=False, compare=False)
 
@@ -142,7 +149,7 @@ class RequestContext:
             host = host.split(",")[0].strip()
         return cls(
             method, url, path, query, headers, cookies, ip, is_https, host, body, time.time(),
-            "", peer_ip, settings,
+            "", True, peer_ip, settings,
         )  # fmt: skip
 
     @classmethod

@@ -34,6 +34,8 @@ class HitTrace:
     error: str | None = None
     duration_ms: float = 0.0
     console: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # events refused, with why
+    response: dict[str, Any] | None = None  # what the hit was answered (no cookie values)
     container: dict[str, Any] | None = None  # name, version, hash of the one that ran the hit
 
     def log(self, level: str, message: str) -> None:
@@ -50,6 +52,8 @@ class HitTrace:
             "error": self.error,
             "duration_ms": round(self.duration_ms, 3),
             "console": self.console,
+            "rejected": self.rejected,
+            "response": self.response,
             "container": self.container,
             "events": [
                 {
@@ -109,6 +113,16 @@ class Hit:
         if self.trace is not None:
             self.trace.log(level, message)
 
+    def reject(self, index: int, reason: str) -> None:
+        """Record that the request's `index`-th event was refused and why (shown in preview).
+
+        Clients call it for every event they do not run, so a refused event leaves a trace
+        beside the caller's answer.
+        """
+        if self.trace is not None:
+            self.trace.rejected.append({"index": index, "reason": reason})
+            self.trace.log("warning", f"event {index} rejected: {reason}")
+
     async def run(self, events: list[Event]) -> list[EventResult]:
         """Run every event, then wait until their messages are durably in the outbox.
 
@@ -118,7 +132,10 @@ class Hit:
         request = self.request
         trace_id = self.trace.id if self.trace is not None else None
         run_event = self.runtime.run_event
-        received, ip, user_agent = int(request.received_at), request.ip, request.user_agent
+        received = int(request.received_at)
+        # a server-to-server caller's own address and agent are not the customer's
+        ip = request.ip if request.is_visitor else ""
+        user_agent = request.user_agent if request.is_visitor else ""
         results, outgoing = [], []
         reuse = self.reuse
         for event in events:
@@ -131,7 +148,7 @@ class Hit:
                 warning = reuse.check(str(given), event, request.received_at, self.client_name)
             if "event_time" not in event:
                 event["event_time"] = received
-            if not event.get("ip_override"):
+            if ip and not event.get("ip_override"):
                 event["ip_override"] = ip
             if user_agent and not event.get("user_agent"):
                 event["user_agent"] = user_agent

@@ -447,9 +447,7 @@ class Importer:
         ]
         if rejected:
             return RowReport(line, "refused", "; ".join(rejected), event_id)
-        dry = [
-            (t.tag, t.notes["dry_run_payload"]) for t in result.tags if "dry_run_payload" in t.notes
-        ]
+        dry = [(t.tag, run["payload"]) for t in result.tags if t.dry_run for run in t.dry_run]
         if dry:
             reason = "; ".join(f"{tag}: dry run, no credentials" for tag, _ in dry)
             return RowReport(

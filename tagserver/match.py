@@ -75,7 +75,7 @@ def geography(event: Event, request: RequestContext) -> Geography:
     customer) gets the database's answer for that address, or nothing, and so does an event
     without any (a server-to-server client that does not take the caller's address)."""
     ip = event.get("ip_override")
-    if ip == request.ip or request.settings is None:
+    if (ip == request.ip and request.is_visitor) or request.settings is None:
         return request.geo
     if not ip or not isinstance(ip, str):  # no customer address: nothing to locate
         return NOWHERE

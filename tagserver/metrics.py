@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from ._compat import histogram_bounds, histogram_count, histogram_sum
+
 HITS = Counter(
     "tagserver_hits_total", "Hits by claiming client and HTTP status", ["client", "status"]
 )
@@ -95,11 +97,11 @@ def count(metric: Any, *labels: str, amount: float = 1) -> None:
 
 
 def observe(histogram: Any, value: float, *labels: str) -> None:
-    """`histogram.labels(*labels).observe(value)` (no labels: the histogram itself), applied
-    at the next flush."""
+    """`histogram.observe(value)` (a histogram, or one labelled child; with `labels`, that
+    child of `histogram`), applied at the next flush."""
     if labels:
         histogram = labelled(histogram, *labels)
-    key = (histogram, bisect_left(histogram._upper_bounds, value))
+    key = (histogram, bisect_left(histogram_bounds(histogram), value))
     _buckets[key] = _buckets.get(key, 0) + 1
     _sums[histogram] = _sums.get(histogram, 0.0) + value
     if not _flush_pending:
@@ -124,11 +126,10 @@ def flush() -> None:
     while _counts:
         (metric, labels), amount = _counts.popitem()
         (labelled(metric, *labels) if labels else metric).inc(amount)
-    # prometheus-client's Histogram.observe adds to `_sum` and to the first bucket whose
-    # upper bound is >= the value (`bisect_left` above); the same, once per bucket.
+    # what Histogram.observe would have done for each value, once per bucket (`_compat`)
     while _buckets:
         (histogram, index), amount = _buckets.popitem()
-        histogram._buckets[index].inc(amount)
+        histogram_count(histogram, index, amount)
     while _sums:
         histogram, total = _sums.popitem()
-        histogram._sum.inc(total)
+        histogram_sum(histogram, total)

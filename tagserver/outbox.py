@@ -31,8 +31,9 @@ from typing import Any
 import orjson
 
 from . import metrics, outbox_store
+from .delivery_types import Destination, Due, RowValues, Settlement
 from .errors import Unavailable
-from .outbox_store import Row, Settlement, Store, connect, database_path, is_disk_full
+from .outbox_store import Store, connect, database_path, is_disk_full
 from .outbox_types import Claim, Routes, split
 from .outbox_writer import Job, WriterProcess, request_frame
 from .plugins import Message, Outgoing
@@ -44,13 +45,14 @@ log = logging.getLogger("tagserver.outbox")
 
 RESTART_AFTER = 1.0  # seconds between a writer process that died and its replacement
 RESTART_RETRY = 5.0  # seconds between attempts while a new writer cannot start
+DISK_FULL_HOLD = 30.0  # seconds /healthz reports a full disk after a commit failed with it
 
 
 @dataclass
 class _Group:
     """Writes made during one loop iteration: one frame to the writer process."""
 
-    rows: list[Row] = field(default_factory=list)
+    rows: list[RowValues] = field(default_factory=list)
     waiters: list[asyncio.Future[list[int]]] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)  # rows each waiter put
     jobs: list[Job] = field(default_factory=list)
@@ -79,9 +81,8 @@ class Outbox:
         self.settings = settings
         self.path = database_path(settings.data_dir)
         self.pending = 0  # all workers' pending messages, as of the last commit or poll
-        self.on_commit: Callable[[dict[int, tuple[str, str]]], None] | None = (
-            None  # the dispatcher's bell
-        )
+        # the dispatcher's bell: the destinations a commit added messages to, by id
+        self.on_commit: Callable[[dict[int, Destination]], None] | None = None
         self._writer: WriterProcess | None = None
         self._next = _Group()  # filled by this loop iteration's puts and jobs
         self._flush_scheduled = False
@@ -97,6 +98,7 @@ class Outbox:
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-reader")
         self._free_bytes: int | None = None
         self._low_disk = False
+        self._full_since: float | None = None  # monotonic time of a commit lost to a full disk
         self._open = False
 
     # -- lifecycle
@@ -157,10 +159,18 @@ class Outbox:
 
     @property
     def problem(self) -> str | None:
-        """Why the outbox cannot store messages now (for /healthz), or None."""
+        """Why a hit would be refused now (for /healthz), or None: the same reasons `put`
+        gives, so a load balancer stops sending hits exactly while they would get 503."""
         if not self._open:
             return "the outbox is closed"
-        return self._broken
+        if self._broken is not None:
+            return self._broken
+        if self._full_since is not None:
+            if time.monotonic() - self._full_since < DISK_FULL_HOLD:
+                return "the disk holding the outbox is full (the last commit failed)"
+            self._full_since = None  # let hits try again: the next commit tells
+        refusal = self._refusal(1)
+        return refusal.reason if refusal is not None else None
 
     # -- the hit path
 
@@ -178,11 +188,13 @@ class Outbox:
             self.pending + self._queued_rows + len(messages) > self.settings.outbox_max_messages
             or self._low_disk
         ):
-            self._check_capacity(len(messages))  # raises, saying which limit was hit
+            refusal = self._refusal(len(messages))
+            if refusal is not None:
+                raise refusal  # saying which limit was hit
         dumps = orjson.dumps
         group = self._next
         group.rows += [
-            (
+            (  # an OutboxRow's fields (a plain tuple travels cheaper: see OutboxRow)
                 m.destination,
                 m.tag_type,
                 m.route,
@@ -192,6 +204,7 @@ class Outbox:
                 m.created_at,
                 m.deadline,
                 m.trace_id,
+                m.secrets,
             )
             for m in messages
         ]
@@ -206,22 +219,24 @@ class Outbox:
         finally:
             self._queued_rows -= len(messages)
 
-    def _check_capacity(self, incoming: int) -> None:
+    def _refusal(self, incoming: int) -> Unavailable | None:
+        """The 503 for `incoming` more messages while the outbox or its disk is full."""
         limit = self.settings.outbox_max_messages
         queued = self.pending + self._queued_rows
         if queued + incoming > limit:
-            raise Unavailable(
+            return Unavailable(
                 f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
                 "retry later",
                 retry_after=30,
             )
         free = self._free_bytes
         if free is not None and free < self.settings.outbox_min_free_bytes:
-            raise Unavailable(
+            return Unavailable(
                 f"the disk holding the outbox has {free // 1_048_576} MiB free, below the "
                 f"minimum of {self.settings.outbox_min_free_bytes // 1_048_576} MiB; retry later",
                 retry_after=60,
             )
+        return None
 
     def _check_disk(self) -> None:
         try:
@@ -263,6 +278,8 @@ class Outbox:
         if not self._sent:
             self._drained.set()  # type: ignore[union-attr]
         if isinstance(outcome, Exception):
+            if is_disk_full(outcome):
+                self._full_since = time.monotonic()
             for group in groups:
                 self._fail(group, outcome)
             return
@@ -283,6 +300,8 @@ class Outbox:
                 else:
                     future.set_exception(value)
         self.pending = self.pending + rows if pending is None else pending
+        if rows:
+            self._full_since = None  # messages fit on the disk again
         if touched and self.on_commit is not None:
             try:
                 self.on_commit(touched)
@@ -360,7 +379,9 @@ class Outbox:
     async def claim(self, destination_id: int, worker: str, limit: int) -> Claim:
         lease = self.settings.outbox_lease_seconds
         claimed = await self.run(outbox_store.claim, destination_id, worker, limit, lease)
-        claim = Claim(route=claimed.route, messages=[], next_due=claimed.next_due)
+        claim = Claim(
+            route=claimed.route, messages=[], next_due=claimed.next_due, secrets=claimed.secrets
+        )
         key = claimed.key
         rows = orjson.loads(claimed.rows)
         rows.sort(key=lambda r: r[0])
@@ -387,7 +408,7 @@ class Outbox:
             raise RuntimeError("the outbox is not started")
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, self._reader)
 
-    async def due(self) -> list[tuple[int, str, str, float]]:
+    async def due(self) -> list[Due]:
         return await self.read(Store.due)
 
     async def stats(self) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ T = TypeVar("T")
 # a connection of its own (CLI) or one lent by the pool (server)
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: destinations.secrets
 LOCK_ID = 0x7461_6773_6F62  # pg_advisory_xact_lock key: "tagsob", the outbox's migrations
 PROBE_SECONDS = 1.0  # between probes while PostgreSQL is unreachable
 NOW = "extract(epoch FROM clock_timestamp())"  # the database's clock, in unix seconds
@@ -117,6 +117,9 @@ MIGRATIONS = [
     CREATE INDEX IF NOT EXISTS tagserver_outbox_delivered_at
         ON tagserver_outbox_delivered (delivered_at);
     """,
+    # 2: the route's secret values (its tag's `secret=True` params), redacted by its delivery
+    "ALTER TABLE tagserver_outbox_destinations"
+    " ADD COLUMN IF NOT EXISTS secrets TEXT NOT NULL DEFAULT '[]'",
 ]
 
 D, M, X, V = (
@@ -253,17 +256,24 @@ class PgStore:
         self.conn = conn
 
     async def destination_id(
-        self, key: str, tag_type: str, route: dict[str, Any], now: float
+        self,
+        key: str,
+        tag_type: str,
+        route: dict[str, Any],
+        now: float,
+        secrets: tuple[str, ...] = (),
     ) -> int:
         return int(
             await self.conn.fetchval(
-                f"INSERT INTO {D} (key, tag_type, route, updated_at) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (key) DO UPDATE SET tag_type = excluded.tag_type,"
-                " route = excluded.route, updated_at = excluded.updated_at RETURNING id",
+                f"INSERT INTO {D} (key, tag_type, route, updated_at, secrets)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO UPDATE SET"
+                " tag_type = excluded.tag_type, route = excluded.route,"
+                " updated_at = excluded.updated_at, secrets = excluded.secrets RETURNING id",
                 key,
                 tag_type,
                 orjson.dumps(route, option=orjson.OPT_SORT_KEYS).decode(),
                 now,
+                orjson.dumps(secrets).decode(),
             )
         )
 
@@ -426,7 +436,7 @@ class PgOutbox:
         self._pool: asyncpg.Pool | None = None
         self._next = _Group()
         self._committer: asyncio.Task[None] | None = None
-        self._destinations: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._destinations: dict[str, tuple[int, dict[str, Any], tuple[str, ...]]] = {}
         self._routes: dict[int, tuple[str, dict[str, Any] | None]] = {}
         self._problem: str | None = None
         self._recovering: asyncio.Task[None] | None = None
@@ -444,9 +454,13 @@ class PgOutbox:
 
     @property
     def problem(self) -> str | None:
+        """Why a hit would be refused now (for /healthz), or None: the reasons `put` gives."""
         if not self._open:
             return "the outbox is closed"
-        return self._problem
+        if self._problem is not None:
+            return self._problem
+        refusal = self._refusal(1)
+        return refusal.reason if refusal is not None else None
 
     # -- lifecycle
 
@@ -556,14 +570,9 @@ class PgOutbox:
             raise Unavailable("the server is starting or stopping; retry shortly", retry_after=5)
         if self._problem is not None:
             raise Unavailable(f"{self._problem}; nothing was stored, retry later", retry_after=5)
-        limit = self.settings.outbox_max_messages
-        queued = self.pending + self._queued_rows
-        if queued + len(messages) > limit:
-            raise Unavailable(
-                f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
-                "retry later",
-                retry_after=30,
-            )
+        refusal = self._refusal(len(messages))
+        if refusal is not None:
+            raise refusal
         group = self._next
         group.rows += messages
         group.counts.append(len(messages))
@@ -576,6 +585,18 @@ class PgOutbox:
             return await waiter
         finally:
             self._queued_rows -= len(messages)
+
+    def _refusal(self, incoming: int) -> Unavailable | None:
+        """The 503 for `incoming` more messages while the shared outbox is full."""
+        limit = self.settings.outbox_max_messages
+        queued = self.pending + self._queued_rows
+        if queued + incoming > limit:
+            return Unavailable(
+                f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
+                "retry later",
+                retry_after=30,
+            )
+        return None
 
     async def _commit_loop(self) -> None:
         """One commit at a time; what arrives meanwhile goes into the next one."""
@@ -632,11 +653,11 @@ class PgOutbox:
         fresh = {}
         for m in rows:
             cached = cache.get(m.destination)
-            if cached is None or cached[1] != m.route:
+            if cached is None or cached[1] != m.route or cached[2] != m.secrets:
                 fresh[m.destination] = m
         dumps = orjson.dumps
         payloads = [dumps(m.payload, default=str).decode() for m in rows]
-        learnt: dict[str, tuple[int, dict[str, Any]]] = {}
+        learnt: dict[str, tuple[int, dict[str, Any], tuple[str, ...]]] = {}
 
         async def insert() -> list[asyncpg.Record]:
             dest = [(learnt.get(m.destination) or cache[m.destination])[0] for m in rows]
@@ -661,8 +682,9 @@ class PgOutbox:
                 for key in sorted(fresh):  # one order everywhere: no deadlock between instances
                     m = fresh[key]
                     learnt[key] = (
-                        await store.destination_id(key, m.tag_type, m.route, now),
+                        await store.destination_id(key, m.tag_type, m.route, now, m.secrets),
                         m.route,
+                        m.secrets,
                     )
                 stored = await insert()
             cache.update(learnt)  # only once committed: ids of a rolled-back upsert are void
@@ -681,8 +703,10 @@ class PgOutbox:
             next_due = await conn.fetchval(
                 f"SELECT min(next_attempt_at) FROM {M} WHERE destination_id = $1", destination_id
             )
-            key, route = await self._route(conn, destination_id) if rows else ("", None)
-            claim = Claim(route=route, messages=[], next_due=next_due)
+            key, route, secrets = (
+                await self._route(conn, destination_id) if rows else ("", None, ())
+            )
+            claim = Claim(route=route, messages=[], next_due=next_due, secrets=secrets)
             for r in sorted(rows, key=lambda r: r[0]):
                 mid, payload, dedup_id, attempts, created, deadline, trace_id, tag_name = r
                 claim.messages.append(
@@ -694,11 +718,15 @@ class PgOutbox:
 
         return await self._io(work)
 
-    async def _route(self, conn: Conn, destination_id: int) -> tuple[str, dict[str, Any] | None]:
-        row = await conn.fetchrow(f"SELECT key, route FROM {D} WHERE id = $1", destination_id)
+    async def _route(
+        self, conn: Conn, destination_id: int
+    ) -> tuple[str, dict[str, Any] | None, tuple[str, ...]]:
+        row = await conn.fetchrow(
+            f"SELECT key, route, secrets FROM {D} WHERE id = $1", destination_id
+        )
         if row is None:
-            return "", None
-        return row["key"], orjson.loads(row["route"])
+            return "", None, ()
+        return row["key"], orjson.loads(row["route"]), tuple(orjson.loads(row["secrets"]))
 
     async def settle(self, worker: str, plan: Settlement) -> None:
         now = time.time()

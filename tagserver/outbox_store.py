@@ -4,7 +4,8 @@ Used by the writer process (`outbox_writer`), the server's reader thread and the
 imports nothing of the server, so the writer process starts in a tenth of a second.
 
 Tables:
-- `destinations`: one row per destination key, with its `route` (URL, token …: secrets) and a
+- `destinations`: one row per destination key, with its `route` (URL, token …), the route's
+  `secrets` (the values of its tag's `secret=True` params: what delivery redacts) and a
   `pending` count kept by triggers. The route is stored once here, never in message rows.
 - `messages`: pending messages; `next_attempt_at` says when a message may be claimed. A claim
   sets `claimed_by`/`lease_until` and pushes `next_attempt_at` to the lease end in one UPDATE,
@@ -23,16 +24,18 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from .delivery_types import Claimed, Destination, Due, OutboxRow, Settlement
+
 FILENAME = "outbox.sqlite3"
 # 2: payloads stored as JSON text (were blobs); 3: one message per destination and dedup id
-# (unique index) and the `delivered` table (dedup ids delivered within DEDUP_WINDOW)
-SCHEMA_VERSION = 3
+# (unique index) and the `delivered` table (dedup ids delivered within DEDUP_WINDOW);
+# 4: destinations.secrets (the route's secret values)
+SCHEMA_VERSION = 4
 DEDUP_WINDOW = 48 * 3600.0  # Meta deduplicates an event id within 48 hours; so do we
 
 SCHEMA = """
@@ -41,6 +44,7 @@ CREATE TABLE IF NOT EXISTS destinations (
     key TEXT NOT NULL UNIQUE,           -- safe to show: tag type + non-secret identity
     tag_type TEXT NOT NULL,
     route BLOB NOT NULL,                -- JSON; holds secrets; never shown
+    secrets TEXT NOT NULL DEFAULT '[]', -- JSON: which of the route's values are secret
     pending INTEGER NOT NULL DEFAULT 0, -- kept by the triggers below
     updated_at REAL NOT NULL
 );
@@ -139,13 +143,23 @@ def duplicates(keys: Sequence[tuple[int, str]], stored: Iterable[tuple[int, str]
     return out
 
 
-# A row as `put` hands it to the writer process: destination key, tag type, route, then the message.
-Row = tuple[str, str, dict[str, Any], str, str, str, float, "float | None", "str | None"]
-
-
 def _json(value: Any) -> str:
-    """A statement parameter read with json_each (text: SQLite before 3.45 refuses blobs)."""
-    return orjson.dumps(value).decode()
+    """A statement parameter read with json_each (text: SQLite before 3.45 refuses blobs).
+
+    Named tuples (`Retry`, `DeadLetter`) become arrays in field order: the statements below
+    read them as `$[0]`, `$[1]` …"""
+    return orjson.dumps(value, default=tuple).decode()
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements one by one (a trigger's body keeps its own semicolons)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return statements
 
 
 def database_path(data_dir: str | Path) -> Path:
@@ -173,34 +187,13 @@ def is_disk_full(exc: BaseException) -> bool:
     )
 
 
-@dataclass
-class Claimed:
-    """Messages leased to one worker, as the database holds them (the server builds `Claim`s)."""
-
-    key: str = ""
-    route: dict[str, Any] | None = None
-    rows: str = "[]"  # JSON: [id, payload, dedup_id, attempts, created_at, deadline, trace, tag]
-    ids: list[int] = field(default_factory=list)
-    next_due: float | None = None  # when the destination's next message becomes due
-
-
-@dataclass
-class Settlement:
-    """What to do with claimed messages after a send (one writer job)."""
-
-    delivered: list[int] = field(default_factory=list)
-    # (id, next_attempt_at, status, error)
-    retry: list[tuple[int, float, int | None, str]] = field(default_factory=list)
-    # (id, attempted, status, error, code, trace, reason)
-    dead: list[tuple[int, bool, int | None, str, str, str, str]] = field(default_factory=list)
-
-
 class Store:
     """Plain synchronous access to the outbox database."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self._destinations: dict[str, tuple[int, dict[str, Any]]] = {}
+        # key → (id, route, secrets) of destinations stored by this connection
+        self._destinations: dict[str, tuple[int, dict[str, Any], tuple[str, ...]]] = {}
 
     @classmethod
     def open(cls, path: Path, sync: str = "full") -> Store:
@@ -209,16 +202,32 @@ class Store:
         return store
 
     def create_schema(self) -> None:
-        if self.conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        conn = self.conn
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
         try:  # several workers may race here: the IMMEDIATE lock makes them take turns
-            self.conn.executescript(
-                f"BEGIN IMMEDIATE;{SCHEMA}{DEDUP_MIGRATION}"
-                "UPDATE messages SET payload = CAST(payload AS TEXT) WHERE typeof(payload) = 'blob';"
-                "UPDATE dead_letters SET payload = CAST(payload AS TEXT)"
-                " WHERE typeof(payload) = 'blob';"
-                f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                conn.execute("COMMIT")  # another worker was first
+                return
+            for statement in _statements(
+                SCHEMA + DEDUP_MIGRATION
+            ):  # not executescript: it would COMMIT first
+                conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(destinations)")}
+            if "secrets" not in columns:  # version 2 (messages stored before keep no secrets)
+                conn.execute(
+                    "ALTER TABLE destinations ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]'"
+                )
+            conn.execute(
+                "UPDATE messages SET payload = CAST(payload AS TEXT) WHERE typeof(payload) = 'blob'"
             )
+            conn.execute(
+                "UPDATE dead_letters SET payload = CAST(payload AS TEXT)"
+                " WHERE typeof(payload) = 'blob'"
+            )
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
@@ -244,45 +253,56 @@ class Store:
 
     # -- writing messages
 
-    def destination_id(self, key: str, tag_type: str, route: dict[str, Any], now: float) -> int:
+    def destination_id(
+        self,
+        key: str,
+        tag_type: str,
+        route: dict[str, Any],
+        now: float,
+        secrets: tuple[str, ...] = (),
+    ) -> int:
         cached = self._destinations.get(key)
-        if cached is not None and cached[1] == route:
+        if cached is not None and cached[1] == route and cached[2] == secrets:
             return cached[0]
         row = self.conn.execute(
-            "INSERT INTO destinations (key, tag_type, route, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET tag_type = excluded.tag_type,"
-            " route = excluded.route, updated_at = excluded.updated_at RETURNING id",
-            (key, tag_type, orjson.dumps(route, option=orjson.OPT_SORT_KEYS), now),
+            "INSERT INTO destinations (key, tag_type, route, secrets, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET tag_type = excluded.tag_type,"
+            " route = excluded.route, secrets = excluded.secrets, updated_at = excluded.updated_at"
+            " RETURNING id",
+            (key, tag_type, orjson.dumps(route, option=orjson.OPT_SORT_KEYS), _json(secrets), now),
         ).fetchone()
-        self._destinations[key] = (row[0], route)
+        self._destinations[key] = (row[0], route, secrets)
         return row[0]
 
-    def knows_destinations(self, rows: Sequence[Row]) -> bool:
+    def knows_destinations(self, rows: Sequence[OutboxRow]) -> bool:
         """Every row's destination is stored already, with the same route."""
         cache = self._destinations
         for row in rows:
-            cached = cache.get(row[0])
-            if cached is None or cached[1] != row[2]:
+            cached = cache.get(row.destination)
+            if cached is None or cached[1] != row.route or cached[2] != row.secrets:
                 return False
         return True
 
     def insert(
-        self, rows: Sequence[Row], now: float
-    ) -> tuple[dict[int, tuple[str, str]], list[int]]:
+        self, rows: Sequence[OutboxRow], now: float
+    ) -> tuple[dict[int, Destination], list[int]]:
         """Insert messages; the destinations they went to (id → (key, type)), and the indices
         of the rows not stored because they repeat a pending or recently delivered message.
 
         Outside a transaction this is atomic only when `knows_destinations(rows)` and there
         are at most MAX_ROWS_PER_INSERT rows: then it is one statement.
         """
-        touched: dict[int, tuple[str, str]] = {}
+        touched: dict[int, Destination] = {}
         values: list[Any] = []
         keys: list[tuple[int, str]] = []
-        for key, tag_type, route, payload, dedup_id, tag_name, created, deadline, trace in rows:
-            dest = self.destination_id(key, tag_type, route, now)
-            touched[dest] = (key, tag_type)
-            keys.append((dest, dedup_id))
-            values.extend((dest, payload, dedup_id, tag_name, created, deadline, trace, now))
+        for row in rows:
+            dest = self.destination_id(row.destination, row.tag_type, row.route, now, row.secrets)
+            touched[dest] = (row.destination, row.tag_type)
+            keys.append((dest, row.dedup_id))
+            values.extend(
+                (dest, row.payload, row.dedup_id, row.tag_name, row.created_at, row.deadline,
+                 row.trace_id, now)
+            )  # fmt: skip
         stored: list[tuple[int, str]] = []
         since = now - DEDUP_WINDOW
         for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
@@ -320,10 +340,11 @@ class Store:
                 " WHERE id IN (SELECT value FROM json_each(?))",
                 (worker, lease_until, lease_until, _json(claimed.ids)),
             )
-            key, route = self.conn.execute(
-                "SELECT key, route FROM destinations WHERE id = ?", (destination_id,)
+            key, route, secrets = self.conn.execute(
+                "SELECT key, route, secrets FROM destinations WHERE id = ?", (destination_id,)
             ).fetchone()
             claimed.key, claimed.route, claimed.rows = key, orjson.loads(route), found
+            claimed.secrets = tuple(orjson.loads(secrets))
         claimed.next_due = self.next_due(destination_id)
         return claimed
 
@@ -348,7 +369,7 @@ class Store:
                 "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
                 (_json(plan.delivered),),
             )
-        if plan.retry:
+        if plan.retry:  # Retry: [id, next_attempt_at, status, error]
             conn.execute(
                 "UPDATE messages SET attempts = attempts + 1,"
                 " first_attempt_at = coalesce(first_attempt_at, ?1), last_attempt_at = ?1,"
@@ -358,7 +379,7 @@ class Store:
                 " WHERE messages.id = json_extract(r.value, '$[0]') AND messages.claimed_by = ?3",
                 (now, _json(plan.retry), worker),
             )
-        if plan.dead:
+        if plan.dead:  # DeadLetter: [id, attempted, status, error, code, trace, reason]
             conn.execute(
                 "INSERT INTO dead_letters (destination_id, payload, dedup_id, tag_name,"
                 " created_at, deadline, trace_id, attempts, first_attempt_at, last_attempt_at,"
@@ -398,13 +419,13 @@ class Store:
 
     # -- reading (dispatcher polls, metrics, CLI)
 
-    def due(self) -> list[tuple[int, str, str, float]]:
-        """Destinations with pending messages: (id, key, tag type, next due time)."""
+    def due(self) -> list[Due]:
+        """Destinations with pending messages, with the time their next one is due."""
         rows = self.conn.execute(
             "SELECT id, key, tag_type, (SELECT min(next_attempt_at) FROM messages"
             " WHERE destination_id = destinations.id) FROM destinations WHERE pending > 0"
         ).fetchall()
-        return [r for r in rows if r[3] is not None]
+        return [Due(*r) for r in rows if r[3] is not None]
 
     def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
         """Per destination: pending, oldest age, next try, dead letters (no routes)."""

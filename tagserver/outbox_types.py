@@ -20,6 +20,7 @@ class Claim:
     messages: list[Message]
     tag_names: dict[int, str] = field(default_factory=dict)
     next_due: float | None = None  # when the destination's next message becomes due
+    secrets: tuple[str, ...] = ()  # the route's secret values: redacted from what is shown
 
 
 def split(repeats: list[int] | None, counts: list[int]) -> list[list[int]]:

@@ -8,7 +8,8 @@ writes one frame and reads one back.
 The two ends talk over a Unix socket pair. A frame is a 4-byte length and a pickle (both ends
 are this code, started together; nothing else can reach the socket):
 
-- server → writer: `(seq, rows, jobs)`: the rows `put` built, and jobs as `(function, args)`,
+- server → writer: `(seq, rows, jobs)`: the rows `put` built (`OutboxRow`s' fields as plain
+  tuples), and jobs as `(function, args)`,
   module-level functions of `outbox_store` run as `function(store, now, *args)`.
 - writer → server: `("ready", pending)` once the database is open, or `("failed", reason)`;
   then, for each commit, `("committed", seqs, outcome, seconds)`. A commit takes every frame
@@ -39,7 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .outbox_store import MAX_ROWS_PER_INSERT, Row, Store, is_disk_full
+from .delivery_types import Destination, OutboxRow, RowValues
+from .outbox_store import MAX_ROWS_PER_INSERT, Store, is_disk_full
 
 HEADER = struct.Struct("!I")
 READ_SIZE = 1 << 20
@@ -47,7 +49,7 @@ START_TIMEOUT = 60.0  # the schema may wait for another worker's lock (30 s busy
 STOP_TIMEOUT = 30.0
 
 Job = tuple[Callable[..., Any], tuple[Any, ...]]
-Request = tuple[int, list[Row], list[Job]]
+Request = tuple[int, list[RowValues], list[Job]]
 
 
 def frame(value: Any) -> bytes:
@@ -55,7 +57,7 @@ def frame(value: Any) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
-def request_frame(seq: int, rows: list[Row], jobs: list[Job]) -> bytes:
+def request_frame(seq: int, rows: list[RowValues], jobs: list[Job]) -> bytes:
     """What the server sends for one group; raises if a job cannot be pickled."""
     return frame((seq, rows, jobs))
 
@@ -144,7 +146,7 @@ def receive(sock: socket.socket, flags: int) -> bytes:
 def commit(store: Store, requests: list[Request]) -> tuple[str, list[int], Any, float]:
     started = time.perf_counter()
     seqs = [seq for seq, _, _ in requests]
-    rows = [row for _, group_rows, _ in requests for row in group_rows]
+    rows = [OutboxRow(*row) for _, group_rows, _ in requests for row in group_rows]
     now = time.time()
     try:
         if (
@@ -178,10 +180,8 @@ def by_group(requests: list[Request], repeats: list[int]) -> dict[int, list[int]
 
 
 def _work(
-    store: Store, rows: list[Row], requests: list[Request], now: float
-) -> tuple[
-    dict[int, tuple[str, str]], dict[int, list[tuple[bool, Any]]], int, dict[int, list[int]]
-]:
+    store: Store, rows: list[OutboxRow], requests: list[Request], now: float
+) -> tuple[dict[int, Destination], dict[int, list[tuple[bool, Any]]], int, dict[int, list[int]]]:
     """Inside one transaction: the rows, then each job in its own savepoint."""
     conn = store.conn
     touched, repeats = store.insert(rows, now) if rows else ({}, [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,9 +45,16 @@ def compact_js(source: str) -> str:
     return _INDENT.sub("", _COMMENT_LINE.sub("", source))
 
 
-@lru_cache(maxsize=1)
-def collector_script() -> Asset:
+ROOT_PLACEHOLDER = "var root = '';"
+
+
+@lru_cache(maxsize=4)
+def collector_script(root_path: str = "") -> Asset:
+    """The script, with the server's root path written in (its hits go to `<root>/collect`)."""
     source = (files("tagserver.static") / "collector.js").read_text("utf-8")
+    if source.count(ROOT_PLACEHOLDER) != 1:
+        raise RuntimeError(f"collector.js must contain {ROOT_PLACEHOLDER!r} exactly once")
+    source = source.replace(ROOT_PLACEHOLDER, f"var root = {json.dumps(root_path)};")
     body = compact_js(source).encode("utf-8")
     etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
     return Asset(body, gzip.compress(body, 9, mtime=0), etag, "text/javascript; charset=utf-8")
@@ -70,8 +78,13 @@ def serve(asset: Asset, request: Request) -> Response:
     return Response(body, headers=headers, media_type=asset.media_type)
 
 
-async def collector_js(request: Request) -> Response:
-    return serve(collector_script(), request)
+def collector_endpoint(root_path: str) -> Callable[[Request], Awaitable[Response]]:
+    """`collector.js` as served under `root_path` (TAGSERVER_ROOT_PATH)."""
+
+    async def collector_js(request: Request) -> Response:
+        return serve(collector_script(root_path), request)
+
+    return collector_js
 
 
 @lru_cache(maxsize=1)
@@ -83,9 +96,11 @@ def _templates():  # type: ignore[no-untyped-def]
     )
 
 
-def demo_page(container: Callable[[], Container]) -> Callable[[Request], Awaitable[Response]]:
+def demo_page(
+    container: Callable[[], Container], root_path: str = ""
+) -> Callable[[Request], Awaitable[Response]]:
     """The demo shop, posting to the live container's first client that takes the script's
-    hits (the container changes on reload: asked at each request)."""
+    hits (the container changes on reload: asked at each request), under the root path."""
 
     async def demo(request: Request) -> Response:
         current = container()
@@ -94,7 +109,7 @@ def demo_page(container: Callable[[], Container]) -> Callable[[Request], Awaitab
         html = (
             _templates()
             .get_template("demo.html")
-            .render(collect_path=collect_path, container=current.name)
+            .render(collect_path=collect_path, container=current.name, root=root_path)
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
@@ -103,10 +118,13 @@ def demo_page(container: Callable[[], Container]) -> Callable[[Request], Awaitab
 
 def routes(settings: Settings, container: Callable[[], Container]) -> list[BaseRoute]:
     """The routes for `builtin_routes`: the script (one or two paths) and the demo page."""
+    collector_js = collector_endpoint(settings.root_path)
     out: list[BaseRoute] = [Route("/collector.js", collector_js, methods=["GET", "HEAD"])]
     extra = settings.collector_path.strip()
     if extra and extra != "/collector.js":
         out.append(Route("/" + extra.lstrip("/"), collector_js, methods=["GET", "HEAD"]))
     if settings.demo:
-        out.append(Route("/demo", demo_page(container), methods=["GET", "HEAD"]))
+        out.append(
+            Route("/demo", demo_page(container, settings.root_path), methods=["GET", "HEAD"])
+        )
     return out

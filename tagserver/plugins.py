@@ -7,7 +7,7 @@ third-party package would (`tagserver.clients`, `tagserver.tags` in its pyprojec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -110,13 +110,16 @@ class Outgoing:
     destination: str
     payload: Any
     dedup_id: str
-    tag_type: str
+    tag_type: str = ""  # set by the engine: the name the tag type is registered under
     tag_name: str = ""
     route: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # unix seconds; past it the vendor would refuse the message
     created_at: float = field(default_factory=time.time)
     trace_id: str | None = None  # set when the hit is previewed, so delivery shows there too
     preview: dict[str, Any] | None = None  # optional human-friendly view for preview
+    # set by the engine: the values of the tag's `secret=True` params, stored with the route
+    # and redacted from everything its delivery shows (errors, responses, logs)
+    secrets: tuple[str, ...] = ()
 
 
 Outcome = Literal["delivered", "retry", "permanent"]
@@ -206,6 +209,7 @@ class FireContext:
     tag_name: str
     notes: dict[str, Any] = field(default_factory=dict)
     redact: Callable[[Any], Any] = lambda value: value  # removes the container's secrets
+    dry_runs: list[dict[str, Any]] | None = None  # what `dry_run` recorded, in order
     match: MatchReport | None = None  # set with `report_match`
 
     def note(self, key: str, value: Any) -> None:
@@ -216,11 +220,41 @@ class FireContext:
         """Tell where the event's match keys came from and its score before and after."""
         self.match = report
 
+    def dry_run(self, payload: Any, reason: str) -> None:
+        """Record the payload the tag would have sent, and why it sends nothing (say, no
+        credentials yet). A tag that records one and returns no message has the status
+        `dry_run`: preview shows the payload in Outgoing, metrics count it apart from `fired`."""
+        if self.dry_runs is None:
+            self.dry_runs = []
+        self.dry_runs.append({"payload": payload, "reason": reason})
+
+
+@dataclass(frozen=True)
+class StartupParams:
+    """A tag's params as far as they are known before any event arrives (for `Tag.describe`).
+
+    Literal values and values of `constant` and `env` variables are resolved; a param that
+    needs an event (`{{event.value}}`, `{{client_ip}}` ...) is listed in `per_event` instead.
+    `sources` says where a value comes from, in the words an operator would fix it with: the
+    environment variable (`META_PIXEL_ID`), the template (`{{pixel}}`), or the param's name.
+    """
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    per_event: frozenset[str] = frozenset()
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.values.get(name)
+        return default if value is None else value
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name) or name
+
 
 class Tag:
     """A tag type. One instance per tag in the container, created when the container loads."""
 
-    type_name: ClassVar[str] = ""
+    type_name: str = ""  # set by the engine: the name its entry point registers it under
     description: ClassVar[str] = ""
     params: ClassVar[Sequence[Param]] = ()
     batch_size: ClassVar[int] = 1  # most messages the sender accepts in one call
@@ -235,6 +269,13 @@ class Tag:
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         """Build the vendor messages for one event: fast, synchronous, no I/O."""
         raise NotImplementedError
+
+    def describe(self, params: StartupParams) -> str:
+        """What this tag will do, in one line of the start-up log: `LIVE → pixel 1234…`,
+        `DRY RUN — META_PIXEL_ID is empty`. Never include a secret param's value."""
+        if self.sender_class is None:
+            return "runs in the server, sends nothing"
+        return "sends what it fires on through the outbox (its type says no more)"
 
     def route_for(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """Where this tag's messages go with these resolved params: (destination, route).
@@ -293,6 +334,11 @@ class Hit(Protocol):
         not previewed)."""
         ...
 
+    def reject(self, index: int, reason: str) -> None:
+        """The request's `index`-th event was refused, and why: preview shows it in the hit
+        list, the Request tab and the Console (no-op when not previewed)."""
+        ...
+
     @property
     def cookie_keeper(self) -> CookieKeeper | None:
         """The container's cookie keeper (other tools' cookies the server re-sets), None when
@@ -323,11 +369,17 @@ read it with `Client.max_events_from(params)`."""
 class Client:
     """A request parser. Exactly one client claims a request; it turns it into events."""
 
-    type_name: ClassVar[str] = ""
+    type_name: str = ""  # set by the engine: the name its entry point registers it under
     description: ClassVar[str] = ""
     params: ClassVar[Sequence[Param]] = ()
     default_priority: ClassVar[int] = 0
     server_settings: ClassVar[Sequence[Setting[Any]]] = ()  # TAGSERVER_* settings it adds
+    request_is_visitor: bool = True
+    """Whether the request comes from the visitor's own browser or app, so that its IP address
+    and User-Agent are the visitor's. A server-to-server client says False (the caller's are
+    not the customer's): events then get no `ip_override`/`user_agent` from the request, and
+    `client_ip`/`user_agent.*` read only what the event carries. An instance may decide it
+    from its params."""
 
     def __init__(self, name: str, params: dict[str, Any], settings: Settings) -> None:
         self.name = name

@@ -24,6 +24,7 @@ from .history import ACCEPTED, REFUSED, History, content_hash
 from .plugins import Registry
 from .runtime import Runtime
 from .settings import Settings
+from .startup import tag_lines
 
 log = logging.getLogger("tagserver.reload")
 
@@ -114,6 +115,8 @@ class ContainerWatcher:
             container.name, container.version, container.hash, running.version, running.hash,
             summary(diff(running.source, container.source)),
         )  # fmt: skip
+        for line in tag_lines(container):  # what the tags do now (LIVE, DRY RUN ...)
+            log.info("%s", line)
         return True
 
     def _refused(self, raw: bytes, problems: list[Problem]) -> None:
@@ -125,9 +128,10 @@ class ContainerWatcher:
         self.state.status.refuse(digest, path, [str(p) for p in problems])
         metrics.labelled(metrics.CONTAINER_RELOADS, "refused").inc()
         remember_refusal(self.history, raw, path, problems)
+        head, *lines = ContainerError(problems).report(path)
         log.error(
-            "container %s changed but is invalid; keeping the running one (%d problems):\n%s",
-            path, len(problems), "\n".join(f"  {p}" for p in problems),
+            "container changed but is invalid; keeping the running one. %s:\n%s",
+            head, "\n".join(f"  {line}" for line in lines),
         )  # fmt: skip
 
     async def run(self) -> None:

@@ -18,7 +18,7 @@ from .container import CompiledTag, Container
 from .event import Event, RequestContext
 from .match import record as record_match
 from .plugins import FireContext, MatchReport, Outgoing, TagRejected
-from .redact import REDACTED, Redactor
+from .redact import REDACTED, Redactor, secret_values
 from .settings import Settings
 from .transformations import changes
 from .triggers import Trigger, TriggerCheck
@@ -26,7 +26,9 @@ from .variables import Scope
 
 log = logging.getLogger("tagserver.runtime")
 
-TagStatus = Literal["fired", "not_fired", "blocked", "paused", "no_consent", "rejected", "error"]
+TagStatus = Literal[
+    "fired", "dry_run", "not_fired", "blocked", "paused", "no_consent", "rejected", "error"
+]
 
 GRANTED = frozenset({True, "granted", "1", "true", "yes", "allow", "allowed"})
 DENIED = frozenset({False, "denied", "0", "false", "no", "deny"})
@@ -43,11 +45,13 @@ class TagResult:
     outgoing: list[Outgoing] = field(default_factory=list)
     params: dict[str, Any] | None = None  # resolved, secrets redacted; only when traced
     duration_ms: float = 0.0
+    dry_run: list[dict[str, Any]] | None = None  # payloads a dry run would have sent, and why
     # only when traced and a transformation applies to the tag: the event it received and,
     # per transformation, whether it applied and which keys it changed
     received: Event | None = None
     transformations: list[dict[str, Any]] | None = None
     duplicates: int = 0  # messages the outbox had already (pending or delivered): not sent again
+    redact: Redactor | None = None  # when traced and its secret params were templated
     match: MatchReport | None = None  # where the match keys came from, when the tag tells
 
     @property
@@ -55,6 +59,10 @@ class TagResult:
         return self.status == "fired"
 
     def as_dict(self) -> dict[str, Any]:
+        shown = self._as_dict()
+        return shown if self.redact is None else self.redact(shown)
+
+    def _as_dict(self) -> dict[str, Any]:
         return {
             "tag": self.tag,
             "type": self.type,
@@ -69,6 +77,7 @@ class TagResult:
                 for o in self.outgoing
             ],
             "duration_ms": round(self.duration_ms, 3),
+            "dry_run": self.dry_run,
             "received": self.received,
             "transformations": self.transformations,
             "match": self.match.as_dict() if self.match is not None else None,
@@ -105,6 +114,10 @@ class EventResult:
                     match[t.tag] = t.match.as_dict()
             else:
                 not_fired[t.tag] = t.reason
+                if t.status == "dry_run" and t.match is not None:  # what it would have sent
+                    if match is None:
+                        match = {}
+                    match[t.tag] = t.match.as_dict()
         summary = {
             "index": index,
             "accepted": True,
@@ -151,6 +164,7 @@ class Runtime:
         self.container = container
         self.settings = settings
         self.redact = Redactor(container.secrets)
+        self._redactors: dict[tuple[str, ...], Redactor] = {}
         self.strict = container.consent_mode == "strict"
 
     def run_event(
@@ -170,7 +184,11 @@ class Runtime:
             results.append(result)
         variables = None
         if trace:
-            variables = self.redact(scope.snapshot(set(self.container.secret_variables)))
+            snapshot = scope.snapshot(set(self.container.secret_variables))
+            variables = self.redact(snapshot)
+            for result in results:  # a variable may hold what a tag's secret param took
+                if result.redact is not None:
+                    variables = result.redact(variables)
         return EventResult(event, results, variables)
 
     def _decide(
@@ -232,47 +250,73 @@ class Runtime:
                 return TagResult(tag.name, tag.type, "no_consent", denied, checks)
 
         started = time.perf_counter() if trace else 0.0
-        ctx = FireContext(request, self.settings, tag.name, {}, self.redact)
+        redact = self.redact  # the container's secrets, and this event's secret params
+        ctx = FireContext(request, self.settings, tag.name, {}, redact)
         status: TagStatus = "fired"
         reason = firing.fired_reason
         params: dict[str, Any] = {}
         outgoing: list[Outgoing] = []
+        secrets = tag.secrets  # known when compiled (and then in the container's secrets)
         steps: list[dict[str, Any]] | None = None
         try:
             if tag.transformations:
                 event, scope, steps = self._transform(tag, event, scope, trace)
             params = tag.params(scope)
+            if secrets is None:  # a secret param is templated: its values are this event's
+                secrets = secret_values(*(params.get(name) for name in tag.secret_params))
+                redact = ctx.redact = self._redactor_with(secrets)
             for param in tag.templated_params:
                 problem = param.check(params.get(param.name))
                 if problem:
                     raise TypeError(f"params.{param.name}: {problem}")
             made = tag.instance.fire(event, params, ctx)
             for message in made:
+                message.tag_type = tag.type  # the registry's name: it finds the sender
                 message.tag_name = tag.name
                 message.trace_id = trace_id
+                message.secrets = secrets  # stored with the route, redacted by its delivery
             outgoing = made if type(made) is list else list(made)
         except TagRejected as exc:
-            status, reason = "rejected", f"not sent: {self.redact.text(str(exc))}"
+            status, reason = "rejected", f"not sent: {redact.text(str(exc))}"
         except Exception as exc:  # one broken tag never affects the others
             status = "error"
-            reason = f"error: {type(exc).__name__}: {self.redact.text(str(exc))}"
+            reason = f"error: {type(exc).__name__}: {redact.text(str(exc))}"
             log.warning("tag %r raised %s", tag.name, reason)
         # built once the tag has run, every field given: no default factories on the hot path
-        notes = self.redact(ctx.notes) if ctx.notes else {}
+        notes = redact(ctx.notes) if ctx.notes else {}
+        dry_run = None
+        if ctx.dry_runs and status == "fired" and not outgoing:
+            dry_run = redact(ctx.dry_runs)
+            status, reason = "dry_run", f"dry run: {dry_run[0]['reason']}"
         result = TagResult(tag.name, tag.type, status, reason, checks, notes, outgoing)
+        result.dry_run = dry_run
         if ctx.match is not None:
             result.match = ctx.match  # shown for a refused event too: it may say why
-            if status == "fired":
+            if status == "fired" or status == "dry_run":
                 record_match(tag.type, ctx.match)
         if trace:
             result.duration_ms = (time.perf_counter() - started) * 1000
-            result.params = self.redact(
+            result.params = redact(
                 {k: (REDACTED if k in tag.secret_params and v else v) for k, v in params.items()}
             )
+            if redact is not self.redact:
+                result.redact = redact
             if steps is not None:
-                result.received = self.redact(event)
-                result.transformations = self.redact(steps)
+                result.received = redact(event)
+                result.transformations = redact(steps)
         return result
+
+    def _redactor_with(self, secrets: tuple[str, ...]) -> Redactor:
+        """The container's redactor and `secrets` (one event's secret params), kept for reuse:
+        the same templated secret (a token from an env variable) comes with every event."""
+        if not secrets:
+            return self.redact
+        found = self._redactors.get(secrets)
+        if found is None:
+            if len(self._redactors) >= 256:  # secrets taken from event data: stay bounded
+                self._redactors.clear()
+            found = self._redactors[secrets] = self.redact.extended(secrets)
+        return found
 
     def _transform(
         self, tag: CompiledTag, event: Event, scope: Scope, trace: bool

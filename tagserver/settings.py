@@ -91,6 +91,11 @@ class Settings:
         "127.0.0.1/32,::1/128",
         "Comma-separated CIDRs whose `X-Forwarded-For`/`X-Forwarded-Proto` are believed.",
     )
+    root_path: str = setting(
+        "",
+        "Path prefix tagserver is served under on the site's own origin (e.g. `/tag` behind the "
+        "site's reverse proxy); requests with or without it are served the same.",
+    )
     max_body_bytes: int = setting(1_048_576, "Largest accepted request body; larger gets 413.")
     max_events_per_request: int = setting(500, "Most events one request may carry.")
     secret_key: str = setting(
@@ -218,6 +223,7 @@ class Settings:
             ]
         except ValueError as exc:
             raise SettingsError(f"{PREFIX}TRUSTED_PROXIES: {exc}") from None
+        self.root_path = normal_root_path(self.root_path)
         url = self.outbox_url.strip()
         if url and not url.startswith(("postgresql://", "postgres://")):
             raise SettingsError(
@@ -345,6 +351,19 @@ class Settings:
 def core_setting_names() -> frozenset[str]:
     """The core's own settings (fields of `Settings`), which no plugin may declare again."""
     return frozenset(f.name for f in fields(Settings) if f.init and f.name != "plugin_settings")
+
+
+ROOT_PATH_SCOPE_KEY = "tagserver.root_path"  # the ASGI scope key carrying TAGSERVER_ROOT_PATH
+
+
+def normal_root_path(value: str) -> str:
+    """`/tag/` and `tag` → `/tag`; `/` and empty → empty (served at the root)."""
+    path = "/" + value.strip().strip("/")
+    if path == "/":
+        return ""
+    if any(c in path for c in "?#%\\ ") or "//" in path or "/." in path:
+        raise SettingsError(f"{PREFIX}ROOT_PATH: {value!r} is not a plain path like /tag")
+    return path
 
 
 def _convert(name: str, raw: str, type_name: Any) -> Any:

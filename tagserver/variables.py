@@ -18,7 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .event import COMMON_KEYS, Event, RequestContext, add_page_parts, get_path
+from .event import (
+    COMMON_KEYS,
+    Event,
+    RequestContext,
+    UserAgentInfo,
+    add_page_parts,
+    get_path,
+    user_agent_info,
+)
 from .match import geography
 from .plugins import Param
 from .refs import Compiled, compile_value, text
@@ -218,23 +226,41 @@ def _page_part(key: str) -> Callable[[Scope], Any]:
     return fn
 
 
+def _client_ip(scope: Scope) -> Any:
+    """The event's `ip_override`, else the request's address when it is the visitor's."""
+    ip = scope.event.get("ip_override")
+    return ip if ip or not scope.request.is_visitor else scope.request.ip
+
+
+def _user_agent(scope: Scope) -> Any:
+    """The event's `user_agent`, else the request's when the request is the visitor's: a
+    server-to-server caller's own agent (`Python-urllib`, `Java`) says nothing of the customer."""
+    agent = scope.event.get("user_agent")
+    return agent if agent or not scope.request.is_visitor else scope.request.user_agent
+
+
+def _agent_info(scope: Scope) -> UserAgentInfo:
+    agent = _user_agent(scope)
+    return user_agent_info(agent if isinstance(agent, str) else "")
+
+
 BUILTINS: dict[str, Callable[[Scope], Any]] = {
     # all the event data (as transformed for the tag), e.g. a webhook's body; a copy, so what
     # a tag sends does not follow later additions to the event
     "event": lambda s: dict(s.event),
     "event_name": lambda s: s.event.get("event_name"),
     "client_name": lambda s: s.client_name,
-    "client_ip": lambda s: s.event.get("ip_override") or s.request.ip,
+    "client_ip": _client_ip,
     "request_path": lambda s: s.request.path,
     "request_method": lambda s: s.request.method,
     "page_location": lambda s: s.event.get("page_location"),
     "page_hostname": _page_part("page_hostname"),
     "page_path": _page_part("page_path"),
-    "user_agent": lambda s: s.event.get("user_agent") or s.request.user_agent,
-    "user_agent.browser": lambda s: s.request.ua.browser,
-    "user_agent.os": lambda s: s.request.ua.os,
-    "user_agent.device_type": lambda s: s.request.ua.device_type,
-    "user_agent.is_bot": lambda s: s.request.ua.is_bot,
+    "user_agent": _user_agent,
+    "user_agent.browser": lambda s: _agent_info(s).browser,
+    "user_agent.os": lambda s: _agent_info(s).os,
+    "user_agent.device_type": lambda s: _agent_info(s).device_type,
+    "user_agent.is_bot": lambda s: _agent_info(s).is_bot,
     # where the visitor is: a trusted proxy's geo headers or the geo database (geo.py)
     "geo.country": lambda s: geography(s.event, s.request).country,
     "geo.region": lambda s: geography(s.event, s.request).region,

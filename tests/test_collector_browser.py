@@ -158,3 +158,59 @@ def test_demo_page_shows_the_event_ids_the_server_used(
     assert set(purchase["user_data"]) == {"email_address", "phone_number", "address"}
     assert purchase["user_id"] == "demo-customer-1"
     page.close()
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "collector.md"
+EARLY_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Early shop</title>
+<script>
+  window.fbqCalls = [];
+  window.fbq = function () { fbqCalls.push([].slice.call(arguments)); };  // the Pixel, faked
+</script>
+%(snippet)s
+<script>
+  // the documented recipe, run before collector.js can have loaded
+  window.early = tagserver('event', 'purchase', {value: 5, currency: 'EUR'}, {
+    callback: function (id, row) { window.earlyAnswer = {id: id, row: row}; }});
+  fbq('track', 'Purchase', {value: 5, currency: 'EUR'}, {eventID: window.early});
+  window.loadedAtCall = !!(window.tagserver && window.tagserver.loaded);
+  window.own = tagserver('event', 'lead', {}, {event_id: 'lead-7'});
+</script>
+</head><body><h1>Shop</h1></body></html>
+"""
+
+
+def documented_snippet(collector_url: str) -> str:
+    """The snippet exactly as docs/collector.md shows it, pointed at the test server."""
+    block = re.search(r"```html\n(.*?)```", DOCS.read_text(), re.DOTALL)
+    assert block, "docs/collector.md has no html snippet"
+    return block.group(1).replace("https://sgtm.shop.example/collector.js", collector_url)
+
+
+def test_the_documented_snippet_returns_the_event_id_before_collector_js_loads(
+    browser: Browser, tmp_path: Path
+) -> None:
+    server = ServerProcess(
+        tmp_path, minimal_container(clients=[{"name": "collector", "type": "collector"}])
+    )
+    with server:
+        snippet = documented_snippet(f"http://sgtm.shop.test:{server.port}/collector.js")
+        with PageServer(EARLY_PAGE % {"snippet": snippet}) as shop:
+            page = browser.new_page()
+            page.goto(f"http://www.shop.test:{shop.port}/checkout")
+            early = page.evaluate("window.early")
+            assert page.evaluate("window.loadedAtCall") is False  # the stub answered
+            assert isinstance(early, str) and re.fullmatch(r"\d+(-\d+){3}", early), early
+            assert page.evaluate("window.fbqCalls[0][3]") == {"eventID": early}
+            assert page.evaluate("window.own") == "lead-7"
+            # the loaded collector sends the queued event with the id the stub made
+            [purchase] = wait_for_event(server, lambda e: e["event_name"] == "purchase")
+            assert purchase["event_id"] == early
+            [lead] = wait_for_event(server, lambda e: e["event_name"] == "lead")
+            assert lead["event_id"] == "lead-7"
+            answer = wait_until(lambda: page.evaluate("window.earlyAnswer"), 10)
+            assert answer["id"] == early and answer["row"]["event_id"] == early
+            # once loaded, a call returns the id as before
+            later = page.evaluate("tagserver('event', 'view_item')")
+            assert later and later != early
+            page.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -13,13 +14,24 @@ import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
+from engine import compile_container, run_event
 from fakes.vendor import Answer, FakeVendor, webhook_tag
 from support import app_client, minimal_container, wait_until
 
 from tagserver.cli import main
 from tagserver.dispatch import Dispatcher, backoff
 from tagserver.outbox_backend import open_outbox
-from tagserver.plugins import Delivery, Message, Outgoing, Registry, Sender, Tag
+from tagserver.plugins import (
+    Delivery,
+    Message,
+    Outgoing,
+    Param,
+    Registry,
+    Sender,
+    Tag,
+    load_registry,
+)
+from tagserver.runtime import Runtime
 from tagserver.settings import Settings
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -472,3 +484,99 @@ def test_secrets_echoed_by_the_vendor_are_removed_from_dead_letters(
         (letter,) = wait_until(lambda: dead_letters(tmp_path / "data"), timeout=10)
     assert SECRET not in json.dumps(letter)
     assert "bad key [redacted] for /hook" in letter["error"]
+
+
+# -- declared secrets: a tag's `secret=True` params, whatever their names ----------------------
+
+PIN = "pin-7d1e-40c2-9b55"  # no key name says "secret" here: only the declaration does
+
+
+class CrmSender(Sender):
+    """Sends the account pin in the query and a header. The first call fails with the URL in
+    its error; then the vendor echoes the pin back in its answers."""
+
+    calls = 0
+
+    async def send(self, route: dict[str, Any], batch: list[Message]) -> list[Delivery]:
+        CrmSender.calls += 1
+        pin = route["account"]["pin"]
+        url = f"{route['url']}?pin={pin}"
+        if CrmSender.calls == 1:
+            raise RuntimeError(f"connection refused: {url}")
+        results = []
+        for message in batch:
+            response = await self.http.post(url, json=message.payload, headers={"X-Pin": pin})
+            outcome = "retry" if response.status_code >= 500 else "permanent"
+            results.append(
+                Delivery(outcome, status=response.status_code, error=response.text,
+                         code=pin, response=response.json())
+            )  # fmt: skip
+        return results
+
+
+class CrmTag(Tag):
+    params = (Param("url", required=True), Param("account", "object", secret=True))
+    sender_class = CrmSender
+
+    def fire(self, event, params, ctx):
+        route = {"url": params["url"], "account": params["account"]}
+        return [Outgoing("crm:1", {"event": event["event_name"]}, event["event_id"], route=route)]
+
+
+async def test_a_secret_param_is_never_shown_even_when_the_vendor_echoes_it(
+    tmp_path, outbox_backend, vendor, caplog
+):
+    CrmSender.calls = 0
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore", "tagserver"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    echo = f'{{"error": "pin {PIN} is locked"}}'.encode()
+    vendor.then(Answer(500, echo), Answer(400, echo))
+    installed = load_registry()
+    registry = Registry(installed.clients, {**installed.tags, "acme_crm": CrmTag})
+    data = {
+        "name": "secrets",
+        # the pin comes from a variable nobody marked secret: the param's declaration is enough
+        "variables": [{"name": "crm_pin", "type": "constant", "value": PIN}],
+        "triggers": [{"name": "all", "event": "*"}],
+        "tags": [{"name": "crm", "type": "acme_crm", "fire_on": ["all"],
+                  "params": {"url": vendor.url + "/crm", "account": {"pin": "{{crm_pin}}"}}}],
+    }  # fmt: skip
+    settings = Settings.from_env({}, data_dir=str(tmp_path), **FAST, **outbox_backend)
+    runtime = Runtime(compile_container(data, settings, registry), settings)
+    result = run_event(data, {"event_name": "lead", "event_id": "e1"}, trace_id="t1",
+                       runtime=runtime, settings=settings)  # fmt: skip
+    [message] = result.outgoing
+    assert message.secrets == (PIN,)
+    trace = {"tags": [t.as_dict() for t in result.tags], "variables": result.variables}
+
+    outbox = open_outbox(settings)
+    await outbox.start()
+    preview = RecordingPreview()
+    dispatcher = Dispatcher(
+        outbox, registry, settings, preview=preview, redact=lambda: runtime.redact
+    )
+    await dispatcher.start()
+    try:
+        await outbox.put(result.outgoing)
+        for _ in range(200):
+            if len(preview.deliveries) == 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await dispatcher.close()
+        await outbox.close()
+    assert [r.headers["x-pin"] for r in vendor.received] == [PIN, PIN]  # the vendor got it
+    (letter,) = await asyncio.to_thread(dead_letters, tmp_path)  # the CLI runs its own loop
+    outcomes = [d["outcome"] for _, d in preview.deliveries]
+    assert outcomes == ["retry", "retry", "dead_letter"]
+    assert "pin [redacted] is locked" in letter["error"]
+    assert "sender failed: RuntimeError: connection refused:" in preview.deliveries[0][1]["error"]
+    shown = {
+        "trace": trace,
+        "deliveries": preview.deliveries,
+        "dead letter": letter,
+        "logs": caplog.text,
+    }
+    for where, value in shown.items():
+        assert PIN not in json.dumps(value, default=str), where

@@ -31,5 +31,8 @@ def test_readme_has_exactly_the_two_setup_commands():
     readme = (ROOT / "README.md").read_text()
     quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = [block.split("\n")[1] for block in quick_start.split("```sh")[1:]]
-    assert commands == ["pip install -e . && tagserver serve", "bash scripts/test.sh"]
+    assert commands == [
+        "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/tagserver serve",
+        "bash scripts/test.sh",
+    ]
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()

@@ -162,7 +162,8 @@ def test_url_is_required(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 1
     assert (
-        'tags[0].params.url: required parameter of tag "http_request" is missing' in result.output
+        'tags[0] "h": params.url: required parameter of tag "http_request" is missing'
+        in result.output
     )
 
 

@@ -30,7 +30,7 @@ EMAIL_HASH = hashlib.sha256(b"jane.doe@example.com").hexdigest()
 
 
 def container(**extra: Any) -> dict[str, Any]:
-    return minimal_container(
+    options: dict[str, Any] = dict(
         clients=[{"name": "events_api", "type": "events_api"}, {"name": "collector", "type": "collector"}],
         tags=[
             {"name": "meta", "type": "meta_capi", "fire_on": ["all"]},
@@ -38,8 +38,8 @@ def container(**extra: Any) -> dict[str, Any]:
             {"name": "meta_plain", "type": "meta_capi", "fire_on": ["all"],
              "params": {"use_identity_cookie": False, "use_geography": False}},
         ],
-        **extra,
     )  # fmt: skip
+    return minimal_container(**{**options, **extra})
 
 
 def collect(client: TestClient, **envelope: Any) -> Any:
@@ -214,7 +214,12 @@ CF = {
 
 
 def geo_container() -> dict[str, Any]:
+    # the events API takes the request's IP and user agent (and so its geography) as the
+    # visitor's only when told to: a browser hit's proxy headers describe the visitor
+    clients = [{"name": "events_api", "type": "events_api",
+                "params": {"use_request_ip_and_user_agent": True}}]  # fmt: skip
     return container(
+        clients=clients,
         triggers=[
             {"name": "all", "event": "*"},
             {"name": "in_us", "event": "*",

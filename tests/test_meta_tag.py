@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from engine import run_event
 from prometheus_client import REGISTRY
 from support import app_client, minimal_container, wait_until
 from tagserver.tags.meta_capi import MetaCapiTag
@@ -99,7 +100,7 @@ def sent(event: dict[str, Any], params: dict[str, Any] | None = None, **kw: Any)
     """The server event the tag would send (dry run)."""
     outgoing, ctx = fire(event, params, **kw)
     assert outgoing == []
-    return ctx.notes["dry_run_payload"]["data"][0]
+    return ctx.dry_runs[0]["payload"]["data"][0]
 
 
 def refused(event: dict[str, Any], params: dict[str, Any] | None = None) -> str:
@@ -239,7 +240,7 @@ def test_fbc_cookie_is_kept_for_the_same_click_and_replaced_for_a_new_one():
 def test_malformed_fbp_fbc_and_ip_are_dropped_with_a_reason():
     event = purchase(ip_override="999.1.1.1", **{"x-fb-ck-fbp": "garbage", "x-fb-ck-fbc": "fb.x"})
     outgoing, ctx = fire(event)
-    user = ctx.notes["dry_run_payload"]["data"][0]["user_data"]
+    user = ctx.dry_runs[0]["payload"]["data"][0]["user_data"]
     assert "fbp" not in user and "fbc" not in user and "client_ip_address" not in user
     dropped = ctx.notes["dropped_user_data"]
     assert set(dropped) >= {"fbp", "fbc", "client_ip_address"}
@@ -261,7 +262,7 @@ def test_unusable_values_are_dropped_and_named():
     ud = {"email_address": "not-an-email", "phone_number": "12", "gender": "x",
           "address": {"country": "Narnia", "first_name": "Ann"}}  # fmt: skip
     outgoing, ctx = fire(purchase(user_data=ud))
-    user = ctx.notes["dry_run_payload"]["data"][0]["user_data"]
+    user = ctx.dry_runs[0]["payload"]["data"][0]["user_data"]
     assert set(user) == {"fn", "external_id", "client_ip_address", "client_user_agent"}
     assert set(ctx.notes["dropped_user_data"]) == {"em", "ph", "ge", "country"}
 
@@ -463,10 +464,11 @@ def test_match_quality_metric_counts_exactly_like_prometheus_observe():
 def test_dry_run_without_pixel_or_token(params, missing):
     outgoing, ctx = fire(purchase(), {**params, "test_event_code": "TEST1"})
     assert outgoing == []
-    assert ctx.notes["status"] == f"dry run: no {missing}, so nothing is sent"
-    assert ctx.notes["dry_run_payload"]["test_event_code"] == "TEST1"
-    assert ctx.notes["dry_run_payload"]["data"][0]["event_id"] == "order-1001"
-    assert TOKEN not in json.dumps(ctx.notes)
+    [dry] = ctx.dry_runs
+    assert dry["reason"] == f"no {missing}, so nothing is sent"
+    assert dry["payload"]["test_event_code"] == "TEST1"
+    assert dry["payload"]["data"][0]["event_id"] == "order-1001"
+    assert TOKEN not in json.dumps(ctx.notes) and TOKEN not in json.dumps(ctx.dry_runs)
 
 
 def test_outgoing_message_for_the_sender():
@@ -480,6 +482,10 @@ def test_outgoing_message_for_the_sender():
     assert message.dedup_id == "Purchase:order-1001"
     assert message.deadline == NOW - 30 + 7 * 86400 - 600
     assert message.payload["event_id"] == "order-1001"
+    # the tag type is the name the tag is registered under: the engine sets it
+    container = {"name": "m", "triggers": [{"name": "all", "event": "*"}],
+                 "tags": [{"name": "meta", "type": "meta_capi", "fire_on": ["all"], "params": params}]}  # fmt: skip
+    [message] = run_event(container, purchase()).outgoing
     assert message.tag_type == "meta_capi"
     visible = json.dumps([message.destination, message.payload, message.dedup_id, ctx.notes])
     assert TOKEN not in visible
@@ -556,7 +562,9 @@ def test_preview_shows_the_dry_run_payload_and_match_quality_without_secrets(tmp
                  "user_data": {"email_address": "Buyer@Example.com"}}  # fmt: skip
         r = client.post("/api/events", json=event,
                         headers={**API, "X-Tagserver-Preview": session["token"]})  # fmt: skip
-        assert r.json()["results"][0]["tags_fired"] == ["meta"]
+        result = r.json()["results"][0]
+        assert result["tags_fired"] == []  # nothing was sent: the caller is told why
+        assert result["tags_not_fired"]["meta"] == "dry run: no pixel_id, so nothing is sent"
 
         def detail() -> Any:
             listing = client.get(f"/preview/api/s/{session['id']}/hits").json()["hits"]
@@ -566,8 +574,9 @@ def test_preview_shows_the_dry_run_payload_and_match_quality_without_secrets(tmp
 
         page = wait_until(detail, timeout=5)
         tag = page.json()["events"][0]["tags"][0]
-        assert tag["notes"]["status"] == "dry run: no pixel_id, so nothing is sent"
-        payload = tag["notes"]["dry_run_payload"]["data"][0]
+        assert tag["status"] == "dry_run"
+        assert tag["reason"] == "dry run: no pixel_id, so nothing is sent"
+        payload = tag["dry_run"][0]["payload"]["data"][0]
         assert payload["user_data"]["em"] == [sha("buyer@example.com")]
         assert payload["custom_data"] == {"value": 12, "currency": "USD", "coupon": "SPRING"}
         assert tag["notes"]["match_keys"] == ["em", "client_ip_address", "client_user_agent"]

@@ -136,7 +136,9 @@ def test_outbox_full_answers_503_and_keeps_everything_acknowledged(
         assert len(acked) == 5 and len(refused) == 4
         assert all(int(r.headers["retry-after"]) > 0 for r in refused)
         assert "the outbox is full" in refused[0].json()["error"]
-        assert client.get("/healthz").status_code == 200  # the server stays up
+        health = client.get("/healthz")  # the server stays up, and says it refuses hits
+        assert health.status_code == 503
+        assert "the outbox is full" in health.json()["reason"]
 
         dead_vendor.up()
         received = dead_vendor.wait_for(5, timeout=15)
@@ -153,7 +155,10 @@ def test_low_disk_answers_503_with_retry_after(tmp_path, vendor):
         assert r.status_code == 503
         assert int(r.headers["retry-after"]) > 0
         assert "free" in r.json()["error"]
-        assert client.get("/healthz").status_code == 200
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unavailable"
+        assert "below the minimum" in health.json()["reason"]
     time.sleep(0.2)
     assert vendor.received == []
 
@@ -178,10 +183,13 @@ def test_sqlite_disk_full_answers_503_and_loses_nothing_acknowledged(
         assert acked and full, {k: r.status_code for k, r in answers.items()}
         assert "disk holding the outbox is full" in full[0].json()["error"]
         assert "retry-after" in full[0].headers
-        assert client.get("/healthz").status_code == 200
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert "disk holding the outbox is full" in health.json()["reason"]
 
         limit(None)  # space again
         assert post(client, "later", padding=big).status_code == 200
+        assert client.get("/healthz").status_code == 200
         acked.append("later")
         dead_vendor.up()
         dead_vendor.wait_for(len(acked), timeout=15)
@@ -364,3 +372,25 @@ def test_a_writer_whose_server_dies_commits_what_it_got_and_exits_quietly(tmp_pa
     _, stderr = writer.communicate(timeout=10)
     assert writer.returncode == 0 and stderr == b""
     assert stored_ids(tmp_path) == ["id1"]
+
+
+def test_a_version_2_database_gets_the_secrets_column_and_keeps_its_messages(tmp_path):
+    path = database_path(tmp_path)
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE destinations (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
+        " tag_type TEXT NOT NULL, route BLOB NOT NULL, pending INTEGER NOT NULL DEFAULT 0,"
+        " updated_at REAL NOT NULL);"
+        "INSERT INTO destinations (key, tag_type, route, updated_at)"
+        " VALUES ('dest', 'http_request', '{\"url\": \"http://x\"}', 1.0);"
+    )
+    old.close()
+    store = Store.open(path)  # creates the other tables, adds the column: version 3
+    store.conn.execute(
+        "INSERT INTO messages (destination_id, payload, dedup_id, created_at, next_attempt_at)"
+        " VALUES (1, '{}', 'id1', 1.0, 1.0)"
+    )
+    claimed = store.claim(1, "w", 10, time.time() + 60, time.time())
+    assert claimed.ids and claimed.route == {"url": "http://x"} and claimed.secrets == ()
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    store.close()

@@ -57,8 +57,11 @@ def test_third_party_tag_is_validated_and_fires(tmp_path):
         env=env,
     )
     assert result.returncode == 1
-    assert "tags[0].params.times: expected integer, got string" in result.stdout
-    assert 'tags[0].params.word: required parameter of tag "acme_shout" is missing' in result.stdout
+    assert 'tags[0] "shout": params.times: expected integer, got string' in result.stdout
+    assert (
+        'tags[0] "shout": params.word: required parameter of tag "acme_shout" is missing'
+        in result.stdout
+    )
     assert "acme_broken" in result.stderr  # a broken plugin is reported, not fatal
 
     schema = subprocess.run(

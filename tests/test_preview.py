@@ -206,7 +206,9 @@ def test_a_hit_with_the_header_is_recorded_and_one_without_is_not(tmp_path):
         settle()
         assert len(hits(c, session["id"])) == 1
         assert hit["client"] == "events_api" and hit["status"] == 200
-        assert hit["events"] == [{"name": "purchase", "fired": 1, "tags": 1, "errors": 0}]
+        assert hit["events"] == [
+            {"name": "purchase", "fired": 1, "dry_run": 0, "tags": 1, "errors": 0}
+        ]
         detail = c.get(f"/preview/api/s/{session['id']}/hits/{hit['id']}").json()
         assert detail["events"][0]["event"]["value"] == 12.5
         assert detail["events"][0]["tags"][0]["status"] == "fired"
@@ -414,6 +416,7 @@ def test_a_meta_access_token_never_shows_in_preview(tmp_path):
         session = start_session(c)
         send(c, session["token"], "purchase", value=10, currency="EUR",
              page_location="https://www.shop.test/checkout", ip_override="203.0.113.5",
+             user_agent="Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
              user_data={"email_address": "Jane@Example.com"})  # fmt: skip
         [hit] = wait_hits(c, session["id"], 1)
         url = f"/preview/api/s/{session['id']}/hits/{hit['id']}"
@@ -601,18 +604,22 @@ def test_store_bounds_deliveries_and_feed(store):
         store.add_hits([("b", summary(f"b{i}", f"b{i}"), {"id": f"b{i}", "n": i})])
     assert [h["id"] for h in store.hits("a", 100)] == ["a2", "a3"]
     assert [h["id"] for h in store.hits("b", 100)] == ["b1", "b2", "b3"]
-    assert store.add_deliveries([("b3", {"outcome": "delivered"}), ("zz", {"outcome": "x"}),
-                                 ("b3", {"outcome": "retry"})]) == [1]  # fmt: skip
+    assert store.add_deliveries([("b3", {"outcome": "retry", "dedup_id": "m1"}),
+                                 ("zz", {"outcome": "x"}),
+                                 ("b3", {"outcome": "delivered", "dedup_id": "m1"}),
+                                 ("b3", {"outcome": "dead_letter", "dedup_id": "m2"})]) == [1]  # fmt: skip
     detail = store.hit("b", "b3")
     assert detail["n"] == 3 and [d["outcome"] for d in detail["deliveries"]] == [
-        "delivered",
         "retry",
+        "delivered",
+        "dead_letter",
     ]
     assert store.hit("a", "b3") is None  # another session's hit is not reachable
     feed = store.changes("b", cursor)
     kinds = [(e["kind"], e.get("trace_id") or e["hit"]["id"]) for e in feed]
     assert ("hit", "b3") in kinds and kinds[-2:] == [("delivery", "b3"), ("delivery", "b3")]
-    assert feed[-1]["deliveries"] == {"total": 2, "failed": 1}
+    # each message counts once, by its latest result: m1 retried, then delivered; m2 dead
+    assert feed[-1]["deliveries"] == {"total": 2, "delivered": 1, "retrying": 0, "failed": 1}
     assert store.changes("b", feed[-1]["seq"]) == []
     assert [s["id"] for s in store.list_sessions()] == ["b", "a"] or {
         s["id"] for s in store.list_sessions()} == {"a", "b"}  # fmt: skip

@@ -36,7 +36,7 @@ def test_hot_reload_swaps_valid_and_refuses_invalid(tmp_path):
         broken["tags"] = [{"name": "x", "type": "log", "fire_on": ["missing_trigger"]}]
         rewrite(server.container_path, broken)
         wait_until(lambda: "keeping the running one" in server.logs())
-        assert 'tags[0].fire_on[0]: no trigger named "missing_trigger"' in server.logs()
+        assert 'tags[0] "x": fire_on[0]: no trigger named "missing_trigger"' in server.logs()
         assert httpx.get(server.url + "/healthz").json()["container"]["version"] == "2"
         assert fired(server) == ["renamed"]
 

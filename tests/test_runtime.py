@@ -1,7 +1,15 @@
-"""Triggers, operators, consent and tag decisions, observed through the events API."""
+"""Triggers, operators, consent and tag decisions, run straight through the engine.
+
+Each case compiles a container with the installed registry and runs one event through
+`Runtime`, reading what the events API would answer (`tags_fired`, `tags_not_fired`). One
+end-to-end case at the bottom goes through the app and its events API.
+"""
 
 import pytest
+from engine import compile_container, run_event, summary
 from support import app_client
+
+from tagserver.plugins import Outgoing, Registry, Tag, load_registry
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -27,15 +35,8 @@ def container_with(
     }
 
 
-def send(client, *events):
-    response = client.post("/api/events", json={"events": list(events)}, headers=AUTH)
-    assert response.status_code == 200, response.text
-    return response.json()["results"]
-
-
-def fired(tmp_path, container, event):
-    with app_client(tmp_path, container) as client:
-        result = send(client, event)[0]
+def fired(container, event, **request):
+    result = summary(container, event, **request)
     return result["tags_fired"] == ["tag"], result
 
 
@@ -92,20 +93,20 @@ VARIABLE_FOR = {
 
 
 @pytest.mark.parametrize(("operator", "expected", "event", "should_fire"), OPERATOR_CASES)
-def test_operator(tmp_path, operator, expected, event, should_fire):
+def test_operator(operator, expected, event, should_fire):
     variable = VARIABLE_FOR[operator] or ("value" if "value" in event else "event_name")
     condition = {"variable": variable, "operator": operator, "value": expected}
-    did_fire, result = fired(tmp_path, container_with([condition]), event)
+    did_fire, result = fired(container_with([condition]), event)
     assert did_fire is should_fire, result
     negated = dict(condition, negate=True)
-    did_fire, result = fired(tmp_path, container_with([negated]), event)
+    did_fire, result = fired(container_with([negated]), event)
     assert did_fire is (not should_fire), result
 
 
 @pytest.mark.parametrize(
     "operator", ["equals", "contains", "starts_with", "ends_with", "matches_regex", "in"]
 )
-def test_ignore_case(tmp_path, operator):
+def test_ignore_case(operator):
     value = {
         "equals": "PURCHASE",
         "contains": "URCH",
@@ -115,16 +116,14 @@ def test_ignore_case(tmp_path, operator):
         "in": ["PURCHASE"],
     }[operator]
     condition = {"variable": "event_name", "operator": operator, "value": value}
-    assert fired(tmp_path, container_with([condition]), {"event_name": "purchase"})[0] is False
+    assert fired(container_with([condition]), {"event_name": "purchase"})[0] is False
     condition["ignore_case"] = True
-    assert fired(tmp_path, container_with([condition]), {"event_name": "purchase"})[0] is True
+    assert fired(container_with([condition]), {"event_name": "purchase"})[0] is True
 
 
-def test_not_fired_reason_names_the_condition_and_values(tmp_path):
+def test_not_fired_reason_names_the_condition_and_values():
     condition = {"variable": "value", "operator": "greater_than", "value": 100}
-    did_fire, result = fired(
-        tmp_path, container_with([condition]), {"event_name": "purchase", "value": 20}
-    )
+    did_fire, result = fired(container_with([condition]), {"event_name": "purchase", "value": 20})
     assert not did_fire
     reason = result["tags_not_fired"]["tag"]
     assert "value = 20" in reason and "greater than 100" in reason
@@ -143,36 +142,26 @@ def test_not_fired_reason_names_the_condition_and_values(tmp_path):
         ({"regex": "^PAGE", "ignore_case": True}, "page_view", True),
     ],
 )
-def test_event_name_filter(tmp_path, event_filter, name, should_fire):
-    did_fire, result = fired(tmp_path, container_with(event=event_filter), {"event_name": name})
+def test_event_name_filter(event_filter, name, should_fire):
+    did_fire, result = fired(container_with(event=event_filter), {"event_name": name})
     assert did_fire is should_fire, result
 
 
-def test_block_on_and_paused(tmp_path):
+def test_block_on_and_paused():
     bots = {
         "name": "bots",
         "conditions": [{"variable": "user_agent.is_bot", "operator": "equals", "value": True}],
     }
-    container = container_with(tag_extra={"block_on": ["bots"]}, triggers_extra=[bots])
-    with app_client(tmp_path, container) as client:
-        human = client.post(
-            "/api/events",
-            json={"event_name": "e"},
-            headers={
-                **AUTH,
-                "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36",
-            },
-        ).json()
-        bot = client.post(
-            "/api/events",
-            json={"event_name": "e"},
-            headers={**AUTH, "User-Agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"},
-        ).json()
-    assert human["results"][0]["tags_fired"] == ["tag"]
-    assert bot["results"][0]["tags_not_fired"]["tag"] == "blocked by trigger 'bots'"
-    did_fire, result = fired(
-        tmp_path, container_with(tag_extra={"paused": True}), {"event_name": "e"}
+    container = compile_container(
+        container_with(tag_extra={"block_on": ["bots"]}, triggers_extra=[bots])
     )
+    chrome = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Safari/537.36"
+    human = summary(container, {"event_name": "e"}, headers={"User-Agent": chrome})
+    googlebot = "Googlebot/2.1 (+http://www.google.com/bot.html)"
+    bot = summary(container, {"event_name": "e"}, headers={"User-Agent": googlebot})
+    assert human["tags_fired"] == ["tag"]
+    assert bot["tags_not_fired"]["tag"] == "blocked by trigger 'bots'"
+    did_fire, result = fired(container_with(tag_extra={"paused": True}), {"event_name": "e"})
     assert not did_fire and result["tags_not_fired"]["tag"] == "tag is paused"
 
 
@@ -188,16 +177,16 @@ def test_block_on_and_paused(tmp_path):
         ("strict", {"ad_storage": "denied"}, False),
     ],
 )
-def test_consent(tmp_path, mode, consent, should_fire):
+def test_consent(mode, consent, should_fire):
     event = {"event_name": "e", **({"consent": consent} if consent else {})}
     container = container_with(tag_extra={"consent": ["ad_storage"]}, consent_mode=mode)
-    did_fire, result = fired(tmp_path, container, event)
+    did_fire, result = fired(container, event)
     assert did_fire is should_fire, result
     if not should_fire:
         assert "ad_storage" in result["tags_not_fired"]["tag"]
 
 
-def test_a_raising_tag_does_not_affect_other_tags(tmp_path):
+def raising_container():
     container = container_with()
     # The log tag's `fields` param must be an object; a {{variable}} resolving to a list makes it raise.
     container["variables"] = [{"name": "bad", "type": "constant", "value": ["not", "an", "object"]}]
@@ -205,8 +194,45 @@ def test_a_raising_tag_does_not_affect_other_tags(tmp_path):
         {"name": "broken", "type": "log", "fire_on": ["t"], "params": {"fields": "{{bad}}"}},
         {"name": "tag", "type": "log", "fire_on": ["t"]},
     ]
-    with app_client(tmp_path, container) as client:
-        response = client.post("/api/events", json={"event_name": "e"}, headers=AUTH)
+    return container
+
+
+def test_a_raising_tag_does_not_affect_other_tags():
+    result = summary(raising_container(), {"event_name": "e"})
+    assert result["tags_fired"] == ["tag"]
+    assert (
+        result["tags_not_fired"]["broken"]
+        == "error: TypeError: params.fields: expected object, got array"
+    )
+
+
+def test_the_registry_name_is_the_tag_type_whatever_the_class_says():
+    """One plugin name: the entry point's. A class attribute that disagrees is overridden, and
+    every message the tag returns carries the registered name (the dispatcher finds the
+    sender by it)."""
+
+    class Renamed(Tag):
+        type_name = "something_else"
+
+        def fire(self, event, params, ctx):
+            return [Outgoing("renamed:1", {"n": 1}, "d1", tag_type="wrong")]
+
+    installed = load_registry()
+    registry = Registry(installed.clients, {**installed.tags, "acme_renamed": Renamed})
+    container = container_with()
+    container["tags"] = [{"name": "tag", "type": "acme_renamed", "fire_on": ["t"]}]
+    compiled = compile_container(container, reg=registry)
+    assert compiled.tags[0].instance.type_name == "acme_renamed"
+    [message] = run_event(compiled, {"event_name": "e"}).outgoing
+    assert message.tag_type == "acme_renamed" and message.tag_name == "tag"
+
+
+# -- end to end: the same decisions through the app and its events API ---------------------
+
+
+def test_decisions_reach_the_events_api_caller(tmp_path):
+    with app_client(tmp_path, raising_container()) as client:
+        response = client.post("/api/events", json={"events": [{"event_name": "e"}]}, headers=AUTH)
     assert response.status_code == 200
     result = response.json()["results"][0]
     assert result["tags_fired"] == ["tag"]

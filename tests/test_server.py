@@ -9,8 +9,14 @@ AUTH = {"Authorization": "Bearer test-key"}
 
 
 def ip_logging_container():
+    # the request's address is the customer's only when the events API client opts in
     container = minimal_container()
-    container["tags"][0]["params"] = {"fields": {"ip": "{{client_ip}}"}, "include_event": False}
+    container["clients"][0]["params"] = {"use_request_ip_and_user_agent": True}
+    container["tags"][0]["params"] = {
+        "fields": {"ip": "{{client_ip}}"},
+        "include_event": False,
+        "ip_addresses": "full",  # (the log tag masks the host part by default)
+    }
     return container
 
 

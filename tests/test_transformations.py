@@ -55,6 +55,7 @@ EVENT = {
     "event_name": "purchase", "value": 42.5, "currency": "EUR", "transaction_id": "T-9",
     "page_location": "https://shop.test/checkout", "page_section": "checkout",
     "user_data": {"email_address": "Ann@Example.com", "phone_number": "+49 170 1234567"},
+    "user_agent": UA,  # the customer's: the events API never takes the caller's for it
 }  # fmt: skip
 
 

@@ -63,23 +63,114 @@ def test_five_mistakes_give_five_messages_with_paths(tmp_path):
     path.write_text(json.dumps(data))
     result = run_cli("validate", str(path))
     assert result.returncode == 1
-    lines = [line.strip() for line in result.stdout.splitlines()[1:] if line.strip()]
+    assert result.stdout.startswith(f"{path}: 5 problems\n")
+    # each line: the file and line, the entry's name, the path inside it, the message
+    lines = [
+        line.strip().removeprefix(f"{path}:1: ")
+        for line in result.stdout.splitlines()[1:]
+        if line.strip()
+    ]
     assert len(lines) == 5, result.stdout
     assert any(
-        line.startswith("tags[0].fire_on[0]:") and 'did you mean "purchase"' in line
+        line.startswith('tags[0] "log": fire_on[0]:') and 'did you mean "purchase"' in line
         for line in lines
     )
-    assert any(line.startswith("tags[1].type:") and 'did you mean "log"' in line for line in lines)
-    assert any(line.startswith("tags[2].name:") and "duplicate" in line for line in lines)
     assert any(
-        line.startswith("triggers[0].conditions[0].variable:")
+        line.startswith('tags[1] "hook": type:') and 'did you mean "log"' in line for line in lines
+    )
+    assert any(line.startswith('tags[2] "log": name:') and "duplicate" in line for line in lines)
+    assert any(
+        line.startswith('triggers[0] "purchase": conditions[0].variable:')
         and 'did you mean "order_value"' in line
         for line in lines
     )
     assert any(
-        line.startswith("triggers[1].event.regex:") and "invalid regular expression" in line
+        line.startswith('triggers[1] "landing": event.regex:')
+        and "invalid regular expression" in line
         for line in lines
     )
+
+
+CONTAINER_WITH_MISTAKES = """{
+  "name": "shop",
+  "clients": [{"name": "api", "type": "events_api"}],
+  "variables": [],
+  "triggers": [
+    {"name": "all", "event": "*"},
+    {
+      "name": "purchase",
+      "event": "purchase",
+      "conditions": [
+        {"variable": "valeu", "operator": ">", "value": 0}
+      ]
+    }
+  ],
+  "tags": [{"name": "log", "type": "log", "fire_on": ["all"]}]
+}
+"""
+
+
+def test_messages_name_the_file_line_and_entry(tmp_path):
+    path = tmp_path / "container.json"
+    path.write_text(CONTAINER_WITH_MISTAKES)
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[1:] == [
+        f'  {path}:11: triggers[1] "purchase": conditions[0].variable: no variable named '
+        '"valeu" — did you mean "value"?',
+        f'  {path}:11: triggers[1] "purchase": conditions[0].operator: unknown operator ">" — '
+        'did you mean "greater_than"? (operators: equals, contains, starts_with, ends_with, '
+        "matches_regex, greater_than, greater_or_equal, less_than, less_or_equal, in, in_cidr)",
+    ]
+
+
+def test_one_problem_is_one_problem(tmp_path):
+    path = tmp_path / "container.json"
+    path.write_text(CONTAINER_WITH_MISTAKES.replace("valeu", "value"))
+    result = run_cli("validate", str(path))
+    assert result.stdout.splitlines()[0] == f"{path}: 1 problem"
+    serve = run_cli("serve", "--container", str(path), "--data-dir", str(tmp_path / "data"))
+    assert serve.returncode == 1
+    assert f"{path}: 1 problem; not starting:" in serve.stderr
+    assert f'{path}:11: triggers[1] "purchase": conditions[0].operator' in serve.stderr
+
+
+@pytest.mark.parametrize(
+    ("operator", "suggestion"),
+    [
+        (">", '"greater_than"?'),
+        ("gt", '"greater_than"?'),
+        (">=", '"greater_or_equal"?'),
+        ("<", '"less_than"?'),
+        ("lt", '"less_than"?'),
+        ("<=", '"less_or_equal"?'),
+        ("==", '"equals"?'),
+        ("!=", '"equals" with "negate": true?'),
+        ("not_in", '"in" with "negate": true?'),
+        ("regex", '"matches_regex"?'),
+        ("startswith", '"starts_with"?'),
+        ("contain", '"contains"?'),
+    ],
+)
+def test_unknown_operators_get_a_suggestion_and_the_list(operator, suggestion):
+    condition = {"variable": "value", "operator": operator, "value": 1}
+    [found] = problems(base(triggers=[{"name": "purchase", "conditions": [condition]}]))
+    assert found.startswith(f'triggers[0].conditions[0].operator: unknown operator "{operator}"')
+    assert f"did you mean {suggestion}" in found
+    assert found.endswith("less_or_equal, in, in_cidr)")
+
+
+def test_builtins_are_suggested_for_misspelt_variables():
+    condition = {"variable": "client_pi", "operator": "equals", "value": "x"}
+    tag = {"name": "log", "type": "log", "fire_on": ["t"],
+           "params": {"message": "{{event_nme}} {{currnecy}}"}}  # fmt: skip
+    found = problems(base(triggers=[{"name": "t", "conditions": [condition]}], tags=[tag]))
+    assert found == [
+        'triggers[0].conditions[0].variable: no variable named "client_pi" — did you mean '
+        '"client_ip"?',
+        'tags[0].params.message: no variable named "event_nme" — did you mean "event_name"?',
+        'tags[0].params.message: no variable named "currnecy" — did you mean "currency"?',
+    ]
 
 
 def test_json_syntax_error_has_line_and_column(tmp_path):
@@ -310,3 +401,28 @@ def test_default_container_matches_schema():
     schema = json.loads(run_cli("schema").stdout)
     with open(ROOT / "container.json") as f:
         jsonschema.validate(json.load(f), schema)
+
+
+def test_lines_are_found_for_every_value_of_any_json():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from tagserver.problems import value_lines
+
+    values = st.recursive(
+        st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(st.text(max_size=5), children, max_size=3)
+        ),
+        max_leaves=20,
+    )
+
+    @given(values)
+    def check(value):
+        text = json.dumps(value, indent=2)
+        lines = value_lines(text)
+        assert lines[()] == 1
+        assert max(lines.values()) <= text.count("\n") + 1
+
+    check()

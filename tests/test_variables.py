@@ -1,12 +1,16 @@
-"""Every variable type and built-in, observed in the `log` tag's output line."""
+"""Every variable type and built-in, observed in the `log` tag's output line.
+
+Events run straight through the engine (`Runtime`, no app): the request is the one a hit
+to the events API would have come with, from the in-process test client's peer.
+"""
 
 import json
 import logging
+from urllib.parse import parse_qsl
 
 import pytest
-from support import app_client
+from engine import run_event
 
-AUTH = {"Authorization": "Bearer test-key"}
 CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36"
 IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
 IPAD = "Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
@@ -14,7 +18,6 @@ BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
 
 def logged_fields(
-    tmp_path,
     caplog,
     variables,
     fields,
@@ -39,19 +42,21 @@ def logged_fields(
         ],
     }
     caplog.set_level(logging.INFO, logger="tagserver.tag.log")
-    with app_client(tmp_path, container) as client:
-        for name, value in (cookies or {}).items():
-            client.cookies.set(name, value)
-        response = client.post(
-            "/api/events" + query, json=event, headers={**AUTH, **(headers or {})}
-        )
-        assert response.status_code == 200, response.text
+    result = run_event(
+        container,
+        event,
+        headers=headers,
+        cookies=cookies,
+        query=dict(parse_qsl(query.lstrip("?"))),
+        peer_ip="testclient",
+    )
+    assert result.fired == ["log"], result.summary(0)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tagserver.tag.log"]
     assert len(lines) == 1
     return lines[0]
 
 
-def test_user_variable_types(tmp_path, caplog, monkeypatch):
+def test_user_variable_types(caplog, monkeypatch):
     monkeypatch.setenv("SHOP_REGION", "eu-west")
     variables = [
         {"name": "email", "type": "event_data", "key": "user_data.email_address"},
@@ -104,7 +109,6 @@ def test_user_variable_types(tmp_path, caplog, monkeypatch):
         "items": [{"item_id": "SKU-1"}],
     }
     line = logged_fields(
-        tmp_path,
         caplog,
         variables,
         fields,
@@ -130,7 +134,7 @@ def test_user_variable_types(tmp_path, caplog, monkeypatch):
     }
 
 
-def test_builtins_and_interpolation(tmp_path, caplog):
+def test_builtins_and_interpolation(caplog):
     fields = {
         "event_name": "{{event_name}}",
         "client_name": "{{client_name}}",
@@ -159,22 +163,21 @@ def test_builtins_and_interpolation(tmp_path, caplog):
         "currency": "EUR",
         "page_location": "https://shop.test/cart?step=2",
         "items": [{"price": 1}, {"price": 2.5}],
+        "user_agent": CHROME,  # the customer's; the calling server's is not theirs
     }
     line = logged_fields(
-        tmp_path,
         caplog,
         [],
         fields,
         event,
-        headers={"User-Agent": CHROME, "Accept-Language": "de-DE"},
+        headers={"User-Agent": "crm-sync/2", "Accept-Language": "de-DE"},
         cookies={"pref": "dark"},
         query="?src=crm",
     )
     f = line["fields"]
     assert f["event_name"] == "purchase" and f["client_name"] == "api"
-    assert (
-        f["client_ip"] == "testclient"
-    )  # the in-process client's peer name; see the ip_override test
+    # run in-process as a visitor's request (the events API's own case: test_caller_context)
+    assert f["client_ip"] == "testclient"
     assert f["request_path"] == "/api/events" and f["request_method"] == "POST"
     assert f["page_location"] == "https://shop.test/cart?step=2"
     assert f["page_hostname"] == "shop.test" and f["page_path"] == "/cart"
@@ -195,38 +198,35 @@ def test_builtins_and_interpolation(tmp_path, caplog):
     )
 
 
-def test_client_ip_prefers_ip_override(tmp_path, caplog):
+def test_client_ip_prefers_ip_override(caplog):
     line = logged_fields(
-        tmp_path,
         caplog,
         [],
         {"ip": "{{client_ip}}"},
         {"event_name": "e", "ip_override": "203.0.113.7"},
     )
-    assert line["fields"]["ip"] == "203.0.113.7"
+    assert line["fields"]["ip"] == "203.0.113.0"  # the log tag masks the host part
 
 
 @pytest.mark.parametrize(
     ("ua", "device", "is_bot"),
     [(IPHONE, "mobile", False), (IPAD, "tablet", False), (BOT, "bot", True)],
 )
-def test_device_type(tmp_path, caplog, ua, device, is_bot):
+def test_device_type(caplog, ua, device, is_bot):
     line = logged_fields(
-        tmp_path,
         caplog,
         [],
         {"d": "{{user_agent.device_type}}", "b": "{{user_agent.is_bot}}"},
-        {"event_name": "e"},
-        headers={"User-Agent": ua},
+        {"event_name": "e", "user_agent": ua},
+        headers={"User-Agent": "Java/17.0.2"},  # the calling server's: not the customer's
     )
     assert line["fields"] == {"d": device, "b": is_bot}
 
 
-def test_secret_env_variable_is_redacted_in_output(tmp_path, caplog, monkeypatch):
+def test_secret_env_variable_is_redacted_in_output(caplog, monkeypatch):
     monkeypatch.setenv("SHOP_TOKEN", "tok-very-secret-123")
     variables = [{"name": "token", "type": "env", "env": "SHOP_TOKEN", "secret": True}]
     line = logged_fields(
-        tmp_path,
         caplog,
         variables,
         {"auth": "Bearer {{token}}"},
@@ -238,9 +238,8 @@ def test_secret_env_variable_is_redacted_in_output(tmp_path, caplog, monkeypatch
     assert line["fields"]["auth"] == "Bearer [redacted]"
 
 
-def test_personal_data_is_masked_in_log_lines(tmp_path, caplog):
+def test_personal_data_is_masked_in_log_lines(caplog):
     line = logged_fields(
-        tmp_path,
         caplog,
         [],
         {},

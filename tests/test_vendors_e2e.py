@@ -238,9 +238,10 @@ def test_without_credentials_each_tag_runs_dry_and_preview_shows_the_exact_body(
                 "pinterest_capi": ("ad_account_id and access_token", "user_data", "em"),
                 "snapchat_capi": ("pixel_id and access_token", "user_data", "em")}  # fmt: skip
     for name, (missing, user_key, email_key) in expected.items():
-        notes = tags[name]["notes"]
-        assert notes["status"] == f"dry run: no {missing}, so nothing is sent"
-        [body_event] = notes["dry_run_payload"]["data"]
+        assert tags[name]["status"] == "dry_run"
+        [dry] = tags[name]["dry_run"]
+        assert dry["reason"] == f"no {missing}, so nothing is sent"
+        [body_event] = dry["payload"]["data"]
         assert body_event[user_key][email_key] == [sha("jane.doe@example.com")]
         assert body_event["event_id"] == "dry-1"
         assert tags[name]["outgoing"] == []

@@ -292,12 +292,12 @@ def test_validate_names_mapping_and_param_problems(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 1
     out = result.output
-    assert "clients[0].params.signature_header" in out and "cookie variable" in out
+    assert 'clients[0] "crm": params.signature_header' in out and "cookie variable" in out
     broken = copy.deepcopy(container)
     broken["clients"][0]["params"]["signature_header"] = "X-Sig"
     result = CliRunner().invoke(main, ["validate", str(write_container(tmp_path, broken))])
-    assert "clients[0].params.mapping.value: unknown key 'pefix'" in result.output
-    assert "clients[0].params.mapping.items.map: expected an object" in result.output
+    assert "clients[0] \"crm\": params.mapping.value: unknown key 'pefix'" in result.output
+    assert 'clients[0] "crm": params.mapping.items.map: expected an object' in result.output
 
 
 def test_webhook_hits_show_in_preview_with_the_secret_redacted(tmp_path):

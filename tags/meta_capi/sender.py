@@ -38,8 +38,6 @@ __all__ = ["MetaSender", "MAX_REQUESTS_PER_SEND"]
 
 log = logging.getLogger("tagserver.tag.meta_capi")
 
-install_token_log_filter()  # the token travels in the URL, which httpx logs
-
 
 GRAPH_URL = Setting(
     "meta_graph_url", "https://graph.facebook.com", "Base URL of the Graph API (tests, proxies)."
@@ -48,6 +46,10 @@ GRAPH_URL = Setting(
 
 class MetaSender(Sender):
     """Sends batches of server events for one destination (pixel, token, test code, version)."""
+
+    def __init__(self, http: Any, settings: Any) -> None:
+        super().__init__(http, settings)
+        install_token_log_filter()  # the token travels in the URL, which httpx logs
 
     async def send(self, route: dict[str, Any], batch: list[Message]) -> list[Delivery]:
         if not batch:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from tagserver import Delivery, Message, Sender, Setting
-from tagserver.toolkit.conversions import VendorAnswer, isolate, post_json
+from tagserver.toolkit.conversions import VendorAnswer, install_token_log_filter, isolate, post_json
 from tagserver.toolkit.http import retry_after_seconds
 from tagserver.toolkit.redact import Redactor
 
@@ -34,6 +34,10 @@ API_URL = Setting(
 
 
 class SnapchatSender(Sender):
+    def __init__(self, http: Any, settings: Any) -> None:
+        super().__init__(http, settings)
+        install_token_log_filter()  # the token travels in the URL, which httpx logs
+
     async def send(self, route: dict[str, Any], batch: list[Message]) -> list[Delivery]:
         if not batch:
             return []

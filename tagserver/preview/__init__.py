@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 
 from ..redact import Redactor
+from ..serving import base_url
 from ..settings import Settings
 from .auth import Auth, login_token, new_login_token
 from .recording import prepare_delivery, prepare_hit
@@ -200,7 +201,9 @@ class Preview:
         if not self.settings.preview_password:
             token, created = login_token(self.settings)
             if created:  # started without `tagserver serve` (which announces it): say it once
-                log.warning("preview: sign in at /preview/login?token=%s", token)
+                log.warning(
+                    "preview: sign in at %s/preview/login?token=%s", self.settings.root_path, token
+                )
 
     async def _prune_loop(self) -> None:
         """Forget sessions a day after they expired, now and every hour."""
@@ -256,10 +259,7 @@ def announce(settings: Settings) -> None:
     Without TAGSERVER_PREVIEW_PASSWORD a fresh sign-in token is made at every start and
     written to the data dir, where every worker reads the same one.
     """
-    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "localhost"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    base = f"http://{host}:{settings.port}"
+    base = base_url(settings)
     if settings.preview_password:
         print(
             f"tagserver preview: {base}/preview (sign in with TAGSERVER_PREVIEW_PASSWORD)",
@@ -270,8 +270,10 @@ def announce(settings: Settings) -> None:
     token = new_login_token(settings)
     print(
         f"tagserver preview: open {base}/preview/login?token={token}\n"
-        f"  (behind your proxy: https://<your tagging domain>/preview/login?token={token}; "
-        "the token changes at every start - set TAGSERVER_PREVIEW_PASSWORD for a fixed one)",
+        f"  (behind your proxy: https://<your tagging domain>{settings.root_path}/preview/login"
+        f"?token={token}; "
+        "the token changes at every start and with `tagserver preview link` - set "
+        "TAGSERVER_PREVIEW_PASSWORD for a fixed one)",
         file=sys.stderr,
         flush=True,
     )

@@ -139,7 +139,7 @@ class Auth:
             LOGIN_COOKIE,
             str(self.serializer.dumps({"v": self._fingerprint()})),
             max_age=LOGIN_TTL,
-            path="/preview",
+            path=self.settings.root_path + "/preview",
             httponly=True,
             secure=secure,
             samesite="strict",
@@ -147,5 +147,9 @@ class Auth:
 
     def sign_out(self, response: Response, secure: bool) -> None:
         response.delete_cookie(
-            LOGIN_COOKIE, path="/preview", httponly=True, secure=secure, samesite="strict"
+            LOGIN_COOKIE,
+            path=self.settings.root_path + "/preview",
+            httponly=True,
+            secure=secure,
+            samesite="strict",
         )

@@ -63,14 +63,17 @@ def summarize(trace: dict[str, Any]) -> dict[str, Any]:
         path, host = url[:200], ""
     events = []
     problems = 0
+    page = ""
     for entry in trace.get("events") or []:
         event = entry.get("event") or {}
         tags = entry.get("tags") or []
         errors = sum(1 for t in tags if t.get("status") in TAG_PROBLEMS)
         problems += errors
+        page = page or str(event.get("page_location") or "")
         events.append({
             "name": str(event.get("event_name") or "(no event_name)")[:100],
             "fired": sum(1 for t in tags if t.get("status") == "fired"),
+            "dry_run": sum(1 for t in tags if t.get("status") == "dry_run"),
             "tags": len(tags),
             "errors": errors,
         })  # fmt: skip
@@ -80,12 +83,14 @@ def summarize(trace: dict[str, Any]) -> dict[str, Any]:
         "method": str(request.get("method") or "")[:10],
         "path": path[:300],
         "host": host[:200],
+        "page": (page or str((request.get("headers") or {}).get("referer") or ""))[:500],
         "client": trace.get("client"),
         "status": trace.get("status"),
         "error": (str(trace["error"])[:300] if trace.get("error") else None),
         "duration_ms": trace.get("duration_ms"),
         "event_count": len(events),
         "events": events[:MAX_LIST_EVENTS],
+        "rejected": len(trace.get("rejected") or []),
         "tag_errors": problems,
         "container": _container_version(trace),
     }

@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
 from ..event import RequestContext
+from ..settings import ROOT_PATH_SCOPE_KEY
 from .sessions import PreviewSession
 
 if TYPE_CHECKING:
@@ -50,7 +51,17 @@ HIT_LIST_LIMIT = 500
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-templates = Jinja2Templates(directory=str(files("tagserver") / "templates"))
+
+def root(request: Request) -> str:
+    """TAGSERVER_ROOT_PATH, which the app puts in the scope: the prefix every link and
+    redirect of the pages starts with."""
+    return str(request.scope.get(ROOT_PATH_SCOPE_KEY, ""))
+
+
+templates = Jinja2Templates(
+    directory=str(files("tagserver") / "templates"),
+    context_processors=[lambda request: {"root": root(request)}],
+)
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -112,8 +123,9 @@ class Views:
         async def wrapper(request: Request) -> Response:
             if not await asyncio.to_thread(self.auth.signed_in, request):
                 if page:
-                    return RedirectResponse(f"/preview/login?next={request.url.path}", 303)
-                return error(401, "sign in to preview first (/preview/login)")
+                    login = f"{root(request)}/preview/login?next={request.url.path}"
+                    return RedirectResponse(login, 303)
+                return error(401, f"sign in to preview first ({root(request)}/preview/login)")
             if request.method == "POST" and not same_origin(request, self.context):
                 return error(403, "cross-site request refused")
             return await endpoint(request)
@@ -134,7 +146,8 @@ class Views:
         if token:  # the link printed at start-up
             return await self._attempt(request, token, safe_next(request.query_params.get("next")))
         if await asyncio.to_thread(self.auth.signed_in, request):
-            return RedirectResponse(safe_next(request.query_params.get("next")), 303)
+            next_url = safe_next(request.query_params.get("next"))
+            return RedirectResponse(root(request) + next_url, 303)
         return self._login_form(request, None, 200)
 
     async def login(self, request: Request) -> Response:
@@ -156,7 +169,7 @@ class Views:
             what = "password" if self.auth.uses_password else "sign-in token"
             return self._login_form(request, f"Wrong {what}.", 401)
         await asyncio.to_thread(self.auth.succeeded, ctx.ip)
-        response = RedirectResponse(next_url, 303)
+        response = RedirectResponse(root(request) + next_url, 303)
         self.auth.sign_in(response, ctx.is_https)
         return response
 
@@ -173,7 +186,7 @@ class Views:
         )
 
     async def logout(self, request: Request) -> Response:
-        response = RedirectResponse("/preview/login", 303)
+        response = RedirectResponse(f"{root(request)}/preview/login", 303)
         self.auth.sign_out(response, self.context(request).is_https)
         return response
 
@@ -199,7 +212,7 @@ class Views:
         session = await asyncio.to_thread(self.sessions.start, form.get("name", ""))
         if wants_json(request):
             return json_response(self.session_json(request, session), 201)
-        return RedirectResponse(f"/preview/s/{session.id}", 303)
+        return RedirectResponse(f"{root(request)}/preview/s/{session.id}", 303)
 
     async def session_page(self, request: Request) -> Response:
         session = await self.session_or_404(request)
@@ -214,6 +227,7 @@ class Views:
     def session_json(self, request: Request, session: PreviewSession) -> dict[str, Any]:
         ctx = self.context(request)
         origin = f"{'https' if ctx.is_https else 'http'}://{ctx.host or 'localhost'}"
+        prefix = root(request)
         example = self.server.example()
         marked = self.sessions.verify(request.cookies.get("tagserver_preview", "")) == session.id
         now = time.time()
@@ -225,9 +239,9 @@ class Views:
             "param": "tagserver_preview",
             "header": "X-Tagserver-Preview",
             "origin": origin,
-            "site_url": origin + ("/demo" if self.preview.settings.demo else "/"),
-            "example_url": origin + (example.path if example is not None else "/"),
-            "curl": curl(origin, example, session.token),
+            "site_url": origin + (prefix + "/demo" if self.preview.settings.demo else "/"),
+            "example_url": origin + prefix + (example.path if example is not None else "/"),
+            "curl": curl(origin + prefix, example, session.token),
             "marked": marked,
             "limits": {
                 "per_session": self.preview.store.per_session,
@@ -280,7 +294,7 @@ class Views:
             await asyncio.to_thread(self.sessions.delete, sid)
             if wants_json(request):
                 return json_response({"deleted": sid})
-            return RedirectResponse("/preview", 303)
+            return RedirectResponse(f"{root(request)}/preview", 303)
         if action in ("mark", "unmark"):
             return await self.mark(request, action == "mark")
         if action not in actions:

@@ -61,9 +61,18 @@ class Store(Protocol):
 
 
 def delivery_stats(deliveries: list[dict[str, Any]]) -> dict[str, int]:
-    """How many delivery results a hit has, and how many of them were not a success."""
-    failed = sum(1 for d in deliveries if d.get("outcome") not in (None, "delivered"))
-    return {"total": len(deliveries), "failed": failed}
+    """A hit's messages by where their delivery stands now (each message's latest result):
+    `total` messages with a result, `delivered`, `retrying`, and `failed` (dead-lettered)."""
+    latest: dict[tuple[Any, Any], Any] = {}
+    for d in deliveries:  # in the order they happened: a later result replaces an earlier one
+        latest[(d.get("tag"), d.get("dedup_id"))] = d.get("outcome")
+    outcomes = list(latest.values())
+    return {
+        "total": len(outcomes),
+        "delivered": outcomes.count("delivered"),
+        "retrying": outcomes.count("retry"),
+        "failed": sum(1 for o in outcomes if o not in ("delivered", "retry")),
+    }
 
 
 def default_sqlite_path(settings: Settings) -> Path:

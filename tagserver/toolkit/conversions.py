@@ -79,14 +79,12 @@ class RedactTokens(logging.Filter):
 
 
 def install_token_log_filter() -> None:
-    """Install `RedactTokens` on httpx's and httpcore's loggers, once."""
+    """Install `RedactTokens` on httpx's and httpcore's loggers, once. Called by the senders
+    whose token travels in the URL when they are created, never on import."""
     for name in ("httpx", "httpcore"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
-
-
-install_token_log_filter()
 
 
 class Refusal(TagRejected):
@@ -507,8 +505,8 @@ class ConversionsTag(Tag):
             raise
         self._observe(quality.score)
         if target.route is None:
-            notes["status"] = f"dry run: no {target.missing}, so nothing is sent"
-            notes["dry_run_payload"] = self.dry_run_body(payload, target)
+            reason = f"no {target.missing}, so nothing is sent"
+            ctx.dry_run(self.dry_run_body(payload, target), reason)
             return []
         return [
             Outgoing(
