@@ -21,7 +21,10 @@ CF = {"CF-IPCountry": "US", "CF-Region-Code": "CA", "CF-IPCity": "Mountain View"
 
 def test_preview_shows_the_gain_and_reused_ids(browser: Browser, tmp_path: Path) -> None:
     container = minimal_container(
-        clients=[{"name": "events_api", "type": "events_api"},
+        # the request's IP, user agent and geo headers stand for the visitor's (a proxy-like
+        # caller): without this, server-to-server events get none of them
+        clients=[{"name": "events_api", "type": "events_api",
+                  "params": {"use_request_ip_and_user_agent": True}},
                  {"name": "collector", "type": "collector"}],
         tags=[{"name": "meta", "type": "meta_capi", "fire_on": ["all"]}],  # a dry run
     )  # fmt: skip
