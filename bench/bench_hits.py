@@ -8,6 +8,8 @@
     python bench/bench_hits.py --mode outage --outage-minutes 1
     python bench/bench_hits.py --mode hits --tree ../other-checkout   # two versions of C
     python bench/bench_hits.py --mode hits --postgres   # B and C on a PostgreSQL outbox too
+    python bench/bench_hits.py --mode hits --identity   # + a Meta tag, with and without the
+                                                        #   identity cookie and geo headers
 
 The real job (`real`, the default): the shipped `container.json` unchanged (log_all,
 meta_capi, the dry TikTok/Pinterest/Snapchat tags, ga4_forward) with the Meta tag live
@@ -35,7 +37,10 @@ C's maximum. `--tree DIR` adds C as another checkout runs it (C1, C2 ...), in th
 on a shared machine, only versions measured side by side can be compared. `--postgres` starts
 a PostgreSQL (Debian's binaries, a temporary cluster on loopback) and adds B and C with the
 outbox there (`TAGSERVER_OUTBOX_URL`), in the same rounds; at the end the vendor of both C
-servers comes up and each one's drain rate is measured for `--drain-seconds`.
+servers comes up and each one's drain rate is measured for `--drain-seconds`. `--identity`
+adds CM (C plus a `meta_capi` tag, Graph unreachable, hits with a User-Agent) and CI (the same server
+setup, every hit carrying a valid identity cookie and Cloudflare geo headers): CI / CM is what
+opening the cookie (AES-GCM) and filling the event's keys cost per hit.
 
 Outage (`outage`): the fake vendor is down for N minutes while `hey` sends a steady rate of
 hits; prints the server's RSS and the outbox backlog over time (memory stays flat: the backlog
@@ -81,12 +86,18 @@ local body = [[%s]]
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %s"
+%s
 request = function()
   counter = counter + 1
   local id = string.format("bench-%%d-%%d", os.time(), counter)
   return wrk.format(nil, "/api/events", nil, (body:gsub("EVENT_ID", id)))
 end
 """
+# for CM and CI (--identity): a browser's User-Agent; CI adds the cookie and geo headers
+IDENTITY_SECRET = "bench-identity-secret-key"
+UA_HEADER = 'wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0"'
+META_TAG = {"name": "meta", "type": "meta_capi", "fire_on": ["all"],
+            "params": {"pixel_id": "1234567890", "access_token": "bench-token"}}  # fmt: skip
 BARE_APP = """
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -232,6 +243,20 @@ TRANSFORMATIONS = [
 ]
 
 
+def identity_headers() -> str:
+    """wrk header lines: a valid identity cookie (email, phone, name, city sealed with the
+    bench's secret key) and Cloudflare geo headers (loopback is a trusted proxy)."""
+    sys.path.insert(0, str(ROOT))
+    from tagserver.identity_cookie import Keyring, hashed_keys
+
+    user = {"email_address": "jane@example.com", "phone_number": "+16505551212",
+            "address": {"first_name": "Jane", "last_name": "Doe", "city": "Paris"}}  # fmt: skip
+    value = Keyring(IDENTITY_SECRET, []).seal(hashed_keys(user), int(time.time()))
+    headers = {"Cookie": f"tagserver_ident={value}", "CF-IPCountry": "FR",
+               "CF-Region-Code": "IDF", "CF-Postal-Code": "75001"}  # fmt: skip
+    return "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+
+
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
     import httpx
 
@@ -291,6 +316,7 @@ class Servers:
         transformations: list[dict[str, Any]] | None = None,
         container: dict[str, Any] | None = None,
         workers: int = 1,
+        extra_tags: list[dict[str, Any]] | None = None,
     ) -> tuple[str, subprocess.Popen[bytes]]:
         """`tagserver serve` with one worker; from `tree` (a checkout) if given: with the
         checkout's own `.venv` when it has one (its entry points and package mapping), else
@@ -323,6 +349,7 @@ class Servers:
         }
         if transformations:
             container["transformations"] = transformations
+        container["tags"].extend(extra_tags or [])
         path = self.work / f"{name}.json"
         path.write_text(json.dumps(container))
         port = free_port()
@@ -353,9 +380,13 @@ class Servers:
         if pin and self.pin is not None:
             args = ["taskset", "-c", str(self.pin), *args]
         log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        # an empty working directory: `python -m` puts it first on sys.path, and B's data dir
+        # (work/tagserver) there would shadow the tagserver package as a namespace package
+        cwd = self.work / "cwd"
+        cwd.mkdir(exist_ok=True)
         proc = subprocess.Popen(
             args, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=self.work,
+            start_new_session=True, cwd=cwd,
         )  # fmt: skip
         self.procs.append(proc)
         return proc
@@ -688,7 +719,8 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-hits-"))
     script = work / "post.lua"
     body = json.dumps({**BODY, "event_id": "EVENT_ID"})
-    script.write_text(LUA % (body, API_KEY))
+    script.write_text(LUA % (body, API_KEY, ""))
+    scripts: dict[str, Path] = {}
     servers = Servers(work)
     postgres = None
     try:
@@ -729,6 +761,24 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
             started["CT transformations"] = servers.start_tagserver(
                 "tagserver-ct", f"http://127.0.0.1:{free_port()}", transformations=TRANSFORMATIONS
             )
+        if args.identity:
+            # CM: C plus a Meta tag; CI: the same, hits with the identity cookie and geo
+            secret = {"TAGSERVER_SECRET_KEY": IDENTITY_SECRET,  # Graph unreachable, like C's
+                      "TAGSERVER_META_GRAPH_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
+            started["CM meta tag"] = servers.start_tagserver(
+                "tagserver-cm", f"http://127.0.0.1:{free_port()}", extra_env=secret,
+                extra_tags=[META_TAG],
+            )  # fmt: skip
+            started["CI meta + identity, geo"] = servers.start_tagserver(
+                "tagserver-ci", f"http://127.0.0.1:{free_port()}", extra_env=secret,
+                extra_tags=[META_TAG],
+            )  # fmt: skip
+            scripts["CM meta tag"] = work / "post-ua.lua"
+            scripts["CM meta tag"].write_text(LUA % (body, API_KEY, UA_HEADER))
+            scripts["CI meta + identity, geo"] = work / "post-identity.lua"
+            scripts["CI meta + identity, geo"].write_text(
+                LUA % (body, API_KEY, UA_HEADER + "\n" + identity_headers())
+            )
         contenders = {name: url for name, (url, _) in started.items()}
 
         def only(name: str) -> None:
@@ -740,12 +790,12 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
         print(f"# hits: {args.connections} connections, {args.duration}s per run, {machine()}")
         for name, url in contenders.items():  # warm up
             only(name)
-            wrk(url, 2, args.connections, script)
+            wrk(url, 2, args.connections, scripts.get(name, script))
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
         for round_no in range(args.rounds):
             for name, url in contenders.items():
                 only(name)
-                result = wrk(url, args.duration, args.connections, script)
+                result = wrk(url, args.duration, args.connections, scripts.get(name, script))
                 runs[name].append(result)
                 print(
                     f"round {round_no + 1} {name:<25} {result['rps']:>7.0f} hits/s  "
@@ -778,6 +828,9 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
                                   ("Cpg PostgreSQL, vendor down", "C tagserver, vendor down")):  # fmt: skip
                 ratio = summary[pg_name]["rps"] / summary[lite]["rps"]
                 print(f"  {pg_name}: {ratio:.2f} of {lite} (SQLite outbox); target ≥ 0.7")
+        if args.identity:
+            ratio = summary["CI meta + identity, geo"]["rps"] / summary["CM meta tag"]["rps"]
+            print(f"  CI meta + identity, geo: {ratio:.2f} of CM (the same without cookie, geo)")
         rate = args.steady_rate or round(summary["C tagserver, vendor down"]["rps"] / 2, -2)
         body_file = work / "body.json"
         body_file.write_text(json.dumps(BODY))
@@ -934,6 +987,12 @@ def main() -> None:
         "--transformations",
         action="store_true",
         help="also run C with an exclude and an augment transformation on its tag (CT)",
+    )
+    parser.add_argument(
+        "--identity",
+        action="store_true",
+        help="also run C plus a Meta tag without (CM) and with (CI) the identity cookie and "
+        "geo headers on every hit: the cost of opening the cookie and filling the keys",
     )
     parser.add_argument("--outage-minutes", type=float, default=5)
     parser.add_argument("--rate", type=float, default=200, help="hits/s during the outage")

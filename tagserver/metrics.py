@@ -126,9 +126,11 @@ def count_each(metric: Any, labelsets: tuple[tuple[str, ...], ...]) -> None:
         _schedule_flush()
 
 
-def observe(histogram: Any, value: float) -> None:
-    """`histogram.observe(value)` (a histogram, or one labelled child), applied at the next
-    flush."""
+def observe(histogram: Any, value: float, *labels: str) -> None:
+    """`histogram.observe(value)` (a histogram, or one labelled child; with `labels`, that
+    child of `histogram`), applied at the next flush."""
+    if labels:
+        histogram = labelled(histogram, *labels)
     key = (histogram, bisect_left(histogram_bounds(histogram), value))
     _buckets[key] = _buckets.get(key, 0) + 1
     _sums[histogram] = _sums.get(histogram, 0.0) + value

@@ -16,7 +16,8 @@ from typing import Any, Literal
 from . import metrics
 from .container import CompiledTag, Container
 from .event import Event, RequestContext
-from .plugins import FireContext, Outgoing, TagRejected
+from .match import record as record_match
+from .plugins import FireContext, MatchReport, Outgoing, TagRejected
 from .redact import REDACTED, Redactor, secret_values
 from .refs import text
 from .settings import Settings
@@ -52,6 +53,7 @@ class TagResult:
     transformations: list[dict[str, Any]] | None = None
     duplicates: int = 0  # messages the outbox had already (pending or delivered): not sent again
     redact: Redactor | None = None  # when traced and its secret params were templated
+    match: MatchReport | None = None  # where the match keys came from, when the tag tells
 
     @property
     def fired(self) -> bool:
@@ -79,6 +81,7 @@ class TagResult:
             "dry_run": self.dry_run,
             "received": self.received,
             "transformations": self.transformations,
+            "match": self.match.as_dict() if self.match is not None else None,
         }
 
 
@@ -87,6 +90,7 @@ class EventResult:
     event: Event
     tags: list[TagResult]
     variables: dict[str, Any] | None = None  # only when traced
+    warnings: list[str] | None = None  # e.g. a reused event id (see event_ids.py)
 
     @property
     def outgoing(self) -> list[Outgoing]:
@@ -99,13 +103,22 @@ class EventResult:
     def summary(self, index: int) -> dict[str, Any]:
         """What the events API tells its caller about the index-th event of a hit."""
         fired, not_fired, repeated = [], {}, []
+        match = None
         for t in self.tags:
             if t.status == "fired":
                 fired.append(t.tag)
                 if t.duplicates:
                     repeated.append(t.tag)
+                if t.match is not None:
+                    if match is None:
+                        match = {}
+                    match[t.tag] = t.match.as_dict()
             else:
                 not_fired[t.tag] = t.reason
+                if t.status == "dry_run" and t.match is not None:  # what it would have sent
+                    if match is None:
+                        match = {}
+                    match[t.tag] = t.match.as_dict()
         summary = {
             "index": index,
             "accepted": True,
@@ -119,6 +132,10 @@ class EventResult:
             # the same event id reached these tags' destinations before (pending, or
             # delivered within 48 hours): it is not sent again
             summary["duplicate_tags"] = repeated
+        if match is not None:  # per tag: which keys came from where, score before and after
+            summary["match"] = match
+        if self.warnings:
+            summary["warnings"] = self.warnings
         return summary
 
 
@@ -301,6 +318,10 @@ class Runtime:
             status, reason = "dry_run", f"dry run: {dry_run[0]['reason']}"
         result = TagResult(tag.name, tag.type, status, reason, checks, notes, outgoing)
         result.dry_run = dry_run
+        if ctx.match is not None:
+            result.match = ctx.match  # shown for a refused event too: it may say why
+            if status == "fired" or status == "dry_run":
+                record_match(tag.type, ctx.match)
         if trace:
             result.duration_ms = (time.perf_counter() - started) * 1000
             result.params = redact(
