@@ -1,12 +1,30 @@
 """Benchmark: hits per second, end to end, against a bare Starlette app on the same machine.
 
-    python bench/bench_hits.py                      # throughput, then a 5-minute vendor outage
-    python bench/bench_hits.py --mode hits          # throughput only
+    python bench/bench_hits.py                      # the real job (default), then idle tags
+    python bench/bench_hits.py --mode real --workers2   # + tagserver --workers 2
+    python bench/bench_hits.py --tree ../before     # + E and K from another checkout
+    python bench/bench_hits.py --mode one-tag       # the one-`http_request`-tag stand-in
+    python bench/bench_hits.py --mode all           # real job, one tag, then a vendor outage
     python bench/bench_hits.py --mode outage --outage-minutes 1
     python bench/bench_hits.py --mode hits --tree ../other-checkout   # two versions of C
     python bench/bench_hits.py --mode hits --postgres   # B and C on a PostgreSQL outbox too
+    python bench/bench_hits.py --mode hits --identity   # + a Meta tag, with and without the
+                                                        #   identity cookie and geo headers
 
-Throughput (`hits`): A = a bare Starlette app answering 204; B = `tagserver serve` handling the
+The real job (`real`, the default): the shipped `container.json` unchanged (log_all,
+meta_capi, the dry TikTok/Pinterest/Snapchat tags, ga4_forward) with the Meta tag live
+(pixel and token set) delivering to the fake Graph API (tests/fakes/graph.py) on loopback.
+E = events-API purchases with full `user_data`; K = collector `page_view`/`purchase` hits
+through /collect with a returning visitor's cookies (`_fbp`, `_fbc`, client id); I30 and
+I100 = E with 30 and 100 more `http_request` tags whose triggers never match the event; A =
+a bare Starlette app answering 204 to the same POSTs. Every server runs one worker pinned
+with `taskset` to the same core (`--server-core`), wrk runs on the other one, and runs
+alternate A E K I30 I100 A E K ... (the servers not measured are frozen with SIGSTOP).
+Prints hits/s, p50/p99, the ratios to A and the idle tags' cost; then p99 at half of each
+one's maximum rate (`hey`, when on PATH); `--workers2` adds E on `--workers 2` (unpinned)
+and its ratio to E.
+
+One tag (`one-tag`, was `hits`): A = a bare Starlette app answering 204; B = `tagserver serve` handling the
 same POST /api/events end to end (events API client → container with one `http_request` tag
 → outbox group commit → 200) while its dispatcher delivers every message to a fake vendor;
 C = the same with the vendor unreachable (its lane pauses, messages pile up on disk): the hit
@@ -19,7 +37,10 @@ C's maximum. `--tree DIR` adds C as another checkout runs it (C1, C2 ...), in th
 on a shared machine, only versions measured side by side can be compared. `--postgres` starts
 a PostgreSQL (Debian's binaries, a temporary cluster on loopback) and adds B and C with the
 outbox there (`TAGSERVER_OUTBOX_URL`), in the same rounds; at the end the vendor of both C
-servers comes up and each one's drain rate is measured for `--drain-seconds`.
+servers comes up and each one's drain rate is measured for `--drain-seconds`. `--identity`
+adds CM (C plus a `meta_capi` tag, Graph unreachable, hits with a User-Agent) and CI (the same server
+setup, every hit carrying a valid identity cookie and Cloudflare geo headers): CI / CM is what
+opening the cookie (AES-GCM) and filling the event's keys cost per hit.
 
 Outage (`outage`): the fake vendor is down for N minutes while `hey` sends a steady rate of
 hits; prints the server's RSS and the outbox backlog over time (memory stays flat: the backlog
@@ -65,12 +86,18 @@ local body = [[%s]]
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %s"
+%s
 request = function()
   counter = counter + 1
   local id = string.format("bench-%%d-%%d", os.time(), counter)
   return wrk.format(nil, "/api/events", nil, (body:gsub("EVENT_ID", id)))
 end
 """
+# for CM and CI (--identity): a browser's User-Agent; CI adds the cookie and geo headers
+IDENTITY_SECRET = "bench-identity-secret-key"
+UA_HEADER = 'wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0"'
+META_TAG = {"name": "meta", "type": "meta_capi", "fire_on": ["all"],
+            "params": {"pixel_id": "1234567890", "access_token": "bench-token"}}  # fmt: skip
 BARE_APP = """
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -98,6 +125,111 @@ same_exchange_app = Starlette(routes=[Route("/api/events", same_exchange, method
 """
 
 
+# -- the real job ---------------------------------------------------------------------------------
+
+DEFAULT_CONTAINER = ROOT / "container.json"
+PIXEL, TOKEN = "1234567890", "bench-meta-token"
+UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
+# an events-API purchase with full user data (the issue's scenario)
+PURCHASE = {
+    "event_name": "purchase",
+    "event_id": "EVENT_ID",
+    "client_id": "1234567890.1700000000",
+    "page_location": "https://shop.example/checkout/thanks?order=1",
+    "page_referrer": "https://shop.example/cart",
+    "value": 42.5,
+    "currency": "EUR",
+    "transaction_id": "T-1",
+    "items": [{"item_id": "SKU-1", "price": 21.25, "quantity": 2}],
+    "user_id": "customer-7",
+    "user_agent": UA,
+    "ip_override": "203.0.113.7",
+    "user_data": {
+        "email_address": "Jane.Doe@Example.com",
+        "phone_number": "+44 20 7946 0958",
+        "address": {
+            "first_name": "Jane",
+            "last_name": "Doe",
+            "city": "London",
+            "postal_code": "SW1A 1AA",
+            "country": "GB",
+        },
+    },  # fmt: skip
+}
+# a collector hit from collector.js: one event per hit, page_view or purchase in turn
+COLLECT = {
+    "pid": "3f2b8c1e-1d2f-4c4e-9a51-3f7a2b8c9d10",
+    "ts": 1700000000000,
+    "consent": {"ad_storage": "granted", "analytics_storage": "granted"},
+    "user": {"email": "jane.doe@example.com", "country": "GB"},
+    "events": [
+        {"name": "EVENT_NAME", "id": "EVENT_ID", "params": {"value": 42.5, "currency": "EUR",
+         "transaction_id": "T-1"},
+         "page": {"page_location": "https://shop.example/checkout/thanks",
+                  "page_referrer": "https://shop.example/cart", "page_title": "Thanks",
+                  "language": "en-GB", "screen_resolution": "1920x1080"}}
+    ],
+}  # fmt: skip
+LUA_EVENTS = """
+local counter = 0
+local body = [[%s]]
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+wrk.headers["User-Agent"] = "%s"
+request = function()
+  counter = counter + 1
+  local id = string.format("bench-%%d-%%d-%%d", os.time(), counter, math.random(1000000))
+  return wrk.format(nil, "/api/events", nil, (body:gsub("EVENT_ID", id)))
+end
+"""
+LUA_COLLECT = """
+local counter = 0
+local body = [[%s]]
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "text/plain;charset=UTF-8"
+wrk.headers["Origin"] = "%s"
+wrk.headers["User-Agent"] = "%s"
+wrk.headers["Cookie"] = "%s"
+request = function()
+  counter = counter + 1
+  local id = string.format("bench-%%d-%%d-%%d", os.time(), counter, math.random(1000000))
+  local name = (counter %% 2 == 0) and "purchase" or "page_view"
+  local text = body:gsub("EVENT_ID", id):gsub("EVENT_NAME", name)
+  return wrk.format(nil, "/collect", nil, text)
+end
+"""
+BARE_REAL_APP = """
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+async def hit(request):
+    return Response(status_code=204)
+
+
+app = Starlette(routes=[Route("/api/events", hit, methods=["POST"]),
+                        Route("/collect", hit, methods=["POST"])])
+"""
+
+
+def real_container(idle: int = 0) -> dict[str, Any]:
+    """The shipped container.json, plus `idle` http_request tags that never fire."""
+    container: dict[str, Any] = json.loads(DEFAULT_CONTAINER.read_text())
+    container.pop("$schema", None)
+    for n in range(idle):
+        container["triggers"].append({"name": f"idle_{n}", "event": f"never_{n}",
+                                      "conditions": [{"variable": "page_path",
+                                                      "operator": "starts_with",
+                                                      "value": f"/idle/{n}"}]})  # fmt: skip
+        container["tags"].append({
+            "name": f"idle_{n}", "type": "http_request", "fire_on": [f"idle_{n}"],
+            "params": {"url": f"http://127.0.0.1:9/idle/{n}", "body": {"e": "{{event_name}}"}},
+        })  # fmt: skip
+    return container
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,6 +241,20 @@ TRANSFORMATIONS = [
     {"name": "no_phone", "type": "exclude", "keys": ["user_data.phone_number", "page_title"]},
     {"name": "stamp", "type": "augment", "set": {"brand": "acme", "source": "{{client_name}}"}},
 ]
+
+
+def identity_headers() -> str:
+    """wrk header lines: a valid identity cookie (email, phone, name, city sealed with the
+    bench's secret key) and Cloudflare geo headers (loopback is a trusted proxy)."""
+    sys.path.insert(0, str(ROOT))
+    from tagserver.identity_cookie import Keyring, hashed_keys
+
+    user = {"email_address": "jane@example.com", "phone_number": "+16505551212",
+            "address": {"first_name": "Jane", "last_name": "Doe", "city": "Paris"}}  # fmt: skip
+    value = Keyring(IDENTITY_SECRET, []).seal(hashed_keys(user), int(time.time()))
+    headers = {"Cookie": f"tagserver_ident={value}", "CF-IPCountry": "FR",
+               "CF-Region-Code": "IDF", "CF-Postal-Code": "75001"}  # fmt: skip
+    return "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
@@ -130,8 +276,15 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
 class Servers:
     """The fake vendor, the bare app and tagserver, all on loopback."""
 
-    def __init__(self, work: Path, vendor_up: bool = True, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        work: Path,
+        vendor_up: bool = True,
+        env: dict[str, str] | None = None,
+        pin: int | None = None,
+    ):
         self.work = work
+        self.pin = pin  # the core every one-worker server runs on (taskset), None: unpinned
         self.vendor = FakeVendor(keep=False)
         if vendor_up:
             self.vendor.up()
@@ -139,14 +292,16 @@ class Servers:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")}
         self.env.update(env or {})
 
-    def start_bare(self, app: str = "app") -> tuple[str, subprocess.Popen[bytes]]:
-        (self.work / "bare_app.py").write_text(BARE_APP)
+    def start_bare(
+        self, app: str = "app", source: str = BARE_APP
+    ) -> tuple[str, subprocess.Popen[bytes]]:
+        (self.work / "bare_app.py").write_text(source)
         port = free_port()
         proc = self._spawn(
             [sys.executable, "-m", "uvicorn", f"bare_app:{app}", "--app-dir", str(self.work),
              "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http",
              "httptools", "--no-access-log", "--log-level", "warning"],
-            f"bare-{app}",
+            f"bare-{app}", pin=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url + "/", proc, self.work / f"bare-{app}.log")
@@ -159,12 +314,15 @@ class Servers:
         tree: Path | None = None,
         extra_env: dict[str, str] | None = None,
         transformations: list[dict[str, Any]] | None = None,
+        container: dict[str, Any] | None = None,
+        workers: int = 1,
+        extra_tags: list[dict[str, Any]] | None = None,
     ) -> tuple[str, subprocess.Popen[bytes]]:
         """`tagserver serve` with one worker; from `tree` (a checkout) if given: with the
         checkout's own `.venv` when it has one (its entry points and package mapping), else
         through PYTHONPATH."""
         vendor_url = vendor_url or self.vendor.url
-        container: dict[str, Any] = {
+        container = container or {
             "name": "bench",
             "version": "1",
             "clients": [{"name": "events_api", "type": "events_api"}],
@@ -191,6 +349,7 @@ class Servers:
         }
         if transformations:
             container["transformations"] = transformations
+        container["tags"].extend(extra_tags or [])
         path = self.work / f"{name}.json"
         path.write_text(json.dumps(container))
         port = free_port()
@@ -208,20 +367,26 @@ class Servers:
         proc = self._spawn(
             [python, "-m", "tagserver", "serve", "--host", "127.0.0.1", "--port",
              str(port), "--container", str(path), "--data-dir", str(self.work / "data" / name),
-             "--workers", "1"],
-            name, env,
+             "--workers", str(workers)],
+            name, env, pin=workers == 1,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url + "/healthz", proc, self.work / f"{name}.log")
         return url, proc
 
     def _spawn(
-        self, args: list[str], name: str, env: dict[str, str] | None = None
+        self, args: list[str], name: str, env: dict[str, str] | None = None, pin: bool = False
     ) -> subprocess.Popen[bytes]:
+        if pin and self.pin is not None:
+            args = ["taskset", "-c", str(self.pin), *args]
         log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        # an empty working directory: `python -m` puts it first on sys.path, and B's data dir
+        # (work/tagserver) there would shadow the tagserver package as a namespace package
+        cwd = self.work / "cwd"
+        cwd.mkdir(exist_ok=True)
         proc = subprocess.Popen(
             args, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=self.work,
+            start_new_session=True, cwd=cwd,
         )  # fmt: skip
         self.procs.append(proc)
         return proc
@@ -247,9 +412,12 @@ def to_ms(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def wrk(url: str, seconds: float, connections: int, script: Path) -> dict[str, Any]:
+def wrk(
+    url: str, seconds: float, connections: int, script: Path, core: int | None = None
+) -> dict[str, Any]:
+    pin = ["taskset", "-c", str(core)] if core is not None else []
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
+        [*pin, "wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -266,12 +434,24 @@ def wrk(url: str, seconds: float, connections: int, script: Path) -> dict[str, A
     }
 
 
-def hey(url: str, seconds: float, rate: float, body_file: Path, connections: int = 64) -> dict:
+def hey(
+    url: str,
+    seconds: float,
+    rate: float,
+    body_file: Path,
+    connections: int = 64,
+    path: str = "/api/events",
+    headers: tuple[str, ...] = (f"Authorization: Bearer {API_KEY}",),
+    content_type: str = "application/json",
+    core: int | None = None,
+) -> dict:
     """A fixed request rate (not flat out): latency when the server is not saturated."""
+    pin = ["taskset", "-c", str(core)] if core is not None else []
+    flags = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run(
-        ["hey", "-z", f"{int(seconds)}s", "-c", str(connections), "-q", f"{rate / connections:.3f}",
-         "-m", "POST", "-T", "application/json", "-H", f"Authorization: Bearer {API_KEY}",
-         "-D", str(body_file), url + "/api/events"],
+        [*pin, "hey", "-z", f"{int(seconds)}s", "-c", str(connections), "-q",
+         f"{rate / connections:.3f}", "-m", "POST", "-T", content_type, *flags,
+         "-D", str(body_file), url + path],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     latency = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
@@ -344,11 +524,203 @@ def machine() -> str:
 # -- modes ---------------------------------------------------------------------------------------
 
 
+def visitor_cookies(url: str) -> str:
+    """A returning visitor's Cookie header: what the server set on a first collector hit."""
+    import httpx
+
+    first = json.loads(json.dumps(COLLECT).replace("EVENT_NAME", "page_view"))
+    first["events"][0]["page"]["page_location"] += "?fbclid=IwAR0bench"
+    answer = httpx.post(
+        url + "/collect", content=json.dumps(first).replace("EVENT_ID", "first"),
+        headers={"content-type": "text/plain;charset=UTF-8", "origin": ORIGIN, "user-agent": UA},
+    )  # fmt: skip
+    answer.raise_for_status()
+    jar = [h.split(";", 1)[0] for h in answer.headers.get_list("set-cookie")]
+    return "; ".join(jar)
+
+
+ORIGIN = "https://shop.example"
+
+
+def run_real(args: argparse.Namespace) -> dict[str, Any]:
+    """The real job: the shipped container with Meta live, events API and collector hits."""
+    from fakes.graph import FakeGraph
+
+    work = Path(tempfile.mkdtemp(prefix="bench-real-"))
+    wrk_core = 1 - args.server_core if (os.cpu_count() or 1) > 1 else None
+    if wrk_core is not None:
+        os.sched_setaffinity(0, {wrk_core})  # the fake Graph API's threads, off the servers' core
+    graph = FakeGraph(token=TOKEN, pixel_ids={PIXEL}).start()
+    env = {
+        "META_PIXEL_ID": PIXEL,
+        "META_ACCESS_TOKEN": TOKEN,
+        "TAGSERVER_META_GRAPH_URL": graph.url,
+        "TAGSERVER_LOG_LEVEL": "info",  # the log tag writes its line (the default level)
+        "TAGSERVER_ALLOWED_ORIGINS": ORIGIN,
+        # one key for every server: the visitor's cookies are valid on each of them
+        "TAGSERVER_SECRET_KEY": "bench-secret-key-bench-secret-key-bench",
+    }
+    servers = Servers(work, vendor_up=False, pin=args.server_core)
+    try:
+        started: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+        started["A bare starlette"] = servers.start_bare(source=BARE_REAL_APP)
+        tagserver = servers.start_tagserver(
+            "tagserver-e", container=real_container(), extra_env=env
+        )
+        scripts = {"events": work / "events.lua", "collect": work / "collect.lua"}
+        scripts["events"].write_text(LUA_EVENTS % (json.dumps(PURCHASE), API_KEY, UA))
+        cookie = visitor_cookies(tagserver[0])
+        scripts["collect"].write_text(LUA_COLLECT % (json.dumps(COLLECT), ORIGIN, UA, cookie))
+        # (name, server, script): A runs both scripts, the runs' names say which
+        plan: list[tuple[str, str, str]] = [
+            ("A  bare, events POST", "A bare starlette", "events"),
+            ("A  bare, collect POST", "A bare starlette", "collect"),
+            ("E  events API purchase", "E", "events"),
+            ("K  collector hits", "E", "collect"),
+        ]
+        started["E"] = tagserver
+        for idle in args.idle:
+            if idle:
+                name = f"I{idle}"
+                started[name] = servers.start_tagserver(
+                    f"tagserver-i{idle}", container=real_container(idle), extra_env=env
+                )
+                plan.append((f"{name:<4} E + {idle} idle tags", name, "events"))
+        for number, tree in enumerate(args.tree or [], start=1):
+            # E again, from another checkout (its .venv): two versions side by side
+            name = f"E{number}"
+            started[name] = servers.start_tagserver(
+                f"tagserver-e{number}", container=real_container(), extra_env=env,
+                tree=Path(tree).resolve(),
+            )  # fmt: skip
+            plan.append((f"{name}   E from {Path(tree).resolve().name}"[:26], name, "events"))
+            plan.append((f"K{number}   K from {Path(tree).resolve().name}"[:26], name, "collect"))
+        if args.workers2:
+            started["W2"] = servers.start_tagserver(
+                "tagserver-w2", container=real_container(), extra_env=env, workers=2
+            )
+            plan.append(("W2 E on --workers 2", "W2", "events"))
+
+        def only(name: str) -> None:
+            """Freeze the others (SIGSTOP): no background delivery steals the measured one's CPU."""
+            for other, (_, proc) in started.items():
+                os.killpg(proc.pid, signal.SIGCONT if other == name else signal.SIGSTOP)
+            time.sleep(0.2)
+
+        probe(started["E"][0], graph)
+        print(
+            f"# real job: {args.connections} connections, {args.duration}s per run, servers on "
+            f"core {args.server_core}, wrk on core {wrk_core}, {machine()}"
+        )
+        for _label, server, script in plan:  # warm up
+            only(server)
+            wrk(started[server][0], 2, args.connections, scripts[script], wrk_core)
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
+        for round_no in range(args.rounds):
+            for label, server, script in plan:
+                only(server)
+                result = wrk(started[server][0], args.duration, args.connections,
+                             scripts[script], wrk_core)  # fmt: skip
+                runs[label].append(result)
+                print(
+                    f"round {round_no + 1} {label:<26} {result['rps']:>7.0f} hits/s  "
+                    f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms"
+                    + (f"  non-2xx {result['non2xx']}" if result["non2xx"] else "")
+                    + (f"  socket errors: {result['socket_errors']}" if result["socket_errors"] else "")
+                )  # fmt: skip
+        # each run's baseline: the bare app's run of the same POST
+        bare = {label: f"A  bare, {script} POST" for label, _, script in plan}
+        summary = {
+            label: {
+                "rps": statistics.median(r["rps"] for r in results),
+                "p50": statistics.median(r["p50"] for r in results),
+                "p99": max(r["p99"] for r in results),
+                # each round's ratio to the bare app's run of the same round
+                "ratios": [
+                    r["rps"] / a["rps"] for r, a in zip(results, runs[bare[label]], strict=True)
+                ],
+            }
+            for label, results in runs.items()
+        }
+        print(f"median of {args.rounds} rounds (p99: the worst round), load now "
+              f"{os.getloadavg()[0]:.2f}:")  # fmt: skip
+        for label, row in summary.items():
+            ratios = ", ".join(f"{r:.2f}" for r in row["ratios"])
+            print(
+                f"  {label:<26} {row['rps']:>7.0f} hits/s  p50 {row['p50']:6.2f} ms  "
+                f"p99 {row['p99']:6.2f} ms  ratio to A {statistics.median(row['ratios']):.2f}"
+                f" (rounds: {ratios})"
+            )
+        print("targets: E ≥ 0.35× A, K ≥ 0.4× A, p99 ≤ 25 ms at half the maximum rate")
+        base = summary["E  events API purchase"]["rps"]
+        for label, row in summary.items():
+            if label.startswith("I"):
+                idle = int(label.split()[0][1:])
+                cost = (base / row["rps"] - 1) * 100
+                print(f"  {idle} idle tags: {row['rps'] / base:.3f} of E ({cost:+.1f} % per hit; "
+                      f"target ≤ 5 % for 100)")  # fmt: skip
+            if label.startswith("W2"):
+                print(f"  --workers 2: {row['rps'] / base:.2f}× one worker (target ≥ 1.6)")
+        if shutil.which("hey"):
+            bodies = {"events": work / "events.json", "collect": work / "collect.json"}
+            bodies["events"].write_text(json.dumps(PURCHASE).replace("EVENT_ID", "steady"))
+            bodies["collect"].write_text(
+                json.dumps(COLLECT).replace("EVENT_ID", "steady").replace("EVENT_NAME", "purchase")
+            )
+            for label, server, script in plan:
+                if label.startswith(("I", "W2")):
+                    continue
+                rate = round(summary[label]["rps"] / 2, -1)
+                only(server)
+                headers: tuple[str, ...] = (f"Authorization: Bearer {API_KEY}", f"User-Agent: {UA}")
+                content_type = "application/json"
+                if script == "collect":
+                    headers = (f"Origin: {ORIGIN}", f"User-Agent: {UA}", f"Cookie: {cookie}")
+                    content_type = "text/plain;charset=UTF-8"
+                path = "/api/events" if script == "events" else "/collect"
+                result = hey(started[server][0], args.duration, rate, bodies[script], path=path,
+                             headers=headers, content_type=content_type, core=wrk_core)  # fmt: skip
+                print(f"steady {rate:>6.0f}/s {label:<26} got {result['rps']:>6.0f}/s  "
+                      f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms  (hey)")  # fmt: skip
+        else:
+            print("steady rate: skipped (`hey` is not on PATH)")
+        for _, proc in started.values():
+            os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(1)
+        print(f"the fake Graph API received {len(graph.requests)} requests meanwhile")
+        return {"summary": summary}
+    finally:
+        servers.close()
+        graph.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def probe(url: str, graph: Any) -> None:
+    """One purchase through the events API: Meta fires, and the fake Graph API receives it."""
+    import httpx
+
+    answer = httpx.post(
+        url + "/api/events", content=json.dumps(PURCHASE).replace("EVENT_ID", "probe-1"),
+        headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json",
+                 "user-agent": UA},
+    ).json()  # fmt: skip
+    result = answer["results"][0]
+    if "meta_capi" not in result.get("tags_fired", []):
+        raise SystemExit(f"meta_capi did not fire: {answer}")
+    deadline = time.monotonic() + 15
+    while not graph.requests and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not graph.requests or graph.requests[-1].status != 200:
+        raise SystemExit("the fake Graph API did not accept the probe's event")
+    print(f"probe: fired {result['tags_fired']}; Graph API accepted it")
+
+
 def run_hits(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-hits-"))
     script = work / "post.lua"
     body = json.dumps({**BODY, "event_id": "EVENT_ID"})
-    script.write_text(LUA % (body, API_KEY))
+    script.write_text(LUA % (body, API_KEY, ""))
+    scripts: dict[str, Path] = {}
     servers = Servers(work)
     postgres = None
     try:
@@ -389,6 +761,24 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
             started["CT transformations"] = servers.start_tagserver(
                 "tagserver-ct", f"http://127.0.0.1:{free_port()}", transformations=TRANSFORMATIONS
             )
+        if args.identity:
+            # CM: C plus a Meta tag; CI: the same, hits with the identity cookie and geo
+            secret = {"TAGSERVER_SECRET_KEY": IDENTITY_SECRET,  # Graph unreachable, like C's
+                      "TAGSERVER_META_GRAPH_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
+            started["CM meta tag"] = servers.start_tagserver(
+                "tagserver-cm", f"http://127.0.0.1:{free_port()}", extra_env=secret,
+                extra_tags=[META_TAG],
+            )  # fmt: skip
+            started["CI meta + identity, geo"] = servers.start_tagserver(
+                "tagserver-ci", f"http://127.0.0.1:{free_port()}", extra_env=secret,
+                extra_tags=[META_TAG],
+            )  # fmt: skip
+            scripts["CM meta tag"] = work / "post-ua.lua"
+            scripts["CM meta tag"].write_text(LUA % (body, API_KEY, UA_HEADER))
+            scripts["CI meta + identity, geo"] = work / "post-identity.lua"
+            scripts["CI meta + identity, geo"].write_text(
+                LUA % (body, API_KEY, UA_HEADER + "\n" + identity_headers())
+            )
         contenders = {name: url for name, (url, _) in started.items()}
 
         def only(name: str) -> None:
@@ -400,12 +790,12 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
         print(f"# hits: {args.connections} connections, {args.duration}s per run, {machine()}")
         for name, url in contenders.items():  # warm up
             only(name)
-            wrk(url, 2, args.connections, script)
+            wrk(url, 2, args.connections, scripts.get(name, script))
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
         for round_no in range(args.rounds):
             for name, url in contenders.items():
                 only(name)
-                result = wrk(url, args.duration, args.connections, script)
+                result = wrk(url, args.duration, args.connections, scripts.get(name, script))
                 runs[name].append(result)
                 print(
                     f"round {round_no + 1} {name:<25} {result['rps']:>7.0f} hits/s  "
@@ -438,6 +828,9 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
                                   ("Cpg PostgreSQL, vendor down", "C tagserver, vendor down")):  # fmt: skip
                 ratio = summary[pg_name]["rps"] / summary[lite]["rps"]
                 print(f"  {pg_name}: {ratio:.2f} of {lite} (SQLite outbox); target ≥ 0.7")
+        if args.identity:
+            ratio = summary["CI meta + identity, geo"]["rps"] / summary["CM meta tag"]["rps"]
+            print(f"  CI meta + identity, geo: {ratio:.2f} of CM (the same without cookie, geo)")
         rate = args.steady_rate or round(summary["C tagserver, vendor down"]["rps"] / 2, -2)
         body_file = work / "body.json"
         body_file.write_text(json.dumps(BODY))
@@ -563,7 +956,17 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("all", "hits", "outage"), default="all")
+    parser.add_argument(
+        "--mode", choices=("real", "one-tag", "hits", "outage", "all"), default="real",
+        help="real: the shipped container (default); one-tag (or hits): one http_request tag; "
+        "outage: the vendor down for a while; all: the three",
+    )  # fmt: skip
+    parser.add_argument(
+        "--idle", type=int, nargs="*", default=[0, 30, 100],
+        help="real: also E with these numbers of idle http_request tags",
+    )  # fmt: skip
+    parser.add_argument("--workers2", action="store_true", help="real: also E on --workers 2")
+    parser.add_argument("--server-core", type=int, default=0, help="real: the servers' core")
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds")
     parser.add_argument("--connections", type=int, default=64)
@@ -572,8 +975,8 @@ def main() -> None:
         "(default: half of tagserver's measured maximum)",
     )  # fmt: skip
     parser.add_argument(
-        "--tree", action="append", help="also run C from this checkout (imported through "
-        "PYTHONPATH), side by side with this one; repeatable",
+        "--tree", action="append", help="also run C (one-tag) or E and K (real) from this "
+        "checkout (its .venv, else through PYTHONPATH), side by side with this one; repeatable",
     )  # fmt: skip
     parser.add_argument(
         "--postgres", action="store_true", help="also B and C with a PostgreSQL outbox "
@@ -585,15 +988,24 @@ def main() -> None:
         action="store_true",
         help="also run C with an exclude and an augment transformation on its tag (CT)",
     )
+    parser.add_argument(
+        "--identity",
+        action="store_true",
+        help="also run C plus a Meta tag without (CM) and with (CI) the identity cookie and "
+        "geo headers on every hit: the cost of opening the cookie and filling the keys",
+    )
     parser.add_argument("--outage-minutes", type=float, default=5)
     parser.add_argument("--rate", type=float, default=200, help="hits/s during the outage")
     parser.add_argument("--retry-cap", type=float, default=30, help="TAGSERVER_RETRY_CAP_SECONDS")
     parser.add_argument("--drain-timeout", type=float, default=900)
     args = parser.parse_args()
-    for tool in ("wrk", "hey") if args.mode != "hits" else ("wrk",):  # hits: hey optional
+    needs = ("wrk", "hey") if args.mode in ("all", "outage") else ("wrk",)  # hey: optional
+    for tool in needs:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed on PATH")
-    if args.mode in ("all", "hits"):
+    if args.mode in ("all", "real"):
+        run_real(args)
+    if args.mode in ("all", "hits", "one-tag"):
         run_hits(args)
     if args.mode in ("all", "outage"):
         run_outage(args)

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tagserver import MAX_EVENTS, BadRequest, Client, Event, Hit, HitError, Param
-from tagserver.toolkit import cookies, cors
+from tagserver.toolkit import cookies, cors, match
 from tagserver.toolkit.events import CONSENT_TYPES, add_page_parts, strip_preview
 
 MAX_STRING = 8192
@@ -73,7 +73,7 @@ RESERVED = frozenset(
     {"event_name", "event_id", "event_time", "client_id", "ip_override", "user_agent",
      "user_data", "user_id", "consent", "x-fb-ck-fbp", "x-fb-ck-fbc", "action_source"}
 )  # fmt: skip
-ENVELOPE_KEYS = frozenset({"v", "pid", "ts", "consent", "user", "events"})
+ENVELOPE_KEYS = frozenset({"v", "pid", "ts", "consent", "user", "logout", "events"})
 EVENT_KEYS = frozenset({"name", "id", "params", "page"})
 EVENT_ID_RE = re.compile(r"[\x21-\x7e]{1,100}")
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -157,7 +157,10 @@ def parse_body(body: bytes, max_events: int) -> dict[str, Any]:
     events = data.get("events")
     if not isinstance(events, list):
         raise BadRequest("events: required, a list of event objects")
-    if not events:
+    logout = data.get("logout")
+    if logout is not None and not isinstance(logout, bool):
+        raise BadRequest(f"logout: expected true or false, got {type_name(logout)}")
+    if not events and not logout:  # a logout alone may come without events
         raise BadRequest("events: the list is empty")
     if len(events) > max_events:
         raise HitError(
@@ -396,9 +399,13 @@ class CollectorClient(Client):
             except EventError as exc:
                 rows.append({"index": index, "accepted": False, "reason": str(exc)})
                 hit.reject(index, str(exc))
-        if not accepted:
+        if not accepted and rows:
             reasons = "; ".join(row["reason"] for row in rows[:3])
             raise BadRequest(f"no valid event: {reasons}")
+        if not accepted:  # a logout alone: forget the visitor's identity, nothing to run
+            return self.remember(
+                hit, envelope, json_response({"accepted": 0, "rejected": 0, "events": []})
+            )
 
         visitor = None
         if self.set_cookies:
@@ -433,15 +440,36 @@ class CollectorClient(Client):
 
         results = await hit.run([event for _, event in accepted])
         for (index, _), result in zip(accepted, results, strict=True):
-            rows[index] = {
+            row = rows[index] = {
                 "index": index,
                 "accepted": True,
                 "event_name": result.event.get("event_name"),
                 "event_id": result.event.get("event_id"),
             }
+            if result.warnings:  # e.g. a reused event id: the page's developer should know
+                row["warnings"] = result.warnings
         response = json_response(
             {"accepted": len(accepted), "rejected": len(rows) - len(accepted), "events": rows}
         )
         if visitor is not None:
             cookies.apply(response, visitor)
+        return self.remember(hit, envelope, response)
+
+    def remember(self, hit: Hit, envelope: dict[str, Any], response: Response) -> Response:
+        """The identity cookie: what the page's `user` call gave, kept while consent allows;
+        removed on denial and on logout (see `tagserver.toolkit.match`)."""
+        if not self.set_cookies:
+            return response
+        stored = match.remember_identity(
+            hit.request,
+            self.settings,
+            [envelope["user"]],
+            envelope.get("consent"),
+            forget=envelope.get("logout") is True,
+        )
+        for header in stored.set_cookie:
+            response.headers.append("set-cookie", header)
+        if stored.action and hit.previewed:
+            kept = f" ({', '.join(stored.keys)})" if stored.keys else ""
+            hit.log("info", f"cookie {match.COOKIE}: {stored.action}{kept}")
         return response

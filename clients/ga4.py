@@ -33,7 +33,7 @@ from tagserver import (
     PayloadTooLarge,
     RequestContext,
 )
-from tagserver.toolkit import cookies, cors
+from tagserver.toolkit import cookies, cors, match
 
 from .ga4_params import BatchTooLarge, HitParseError, ParsedHit, parse_hit
 
@@ -54,6 +54,13 @@ class Ga4Client(Client):
             "array",
             default=["/g/collect"],
             description="Paths this client claims (e.g. add an alternate like /j/collect).",
+        ),
+        Param(
+            "identity_cookie",
+            "boolean",
+            default=True,
+            description="Keep the user data of GA4 hits (hashed, encrypted) in the identity "
+            "cookie for later events, with ad_user_data and ad_storage consent.",
         ),
         Param(
             "meta_cookies",
@@ -96,6 +103,7 @@ class Ga4Client(Client):
         paths = params.get("paths") or ["/g/collect"]
         self.paths = frozenset(p for p in paths if isinstance(p, str) and p.startswith("/"))
         self.meta_cookies = params.get("meta_cookies", True) is not False
+        self.identity_cookie = params.get("identity_cookie", True) is not False
         self.generate_ttp = params.get("generate_ttp") is True
         self.server_managed = bool(params.get("server_managed_client_id", False))
         self.cookie_name = str(params.get("client_id_cookie") or FPID_COOKIE)
@@ -142,7 +150,23 @@ class Ga4Client(Client):
             response.headers["X-Tagserver-Skipped"] = str(parsed.skipped)
             response.headers["X-Tagserver-Skipped-Reason"] = parsed.reasons[0][:300]
         self._tell_preview(hit, parsed, visitor)
+        if self.identity_cookie:
+            self._remember(hit, events, response)
         return response
+
+    def _remember(self, hit: Hit, events: list[Event], response: Response) -> None:
+        """The hit's user data in the identity cookie (removed when consent denies it)."""
+        stored = match.remember_identity(
+            hit.request,
+            self.settings,
+            [(e.get("user_data"), e.get("user_id")) for e in events],
+            _strictest_consent(events),
+        )
+        for header in stored.set_cookie:
+            response.headers.append("set-cookie", header)
+        if stored.action and hit.previewed:
+            kept = f" ({', '.join(stored.keys)})" if stored.keys else ""
+            hit.log("info", f"cookie {match.COOKIE}: {stored.action}{kept}")
 
     def _identify(self, ctx: RequestContext, events: list[Event]) -> cookies.VisitorCookies | None:
         """Resolve the visitor's cookies once per hit and put the ids on every event."""

@@ -10,7 +10,7 @@
 //   tagserver('config', {endpoint, send_page_view, spa})
 //   tagserver('consent', {ad_storage: 'granted'|'denied', analytics_storage, ...})
 //   tagserver('user', {email, phone, first_name, last_name, street, city, region,
-//                      postal_code, country, external_id})
+//                      postal_code, country, external_id})   null: logout (forget the user)
 //   var id = tagserver('event', name, params, {event_id, callback(id, result)})
 // Full-line comments and indentation are stripped by the server when it serves this file.
 (function (w, d) {
@@ -75,15 +75,17 @@
     return id;
   }
 
-  // one request per tick; consent/user changes flush first so earlier events keep their state
-  function flush() {
+  // one request per tick; consent/user changes flush first so earlier events keep their state;
+  // a logout is sent at once, with or without events (the server removes its identity cookie)
+  function flush(logout) {
     clearTimeout(timer);
     timer = 0;
-    if (!pending.length) return;
+    logout = logout === true || undefined;
+    if (!pending.length && !logout) return;
     var batch = pending;
     pending = [];
     var body = JSON.stringify({
-      pid: pid, ts: ts, consent: consent, user: user,
+      pid: pid, ts: ts, consent: consent, user: user, logout: logout,
       events: batch.map(function (p) { return p.e; })
     });
     var url = cfg.endpoint;
@@ -136,8 +138,8 @@
       // gtag style ('consent', 'default'|'update', {...}) is accepted too
       if (typeof a == 'string') a = b;
       flush();
-      if (cmd == 'user') user = a || null;
-      else consent = Object.assign({}, consent, a);
+      if (cmd != 'user') consent = Object.assign({}, consent, a);
+      else if ((user = a || null) === null) flush(true);
     }
   }
 

@@ -458,6 +458,7 @@
 
   function renderEvent(panel) {
     var ev = currentEvent();
+    add(panel, renderEventWarnings(ev));
     add(panel, section('Event data (as the tags saw it)', tree(ev.event || {}, 0)));
   }
 
@@ -538,6 +539,7 @@
     var extra = el('div', 'tag-extra');
     // collapsed: the reason and the triggers above are what a tag card is read for
     add(card, renderTransformations(tag));
+    add(card, renderMatch(tag));
     if (tag.params) add(extra, section('Parameters (resolved)', tree(tag.params, 2)));
     if (tag.notes && Object.keys(tag.notes).length) add(extra, section('Notes', tree(tag.notes, 1)));
     if ((tag.outgoing || []).length) add(extra, el('p', 'muted', plural(tag.outgoing.length, 'outgoing message') + ' — see Outgoing'));
@@ -590,6 +592,35 @@
     var received = el('details', 'received');
     add(received, el('summary', null, 'The whole event as received'), tree(tag.received || {}, 1));
     add(box, received);
+    return box;
+  }
+
+  // -- match quality (identity cookie, geography) and event-id reuse -----------------------
+
+  var MATCH_SOURCES = [['event', 'from the event'], ['identity_cookie', 'from the identity cookie'],
+    ['geography', 'from geography']];
+
+  function renderMatch(tag) {
+    var m = tag.match;
+    if (!m) return null;
+    var box = el('div', 'match');
+    add(box, el('h4', null, 'Match keys: quality ' + m.quality_before + ' → ' + m.quality_after +
+      (m.gain ? ' (+' + m.gain + ')' : '')));
+    var table = el('table', 'match-keys');
+    MATCH_SOURCES.forEach(function (pair) {
+      var keys = (m.keys || {})[pair[0]] || [];
+      add(table, add(el('tr', 'source ' + pair[0]), el('th', null, pair[1]),
+        el('td', 'mono', keys.length ? keys.join(', ') : '—')));
+    });
+    add(box, table);
+    return box;
+  }
+
+  function renderEventWarnings(ev) {
+    var warnings = ev.warnings || [];
+    if (!warnings.length) return null;
+    var box = el('div', 'event-warnings');
+    warnings.forEach(function (w) { add(box, el('p', 'warning', '⚠ ' + w)); });
     return box;
   }
 

@@ -34,6 +34,7 @@ from .container_status import ContainerStatus
 from .dispatch import FAILURES_BEFORE_PAUSE, Dispatcher
 from .errors import BadRequest, HitError, PayloadTooLarge
 from .event import RequestContext
+from .event_ids import ReuseDetector, detector
 from .exposition import metrics_endpoint
 from .history import History
 from .history_backend import open_history
@@ -65,6 +66,7 @@ class State:
     history: History | None = None
     alerts: Alerts | None = None
     board: StatusBoard | None = None
+    reuse: ReuseDetector | None = None  # event ids seen by this worker (event_ids.py)
 
     @property
     def redact(self) -> Redactor:
@@ -159,7 +161,12 @@ async def handle_hit(request: Request, state: State | None = None) -> Response:
             )
             trace.container = runtime.container.describe()
         hit = Hit(
-            request=ctx, client_name=client.name, runtime=runtime, outbox=state.outbox, trace=trace
+            request=ctx,
+            client_name=client.name,
+            runtime=runtime,
+            outbox=state.outbox,
+            trace=trace,
+            reuse=state.reuse,
         )
         response = await client.handle(request, hit)
     except HitError as exc:
@@ -507,6 +514,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         preview=preview,
         history=history,
         alerts=alerts,
+        reuse=detector(settings.event_id_reuse_window_seconds, settings.event_id_reuse_max_ids),
     )
     state.board = StatusBoard(
         settings,

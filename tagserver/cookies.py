@@ -273,6 +273,11 @@ def subdomain_index(domain: str | None) -> int:
     return domain.count(".") if domain else 0
 
 
+def attributes(request: RequestContext, settings: Settings) -> str:
+    """The attributes every cookie of this hit's answer gets (`; Domain=...; Path=/ ...`)."""
+    return _attributes(cookie_domain(request.hostname, settings), request.is_https)
+
+
 def _attributes(domain: str | None, secure: bool) -> str:
     attrs = f"; Domain={domain}" if domain else ""
     attrs += "; Path=/; SameSite=Lax"

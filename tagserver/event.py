@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from user_agents import parse as parse_user_agent
 
+from .geo import NOWHERE, Geography, locate
+from .identity_cookie import COOKIE, NOTHING, Remembered, read
 from .settings import Settings
 
 Event = dict[str, Any]
@@ -122,6 +124,8 @@ class RequestContext:
     received_at: float = field(default_factory=time.time)
     client_name: str = ""
     is_visitor: bool = True  # the request's IP and User-Agent are the visitor's (see Client)
+    peer_ip: str = ""  # the direct peer (a proxy, when one is in front); `ip` is the client's
+    settings: Settings | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_scope(
@@ -144,8 +148,9 @@ class RequestContext:
         if "," in host or " " in host:
             host = host.split(",")[0].strip()
         return cls(
-            method, url, path, query, headers, cookies, ip, is_https, host, body, time.time()
-        )
+            method, url, path, query, headers, cookies, ip, is_https, host, body, time.time(),
+            "", True, peer_ip, settings,
+        )  # fmt: skip
 
     @classmethod
     def empty(cls, method: str = "", url: str = "") -> RequestContext:
@@ -160,6 +165,22 @@ class RequestContext:
     @cached_property
     def ua(self) -> UserAgentInfo:
         return user_agent_info(self.user_agent)
+
+    @cached_property
+    def geo(self) -> Geography:
+        """Where the visitor is, from a trusted proxy's headers or the geo database (see
+        `tagserver.geo`); worked out on first use, once per hit."""
+        if self.settings is None:
+            return NOWHERE
+        return locate(self.headers, self.peer_ip, self.ip, self.settings)
+
+    @cached_property
+    def identity(self) -> Remembered:
+        """The visitor's remembered match keys (the encrypted identity cookie, see
+        `tagserver.identity_cookie`); opened on first use, once per hit."""
+        if self.settings is None or COOKIE not in self.cookies:
+            return NOTHING
+        return read(self.cookies, self.settings, self.received_at)
 
     @property
     def hostname(self) -> str:

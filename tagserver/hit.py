@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .event import Event, RequestContext
+from .event_ids import ReuseDetector
 from .runtime import EventResult, Runtime
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class HitTrace:
                     "event": r.event,
                     "tags": [t.as_dict() for t in r.tags],
                     "variables": r.variables,
+                    "warnings": r.warnings or [],
                 }
                 for r in self.events
             ],
@@ -80,12 +82,14 @@ class Hit:
         runtime: Runtime,
         outbox: OutboxBackend,
         trace: HitTrace | None = None,
+        reuse: ReuseDetector | None = None,
     ) -> None:
         self.request = request
         self.client_name = client_name
         self.runtime = runtime
         self.outbox = outbox
         self.trace = trace
+        self.reuse = reuse
         self._next_index = 0
 
     @property
@@ -133,10 +137,15 @@ class Hit:
         ip = request.ip if request.is_visitor else ""
         user_agent = request.user_agent if request.is_visitor else ""
         results, outgoing = [], []
+        reuse = self.reuse
         for event in events:
             index, self._next_index = self._next_index, self._next_index + 1
-            if not event.get("event_id"):
+            warning = None
+            given = event.get("event_id")
+            if not given:
                 event["event_id"] = request.derived_event_id(index)
+            elif reuse is not None:
+                warning = reuse.check(str(given), event, request.received_at, self.client_name)
             if "event_time" not in event:
                 event["event_time"] = received
             if ip and not event.get("ip_override"):
@@ -146,6 +155,9 @@ class Hit:
             result = run_event(
                 event, request, self.client_name, trace=trace_id is not None, trace_id=trace_id
             )
+            if warning is not None:
+                result.warnings = [warning]
+                self.log("warning", warning)
             results.append(result)
             for tag in result.tags:
                 if tag.outgoing:

@@ -105,6 +105,7 @@ FLUSH_SECONDS = 0.1
 _counts: dict[tuple[Any, tuple[str, ...]], float] = {}
 _buckets: dict[tuple[Any, int], int] = {}  # (histogram, bucket index) → observations
 _sums: dict[Any, float] = {}  # histogram → sum of its observations
+_groups: dict[tuple[Any, tuple[tuple[str, ...], ...]], int] = {}  # count_each: (metric, labels)
 _flush_pending = False
 
 
@@ -116,9 +117,20 @@ def count(metric: Any, *labels: str, amount: float = 1) -> None:
         _schedule_flush()
 
 
-def observe(histogram: Any, value: float) -> None:
-    """`histogram.observe(value)` (a histogram, or one labelled child), applied at the next
-    flush."""
+def count_each(metric: Any, labelsets: tuple[tuple[str, ...], ...]) -> None:
+    """`count(metric, *labels)` for each of `labelsets`, in one step: the same group recurs
+    (the tags an event's name skips), so it is kept as one key and spread at the flush."""
+    key = (metric, labelsets)
+    _groups[key] = _groups.get(key, 0) + 1
+    if not _flush_pending:
+        _schedule_flush()
+
+
+def observe(histogram: Any, value: float, *labels: str) -> None:
+    """`histogram.observe(value)` (a histogram, or one labelled child; with `labels`, that
+    child of `histogram`), applied at the next flush."""
+    if labels:
+        histogram = labelled(histogram, *labels)
     key = (histogram, bisect_left(histogram_bounds(histogram), value))
     _buckets[key] = _buckets.get(key, 0) + 1
     _sums[histogram] = _sums.get(histogram, 0.0) + value
@@ -144,6 +156,10 @@ def flush() -> None:
     while _counts:
         (metric, labels), amount = _counts.popitem()
         (labelled(metric, *labels) if labels else metric).inc(amount)
+    while _groups:
+        (metric, labelsets), times = _groups.popitem()
+        for labels in labelsets:
+            labelled(metric, *labels).inc(times)
     # what Histogram.observe would have done for each value, once per bucket (`_compat`)
     while _buckets:
         (histogram, index), amount = _buckets.popitem()

@@ -177,6 +177,33 @@ class TagRejected(Exception):
     """Raised by `Tag.fire` when an event must not be sent; the message says why."""
 
 
+MATCH_SOURCES = ("event", "identity_cookie", "geography")
+
+
+@dataclass(frozen=True)
+class MatchReport:
+    """What a conversions tag tells about one event's match keys: where each came from
+    (`tagserver.toolkit.match` builds it) and its local match-quality score with the event's
+    own keys (`before`) and as sent (`after`). Preview and the events API show it; the
+    engine counts it in the `tagserver_match_*` metrics."""
+
+    keys: dict[str, str]  # the tag's match key → event | identity_cookie | geography
+    before: float
+    after: float
+    event_name: str  # the vendor's event name (a metric label, bounded by the engine)
+
+    def as_dict(self) -> dict[str, Any]:
+        by_source: dict[str, list[str]] = {source: [] for source in MATCH_SOURCES}
+        for key, source in self.keys.items():
+            by_source.setdefault(source, []).append(key)
+        return {
+            "keys": by_source,
+            "quality_before": self.before,
+            "quality_after": self.after,
+            "gain": round(self.after - self.before, 2),
+        }
+
+
 @dataclass
 class FireContext:
     """What a tag sees beside the event: the request, the settings and a notepad for preview."""
@@ -187,10 +214,15 @@ class FireContext:
     notes: dict[str, Any] = field(default_factory=dict)
     redact: Callable[[Any], Any] = lambda value: value  # removes the container's secrets
     dry_runs: list[dict[str, Any]] | None = None  # what `dry_run` recorded, in order
+    match: MatchReport | None = None  # set with `report_match`
 
     def note(self, key: str, value: Any) -> None:
         """Attach information to the tag's result (shown in preview, e.g. match quality)."""
         self.notes[key] = value
+
+    def report_match(self, report: MatchReport) -> None:
+        """Tell where the event's match keys came from and its score before and after."""
+        self.match = report
 
     def dry_run(self, payload: Any, reason: str) -> None:
         """Record the payload the tag would have sent, and why it sends nothing (say, no
@@ -267,6 +299,11 @@ class RunResult(Protocol):
 
     @property
     def event(self) -> Event: ...
+
+    @property
+    def warnings(self) -> list[str] | None:
+        """What the site's developer should know about the event (a reused event id ...)."""
+        ...
 
     def summary(self, index: int) -> dict[str, Any]:
         """The event's id, name, and which tags fired or not and why (as the events API says)."""

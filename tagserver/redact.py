@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
+
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words
 
@@ -22,6 +24,8 @@ SENSITIVE_KEYS = frozenset(
     {"access_token", "authorization", "cookie", "set-cookie", "x-tagserver-preview",
      "tagserver_preview", "appsecret_proof", "api_key", "apikey", "token", "password"}
 )  # fmt: skip
+_KEY_MARKS = tuple(f'"{key}":' for key in SENSITIVE_KEYS)  # a key, as orjson writes it
+_URL_TOKEN_MARKS = ("access_token=", "appsecret_proof=", "tagserver_preview=")
 LIBRARY_LOGGERS = ("httpx", "httpcore")  # they log vendor request URLs (tokens in queries)
 _TOKEN_IN_URL = re.compile(r"((?:access_token|appsecret_proof|tagserver_preview)=)[^&\s\"']+", re.I)
 
@@ -59,6 +63,9 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self.secrets = frozenset(s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH)
         values = sorted(self.secrets, key=len, reverse=True)
+        self.values = tuple(values)
+        # the secrets as they appear inside a JSON string
+        self._in_json = tuple(orjson.dumps(v).decode()[1:-1] for v in values)
         self._pattern = re.compile("|".join(re.escape(v) for v in values)) if values else None
 
     def extended(self, secrets: Iterable[str]) -> Redactor:
@@ -66,13 +73,49 @@ class Redactor:
         return Redactor([*self.secrets, *secrets])
 
     def text(self, value: str) -> str:
-        if self._pattern is not None:
-            value = self._pattern.sub(REDACTED, value)
-        return _TOKEN_IN_URL.sub(r"\1" + REDACTED, value)
+        # Substring tests first: most strings hold no secret and no `=`, and `in` is far
+        # cheaper than a regex scan (the log tag and notes pass every string of an event).
+        for secret in self.values:
+            if secret in value:
+                value = self._pattern.sub(REDACTED, value)  # type: ignore[union-attr]
+                break
+        if "=" in value:
+            value = _TOKEN_IN_URL.sub(r"\1" + REDACTED, value)
+        return value
+
+    def may_redact_json(self, line: str) -> bool:
+        """False when redacting the value `line` serializes (JSON) would change nothing.
+
+        A few substring tests on the one line instead of a walk over every string: a secret
+        value, a credential-named key, or a URL token. True may be a false alarm."""
+        for secret in self._in_json:
+            if secret in line:
+                return True
+        lower = line.lower()  # the walk compares keys lower-cased
+        for mark in _KEY_MARKS if "=" not in line else _KEY_MARKS + _URL_TOKEN_MARKS:
+            if mark in lower:
+                return True
+        return False
+
+    def data(self, value: Any) -> Any:
+        """`self(value)` for JSON-shaped data (a tag's notes, a dry run's payload): when one
+        serialization shows nothing to redact, a copy made by orjson instead of the walk
+        (the same value: a copy that would differ, say a tuple or a NaN, takes the walk)."""
+        try:
+            line = orjson.dumps(value)
+        except TypeError:  # not JSON-shaped
+            return self(value)
+        if not self.may_redact_json(line.decode()):
+            copy = orjson.loads(line)
+            if copy == value:
+                return copy
+        return self(value)
 
     def __call__(self, value: Any, _key: str = "") -> Any:
         if isinstance(value, str):
-            return REDACTED if _key.lower() in SENSITIVE_KEYS and value else self.text(value)
+            if value and _key and _key.lower() in SENSITIVE_KEYS:
+                return REDACTED
+            return self.text(value)
         if isinstance(value, dict):
             return {k: self(v, str(k)) for k, v in value.items()}
         if isinstance(value, (list, tuple)):

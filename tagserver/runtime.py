@@ -16,8 +16,10 @@ from typing import Any, Literal
 from . import metrics
 from .container import CompiledTag, Container
 from .event import Event, RequestContext
-from .plugins import FireContext, Outgoing, TagRejected
+from .match import record as record_match
+from .plugins import FireContext, MatchReport, Outgoing, TagRejected
 from .redact import REDACTED, Redactor, secret_values
+from .refs import text
 from .settings import Settings
 from .transformations import changes
 from .triggers import Trigger, TriggerCheck
@@ -51,6 +53,7 @@ class TagResult:
     transformations: list[dict[str, Any]] | None = None
     duplicates: int = 0  # messages the outbox had already (pending or delivered): not sent again
     redact: Redactor | None = None  # when traced and its secret params were templated
+    match: MatchReport | None = None  # where the match keys came from, when the tag tells
 
     @property
     def fired(self) -> bool:
@@ -78,6 +81,7 @@ class TagResult:
             "dry_run": self.dry_run,
             "received": self.received,
             "transformations": self.transformations,
+            "match": self.match.as_dict() if self.match is not None else None,
         }
 
 
@@ -86,6 +90,7 @@ class EventResult:
     event: Event
     tags: list[TagResult]
     variables: dict[str, Any] | None = None  # only when traced
+    warnings: list[str] | None = None  # e.g. a reused event id (see event_ids.py)
 
     @property
     def outgoing(self) -> list[Outgoing]:
@@ -98,13 +103,22 @@ class EventResult:
     def summary(self, index: int) -> dict[str, Any]:
         """What the events API tells its caller about the index-th event of a hit."""
         fired, not_fired, repeated = [], {}, []
+        match = None
         for t in self.tags:
             if t.status == "fired":
                 fired.append(t.tag)
                 if t.duplicates:
                     repeated.append(t.tag)
+                if t.match is not None:
+                    if match is None:
+                        match = {}
+                    match[t.tag] = t.match.as_dict()
             else:
                 not_fired[t.tag] = t.reason
+                if t.status == "dry_run" and t.match is not None:  # what it would have sent
+                    if match is None:
+                        match = {}
+                    match[t.tag] = t.match.as_dict()
         summary = {
             "index": index,
             "accepted": True,
@@ -118,6 +132,10 @@ class EventResult:
             # the same event id reached these tags' destinations before (pending, or
             # delivered within 48 hours): it is not sent again
             summary["duplicate_tags"] = repeated
+        if match is not None:  # per tag: which keys came from where, score before and after
+            summary["match"] = match
+        if self.warnings:
+            summary["warnings"] = self.warnings
         return summary
 
 
@@ -149,6 +167,12 @@ class Runtime:
         self.redact = Redactor(container.secrets)
         self._redactors: dict[tuple[str, ...], Redactor] = {}
         self.strict = container.consent_mode == "strict"
+        # Triggers indexed by event name: a tag whose firing triggers all name their events
+        # cannot fire for an event of another name, so (unless the hit is previewed) it is
+        # skipped without evaluating anything; its result is the same for every such event.
+        self._names = [_event_names(tag) for tag in container.tags]
+        self._indexed = any(names is not None for names in self._names)
+        self._plans: dict[str, _Plan] = {}
 
     def run_event(
         self,
@@ -160,11 +184,22 @@ class Runtime:
         trace_id: str | None = None,
     ) -> EventResult:
         scope = Scope(event, request, self.container.variables, client_name)
-        results = []
-        for tag in self.container.tags:
-            result = self._decide(tag, event, scope, request, trace, trace_id)
-            metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
-            results.append(result)
+        if trace or not self._indexed:
+            results = []
+            for tag in self.container.tags:
+                result = self._decide(tag, event, scope, request, trace, trace_id)
+                metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
+                results.append(result)
+        else:
+            plan = self._plan(text(scope.get("event_name")))
+            results = list(plan.results)  # type: ignore[arg-type]  # its Nones: the live tags' places, each filled below
+            tags = self.container.tags
+            for index in plan.live:
+                result = self._decide(tags[index], event, scope, request, trace, trace_id)
+                metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
+                results[index] = result
+            if plan.counted:
+                metrics.count_each(metrics.TAG_RESULTS, plan.counted)
         variables = None
         if trace:
             snapshot = scope.snapshot(set(self.container.secret_variables))
@@ -173,6 +208,15 @@ class Runtime:
                 if result.redact is not None:
                     variables = result.redact(variables)
         return EventResult(event, results, variables)
+
+    def _plan(self, event_name: str) -> _Plan:
+        """Which tags an event of this name needs evaluated; the skipped ones' results."""
+        plan = self._plans.get(event_name)
+        if plan is None:
+            if len(self._plans) >= 512:  # event names come from callers: keep a bounded set
+                self._plans.clear()
+            plan = self._plans[event_name] = _Plan.of(self.container.tags, self._names, event_name)
+        return plan
 
     def _decide(
         self,
@@ -267,13 +311,17 @@ class Runtime:
             reason = f"error: {type(exc).__name__}: {redact.text(str(exc))}"
             log.warning("tag %r raised %s", tag.name, reason)
         # built once the tag has run, every field given: no default factories on the hot path
-        notes = redact(ctx.notes) if ctx.notes else {}
+        notes = redact.data(ctx.notes) if ctx.notes else {}
         dry_run = None
         if ctx.dry_runs and status == "fired" and not outgoing:
-            dry_run = redact(ctx.dry_runs)
+            dry_run = redact.data(ctx.dry_runs)
             status, reason = "dry_run", f"dry run: {dry_run[0]['reason']}"
         result = TagResult(tag.name, tag.type, status, reason, checks, notes, outgoing)
         result.dry_run = dry_run
+        if ctx.match is not None:
+            result.match = ctx.match  # shown for a refused event too: it may say why
+            if status == "fired" or status == "dry_run":
+                record_match(tag.type, ctx.match)
         if trace:
             result.duration_ms = (time.perf_counter() - started) * 1000
             result.params = redact(
@@ -323,3 +371,47 @@ class Runtime:
         if received is event:
             return event, scope, steps
         return received, Scope(received, scope.request, scope.variables, scope.client_name), steps
+
+
+def _event_names(tag: CompiledTag) -> frozenset[str] | None:
+    """The only event names `tag` can fire for; None when it is not limited by name."""
+    if tag.paused or not tag.fire_on:
+        return None
+    names: set[str] = set()
+    for trigger in tag.fire_on:
+        only = trigger.filter.only_names
+        if only is None:
+            return None
+        names |= only
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """For events of one name: the results of the tags it skips (None where a tag runs)."""
+
+    results: tuple[TagResult | None, ...]
+    live: tuple[int, ...]  # the tags to evaluate, by index
+    counted: tuple[tuple[str, ...], ...]  # TAG_RESULTS labels of the skipped tags
+
+    @classmethod
+    def of(
+        cls, tags: list[CompiledTag], names: list[frozenset[str] | None], event_name: str
+    ) -> _Plan:
+        results: list[TagResult | None] = []
+        live, counted = [], []
+        for index, (tag, only) in enumerate(zip(tags, names, strict=True)):
+            if only is None or event_name in only:
+                results.append(None)
+                live.append(index)
+                continue
+            # what _decide finds: no firing trigger's event filter lets the name through
+            checks = [TriggerCheck(t.name, False, event_name, False) for t in tag.fire_on]
+            reason = "; ".join(c.explain() for c in checks)
+            results.append(
+                TagResult(
+                    tag.name, tag.type, "not_fired", f"no firing trigger matched: {reason}", checks
+                )
+            )
+            counted.append((tag.name, "not_fired"))
+        return cls(tuple(results), tuple(live), tuple(counted))

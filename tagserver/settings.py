@@ -114,6 +114,47 @@ class Settings:
         "", "Extra path serving collector.js (a custom loader path ad blockers do not know)."
     )
     demo: bool = setting(True, "Serve the demo shop page at `/demo`.")
+    # -- match quality: identity cookie, geography, event-id reuse
+    identity_cookie_days: int = setting(
+        30,
+        "Lifetime of the encrypted identity cookie (a visitor's hashed match keys, kept with "
+        "ad_user_data and ad_storage consent) from the last time the visitor identified; "
+        "0 = never stored nor read.",
+    )
+    previous_secret_keys: str = setting(
+        "",
+        "Comma-separated former `TAGSERVER_SECRET_KEY` values: identity cookies sealed with "
+        "them are still read (and re-sealed with the current key) while they live.",
+        secret=True,
+    )
+    geo_country_headers: str = setting(
+        "cf-ipcountry,x-appengine-country,cloudfront-viewer-country,x-vercel-ip-country",
+        "Headers a trusted proxy puts the visitor's country in (first one present wins).",
+    )
+    geo_region_headers: str = setting(
+        "cf-region-code,x-appengine-region,cloudfront-viewer-country-region,"
+        "x-vercel-ip-country-region,cf-region",
+        "Headers a trusted proxy puts the visitor's region (state) in.",
+    )
+    geo_city_headers: str = setting(
+        "cf-ipcity,x-appengine-city,cloudfront-viewer-city,x-vercel-ip-city",
+        "Headers a trusted proxy puts the visitor's city in.",
+    )
+    geo_postal_code_headers: str = setting(
+        "cf-postal-code,cloudfront-viewer-postal-code,x-vercel-ip-postal-code",
+        "Headers a trusted proxy puts the visitor's postal code in.",
+    )
+    geo_database: str = setting(
+        "", "MaxMind-format database file (GeoIP2/GeoLite2 City or Country) for geography."
+    )
+    event_id_reuse_window_seconds: int = setting(
+        172_800,
+        "An event id seen again within this time for a different event (name, order id or "
+        "value) is reported as reused (48 h: Meta's deduplication window); 0 = off.",
+    )
+    event_id_reuse_max_ids: int = setting(
+        50_000, "Event ids each worker remembers for reuse detection (oldest forgotten)."
+    )
     # -- delivery
     outbox_max_messages: int = setting(1_000_000, "Pending messages above which new hits get 503.")
     outbox_min_free_bytes: int = setting(
@@ -301,6 +342,10 @@ class Settings:
             finally:
                 tmp.unlink(missing_ok=True)
         return key_file.read_text().strip()
+
+    def previous_signing_keys(self) -> list[str]:
+        """Former secret keys, still accepted for reading what they sealed (rotation)."""
+        return [k.strip() for k in self.previous_secret_keys.split(",") if k.strip()]
 
     def secret_values(self) -> list[str]:
         """Values that must be redacted wherever they could show."""

@@ -217,6 +217,11 @@ class EventFilter:
             flags = re.IGNORECASE if spec.get("ignore_case") else 0
             self.pattern = re.compile(spec["regex"], flags)
 
+    @property
+    def only_names(self) -> frozenset[str] | None:
+        """The only event names this filter lets through; None when any name may pass."""
+        return None if self.any or self.pattern is not None else self.names
+
     def matches(self, name: str) -> bool:
         if self.any:
             return True

@@ -2,7 +2,8 @@
 
 User variables are declared in container.json (`event_data`, `request_header`, `cookie`,
 `query_parameter`, `constant`, `env`, `lookup_table`, `regex_table`). Built-ins need no
-declaration: `event_name`, `client_ip`, `user_agent.is_bot`, `event.<dot.path>`,
+declaration: `event_name`, `client_ip`, `user_agent.is_bot`, `geo.country` (`geo.region`,
+`geo.city`, `geo.postal_code`), `event.<dot.path>`,
 `cookie.<name>`, `header.<name>`, `query.<name>` and every common event key (`value`,
 `currency`, `page_location` ...).
 """
@@ -26,6 +27,7 @@ from .event import (
     get_path,
     user_agent_info,
 )
+from .match import geography
 from .plugins import Param
 from .refs import Compiled, compile_value, text
 
@@ -263,6 +265,11 @@ BUILTINS: dict[str, Callable[[Scope], Any]] = {
     "user_agent.os": lambda s: _agent_info(s).os,
     "user_agent.device_type": lambda s: _agent_info(s).device_type,
     "user_agent.is_bot": lambda s: _agent_info(s).is_bot,
+    # where the visitor is: a trusted proxy's geo headers or the geo database (geo.py)
+    "geo.country": lambda s: geography(s.event, s.request).country,
+    "geo.region": lambda s: geography(s.event, s.request).region,
+    "geo.city": lambda s: geography(s.event, s.request).city,
+    "geo.postal_code": lambda s: geography(s.event, s.request).postal_code,
     "timestamp_ms": lambda s: int(time.time() * 1000),
     "random": lambda s: random.randint(0, 2**31 - 1),
 }

@@ -240,3 +240,69 @@ def test_decisions_reach_the_events_api_caller(tmp_path):
         result["tags_not_fired"]["broken"]
         == "error: TypeError: params.fields: expected object, got array"
     )
+
+
+def test_tags_limited_by_event_name_answer_the_same_skipped_or_evaluated(tmp_path):
+    """Tags whose triggers name their events are skipped for other names (an index built at
+    load); the answer, a previewed hit's reasons and /metrics say what evaluating them said."""
+    triggers = [
+        {"name": "buy", "event": "purchase"},
+        {"name": "views", "event": ["page_view", "view_item"],
+         "conditions": [{"variable": "page_path", "operator": "starts_with", "value": "/p/"}]},
+        {"name": "by_regex", "event": {"regex": "^sign"}},
+        {"name": "all", "event": "*", "conditions": [{"variable": "value", "operator": "greater_than", "value": 10}]},
+    ]  # fmt: skip
+    container = {
+        "name": "t",
+        "clients": [{"name": "api", "type": "events_api"}],
+        "triggers": triggers,
+        "tags": [
+            {"name": "on_buy", "type": "log", "fire_on": ["buy"]},
+            {"name": "on_views", "type": "log", "fire_on": ["views", "buy"]},
+            {"name": "on_regex", "type": "log", "fire_on": ["by_regex"]},
+            {"name": "on_value", "type": "log", "fire_on": ["all"]},
+            {"name": "paused", "type": "log", "fire_on": ["buy"], "paused": True},
+        ],
+    }
+    events = [
+        {"event_name": "purchase", "value": 20},
+        {"event_name": "page_view", "page_location": "https://s.test/p/1"},
+        {"event_name": "page_view", "page_location": "https://s.test/blog"},
+        {"event_name": "signup", "value": 5},
+        {"event_name": "other"},
+    ]
+
+    def send(client, *events):
+        response = client.post("/api/events", json={"events": list(events)}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        return response.json()["results"]
+
+    with app_client(tmp_path, container) as client:
+        results = send(client, *events)
+        before = client.get("/metrics").text
+        send(client, {"event_name": "other"}, {"event_name": "other"})
+        after = client.get("/metrics").text
+    assert [r["tags_fired"] for r in results] == [
+        ["on_buy", "on_views", "on_value"], ["on_views"], [], ["on_regex"], [],
+    ]  # fmt: skip
+    assert results[4]["tags_not_fired"] == {
+        "on_buy": "no firing trigger matched: trigger 'buy': event name 'other' does not match",
+        "on_views": "no firing trigger matched: trigger 'views': event name 'other' does not "
+        "match; trigger 'buy': event name 'other' does not match",
+        "on_regex": "no firing trigger matched: trigger 'by_regex': event name 'other' does "
+        "not match",
+        "on_value": "no firing trigger matched: trigger 'all': value = None; condition "
+        "'greater than 10' failed",
+        "paused": "tag is paused",
+    }
+    assert results[2]["tags_not_fired"]["on_views"].startswith(
+        "no firing trigger matched: trigger 'views': page_path = '/blog'"
+    )
+
+    def count(text: str, tag: str) -> float:
+        line = f'tagserver_tag_results_total{{status="not_fired",tag="{tag}"}} '
+        found = [row for row in text.splitlines() if row.startswith(line)]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    assert count(after, "on_buy") - count(before, "on_buy") == 2
+    assert count(after, "on_views") - count(before, "on_views") == 2

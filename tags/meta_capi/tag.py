@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tagserver import Event, FireContext, Outgoing, Param, StartupParams, Tag
-from tagserver.toolkit import metrics
+from tagserver.toolkit import match, metrics
 
 from .checks import MetaRefusal, check, max_age
 from .mapping import ACTION_SOURCES, STANDARD_EVENTS, build
@@ -114,6 +114,7 @@ class MetaCapiTag(Tag):
             "country, external_id, client_ip_address, client_user_agent, fbc, fbp); values may "
             "use {{variables}}; normalized and hashed like the event's, and they win over it.",
         ),
+        *match.PARAMS,
     )
 
     def __init__(self, name: str, static_params: dict[str, Any], settings: Any) -> None:
@@ -121,9 +122,14 @@ class MetaCapiTag(Tag):
         self._targets: dict[tuple[Any, ...], Target] = {}
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
+        accept = _RAW_IDS_ACCEPT if params.get("external_id_hashing") == "raw" else match.ALL_KEYS
+        event, gain = match.enrich(event, params, ctx.request, accept)
         built = build(event, params, ctx.request)
         server = built.event
         quality = assess(server["user_data"])
+        ctx.report_match(
+            match.report(gain, quality.keys, {}, _score, quality.score, server["event_name"])
+        )
         notes = ctx.notes
         notes["match_keys"] = list(quality.keys)  # the notes' own copy, as preview shows it
         notes["match_quality"] = quality.score
@@ -243,6 +249,14 @@ class Target:
             route={**route, **extra},
             extra=extra,
         )
+
+
+# a raw external_id must equal the pixel's: the identity cookie's hash of it cannot stand in
+_RAW_IDS_ACCEPT = match.ALL_KEYS - {"external_id"}
+
+
+def _score(keys: dict[str, Any]) -> float:
+    return assess(keys).score
 
 
 _quality_observers: dict[str, Callable[[float], None]] = {}

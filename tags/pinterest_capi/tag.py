@@ -10,6 +10,7 @@ import re
 from typing import Any, ClassVar
 
 from tagserver import Event, Param, RequestContext
+from tagserver.toolkit import match
 from tagserver.toolkit.conversions import (
     ConversionsTag,
     MatchQuality,
@@ -92,7 +93,9 @@ class PinterestCapiTag(ConversionsTag):
             description="Customer information by key (em, ph, fn, ln, ge, db, ct, st, zp, "
             "country, external_id); normalized and hashed like the event's, and wins over it.",
         ),
+        *match.PARAMS,
     )
+    identity_keys = match.ALL_KEYS - {"ge"}  # Pinterest's own gender rule
 
     def build(
         self, event: Event, params: dict[str, Any], request: RequestContext

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from tagserver import Event, Param, RequestContext
+from tagserver.toolkit import match
 from tagserver.toolkit.conversions import (
     ConversionsTag,
     MatchQuality,
@@ -100,7 +101,15 @@ class TikTokEventsTag(ConversionsTag):
             description="Customer information by short key (em, ph, fn, ln, ct, st, zp, "
             "country, external_id); normalized and hashed like the event's, and wins over it.",
         ),
+        *match.PARAMS,
     )
+    # the identity cookie's hashes follow the shared rules: TikTok's phones (with `+`), names
+    # and ZIPs (no spaces) and its unhashed city/state/country differ, so only these fit
+    identity_keys = frozenset({"em", "external_id"})
+    key_names: ClassVar[dict[str, str]] = {
+        "em": "email", "ph": "phone", "external_id": "external_id", "fn": "first_name",
+        "ln": "last_name", "zp": "zip_code", "ct": "city", "st": "state", "country": "country",
+    }  # fmt: skip
 
     def build(
         self, event: Event, params: dict[str, Any], request: RequestContext

@@ -4,7 +4,7 @@ Each submodule re-exports exactly what plugins may rely on; the engine modules b
 may move. Import the submodule and use its names:
 
     from tagserver.toolkit import cookies, cors, events, http, metrics, redact
-    from tagserver.toolkit import identity, conversions
+    from tagserver.toolkit import identity, conversions, match
 
 - `cookies`  first-party visitor cookies (`_fbp`, `_fbc`, client id) with the shared rules
 - `cors`     credentialed CORS grants and preflights for browser hits
@@ -17,8 +17,13 @@ may move. Import the submodule and use its names:
              one set of rules for every conversions tag; hashes pass through
 - `conversions` what a conversions-API tag needs: `ConversionsTag`, refusals, match quality,
              reading GA4 items and click ids, isolating refused events in a batch
+- `match`    keys an event lacks, from the visitor's encrypted identity cookie and from
+             geography (`enrich`), the report of what each event gained (`report`), and
+             keeping what a visitor gave (`remember_identity`, for browser clients)
 """
 
 from __future__ import annotations
 
-__all__ = ["conversions", "cookies", "cors", "events", "http", "identity", "metrics", "redact"]
+__all__ = [
+    "conversions", "cookies", "cors", "events", "http", "identity", "match", "metrics", "redact",
+]  # fmt: skip

@@ -34,6 +34,7 @@ from ..event import Event, RequestContext
 from ..http_outcomes import elapsed_ms
 from ..plugins import Delivery, FireContext, Message, Outgoing, Tag, TagRejected
 from ..redact import Redactor
+from . import match
 
 __all__ = [
     "Refusal",
@@ -442,6 +443,11 @@ class ConversionsTag(Tag):
 
     target_params: ClassVar[tuple[str, ...]] = ()
     quality: ClassVar[MatchQuality]
+    # match keys the identity cookie may fill (its hashes follow the shared rules of
+    # `identity`; leave out a key the vendor normalizes differently), and the vendor's name
+    # of each shared key in `match_keys` (em → email ...); declare `*match.PARAMS` in params
+    identity_keys: ClassVar[frozenset[str]] = match.ALL_KEYS
+    key_names: ClassVar[dict[str, str]] = {}
     max_age_seconds: ClassVar[int] = 7 * 86400
     deadline_margin_seconds: ClassVar[int] = 600
 
@@ -470,8 +476,15 @@ class ConversionsTag(Tag):
         return {**target.shown, "data": [payload]}
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
+        event, gain = match.enrich(event, params, ctx.request, self.identity_keys)
         payload, dropped = self.build(event, params, ctx.request)
         quality = self.quality.assess(self.match_keys(payload))
+        ctx.report_match(
+            match.report(
+                gain, quality.keys, self.key_names, self._score, quality.score,
+                str(payload.get("event_name") or payload.get("event") or ""),
+            )
+        )  # fmt: skip
         notes = ctx.notes
         notes["match_keys"] = list(quality.keys)
         notes["match_quality"] = quality.score
@@ -507,6 +520,9 @@ class ConversionsTag(Tag):
                 - self.deadline_margin_seconds,
             )
         ]
+
+    def _score(self, keys: dict[str, Any]) -> float:
+        return self.quality.assess(keys).score
 
     def _target(self, params: dict[str, Any]) -> Target:
         """The same few param combinations repeat for every event: each is worked out once."""

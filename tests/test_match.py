@@ -1,0 +1,363 @@
+"""Match quality over HTTP: the identity cookie (kept, used, removed, never trusted when
+tampered), geography (trusted proxies' headers, a MaxMind-format file), what each tag's
+answer says it gained, and event-id reuse warnings."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+from support import NO_GA4, NO_VENDOR, app_client, minimal_container, write_container
+
+from tagserver.app import create_app
+from tagserver.identity_cookie import COOKIE, KEYS, Keyring
+from tagserver.settings import Settings
+
+AUTH = {"Authorization": "Bearer test-key"}
+GRANTED = {"ad_storage": "granted", "ad_user_data": "granted"}
+EMAIL = "Jane.Doe@Example.com"
+UA = "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0 Safari/537.36"
+IP = "192.0.2.10"
+EMAIL_HASH = hashlib.sha256(b"jane.doe@example.com").hexdigest()
+
+
+def container(**extra: Any) -> dict[str, Any]:
+    options: dict[str, Any] = dict(
+        clients=[{"name": "events_api", "type": "events_api"}, {"name": "collector", "type": "collector"}],
+        tags=[
+            {"name": "meta", "type": "meta_capi", "fire_on": ["all"]},
+            {"name": "tiktok", "type": "tiktok_events", "fire_on": ["all"]},
+            {"name": "meta_plain", "type": "meta_capi", "fire_on": ["all"],
+             "params": {"use_identity_cookie": False, "use_geography": False}},
+        ],
+    )  # fmt: skip
+    return minimal_container(**{**options, **extra})
+
+
+def collect(client: TestClient, **envelope: Any) -> Any:
+    body = {"events": [{"name": "purchase", "params": {"value": 5}}], **envelope}
+    return client.post("/collect", json=body)
+
+
+def send(client: TestClient, event: dict[str, Any], **headers: str) -> dict[str, Any]:
+    event = {
+        "page_location": "https://www.shop.test/",
+        "user_agent": UA,
+        "ip_override": IP,
+        **event,
+    }
+    response = client.post("/api/events", json=event, headers={**AUTH, **headers})
+    assert response.status_code == 200, response.text
+    return response.json()["results"][0]  # type: ignore[no-any-return]
+
+
+def identity_cookie_headers(response: Any) -> list[str]:
+    return [v for v in response.headers.get_list("set-cookie") if v.startswith(COOKIE + "=")]
+
+
+def test_identity_is_kept_encrypted_and_fills_later_events(tmp_path: Path) -> None:
+    with app_client(tmp_path, container()) as client:
+        first = collect(
+            client,
+            consent=GRANTED,
+            user={
+                "email": EMAIL,
+                "phone": "+1 650 555 1212",
+                "first_name": "Jane",
+                "city": "Paris",
+            },
+        )
+        assert first.status_code == 200
+        [header] = identity_cookie_headers(first)
+        assert "HttpOnly" in header and "SameSite=Lax" in header and "Domain=shop.test" in header
+        value = header.split(";")[0].split("=", 1)[1]
+        assert "jane" not in value.lower() and EMAIL_HASH not in value
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        assert bytes.fromhex(EMAIL_HASH) not in raw  # encrypted, not merely encoded
+        assert "Max-Age=2592000" in header  # 30 days
+
+        # a later anonymous event from that browser gets the keys it lacks
+        row = send(
+            client, {"event_name": "page_view", "user_agent": "UA", "ip_override": "198.51.100.7"}
+        )
+        meta = row["match"]["meta"]
+        assert meta["keys"]["identity_cookie"] == ["em", "ph", "fn", "ct"]
+        assert meta["quality_after"] > meta["quality_before"]
+        assert meta["gain"] == 5.75  # em 3 + ph 2 + fn 0.5 + ct 0.25
+        # TikTok normalizes phones its own way: only the email hash fits it
+        assert row["match"]["tiktok"]["keys"]["identity_cookie"] == ["email"]
+        # the per-tag opt-out
+        assert row["match"]["meta_plain"]["keys"]["identity_cookie"] == []
+
+        # an event's own data always wins
+        own = send(client, {"event_name": "lead", "user_data": {"email_address": "x@y.org"}})
+        assert "em" in own["match"]["meta"]["keys"]["event"]
+        assert own["match"]["meta"]["keys"]["identity_cookie"] == ["ph", "fn", "ct"]
+
+        # consent denied on the event: nothing added
+        denied = send(client, {"event_name": "page_view", "consent": {"ad_user_data": "denied"}})
+        assert denied["match"]["meta"]["keys"]["identity_cookie"] == []
+
+
+def test_another_person_replaces_the_stored_identity(tmp_path: Path) -> None:
+    with app_client(tmp_path, container()) as client:
+        collect(client, user={"email": EMAIL, "phone": "+1 650 555 1212"})
+        collect(client, user={"email": "someone.else@example.org"})
+        row = send(client, {"event_name": "page_view"})
+        assert row["match"]["meta"]["keys"]["identity_cookie"] == ["em"]  # the phone was Jane's
+
+
+def test_consent_denied_stores_nothing_and_removes_the_cookie(tmp_path: Path) -> None:
+    with app_client(tmp_path, container()) as client:
+        none = collect(client, consent={"ad_user_data": "denied"}, user={"email": EMAIL})
+        assert identity_cookie_headers(none) == [] and COOKIE not in client.cookies
+        collect(client, consent=GRANTED, user={"email": EMAIL})
+        assert client.cookies.get(COOKIE)
+        removed = collect(client, consent={"ad_storage": "denied"})
+        [header] = identity_cookie_headers(removed)
+        assert "Max-Age=0" in header
+        assert COOKIE not in client.cookies
+        assert "identity_cookie" not in str(
+            send(client, {"event_name": "x"})["match"]["meta"]["keys"]["identity_cookie"]
+        )
+
+
+def test_logout_removes_the_cookie_even_without_events(tmp_path: Path) -> None:
+    with app_client(tmp_path, container()) as client:
+        collect(client, user={"email": EMAIL})
+        assert client.cookies.get(COOKIE)
+        out = client.post("/collect", json={"logout": True, "events": []})
+        assert out.status_code == 200 and out.json() == {"accepted": 0, "rejected": 0, "events": []}
+        assert "Max-Age=0" in identity_cookie_headers(out)[0]
+        assert COOKIE not in client.cookies
+        assert client.post("/collect", json={"events": []}).status_code == 400
+        assert client.post("/collect", json={"logout": "yes", "events": []}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["garbage", "", "A" * 5000, "AQ", base64.urlsafe_b64encode(b"\x01" + b"\x00" * 60).decode()],
+)
+def test_a_tampered_or_foreign_cookie_is_ignored(tmp_path: Path, value: str) -> None:
+    with app_client(tmp_path, container()) as client:
+        client.cookies.set(COOKIE, value, domain="sgtm.shop.test")
+        row = send(client, {"event_name": "page_view"})
+        assert row["match"]["meta"]["keys"]["identity_cookie"] == []
+        answer = collect(client)  # the collector removes what it cannot read
+        assert answer.status_code == 200
+        if value:
+            assert "Max-Age=0" in identity_cookie_headers(answer)[0]
+
+
+def test_a_flipped_bit_or_another_servers_key_is_not_believed(tmp_path: Path) -> None:
+    with app_client(tmp_path, container(), secret_key="current-secret-key") as client:
+        collect(client, user={"email": EMAIL})
+        good = client.cookies[COOKIE]
+        raw = bytearray(base64.urlsafe_b64decode(good + "=" * (-len(good) % 4)))
+        raw[-20] ^= 1
+        client.cookies.clear()
+        client.cookies.set(COOKIE, base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("="))
+        assert send(client, {"event_name": "a"})["match"]["meta"]["keys"]["identity_cookie"] == []
+        foreign = Keyring("some-other-server", []).seal({"em": EMAIL_HASH}, int(time.time()))
+        client.cookies.clear()
+        client.cookies.set(COOKIE, foreign)
+        assert send(client, {"event_name": "a"})["match"]["meta"]["keys"]["identity_cookie"] == []
+
+
+def test_rotation_reads_old_cookies_and_reseals_them(tmp_path: Path) -> None:
+    old = Keyring("the-old-secret", []).seal({"em": EMAIL_HASH}, int(time.time()) - 60)
+    with app_client(
+        tmp_path, container(), secret_key="the-new-secret", previous_secret_keys="the-old-secret"
+    ) as client:
+        client.cookies.set(COOKIE, old)
+        assert send(client, {"event_name": "a"})["match"]["meta"]["keys"]["identity_cookie"] == [
+            "em"
+        ]
+        resealed = collect(client)
+        [header] = identity_cookie_headers(resealed)
+        value = header.split(";")[0].split("=", 1)[1]
+        assert value != old and Keyring("the-new-secret", []).open(value)[0] == {"em": EMAIL_HASH}
+        assert Keyring("the-old-secret", []).open(value) is None
+
+
+def test_an_expired_cookie_is_ignored(tmp_path: Path) -> None:
+    stale = Keyring("k-secret", []).seal({"em": EMAIL_HASH}, int(time.time()) - 3 * 86400)
+    with app_client(tmp_path, container(), secret_key="k-secret", identity_cookie_days=2) as client:
+        client.cookies.set(COOKIE, stale)
+        assert send(client, {"event_name": "a"})["match"]["meta"]["keys"]["identity_cookie"] == []
+
+
+def test_the_sealed_value_is_bounded() -> None:
+    ring = Keyring("secret", [])
+    full = {key: hashlib.sha256(key.encode()).hexdigest() for key in KEYS}
+    value = ring.seal(full, 1_700_000_000)
+    assert len(value) < 600
+    assert ring.open(value) == (full, 1_700_000_000, False)
+
+
+# -- geography ----------------------------------------------------------------------------------
+
+CF = {
+    "cf-ipcountry": "US",
+    "cf-region-code": "CA",
+    "cf-ipcity": "Mountain View",
+    "cf-postal-code": "94043",
+}
+
+
+def geo_container() -> dict[str, Any]:
+    # the events API takes the request's IP and user agent (and so its geography) as the
+    # visitor's only when told to: a browser hit's proxy headers describe the visitor
+    clients = [{"name": "events_api", "type": "events_api",
+                "params": {"use_request_ip_and_user_agent": True}}]  # fmt: skip
+    return container(
+        clients=clients,
+        triggers=[
+            {"name": "all", "event": "*"},
+            {"name": "in_us", "event": "*",
+             "conditions": [{"variable": "geo.country", "operator": "equals", "value": "US"}]},
+        ],
+    ) | {"tags": [*container()["tags"], {"name": "us_only", "type": "log", "fire_on": ["in_us"]}]}  # fmt: skip
+
+
+@contextlib.contextmanager
+def client_at(tmp_path: Path, peer: str, data: dict[str, Any]) -> Iterator[TestClient]:
+    """The app in-process, its requests coming from `peer` (a proxy, or a visitor)."""
+    options = {"container": str(write_container(tmp_path, data)), "data_dir": str(tmp_path / "d"),
+               "api_keys": "test-key", "meta_graph_url": NO_VENDOR, "ga4_collect_url": NO_GA4}  # fmt: skip
+    app = create_app(Settings.from_env({}, **options))
+    with TestClient(app, base_url="http://sgtm.shop.test", client=(peer, 4000)) as client:
+        yield client
+
+
+def test_geography_from_a_trusted_proxy(tmp_path: Path) -> None:
+    with client_at(tmp_path, "127.0.0.1", geo_container()) as proxied:
+        row = send(proxied, {"event_name": "page_view", "ip_override": "127.0.0.1"}, **CF)
+        assert row["match"]["meta"]["keys"]["geography"] == ["ct", "st", "zp", "country"]
+        assert "us_only" in row["tags_fired"]  # {{geo.country}}
+        # TikTok gets the same place, normalized by its own rules
+        assert set(row["match"]["tiktok"]["keys"]["geography"]) == {
+            "city",
+            "state",
+            "zip_code",
+            "country",
+        }
+        # an event's own address wins, and another country's city is never mixed in
+        own = send(
+            proxied,
+            {
+                "event_name": "a",
+                "ip_override": "127.0.0.1",
+                "user_data": {"address": {"country": "FR"}},
+            },
+            **CF,
+        )
+        assert own["match"]["meta"]["keys"]["geography"] == []
+        # an event for another address (server to server): headers describe the caller
+        other = send(proxied, {"event_name": "a", "ip_override": "198.51.100.9"}, **CF)
+        assert other["match"]["meta"]["keys"]["geography"] == []
+
+
+def test_geography_headers_from_an_untrusted_peer_are_ignored(tmp_path: Path) -> None:
+    with client_at(tmp_path, "203.0.113.50", geo_container()) as direct:
+        row = send(direct, {"event_name": "page_view", "ip_override": "203.0.113.50"}, **CF)
+        assert row["match"]["meta"]["keys"]["geography"] == []
+        assert "us_only" not in row["tags_fired"]
+
+
+def write_mmdb(path: Path) -> Path:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-City", ipv4_compatible=True)
+    writer.insert_network(
+        IPSet(["198.51.100.0/24"]),
+        {"country": {"iso_code": "DE"}, "subdivisions": [{"iso_code": "BE", "names": {"en": "Land Berlin"}}],
+         "city": {"names": {"en": "Berlin", "de": "Berlin"}}, "postal": {"code": "10115"}},
+    )  # fmt: skip
+    writer.to_db_file(str(path))
+    return path
+
+
+def test_geography_from_a_maxmind_format_database(tmp_path: Path) -> None:
+    pytest.importorskip("mmdb_writer")
+    database = write_mmdb(tmp_path / "tiny.mmdb")
+    with app_client(tmp_path, container(), geo_database=str(database)) as client:
+        row = send(client, {"event_name": "page_view", "ip_override": "198.51.100.20"})
+        assert row["match"]["meta"]["keys"]["geography"] == ["ct", "st", "zp", "country"]
+        unknown = send(client, {"event_name": "page_view", "ip_override": "192.0.2.1"})
+        assert unknown["match"]["meta"]["keys"]["geography"] == []
+
+
+def test_a_missing_database_file_is_not_fatal(tmp_path: Path) -> None:
+    with app_client(tmp_path, container(), geo_database=str(tmp_path / "nope.mmdb")) as client:
+        row = send(client, {"event_name": "page_view", "ip_override": "198.51.100.20"})
+        assert row["match"]["meta"]["keys"]["geography"] == []
+
+
+# -- event-id reuse ---------------------------------------------------------------------------
+
+
+def test_event_id_reuse_is_reported(tmp_path: Path) -> None:
+    with app_client(tmp_path, container()) as client:
+        order = {"event_name": "purchase", "event_id": "ord-1", "transaction_id": "T1", "value": 10}
+        assert "warnings" not in send(client, order)
+        assert "warnings" not in send(client, {**order, "value": 10.0})  # the same event again
+        changed = send(client, {**order, "transaction_id": "T2", "value": 25})
+        [warning] = changed["warnings"]
+        assert "ord-1" in warning and "T1" in warning and "T2" in warning
+        renamed = send(client, {**order, "event_name": "refund"})
+        assert "event_name" not in renamed["warnings"][0] or "refund" in renamed["warnings"][0]
+        assert "warnings" not in send(client, {"event_name": "purchase", "event_id": "ord-2"})
+        browser = client.post("/collect", json={"events": [{"name": "lead", "id": "ord-1"}]})
+        assert "reused" in browser.json()["events"][0]["warnings"][0]
+        text = client.get("/metrics").text
+        for differs in ("transaction_id", "event_name"):  # counters add up across tests
+            labels = f'client="events_api",differs="{differs}"'
+            found = re.search(r"tagserver_event_id_reuse_total\{" + labels + r"\} (\S+)", text)
+            assert found and float(found.group(1)) >= 1
+
+
+def test_reuse_memory_is_bounded() -> None:
+    from tagserver.event_ids import ReuseDetector
+
+    detector = ReuseDetector(window_seconds=100, max_ids=3)
+    for n in range(10):
+        assert detector.check(f"id-{n}", {"event_name": "a"}, 1000.0, "c") is None
+    assert len(detector.seen) == 3
+    assert detector.check("id-9", {"event_name": "b"}, 1001.0, "c") is not None
+    assert detector.check("id-0", {"event_name": "b"}, 1001.0, "c") is None  # forgotten
+    assert detector.check("id-9", {"event_name": "b"}, 1200.0, "c") is None  # out of the window
+
+
+def test_match_metrics(tmp_path: Path) -> None:
+    with app_client(tmp_path, container()) as client:
+        collect(client, user={"email": EMAIL})
+        send(client, {"event_name": "page_view"})
+        text = client.get("/metrics").text
+    labels = 'event_name="PageView",stage="enriched",tag_type="meta_capi"'
+    assert f"tagserver_match_quality_score_count{{{labels}}}" in text
+    assert (
+        'tagserver_match_keys_total{key="em",source="identity_cookie",tag_type="meta_capi"}' in text
+    )
+    gain = re.search(
+        r'tagserver_match_quality_gain_total\{event_name="PageView",source="identity_cookie",'
+        r'tag_type="meta_capi"\} (\S+)',
+        text,
+    )
+    assert gain and float(gain.group(1)) >= 3.0  # em: 3 points (counters add up across tests)
+
+
+def test_settings_validate() -> None:
+    settings = Settings.from_env(
+        {"TAGSERVER_IDENTITY_COOKIE_DAYS": "7", "TAGSERVER_GEO_DATABASE": "/x"}
+    )
+    assert settings.identity_cookie_days == 7 and settings.geo_database == "/x"
