@@ -77,7 +77,7 @@ class Redactor:
         # cheaper than a regex scan (the log tag and notes pass every string of an event).
         for secret in self.values:
             if secret in value:
-                value = self._pattern.sub(REDACTED, value)  # type: ignore[union-attr]
+                value = self._pattern.sub(REDACTED, value)  # type: ignore[union-attr]  # a pattern whenever there are values
                 break
         if "=" in value:
             value = _TOKEN_IN_URL.sub(r"\1" + REDACTED, value)
