@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -221,3 +222,24 @@ def test_a_tag_that_cannot_describe_itself_does_not_stop_the_start():
         "tag buggy (third_party): (cannot describe itself: KeyError: 'oops')",
         "tag default (plain): runs in the server, sends nothing",
     ]
+
+
+def test_the_shipped_containers_vendor_tags_say_dry_run_or_live(tmp_path):
+    """Each conversions tag of the default container names what it lacks, or where it sends."""
+    shipped = Path(__file__).resolve().parent.parent / "container.json"
+    env = {"TIKTOK_PIXEL_CODE": "C1234567890ABCDEFGHI", "TIKTOK_ACCESS_TOKEN": "tt-s3cret-token"}
+    with ServerProcess(tmp_path, shipped, env=env) as server:
+        lines = startup_lines(server)
+    for tag, names in (
+        ("pinterest_capi", "PINTEREST_AD_ACCOUNT_ID and PINTEREST_ACCESS_TOKEN"),
+        ("snapchat_capi", "SNAPCHAT_PIXEL_ID and SNAPCHAT_ACCESS_TOKEN"),
+    ):
+        assert (
+            f"tag {tag} ({tag}): DRY RUN — {names} are empty (events are checked, not sent)"
+            in lines
+        )
+    [tiktok] = [line for line in lines if line.startswith("tag tiktok_events ")]
+    assert tiktok.startswith(
+        "tag tiktok_events (tiktok_events): LIVE → tiktok:C1234567890ABCDEFGHI:"
+    )
+    assert "tt-s3cret-token" not in server.logs()

@@ -32,7 +32,7 @@ import httpx
 from .. import metrics
 from ..event import Event, RequestContext
 from ..http_outcomes import elapsed_ms
-from ..plugins import Delivery, FireContext, Message, Outgoing, Tag, TagRejected
+from ..plugins import Delivery, FireContext, Message, Outgoing, StartupParams, Tag, TagRejected
 from ..redact import Redactor
 from . import match
 
@@ -471,6 +471,21 @@ class ConversionsTag(Tag):
 
     def make_target(self, values: tuple[Any, ...]) -> Target:
         raise NotImplementedError
+
+    def describe(self, params: StartupParams) -> str:
+        """The start-up log's line: LIVE with where events go, or DRY RUN naming what is empty."""
+        pending = [n for n in self.target_params if n in params.per_event]
+        if pending:
+            given = " and ".join(f"{n} from {params.source(n)}" for n in pending)
+            return f"LIVE for events that resolve {given}; DRY RUN for the others"
+        target = self.make_target(tuple(params.get(n) for n in self.target_params))
+        if target.problem is not None:
+            return f"REFUSES EVERY EVENT — {target.problem[1]}"
+        if target.route is None:
+            empty = [params.source(n.strip()) for n in target.missing.split(" and ")]
+            verb = "is" if len(empty) == 1 else "are"
+            return f"DRY RUN — {' and '.join(empty)} {verb} empty (events are checked, not sent)"
+        return f"LIVE → {target.destination}"
 
     def dry_run_body(self, payload: dict[str, Any], target: Target) -> dict[str, Any]:
         return {**target.shown, "data": [payload]}
