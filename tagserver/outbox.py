@@ -34,7 +34,7 @@ from . import metrics, outbox_store
 from .delivery_types import Destination, Due, RowValues, Settlement
 from .errors import Unavailable
 from .outbox_store import Store, connect, database_path, is_disk_full
-from .outbox_types import Claim, Routes, split
+from .outbox_types import Claim, Routes, over_limit, split
 from .outbox_writer import Job, WriterProcess, request_frame
 from .plugins import Message, Outgoing
 from .settings import Settings
@@ -224,14 +224,9 @@ class Outbox:
 
     def _refusal(self, incoming: int) -> Unavailable | None:
         """The 503 for `incoming` more messages while the outbox or its disk is full."""
-        limit = self.settings.outbox_max_messages
-        queued = self.pending + self._queued_rows
-        if queued + incoming > limit:
-            return Unavailable(
-                f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
-                "retry later",
-                retry_after=30,
-            )
+        full = over_limit(self.pending + self._queued_rows, incoming, self.settings)
+        if full is not None:
+            return full
         free = self._free_bytes
         if free is not None and free < self.settings.outbox_min_free_bytes:
             return Unavailable(

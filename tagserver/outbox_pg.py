@@ -39,7 +39,7 @@ from . import metrics
 from .delivery_types import Settlement
 from .errors import Unavailable
 from .outbox_store import DEDUP_WINDOW, duplicates
-from .outbox_types import Claim, Routes, split
+from .outbox_types import Claim, Routes, over_limit, split
 from .plugins import Message, Outgoing
 from .settings import Settings
 
@@ -589,14 +589,9 @@ class PgOutbox:
 
     def _refusal(self, incoming: int) -> Unavailable | None:
         """The 503 for `incoming` more messages while the shared outbox is full."""
-        limit = self.settings.outbox_max_messages
-        queued = self.pending + self._queued_rows
-        if queued + incoming > limit:
-            return Unavailable(
-                f"the outbox is full ({queued} messages waiting for delivery, limit {limit}); "
-                "retry later",
-                retry_after=30,
-            )
+        full = over_limit(self.pending + self._queued_rows, incoming, self.settings)
+        if full is not None:
+            return full
         return None
 
     async def _commit_loop(self) -> None:
