@@ -22,12 +22,12 @@ from typing import Any
 import httpx
 import orjson
 
-from tagserver import Delivery, Message, Sender, Setting
+from tagserver import Delivery, Message, Setting
 from tagserver.toolkit.conversions import (
     MAX_REQUESTS_PER_SEND,
+    TokenSender,
     VendorAnswer,
     install_token_log_filter,
-    isolate,
 )
 from tagserver.toolkit.http import elapsed_ms, retry_after_seconds
 from tagserver.toolkit.redact import Redactor
@@ -44,23 +44,16 @@ GRAPH_URL = Setting(
 )
 
 
-class MetaSender(Sender):
+class MetaSender(TokenSender):
     """Sends batches of server events for one destination (pixel, token, test code, version)."""
+
+    vendor = "meta"
+    log = log
+    label = "Meta"
 
     def __init__(self, http: Any, settings: Any) -> None:
         super().__init__(http, settings)
         install_token_log_filter()  # the token travels in the URL, which httpx logs
-
-    async def send(self, route: dict[str, Any], batch: list[Message]) -> list[Delivery]:
-        if not batch:
-            return []
-        token = str(route.get("access_token") or "")
-        redact = Redactor([token])
-
-        async def post(messages: list[Message]) -> VendorAnswer:
-            return await self._post(route, token, redact, messages)
-
-        return await isolate(batch, post, vendor="meta", log=log, label="Meta")
 
     async def _post(
         self, route: dict[str, Any], token: str, redact: Redactor, messages: list[Message]

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from tagserver import Delivery, Message, Sender, Setting
-from tagserver.toolkit.conversions import VendorAnswer, isolate, post_json
+from tagserver import Delivery, Message, Setting
+from tagserver.toolkit.conversions import TokenSender, VendorAnswer, post_json
 from tagserver.toolkit.http import retry_after_seconds
 from tagserver.toolkit.redact import Redactor
 
@@ -35,17 +35,9 @@ API_URL = Setting(
 )
 
 
-class PinterestSender(Sender):
-    async def send(self, route: dict[str, Any], batch: list[Message]) -> list[Delivery]:
-        if not batch:
-            return []
-        token = str(route.get("access_token") or "")
-        redact = Redactor([token])
-
-        async def post(messages: list[Message]) -> VendorAnswer:
-            return await self._post(route, token, redact, messages)
-
-        return await isolate(batch, post, vendor="pinterest", log=log)
+class PinterestSender(TokenSender):
+    vendor = "pinterest"
+    log = log
 
     async def _post(
         self, route: dict[str, Any], token: str, redact: Redactor, messages: list[Message]

@@ -16,8 +16,13 @@ from typing import Any
 
 import orjson
 
-from tagserver import Delivery, Message, Sender, Setting
-from tagserver.toolkit.conversions import VendorAnswer, install_token_log_filter, isolate, post_json
+from tagserver import Delivery, Message, Setting
+from tagserver.toolkit.conversions import (
+    TokenSender,
+    VendorAnswer,
+    install_token_log_filter,
+    post_json,
+)
 from tagserver.toolkit.http import retry_after_seconds
 from tagserver.toolkit.redact import Redactor
 
@@ -33,21 +38,13 @@ API_URL = Setting(
 )
 
 
-class SnapchatSender(Sender):
+class SnapchatSender(TokenSender):
+    vendor = "snapchat"
+    log = log
+
     def __init__(self, http: Any, settings: Any) -> None:
         super().__init__(http, settings)
         install_token_log_filter()  # the token travels in the URL, which httpx logs
-
-    async def send(self, route: dict[str, Any], batch: list[Message]) -> list[Delivery]:
-        if not batch:
-            return []
-        token = str(route.get("access_token") or "")
-        redact = Redactor([token])
-
-        async def post(messages: list[Message]) -> VendorAnswer:
-            return await self._post(route, token, redact, messages)
-
-        return await isolate(batch, post, vendor="snapchat", log=log)
 
     async def _post(
         self, route: dict[str, Any], token: str, redact: Redactor, messages: list[Message]

@@ -32,11 +32,21 @@ import httpx
 from .. import metrics
 from ..event import Event, RequestContext
 from ..http_outcomes import elapsed_ms
-from ..plugins import Delivery, FireContext, Message, Outgoing, StartupParams, Tag, TagRejected
+from ..plugins import (
+    Delivery,
+    FireContext,
+    Message,
+    Outgoing,
+    Sender,
+    StartupParams,
+    Tag,
+    TagRejected,
+)
 from ..redact import Redactor
 from . import match
 
 __all__ = [
+    "TokenSender",
     "Refusal",
     "refused",
     "raw_identity",
@@ -371,6 +381,32 @@ async def isolate(
             vendor, batch[0].destination, len(batch), requests, refused_count,
         )  # fmt: skip
     return [r if r is not None else Delivery("retry", error="not sent") for r in results]
+
+
+class TokenSender(Sender):
+    """A conversions-API sender whose route carries an `access_token`: each request of a batch
+    is made by `_post`, events the vendor refuses are isolated (`isolate`), and the token is
+    redacted from whatever is reported. Subclasses name their `vendor` and implement `_post`."""
+
+    vendor: ClassVar[str] = ""  # in log lines: "meta", "pinterest" ...
+    label: ClassVar[str] = ""  # the vendor's name in messages, when not `vendor`
+    log: ClassVar[logging.Logger] = logging.getLogger("tagserver.tag")
+
+    async def send(self, route: dict[str, Any], batch: list[Message]) -> list[Delivery]:
+        if not batch:
+            return []
+        token = str(route.get("access_token") or "")
+        redact = Redactor([token])
+
+        async def post(messages: list[Message]) -> VendorAnswer:
+            return await self._post(route, token, redact, messages)
+
+        return await isolate(batch, post, vendor=self.vendor, log=self.log, label=self.label)
+
+    async def _post(
+        self, route: dict[str, Any], token: str, redact: Redactor, messages: list[Message]
+    ) -> VendorAnswer:
+        raise NotImplementedError
 
 
 class Posted(NamedTuple):
