@@ -214,9 +214,10 @@ app = Starlette(routes=[Route("/api/events", hit, methods=["POST"]),
 """
 
 
-def real_container(idle: int = 0) -> dict[str, Any]:
-    """The shipped container.json, plus `idle` http_request tags that never fire."""
-    container: dict[str, Any] = json.loads(DEFAULT_CONTAINER.read_text())
+def real_container(idle: int = 0, root: Path = ROOT) -> dict[str, Any]:
+    """The shipped container.json (of the checkout at `root`), plus `idle` http_request tags
+    that never fire."""
+    container: dict[str, Any] = json.loads((root / "container.json").read_text())
     container.pop("$schema", None)
     for n in range(idle):
         container["triggers"].append({"name": f"idle_{n}", "event": f"never_{n}",
@@ -590,8 +591,8 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
             # E again, from another checkout (its .venv): two versions side by side
             name = f"E{number}"
             started[name] = servers.start_tagserver(
-                f"tagserver-e{number}", container=real_container(), extra_env=env,
-                tree=Path(tree).resolve(),
+                f"tagserver-e{number}", container=real_container(root=Path(tree).resolve()),
+                extra_env=env, tree=Path(tree).resolve(),
             )  # fmt: skip
             plan.append((f"{name}   E from {Path(tree).resolve().name}"[:26], name, "events"))
             plan.append((f"K{number}   K from {Path(tree).resolve().name}"[:26], name, "collect"))
