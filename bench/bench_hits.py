@@ -21,8 +21,8 @@ a bare Starlette app answering 204 to the same POSTs. Every server runs one work
 with `taskset` to the same core (`--server-core`), wrk runs on the other one, and runs
 alternate A E K I30 I100 A E K ... (the servers not measured are frozen with SIGSTOP).
 Prints hits/s, p50/p99, the ratios to A and the idle tags' cost; then p99 at half of each
-one's maximum rate (`hey`, when on PATH); `--workers2` adds E on `--workers 2` (unpinned)
-and its ratio to E.
+one's maximum rate (open loop, `bench/steady.py`); `--workers2` adds E on `--workers 2`
+(on every core) and its ratio to E.
 
 One tag (`one-tag`, was `hits`): A = a bare Starlette app answering 204; B = `tagserver serve` handling the
 same POST /api/events end to end (events API client → container with one `http_request` tag
@@ -32,8 +32,8 @@ path alone. A2 = a bare Starlette app doing the same HTTP exchange as B and C (r
 answers the same JSON): not the target's baseline, but it shows what the exchange itself costs.
 One worker each, uvloop + httptools, `wrk` at 64 connections with a unique event id per
 request, runs alternating A A2 B C A A2 B C. Prints hits/s, p50/p99 per run, the medians and
-the ratios to A (and of B and C to A2); then p50/p99 of each at a fixed rate (`hey`), half of
-C's maximum. `--tree DIR` adds C as another checkout runs it (C1, C2 ...), in the same rounds:
+the ratios to A (and of B and C to A2); then p50/p99 of each at a fixed rate (open loop,
+`bench/steady.py`), half of C's maximum. `--tree DIR` adds C as another checkout runs it (C1, C2 ...), in the same rounds:
 on a shared machine, only versions measured side by side can be compared. `--postgres` starts
 a PostgreSQL (Debian's binaries, a temporary cluster on loopback) and adds B and C with the
 outbox there (`TAGSERVER_OUTBOX_URL`), in the same rounds; at the end the vendor of both C
@@ -380,6 +380,10 @@ class Servers:
     ) -> subprocess.Popen[bytes]:
         if pin and self.pin is not None:
             args = ["taskset", "-c", str(self.pin), *args]
+        elif self.pin is not None:
+            # every core: without this, a `--workers 2` server inherited the bench's own
+            # affinity (wrk's core) and ran both workers on one core
+            args = ["taskset", "-c", f"0-{(os.cpu_count() or 1) - 1}", *args]
         log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         # an empty working directory: `python -m` puts it first on sys.path, and B's data dir
         # (work/tagserver) there would shadow the tagserver package as a namespace package
@@ -435,29 +439,27 @@ def wrk(
     }
 
 
-def hey(
+def steady(
     url: str,
     seconds: float,
     rate: float,
     body_file: Path,
-    connections: int = 64,
     path: str = "/api/events",
     headers: tuple[str, ...] = (f"Authorization: Bearer {API_KEY}",),
     content_type: str = "application/json",
     core: int | None = None,
-) -> dict:
-    """A fixed request rate (not flat out): latency when the server is not saturated."""
+) -> dict[str, Any]:
+    """A fixed request rate, open loop (bench/steady.py): requests evenly spaced, a unique
+    event id each, latency counted from each request's scheduled time. Not `hey -q`: its
+    workers fire in step, so the server saw bursts of 64 and the p50 measured the bursts."""
     pin = ["taskset", "-c", str(core)] if core is not None else []
     flags = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run(
-        [*pin, "hey", "-z", f"{int(seconds)}s", "-c", str(connections), "-q",
-         f"{rate / connections:.3f}", "-m", "POST", "-T", content_type, *flags,
-         "-D", str(body_file), url + path],
+        [*pin, sys.executable, str(ROOT / "bench" / "steady.py"), url, path, str(rate),
+         str(seconds), str(body_file), "-T", content_type, *flags],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    latency = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "p50": latency.get("50", 0.0), "p99": latency.get("99", 0.0)}
+    return dict(json.loads(out))
 
 
 def outbox_pending(data_dir: Path) -> int:
@@ -662,29 +664,25 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
                       f"target ≤ 5 % for 100)")  # fmt: skip
             if label.startswith("W2"):
                 print(f"  --workers 2: {row['rps'] / base:.2f}× one worker (target ≥ 1.6)")
-        if shutil.which("hey"):
-            bodies = {"events": work / "events.json", "collect": work / "collect.json"}
-            bodies["events"].write_text(json.dumps(PURCHASE).replace("EVENT_ID", "steady"))
-            bodies["collect"].write_text(
-                json.dumps(COLLECT).replace("EVENT_ID", "steady").replace("EVENT_NAME", "purchase")
-            )
-            for label, server, script in plan:
-                if label.startswith(("I", "W2")):
-                    continue
-                rate = round(summary[label]["rps"] / 2, -1)
-                only(server)
-                headers: tuple[str, ...] = (f"Authorization: Bearer {API_KEY}", f"User-Agent: {UA}")
-                content_type = "application/json"
-                if script == "collect":
-                    headers = (f"Origin: {ORIGIN}", f"User-Agent: {UA}", f"Cookie: {cookie}")
-                    content_type = "text/plain;charset=UTF-8"
-                path = "/api/events" if script == "events" else "/collect"
-                result = hey(started[server][0], args.duration, rate, bodies[script], path=path,
-                             headers=headers, content_type=content_type, core=wrk_core)  # fmt: skip
-                print(f"steady {rate:>6.0f}/s {label:<26} got {result['rps']:>6.0f}/s  "
-                      f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms  (hey)")  # fmt: skip
-        else:
-            print("steady rate: skipped (`hey` is not on PATH)")
+        bodies = {"events": work / "events.json", "collect": work / "collect.json"}
+        bodies["events"].write_text(json.dumps(PURCHASE))  # EVENT_ID: unique per request
+        bodies["collect"].write_text(json.dumps(COLLECT).replace("EVENT_NAME", "purchase"))
+        for label, server, script in plan:
+            if label.startswith(("I", "W2")):
+                continue
+            rate = round(summary[label]["rps"] / 2, -1)
+            only(server)
+            headers: tuple[str, ...] = (f"Authorization: Bearer {API_KEY}", f"User-Agent: {UA}")
+            content_type = "application/json"
+            if script == "collect":
+                headers = (f"Origin: {ORIGIN}", f"User-Agent: {UA}", f"Cookie: {cookie}")
+                content_type = "text/plain;charset=UTF-8"
+            path = "/api/events" if script == "events" else "/collect"
+            result = steady(started[server][0], args.duration, rate, bodies[script], path=path,
+                            headers=headers, content_type=content_type, core=wrk_core)  # fmt: skip
+            print(f"steady {rate:>6.0f}/s {label:<26} got {result['rps']:>6.0f}/s  "
+                  f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms  "
+                  f"(open loop{', errors ' + str(result['errors']) if result['errors'] else ''})")  # fmt: skip
         for _, proc in started.values():
             os.killpg(proc.pid, signal.SIGCONT)
         time.sleep(1)
@@ -835,14 +833,12 @@ def run_hits(args: argparse.Namespace) -> dict[str, Any]:
         rate = args.steady_rate or round(summary["C tagserver, vendor down"]["rps"] / 2, -2)
         body_file = work / "body.json"
         body_file.write_text(json.dumps(BODY))
-        if shutil.which("hey") is None:
-            print("steady rate: skipped (`hey` is not on PATH)")
-        for name, url in contenders.items() if shutil.which("hey") else ():
+        for name, url in contenders.items():
             only(name)
-            result = hey(url, args.duration, rate, body_file)
+            result = steady(url, args.duration, rate, body_file)
             print(
                 f"steady {rate:.0f} hits/s {name:<25} got {result['rps']:>6.0f}/s  "
-                f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms  (hey, 64 connections)"
+                f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms  (open loop)"
             )
         for _, proc in started.values():
             os.killpg(proc.pid, signal.SIGCONT)

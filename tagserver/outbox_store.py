@@ -240,9 +240,16 @@ class Store:
 
     # -- transactions
 
-    def transaction(self, work: Callable[[], T]) -> T:
+    def transaction(
+        self, work: Callable[[], T], begin: Callable[[sqlite3.Connection], None] | None = None
+    ) -> T:
+        """`work()` in one write transaction, begun by `begin(conn)` when given (the writer
+        process polls the lock itself) or by BEGIN IMMEDIATE with the busy timeout."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        if begin is None:
+            conn.execute("BEGIN IMMEDIATE")
+        else:
+            begin(conn)
         try:
             result = work()
             conn.execute("COMMIT")

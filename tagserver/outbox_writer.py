@@ -17,6 +17,16 @@ are this code, started together; nothing else can reach the socket):
   duplicates)` (duplicates: seq → indices of that group's rows not stored, as repeats), or
   the exception that lost the whole transaction.
 
+Two things keep a commit short. The write lock is polled every `LOCK_POLL` seconds rather
+than through SQLite's busy handler, whose sleeps grow 1, 2, 5, 10 … ms: with `--workers 2`
+two writer processes take turns at one database, and each turn waited a few ms longer than
+the other's commit lasted. And a commit that holds only the dispatcher's bookkeeping (claims,
+lease extensions, releases, settlements: no hit's messages) does not wait for its own fsync
+(`synchronous=NORMAL` for that transaction): the next commit with messages syncs the WAL,
+earlier frames included. A power loss can undo such bookkeeping, never an acknowledged hit:
+a message then is claimed or sent again (vendors deduplicate by event id); a `kill -9`
+loses nothing either way.
+
 The writer exits when the server closes its end (also when the server is killed): it first
 commits what it has, then checkpoints and closes the database. It ignores SIGINT and SIGTERM,
 which a terminal or a service manager may send to the whole process group: the server stops
@@ -40,6 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from . import outbox_store
 from .delivery_types import Destination, OutboxRow, RowValues
 from .outbox_store import MAX_ROWS_PER_INSERT, Store, is_disk_full
 
@@ -47,6 +58,18 @@ HEADER = struct.Struct("!I")
 READ_SIZE = 1 << 20
 START_TIMEOUT = 60.0  # the schema may wait for another worker's lock (30 s busy timeout)
 STOP_TIMEOUT = 30.0
+LOCK_POLL = 0.0002  # seconds between attempts at the write lock another worker holds
+LOCK_TIMEOUT = 30.0  # then the commit fails (503), as SQLite's busy timeout did
+# jobs whose commit needs no fsync of its own (see the module's docstring)
+BOOKKEEPING = frozenset(
+    {
+        outbox_store.claim,
+        outbox_store.extend,
+        outbox_store.release,
+        outbox_store.settle,
+        outbox_store.forget_delivered,
+    }
+)
 
 Job = tuple[Callable[..., Any], tuple[Any, ...]]
 Request = tuple[int, list[RowValues], list[Job]]
@@ -95,13 +118,14 @@ def main(argv: list[str]) -> int:
             store = Store.open(path, sync)
             # checkpoints run in the server's maintenance thread, never inside a commit
             store.conn.execute("PRAGMA wal_autocheckpoint=0")
+            store.conn.execute("PRAGMA busy_timeout=0")  # `begin` polls the lock itself
             pending = store.pending_total()
         except Exception as exc:
             sock.sendall(frame(("failed", f"{type(exc).__name__}: {exc}")))
             return 1
         sock.sendall(frame(("ready", pending)))
         try:
-            serve(sock, store)
+            serve(sock, store, sync.lower() != "normal")
         finally:
             with contextlib.suppress(sqlite3.Error):
                 store.checkpoint()
@@ -109,10 +133,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def serve(sock: socket.socket, store: Store) -> None:
+def serve(sock: socket.socket, store: Store, full_sync: bool = True) -> None:
     """Commit each group of requests and answer it, until the server closes its end (or
     dies: what it sent is still committed, though no one is left to hear it)."""
     frames = Frames()
+    synced = True  # the connection's `synchronous` is FULL (when the setting is `full`)
     open_ = True
     while open_:
         data = receive(sock, 0)
@@ -126,6 +151,11 @@ def serve(sock: socket.socket, store: Store) -> None:
             open_ = bool(data)
             requests += frames.feed(data)
         if requests:
+            if full_sync:
+                bookkeeping = is_bookkeeping(requests)
+                if bookkeeping == synced:
+                    synced = not bookkeeping
+                    store.conn.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
             reply = frame(commit(store, requests))
             try:
                 sock.sendall(reply)
@@ -143,6 +173,32 @@ def receive(sock: socket.socket, flags: int) -> bytes:
         return b""
 
 
+def is_bookkeeping(requests: list[Request]) -> bool:
+    """The group holds no messages, only the dispatcher's jobs: no fsync of its own needed."""
+    return all(
+        not rows and all(function in BOOKKEEPING for function, _ in jobs)
+        for _, rows, jobs in requests
+    )
+
+
+def begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, trying again every LOCK_POLL seconds while another worker's writer
+    holds the lock (the connection's busy timeout is 0)."""
+    deadline = 0.0
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # the primary code
+                raise
+            now = time.monotonic()
+            deadline = deadline or now + LOCK_TIMEOUT
+            if now > deadline:
+                raise
+        time.sleep(LOCK_POLL)
+
+
 def commit(store: Store, requests: list[Request]) -> tuple[str, list[int], Any, float]:
     started = time.perf_counter()
     seqs = [seq for seq, _, _ in requests]
@@ -154,14 +210,20 @@ def commit(store: Store, requests: list[Request]) -> tuple[str, list[int], Any, 
             and len(rows) <= MAX_ROWS_PER_INSERT
             and store.knows_destinations(rows)
         ):
-            # the common case under load: one INSERT in autocommit mode is its own transaction
-            touched, repeats = store.insert(rows, now)
-            outcome: Any = (touched, {}, None, by_group(requests, repeats))
+            # the common case under load: one INSERT, no savepoints
+            outcome: Any = store.transaction(lambda: _insert(store, rows, requests, now), begin)
         else:
-            outcome = store.transaction(lambda: _work(store, rows, requests, now))
+            outcome = store.transaction(lambda: _work(store, rows, requests, now), begin)
     except Exception as exc:
         outcome = portable(exc)
     return ("committed", seqs, outcome, time.perf_counter() - started)
+
+
+def _insert(
+    store: Store, rows: list[OutboxRow], requests: list[Request], now: float
+) -> tuple[dict[int, Destination], dict[int, list[tuple[bool, Any]]], None, dict[int, list[int]]]:
+    touched, repeats = store.insert(rows, now)
+    return touched, {}, None, by_group(requests, repeats)
 
 
 def by_group(requests: list[Request], repeats: list[int]) -> dict[int, list[int]]:
