@@ -63,13 +63,10 @@ async def run(args: argparse.Namespace) -> dict[str, float | int]:
             f"Content-Type: {args.content_type}\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
         ).encode() + body
 
-    async def one(n: int, due: float) -> None:
+    async def one(n: int, due: float, conn: Connection | None) -> None:
         nonlocal opened, errors, outstanding
         try:
-            if idle:
-                conn = idle.pop()
-            else:
-                opened += 1
+            if conn is None:  # counted in `opened` by the scheduler already
                 conn = Connection(*await asyncio.open_connection(host, port))
             status = await conn.exchange(request(n))
             latencies.append(time.perf_counter() - due)
@@ -98,9 +95,12 @@ async def run(args: argparse.Namespace) -> dict[str, float | int]:
             late += 1  # every connection busy: wait for one (charged to this request's latency)
             while not idle and opened >= args.connections:
                 await asyncio.sleep(0.0005)
+        conn = idle.pop() if idle else None
+        if conn is None:
+            opened += 1
         outstanding += 1
         done.clear()
-        task = loop.create_task(one(n, due))
+        task = loop.create_task(one(n, due, conn))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if outstanding:
