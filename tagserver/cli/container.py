@@ -27,10 +27,8 @@ from typing import Any
 
 import click
 
-from .container import ContainerError, load, parse_json
-from .container_diff import diff
-from .container_status import iso
-from .history import (
+from ..container.diff import diff
+from ..container.history import (
     FILENAME,
     Entry,
     History,
@@ -39,8 +37,10 @@ from .history import (
     content_hash,
     resolve,
 )
-from .history_backend import open_history
-from .problems import plural
+from ..container.history_backend import open_history
+from ..container.model import ContainerError, load, parse_json
+from ..container.problems import plural
+from ..container.status import iso
 
 data_dir_option = click.option(
     "--data-dir",
@@ -220,8 +220,8 @@ def rollback(ref: str, data_dir: str, outbox_url: str, path: str) -> None:
 
 def _check_still_valid(entry: Entry) -> None:
     """The plugins installed now must still accept it, or the server would refuse it."""
-    from .plugins import load_registry
-    from .settings import Settings, SettingsError
+    from ..plugins import load_registry
+    from ..settings import Settings, SettingsError
 
     registry = load_registry()
     try:

@@ -18,8 +18,8 @@ from typing import Any
 import click
 import orjson
 
-from .container import ContainerError, load_file
-from .importer import (
+from ..container.model import ContainerError, load_file
+from ..engine.importer import (
     DEFAULT_ACTION_SOURCE,
     CountingLines,
     Importer,
@@ -32,9 +32,9 @@ from .importer import (
     peek,
     read_rows,
 )
-from .plugins import load_registry
-from .runtime import Runtime
-from .settings import Settings, SettingsError
+from ..engine.runtime import Runtime
+from ..plugins import load_registry
+from ..settings import Settings, SettingsError
 
 
 @click.group()
@@ -133,7 +133,7 @@ async def _run(
     action_source: str,
     quiet: bool,
 ) -> Any:
-    from .outbox_backend import open_outbox
+    from ..delivery.outbox_backend import open_outbox
 
     outbox = None if dry_run else open_outbox(settings)
     ledger = Ledger(settings.data_dir)

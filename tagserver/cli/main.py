@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import serving
-from .container import Container, ContainerError, load_file
-from .container_cli import container
-from .events_cli import events
-from .outbox_cli import outbox
-from .plugins import Registry, load_registry
-from .settings import PREFIX, Settings, SettingsError
+from .. import serving
+from ..container.model import Container, ContainerError, load_file
+from ..plugins import Registry, load_registry
+from ..settings import PREFIX, Settings, SettingsError
+from .container import container
+from .events import events
+from .outbox import outbox
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -140,13 +140,13 @@ def serve(**flags: object) -> None:
         raise click.ClickException(f"{exc.strerror}{hint}") from None
     settings.signing_key()  # create the shared key once, before workers race for it
     if settings.workers > 1:
-        from .exposition import prepare_multiprocess
+        from ..web.exposition import prepare_multiprocess
 
         prepare_multiprocess(settings)  # /metrics then sums every worker's counters
     _before_serve(settings, loaded)
     signal.signal(signal.SIGTERM, _stopped)
     config = uvicorn.Config(
-        "tagserver.app:create_app",
+        "tagserver.web.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -199,8 +199,8 @@ def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
     """A container refused at start is kept in the history too (when it can be read)."""
     from pathlib import Path
 
-    from .history_backend import open_history
-    from .reload import remember_refusal
+    from ..container.history_backend import open_history
+    from ..web.reload import remember_refusal
 
     try:
         raw = Path(settings.container).read_bytes()
@@ -217,8 +217,8 @@ def _remember_refusal(settings: Settings, exc: ContainerError) -> None:
 
 def _before_serve(settings: Settings, loaded: Container) -> None:
     """Start-up work that must run once in the parent process, before workers fork."""
-    from .preview import announce
-    from .startup import log_startup
+    from ..preview import announce
+    from ..web.startup import log_startup
 
     log_startup(settings, loaded)  # what will happen: listen address, outbox, each tag
     announce(settings)  # the preview sign-in link with its one-time token
@@ -253,7 +253,7 @@ def validate(path: str | None) -> None:
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of container.json (every installed client and tag included)."""
-    from .schema import container_schema
+    from ..container.schema import container_schema
 
     click.echo(json.dumps(container_schema(load_registry()), indent=2))
 
@@ -265,7 +265,7 @@ def show_settings(markdown: bool, **flags: Any) -> None:
     """Every TAGSERVER_* setting by who declares it (the core, each plugin), with the value
     `serve` would use given these flags and the environment, and where it comes from.
     Secrets show only as set / not set."""
-    from .settings_cli import show
+    from .settings import show
 
     show(flags, markdown)
 
@@ -283,7 +283,7 @@ def link(data_dir: str | None) -> None:
     """Print a fresh sign-in link for the server running on this data dir.
 
     The link printed at start-up (or by an earlier `preview link`) stops working."""
-    from .preview.auth import new_login_token
+    from ..preview.auth import new_login_token
 
     settings = _settings(data_dir=data_dir)
     note = serving.running(settings)

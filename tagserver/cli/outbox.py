@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .outbox_backend import OutboxAdmin, open_admin
-from .settings import Settings, SettingsError
+from ..delivery.outbox_backend import OutboxAdmin, open_admin
+from ..settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from .container import Container
+    from ..container.model import Container
 
 data_dir_option = click.option(
     "--data-dir",
@@ -209,7 +209,7 @@ def retry(
     Each tag's dead letters go where the tag sends now, with the current container and
     environment (a fixed token or URL takes effect); --keep-route sends them the old way.
     """
-    from .retry import retry_dead_letters
+    from ..engine.retry import retry_dead_letters
 
     container = None if keep_route else _current_container(container_path)
     admin = open_outbox(data_dir, outbox_url)
@@ -234,8 +234,8 @@ def retry(
 
 def _current_container(container_path: str) -> Container:
     """The container whose tags say where messages go now (with the current environment)."""
-    from .container import ContainerError, load_file
-    from .plugins import load_registry
+    from ..container.model import ContainerError, load_file
+    from ..plugins import load_registry
 
     try:
         settings = Settings.from_env(container=container_path)

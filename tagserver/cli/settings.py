@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from .plugins import Registry, load_registry
-from .settings import Setting, Settings, SettingsError, core_settings, shown_default
+from ..plugins import Registry, load_registry
+from ..settings import Setting, Settings, SettingsError, core_settings, shown_default
 
 CORE = "core"
 

@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from ..delivery.outbox_pg import Scrubber, is_connection_problem, safe_url
 from .history import KEEP, Entry, HistoryUnavailable, content_hash
-from .outbox_pg import Scrubber, is_connection_problem, safe_url
 
 T = TypeVar("T")
 

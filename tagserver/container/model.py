@@ -19,13 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import cookie_keeper
-from .event import CONSENT_TYPES, RequestContext
-from .plugins import Client, Param, Registry, Tag
+from ..event import CONSENT_TYPES, RequestContext
+from ..plugins import Client, Param, Registry, Tag
+from ..redact import secret_values
+from ..settings import Settings
+from ..visitor import cookie_keeper
 from .problems import describe, line_of, owner_name, plural, value_lines
-from .redact import secret_values
 from .refs import compile_value, has_refs, references
-from .settings import Settings
 from .transformations import Transformation, compile_all
 from .transformations import validate as validate_transformations
 from .triggers import OPERATORS, Trigger, variable_name

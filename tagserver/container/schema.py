@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import cookie_keeper
-from .event import CONSENT_TYPES
-from .plugins import Registry, params_schema
+from ..event import CONSENT_TYPES
+from ..plugins import Registry, params_schema
+from ..visitor import cookie_keeper
 from .transformations import schema as transformations_schema
 from .triggers import OPERATORS
 from .variables import VARIABLE_TYPES

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .container import Container
+    from .model import Container
 
 
 def iso(at: float) -> str:

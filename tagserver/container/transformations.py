@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .event import CONSENT_TYPES, Event
+from ..event import CONSENT_TYPES, Event
 from .refs import compile_value
 from .triggers import Trigger, TriggerCheck
 from .variables import Scope
 
 if TYPE_CHECKING:
-    from .plugins import Registry
+    from ..plugins import Registry
 
 TYPES = ("allow", "exclude", "augment")
 KEYS = ("name", "type", "keys", "set", "tags", "tag_types", "conditions", "description")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .event import (
+from ..event import (
     COMMON_KEYS,
     Event,
     RequestContext,
@@ -27,8 +27,8 @@ from .event import (
     get_path,
     user_agent_info,
 )
-from .match import geography
-from .plugins import Param
+from ..plugins import Param
+from ..visitor.match import geography
 from .refs import Compiled, compile_value, text
 
 REDACTED = "[redacted]"

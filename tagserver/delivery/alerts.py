@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger("tagserver.alerts")
 

@@ -6,7 +6,7 @@ each message by its `Delivery`: delivered → removed; retry → rescheduled wit
 backoff and full jitter (at least what the vendor's Retry-After asked); permanent, or out of
 time before its deadline → dead letter with the vendor's reason. A lane whose sends keep failing
 pauses itself — only itself: every destination has its own lane, so one broken vendor never
-slows the others. Senders share one `httpx.AsyncClient` (`tagserver.http_client`); each lane
+slows the others. Senders share one `httpx.AsyncClient` (`tagserver.delivery.http_client`); each lane
 keeps at most `send_concurrency` sends in flight.
 
 Bookkeeping is amortised, since a webhook lane may deliver one message per request: a healthy
@@ -34,14 +34,14 @@ from typing import Any
 
 import httpx
 
-from . import metrics
+from .. import metrics
+from ..plugins import Delivery, Message, Registry, Sender
+from ..redact import RedactingFilter, Redactor
+from ..settings import Settings
 from .alerts import Alerts
 from .delivery_types import DeadLetter, Destination, Retry, Settlement
 from .http_client import vendor_client
 from .outbox_backend import Claim, OutboxBackend
-from .plugins import Delivery, Message, Registry, Sender
-from .redact import RedactingFilter, Redactor
-from .settings import Settings
 
 log = logging.getLogger("tagserver.dispatch")
 

@@ -19,7 +19,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from ._compat import release_response
+from .._compat import release_response
 
 MAX_CONNECTIONS = 200
 KEEPALIVE_SECONDS = 5.0

@@ -11,7 +11,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from .plugins import Outcome, TagRejected
+from ..plugins import Outcome, TagRejected
 
 RETRY_STATUSES = frozenset({408, 429})  # besides every 5xx
 

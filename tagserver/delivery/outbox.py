@@ -30,14 +30,15 @@ from typing import Any, TypeVar
 
 import orjson
 
-from . import metrics, outbox_store
+from .. import metrics
+from ..errors import Unavailable
+from ..plugins import Message, Outgoing
+from ..settings import Settings
+from . import outbox_store
 from .delivery_types import Destination, Due, RowValues, Settlement
-from .errors import Unavailable
 from .outbox_store import Store, connect, database_path, is_disk_full
 from .outbox_types import Claim, Routes, over_limit, split
 from .outbox_writer import Job, WriterProcess, request_frame
-from .plugins import Message, Outgoing
-from .settings import Settings
 
 T = TypeVar("T")
 

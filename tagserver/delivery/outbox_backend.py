@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from ..plugins import Outgoing
+from ..settings import Settings
 from .delivery_types import Settlement
 from .outbox_types import Claim, Routes
-from .plugins import Outgoing
-from .settings import Settings
 
 __all__ = [
     "Claim",

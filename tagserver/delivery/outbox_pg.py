@@ -35,13 +35,13 @@ import asyncpg
 import asyncpg.pool
 import orjson
 
-from . import metrics
+from .. import metrics
+from ..errors import Unavailable
+from ..plugins import Message, Outgoing
+from ..settings import Settings
 from .delivery_types import Settlement
-from .errors import Unavailable
 from .outbox_store import DEDUP_WINDOW, duplicates
 from .outbox_types import Claim, Routes, over_limit, split
-from .plugins import Message, Outgoing
-from .settings import Settings
 
 log = logging.getLogger("tagserver.outbox")
 

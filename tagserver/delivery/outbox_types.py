@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Unavailable
-from .plugins import Message
-from .settings import Settings
+from ..errors import Unavailable
+from ..plugins import Message
+from ..settings import Settings
 
 # tag name → (destination key, tag type, route) it resolves to now (`tagserver outbox retry`)
 Routes = Mapping[str, tuple[str, str, dict[str, Any]]]

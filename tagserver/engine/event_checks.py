@@ -11,7 +11,7 @@ import ipaddress
 from datetime import UTC, datetime
 from typing import Any
 
-from .event import CONSENT_TYPES, Event, add_page_parts
+from ..event import CONSENT_TYPES, Event, add_page_parts
 
 __all__ = ["EventError", "MAX_STRING", "check_event", "parse_event_time"]
 

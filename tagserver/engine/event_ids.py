@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 from prometheus_client import Counter
 
-from . import metrics
-from .event import Event
+from .. import metrics
+from ..event import Event
 
 log = logging.getLogger("tagserver.event_ids")
 

@@ -10,14 +10,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import metrics
-from .event import Event, RequestContext
+from .. import metrics
+from ..event import Event, RequestContext
 from .event_ids import ReuseDetector
 from .runtime import EventResult, Runtime
 
 if TYPE_CHECKING:
-    from .cookie_keeper import CookieKeeper
-    from .outbox_backend import OutboxBackend
+    from ..delivery.outbox_backend import OutboxBackend
+    from ..visitor.cookie_keeper import CookieKeeper
 
 
 @dataclass

@@ -28,9 +28,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from .event import Event, RequestContext
+from ..event import Event, RequestContext
+from ..plugins import Outgoing
 from .event_checks import EventError, check_event
-from .plugins import Outgoing
 from .runtime import EventResult, Runtime
 
 CHUNK_ROWS = 1000  # rows run and committed together: bounds memory, shares one outbox commit

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .container import Container
-from .event import RequestContext
-from .variables import Scope
+from ..container.model import Container
+from ..container.variables import Scope
+from ..event import RequestContext
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .container import Container
-from .outbox_backend import OutboxAdmin
+from ..container.model import Container
+from ..delivery.outbox_backend import OutboxAdmin
 from .reroute import Route, current_routes
 
 RouteNow = tuple[str, str, dict[str, Any]]  # destination key, tag type, route (secrets)

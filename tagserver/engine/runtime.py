@@ -13,17 +13,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import metrics
-from .container import CompiledTag, Container
-from .event import Event, RequestContext
-from .match import record as record_match
-from .plugins import FireContext, MatchReport, Outgoing, TagRejected
-from .redact import REDACTED, Redactor, secret_values
-from .refs import text
-from .settings import Settings
-from .transformations import changes
-from .triggers import Trigger, TriggerCheck
-from .variables import Scope
+from .. import metrics
+from ..container.model import CompiledTag, Container
+from ..container.refs import text
+from ..container.transformations import changes
+from ..container.triggers import Trigger, TriggerCheck
+from ..container.variables import Scope
+from ..event import Event, RequestContext
+from ..plugins import FireContext, MatchReport, Outgoing, TagRejected
+from ..redact import REDACTED, Redactor, secret_values
+from ..settings import Settings
+from ..visitor.match import record as record_match
 
 log = logging.getLogger("tagserver.runtime")
 

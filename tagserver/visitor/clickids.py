@@ -25,8 +25,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from .event import RequestContext
-from .settings import Settings
+from ..event import RequestContext
+from ..settings import Settings
 
 __all__ = ["resolve", "has_click_id", "CLICK_ID_RE", "TTP_RE", "TTP_MAX_AGE", "TTCLID_MAX_AGE"]
 

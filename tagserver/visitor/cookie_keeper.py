@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .event import RequestContext
+from ..event import RequestContext
 
 __all__ = ["CookieKeeper", "compile_keeper", "problems", "SCHEMA"]
 

@@ -63,10 +63,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from ..event import RequestContext
+from ..settings import Settings
 from . import clickids
 from .clickids import has_click_id
-from .event import RequestContext
-from .settings import Settings
 
 if TYPE_CHECKING:
     from publicsuffixlist import PublicSuffixList

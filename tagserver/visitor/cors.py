@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..event import RequestContext
+from ..settings import Settings
 from .cookies import registrable_domain
-from .event import RequestContext
-from .settings import Settings
 
 if TYPE_CHECKING:
     from starlette.responses import Response

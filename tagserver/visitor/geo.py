@@ -25,7 +25,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger("tagserver.geo")
 

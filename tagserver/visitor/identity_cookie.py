@@ -4,7 +4,7 @@ A visitor who signs in or buys on one page gives an email, a phone, a name; with
 next page's events are anonymous again. With `ad_user_data` consent (and `ad_storage`: it is
 a cookie), the server keeps the keys' SHA-256 hashes — normalized by the shared rules of
 `tagserver.toolkit.identity`, exactly what a conversions tag would send — in one first-party
-cookie, and later events that lack a key get it from there (`tagserver.match`).
+cookie, and later events that lack a key get it from there (`tagserver.visitor.match`).
 
 Hashes are still personal data, so the cookie is:
 - **encrypted and authenticated**: AES-256-GCM (the `cryptography` library) with a key
@@ -41,8 +41,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .settings import Settings
-from .toolkit import identity
+from ..settings import Settings
+from ..toolkit import identity
 
 COOKIE = "tagserver_ident"
 VERSION = 1

@@ -25,14 +25,14 @@ from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Histogram
 
-from . import metrics
+from .. import metrics
+from ..event import Event, RequestContext
+from ..plugins import MatchReport, Param
+from ..settings import Settings
+from ..toolkit import identity
 from .cookies import attributes, consent_denied
-from .event import Event, RequestContext
 from .geo import NOWHERE, Geography, of_ip
 from .identity_cookie import Stored, hashed_keys, remember
-from .plugins import MatchReport, Param
-from .settings import Settings
-from .toolkit import identity
 
 EVENT, IDENTITY_COOKIE, GEOGRAPHY = "event", "identity_cookie", "geography"
 PLACE_KEYS = frozenset({"ct", "st", "zp", "country"})

@@ -27,26 +27,26 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import metrics
-from .alerts import Alerts
-from .container import ContainerError, load_file
-from .container_status import ContainerStatus
-from .dispatch import FAILURES_BEFORE_PAUSE, Dispatcher
-from .errors import BadRequest, HitError, PayloadTooLarge
-from .event import RequestContext
-from .event_ids import ReuseDetector, detector
+from .. import metrics
+from ..container.history import History
+from ..container.history_backend import open_history
+from ..container.model import ContainerError, load_file
+from ..container.status import ContainerStatus
+from ..delivery.alerts import Alerts
+from ..delivery.dispatch import FAILURES_BEFORE_PAUSE, Dispatcher
+from ..delivery.outbox_backend import OutboxBackend, open_outbox
+from ..engine.event_ids import ReuseDetector, detector
+from ..engine.hit import Hit, HitTrace, new_trace_id
+from ..engine.runtime import Runtime
+from ..errors import BadRequest, HitError, PayloadTooLarge
+from ..event import RequestContext
+from ..plugins import Example, Registry, load_registry
+from ..preview import Preview
+from ..preview.routes import Server, preview_routes
+from ..redact import Redactor
+from ..settings import ROOT_PATH_SCOPE_KEY, Settings
 from .exposition import metrics_endpoint
-from .history import History
-from .history_backend import open_history
-from .hit import Hit, HitTrace, new_trace_id
-from .outbox_backend import OutboxBackend, open_outbox
-from .plugins import Example, Registry, load_registry
-from .preview import Preview
-from .preview.routes import Server, preview_routes
-from .redact import Redactor
 from .reload import ContainerWatcher, remember
-from .runtime import Runtime
-from .settings import ROOT_PATH_SCOPE_KEY, Settings
 from .status import Running, StatusBoard
 
 log = logging.getLogger("tagserver")

@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .settings import Settings
+from ..settings import Settings
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
-    from .container import Container
+    from ..container.model import Container
 
 SCRIPT_CACHE_SECONDS = 3600
 _COMMENT_LINE = re.compile(r"^\s*//.*\n", re.MULTILINE)

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from . import metrics
-from .container import Container, ContainerError, Problem, load, parse_json
-from .container_diff import diff, summary
-from .container_status import ContainerStatus
-from .history import ACCEPTED, REFUSED, History, content_hash
-from .plugins import Registry
-from .runtime import Runtime
-from .settings import Settings
+from .. import metrics
+from ..container.diff import diff, summary
+from ..container.history import ACCEPTED, REFUSED, History, content_hash
+from ..container.model import Container, ContainerError, Problem, load, parse_json
+from ..container.status import ContainerStatus
+from ..engine.runtime import Runtime
+from ..plugins import Registry
+from ..settings import Settings
 from .startup import tag_lines
 
 log = logging.getLogger("tagserver.reload")

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .container import CompiledTag, Container
-from .plugins import StartupParams
-from .redact import Redactor
-from .refs import REF, compile_value, has_refs
-from .settings import Settings
-from .variables import Variable
+from ..container.model import CompiledTag, Container
+from ..container.refs import REF, compile_value, has_refs
+from ..container.variables import Variable
+from ..plugins import StartupParams
+from ..redact import Redactor
+from ..settings import Settings
 
 log = logging.getLogger("tagserver.startup")
 
@@ -59,10 +59,10 @@ def listen_line(settings: Settings) -> str:
 def outbox_line(settings: Settings) -> str:
     url = settings.outbox_url.strip()
     if url:
-        from .outbox_pg import safe_url as without_password
+        from ..delivery.outbox_pg import safe_url as without_password
 
         return f"outbox: PostgreSQL at {without_password(url)} (shared by every instance)"
-    from .outbox_store import database_path
+    from ..delivery.outbox_store import database_path
 
     path = database_path(Path(settings.data_dir).resolve())
     return f"outbox: SQLite at {path} (this machine only, synchronous={settings.outbox_sync})"
@@ -71,7 +71,7 @@ def outbox_line(settings: Settings) -> str:
 def preview_line(settings: Settings) -> str:
     if settings.redis_url:
         return f"preview store: Redis at {safe_url(settings.redis_url)} (shared by every instance)"
-    from .preview.store import SHARED_MEMORY, default_sqlite_path
+    from ..preview.store import SHARED_MEMORY, default_sqlite_path
 
     path = default_sqlite_path(settings)
     where = "in shared memory " if path.parent == SHARED_MEMORY else ""

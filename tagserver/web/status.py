@@ -24,12 +24,12 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import Metric
 
-from . import metrics
-from .container import Container
+from .. import metrics
+from ..container.model import Container
+from ..delivery.outbox_backend import OutboxAdmin, open_admin
+from ..engine.retry import Retried, retry_dead_letters, routes_now
+from ..settings import Settings
 from .exposition import MULTIPROC_ENV
-from .outbox_backend import OutboxAdmin, open_admin
-from .retry import Retried, retry_dead_letters, routes_now
-from .settings import Settings
 
 log = logging.getLogger("tagserver.status")
 
