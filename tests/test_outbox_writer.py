@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from tagserver import outbox_store, outbox_writer
-from tagserver.delivery_types import Settlement
-from tagserver.outbox_store import Store, database_path
-from tagserver.outbox_writer import Frames, frame, request_frame
+from tagserver.delivery import outbox_store, outbox_writer
+from tagserver.delivery.delivery_types import Settlement
+from tagserver.delivery.outbox_store import Store, database_path
+from tagserver.delivery.outbox_writer import Frames, frame, request_frame
 
 
 def row(dedup_id: str) -> tuple:
