@@ -118,8 +118,8 @@ def main(argv: list[str]) -> int:
             store = Store.open(path, sync)
             # checkpoints run in the server's maintenance thread, never inside a commit
             store.conn.execute("PRAGMA wal_autocheckpoint=0")
-            store.conn.execute("PRAGMA busy_timeout=0")  # `begin` polls the lock itself
             pending = store.pending_total()
+            store.conn.execute("PRAGMA busy_timeout=0")  # from now on `begin` polls the lock
         except Exception as exc:
             sock.sendall(frame(("failed", f"{type(exc).__name__}: {exc}")))
             return 1
