@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import serving
+from . import logs, serving
 from .container import Container, ContainerError, load_file
 from .container_cli import container
 from .events_cli import events
@@ -112,9 +112,7 @@ def serve(**flags: object) -> None:
                 str(value).lower() if isinstance(value, bool) else str(value)
             )
     settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level)
     registry = load_registry()
     _declared(settings, registry)
     try:
