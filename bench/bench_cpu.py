@@ -148,10 +148,10 @@ class Driver:
         self.cookie = "; ".join(jar)
 
     async def batch(self, scenario: str, hits: int) -> float:
-        """CPU seconds for `hits` hits of `scenario`, CONCURRENCY at a time."""
+        """What `hits` hits of `scenario` cost (METER), CONCURRENCY at a time."""
         make = self.event_hit if scenario == "E" else self.collect_hit
         requests = [make() for _ in range(hits)]
-        started = time.process_time()
+        METER.start()
         for start in range(0, hits, CONCURRENCY):
             answers = await asyncio.gather(
                 *(self.request(*r) for r in requests[start : start + CONCURRENCY])
@@ -159,7 +159,46 @@ class Driver:
             for status, _, body in answers:
                 if status != 200:
                     raise SystemExit(f"{scenario}: {status} {body[:300]!r}")
-        return time.process_time() - started
+        return METER.stop()
+
+
+class Meter:
+    """CPU seconds of this process (`time.process_time`); with `--callgrind`, instructions
+    executed (all threads), counted by callgrind between `start` and `stop`."""
+
+    def __init__(self) -> None:
+        self.callgrind = os.environ.get("BENCH_CPU_CALLGRIND")  # the output file
+        self.started = 0.0
+        self.thread_only = False
+
+    def start(self, thread_only: bool = False) -> None:
+        self.thread_only = thread_only
+        if self.callgrind:
+            self._control("--instr=on")
+        elif thread_only:
+            self.started = time.thread_time()
+        else:
+            self.started = time.process_time()
+
+    def stop(self) -> float:
+        if not self.callgrind:
+            now = time.thread_time() if self.thread_only else time.process_time()
+            return now - self.started
+        self._control("--dump")
+        self._control("--instr=off")
+        dumps = Path(self.callgrind).parent.glob(Path(self.callgrind).name + ".*")
+        newest = max(dumps, key=lambda p: int(p.name.rsplit(".", 1)[1]))
+        for line in newest.read_text().splitlines():
+            if line.startswith("totals:"):
+                return float(line.split()[1])
+        raise SystemExit(f"no totals in {newest}")
+
+    def _control(self, what: str) -> None:
+        subprocess.run(["callgrind_control", what, str(os.getpid())], check=True,
+                       capture_output=True)  # fmt: skip
+
+
+METER = Meter()
 
 
 class LogTagBench:
@@ -196,10 +235,10 @@ class LogTagBench:
             events.append(event)
         contexts = [self.context(self.request, self.settings, "log_all", {}, self.redact)
                     for _ in events]  # fmt: skip
-        started = time.thread_time()
+        METER.start(thread_only=True)
         for event, ctx in zip(events, contexts, strict=True):
             self.tag.fire(event, self.params, ctx)
-        return time.thread_time() - started
+        return METER.stop()
 
 
 def make_app(tree: Path, work: Path, name: str, only_tag: str | None = None) -> Any:
@@ -277,7 +316,7 @@ async def child(tree: Path, hits: int, tags: bool, profile: str | None) -> None:
             seconds = await drivers["-"].batch("K", hits)
         else:  # a tag alone (or "-", none): its app, E
             seconds = await drivers[what].batch("E", hits)
-        print(json.dumps({"us": seconds / hits * 1e6}), flush=True)
+        print(json.dumps({"us": seconds / hits * (1e-3 if METER.callgrind else 1e6)}), flush=True)
     for driver in drivers.values():
         await driver.stop()
 
@@ -291,14 +330,20 @@ class Checkout:
         python = tree / ".venv" / "bin" / "python"
         command = [str(python if python.exists() else sys.executable), str(HERE), "--child",
                    str(tree), "--hits", str(args.hits)]  # fmt: skip
+        self.work = Path(tempfile.mkdtemp(prefix="bench-cpu-log-"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        if args.callgrind:  # instructions counted only while a batch runs (Meter)
+            out = self.work / "callgrind.out"
+            command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                       f"--callgrind-out-file={out}", *command]  # fmt: skip
+            env["BENCH_CPU_CALLGRIND"] = str(out)
         if args.tags:
             command.append("--tags")
         if args.profile:
             command += ["--profile", args.profile]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSERVER_")}
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
         # the server's log (the log tag's lines) to a file, as a deployed server's stderr
-        self.log = Path(tempfile.mkdtemp(prefix="bench-cpu-log-")) / "server.log"
+        self.log = self.work / "server.log"
         with open(self.log, "wb") as stderr:
             self.proc = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
@@ -341,7 +386,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="batches per scenario")
     parser.add_argument("--tree", action="append", default=[], help="another checkout")
     parser.add_argument("--tags", action="store_true", help="also each tag alone (E)")
-    parser.add_argument("--profile", choices=SCENARIOS, help="cProfile one batch (to stderr)")
+    parser.add_argument("--profile", choices=SCENARIOS, help="cProfile one batch (to a file)")
+    parser.add_argument(
+        "--callgrind", action="store_true",
+        help="count instructions with valgrind's callgrind instead (slow; stable when loaded)",
+    )  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -371,12 +420,14 @@ def main() -> None:
             print(f"round {round_no}: " + ", ".join(
                 f"{c.name} {s} {runs[(c.name, s)][-1]:.0f}" for s in SCENARIOS
                 for c in checkouts), flush=True)  # fmt: skip
-        print(f"\nCPU µs per hit, min of {args.rounds} (median); ×: its min ÷ this one's "
+        unit = "thousand instructions" if args.callgrind else "CPU µs"
+        print(f"\n{unit} per hit, min of {args.rounds} (median); ×: its min ÷ this one's "
               "(above 1: this checkout is cheaper)")  # fmt: skip
         base = checkouts[0].name
         for item in what:
             label = {"E": "E events-API purchase", "K": "K collector hits",
-                     "log": "log tag's fire (loop thread)",
+                     "log": "log tag's fire" + (" (all threads)" if args.callgrind
+                                                else " (its thread)"),
                      "-": "E, no tag at all", "-K": "K, no tag at all",
                      }.get(item, f"E, only {item}")  # fmt: skip
             cells = []
