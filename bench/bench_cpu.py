@@ -1,15 +1,17 @@
-"""Benchmark: CPU time per hit of the real job, in-process, through the whole ASGI app.
+"""Benchmark: CPU per hit of the real job, in-process, through the whole ASGI app.
 
-    python bench/bench_cpu.py                        # E and K, this checkout
+    python bench/bench_cpu.py                        # E, K and the log tag, this checkout
     python bench/bench_cpu.py --tree ../before       # + the same from another checkout
-    python bench/bench_cpu.py --tags                 # + each tag of the container alone
-    python bench/bench_cpu.py --profile E            # cProfile of E's hits (top functions)
+    python bench/bench_cpu.py --tags                 # + no tag at all, and each tag alone
+    python bench/bench_cpu.py --callgrind            # instructions instead of CPU time
+    python bench/bench_cpu.py --profile E            # cProfile of E's hits (to a file)
 
 The wall clock of this shared machine moves by ±15 % from one run to the next; the CPU time
 of the process that runs the hits (`time.process_time`, the minimum of `--rounds` batches)
-moves by a few percent. So each checkout (`--tree`, its own `.venv`) runs in a process of
-its own, started once; the rounds alternate between them (this checkout, then each tree, in
-every round), and the report gives µs of CPU per hit and each tree's ratio to this one.
+moves less, yet still by several percent when other work runs. So each checkout (`--tree`,
+its own `.venv`) runs in a process of its own, started once; the rounds alternate between
+them (this checkout, then each tree, in every round), and the report gives the cost per hit
+and each tree's ratio to this one.
 
 What a process measures (`create_app` with the checkout's shipped `container.json`, its
 lifespan run, then hits sent straight to the ASGI app: no sockets, no HTTP parsing, which
@@ -18,14 +20,23 @@ uvicorn does the same for every version):
 - E: an events-API purchase with full `user_data` (`bench_hits.PURCHASE`, a unique id each);
 - K: collector hits (`page_view` and `purchase` in turn) through `/collect` with a returning
   visitor's cookies, the ones the server set on a first hit (`bench_hits.COLLECT`);
+- log: the log tag's `fire` alone with the shipped container's params, on E's purchase: CPU
+  of the thread that calls it (a server's event loop); its writer thread not counted;
 
 the Meta tag live (pixel id and token set) with the Graph API unreachable (a closed loopback
 port: its lane pauses, messages stay in the outbox), the log tag writing its line (level
-info) to a file. Hits go in batches of 64 at once (`asyncio.gather`, as wrk's 64
+info) to stderr, a file. Hits go in batches of 64 at once (`asyncio.gather`, as wrk's 64
 connections), on uvloop like `tagserver serve`. The outbox writer is another process: its
 CPU is not counted here. `--tags` adds E and K through an app whose container holds no tag
 at all (the client's own work, cookies and all), and per tag of the container E through an
 app whose container holds only that tag, less E with no tag.
+
+`--callgrind` runs each process under valgrind's callgrind and counts the instructions of
+each batch (all threads), which move by well under 1 % from run to run even on a loaded
+machine. It measures the hit path alone: the Meta tag in dry run like the other vendors (no
+message to store), hits one after the other, so no hit ever waits and the event loop runs
+nothing else meanwhile (its timers would count as much as they run in wall-clock time,
+which valgrind stretches fifty-fold). Slow: about two minutes for the defaults.
 """
 
 from __future__ import annotations
@@ -152,6 +163,12 @@ class Driver:
         make = self.event_hit if scenario == "E" else self.collect_hit
         requests = [make() for _ in range(hits)]
         METER.start()
+        if METER.callgrind:  # one after the other: a hit that never waits never lets the
+            for request in requests:  # loop run anything else (timers) meanwhile
+                status, _, body = await self.request(*request)
+                if status != 200:
+                    raise SystemExit(f"{scenario}: {status} {body[:300]!r}")
+            return METER.stop()
         for start in range(0, hits, CONCURRENCY):
             answers = await asyncio.gather(
                 *(self.request(*r) for r in requests[start : start + CONCURRENCY])
@@ -267,7 +284,8 @@ async def child(tree: Path, hits: int, tags: bool, profile: str | None) -> None:
 
     The app sets logging up as `tagserver serve` does: its lines (the log tag's) go to
     stderr, which the parent points at a file."""
-    os.environ.update({"META_PIXEL_ID": "1234567890", "META_ACCESS_TOKEN": "bench-meta-token"})
+    if not METER.callgrind:  # Meta live (its messages go to the outbox)
+        os.environ.update({"META_PIXEL_ID": "1234567890", "META_ACCESS_TOKEN": "bench-meta-token"})
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
     drivers = {"app": Driver(make_app(tree, work, "app"))}
     names: list[str] = []

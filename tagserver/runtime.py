@@ -42,7 +42,7 @@ class TagResult:
     status: TagStatus
     reason: str
     triggers: list[TriggerCheck] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)  # only when traced (preview)
     outgoing: list[Outgoing] = field(default_factory=list)
     params: dict[str, Any] | None = None  # resolved, secrets redacted; only when traced
     duration_ms: float = 0.0
@@ -310,8 +310,9 @@ class Runtime:
             status = "error"
             reason = f"error: {type(exc).__name__}: {redact.text(str(exc))}"
             log.warning("tag %r raised %s", tag.name, reason)
-        # built once the tag has run, every field given: no default factories on the hot path
-        notes = redact.data(ctx.notes) if ctx.notes else {}
+        # built once the tag has run, every field given: no default factories on the hot path;
+        # notes are shown in preview only: copied and redacted only when the hit is traced
+        notes = redact.data(ctx.notes) if ctx.notes and trace else {}
         dry_run = None
         if ctx.dry_runs and status == "fired" and not outgoing:
             dry_run = redact.data(ctx.dry_runs)
