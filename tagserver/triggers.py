@@ -248,12 +248,16 @@ class Trigger:
         self.always = self.filter.any and not self.conditions  # "every event"
 
     def matches(self, scope: Scope) -> bool:
-        """`check(scope).matched`, without the records: the hit path when nobody watches."""
+        """`check(scope).matched`, without the records: the hit path when nobody watches.
+        Worked out once per event (the scope keeps it): tags share triggers."""
         if self.always:
             return True
-        if not self.filter.matches(text(scope.get("event_name"))):
-            return False
-        return not self.conditions or all(c.holds(scope) for c in self.conditions)
+        known = scope.matched.get(self)
+        if known is None:
+            name = text(scope.get("event_name"))
+            known = self.filter.matches(name) and all(c.holds(scope) for c in self.conditions)
+            scope.matched[self] = known
+        return known
 
     def check(self, scope: Scope) -> TriggerCheck:
         event_name = text(scope.get("event_name"))

@@ -74,9 +74,10 @@ VARIABLE_TYPES: dict[str, tuple[Param, ...]] = {
 
 
 class Scope:
-    """Resolves names for one event. Values are computed on first use and cached."""
+    """Resolves names for one event. Values are computed on first use and cached, and so are
+    the outcomes of triggers (`Trigger.matches`): several tags share a trigger."""
 
-    __slots__ = ("event", "request", "client_name", "variables", "_cache")
+    __slots__ = ("event", "request", "client_name", "variables", "_cache", "matched")
 
     def __init__(
         self,
@@ -90,6 +91,7 @@ class Scope:
         self.client_name = client_name
         self.variables = variables
         self._cache: dict[str, Any] = {}
+        self.matched: dict[object, bool] = {}  # trigger → whether it matches this event
 
     def get(self, name: str) -> Any:
         cache = self._cache
