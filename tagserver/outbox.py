@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import orjson
 
 from . import metrics, outbox_store
+from .delivery_counts import CountRow
 from .delivery_types import Destination, Due, RowValues, Settlement
 from .errors import Unavailable
 from .outbox_store import Store, connect, database_path, is_disk_full
@@ -473,6 +474,9 @@ class SqliteAdmin:
         store = self.store
         work = lambda: store.purge(pending=pending, dead=dead, destination=destination)  # noqa: E731
         return store.transaction(work)
+
+    def delivery_counts(self, since: int, fine_since: int) -> list[CountRow]:
+        return self.store.delivery_counts(since, fine_since)
 
     def close(self) -> None:
         self.store.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from .delivery_counts import CountRow
 from .delivery_types import Settlement
 from .outbox_types import Claim, Routes
 from .plugins import Outgoing
@@ -98,6 +99,11 @@ class OutboxAdmin(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int: ...
+
+    def delivery_counts(self, since: int, fine_since: int) -> list[CountRow]:
+        """Delivered, retried and dead-lettered per destination and bucket, summed over every
+        worker and instance: each bucket from `fine_since`, the earlier ones from `since`
+        summed as bucket 0 (`delivery_counts.read_range`)."""
 
     def close(self) -> None: ...
 

@@ -15,6 +15,8 @@ Tables:
 - `delivered`: dedup ids delivered in the last 48 hours (Meta's own window), so that an event
   resent after its delivery is not sent again either.
 - `dead_letters`: messages that can never be delivered, with the vendor's reason.
+- `delivery_counts`: per 10-second bucket and destination, how many messages were delivered,
+  retried and dead-lettered (`delivery_counts`): what every worker did, kept a day.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .delivery_counts import KEEP_SECONDS, CountRow, bucket_of
 from .delivery_types import Claimed, Destination, Due, OutboxRow, Settlement
 
 T = TypeVar("T")
@@ -36,8 +39,8 @@ T = TypeVar("T")
 FILENAME = "outbox.sqlite3"
 # 2: payloads stored as JSON text (were blobs); 3: one message per destination and dedup id
 # (unique index) and the `delivered` table (dedup ids delivered within DEDUP_WINDOW);
-# 4: destinations.secrets (the route's secret values)
-SCHEMA_VERSION = 4
+# 4: destinations.secrets (the route's secret values); 5: delivery_counts
+SCHEMA_VERSION = 5
 DEDUP_WINDOW = 48 * 3600.0  # Meta deduplicates an event id within 48 hours; so do we
 
 SCHEMA = """
@@ -97,6 +100,14 @@ CREATE TABLE IF NOT EXISTS delivered (
     PRIMARY KEY (destination_id, dedup_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS delivered_at ON delivered (delivered_at);
+CREATE TABLE IF NOT EXISTS delivery_counts (
+    bucket INTEGER NOT NULL,            -- the bucket's start, unix seconds (delivery_counts.py)
+    destination_id INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    retried INTEGER NOT NULL DEFAULT 0,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, destination_id)
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS messages_counted AFTER INSERT ON messages BEGIN
     UPDATE destinations SET pending = pending + 1 WHERE id = NEW.destination_id;
 END;
@@ -110,6 +121,24 @@ DEDUP_MIGRATION = """
 DELETE FROM messages WHERE id NOT IN
     (SELECT min(id) FROM messages GROUP BY destination_id, dedup_id);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (destination_id, dedup_id);
+"""
+
+# A settlement's outcomes, counted per destination before they are applied (the messages
+# are deleted then): delivered ones whoever holds them, the others only if still ours (as the
+# statements that apply them). ?2, ?3, ?4: the settlement's delivered, retry, dead (JSON).
+COUNT_OUTCOMES = """
+INSERT INTO delivery_counts (bucket, destination_id, delivered, retried, dead_lettered)
+SELECT ?1, m.destination_id, sum(o.kind = 0), sum(o.kind = 1), sum(o.kind = 2)
+FROM (SELECT value AS id, 0 AS kind FROM json_each(?2)
+      UNION ALL SELECT json_extract(value, '$[0]'), 1 FROM json_each(?3)
+      UNION ALL SELECT json_extract(value, '$[0]'), 2 FROM json_each(?4)) AS o
+JOIN messages AS m ON m.id = o.id
+WHERE o.kind = 0 OR m.claimed_by = ?5
+GROUP BY m.destination_id
+ON CONFLICT (bucket, destination_id) DO UPDATE SET
+    delivered = delivered + excluded.delivered,
+    retried = retried + excluded.retried,
+    dead_lettered = dead_lettered + excluded.dead_lettered
 """
 
 MAX_ROWS_PER_INSERT = 4000  # 8 parameters a row; SQLite allows 32766 per statement
@@ -360,6 +389,10 @@ class Store:
 
     def settle(self, worker: str, plan: Settlement, now: float) -> None:
         conn = self.conn
+        conn.execute(
+            COUNT_OUTCOMES,
+            (bucket_of(now), _json(plan.delivered), _json(plan.retry), _json(plan.dead), worker),
+        )
         if plan.delivered:
             # remembered for the dedup window: the same event resent is not stored again
             conn.execute(
@@ -596,6 +629,24 @@ class Store:
             "DELETE FROM delivered WHERE delivered_at <= ?", (now - DEDUP_WINDOW,)
         ).rowcount
 
+    def forget_counts(self, now: float) -> int:
+        """Drop delivery counts older than any window shows (inside a transaction)."""
+        return self.conn.execute(
+            "DELETE FROM delivery_counts WHERE bucket < ?", (bucket_of(now - KEEP_SECONDS),)
+        ).rowcount
+
+    def delivery_counts(self, since: int, fine_since: int) -> list[CountRow]:
+        """Per destination, the counts of every bucket from `fine_since`, and those from
+        `since` to it summed as bucket 0 (see `delivery_counts.read_range`)."""
+        rows = self.conn.execute(
+            "SELECT k.key, k.tag_type, CASE WHEN c.bucket >= ?2 THEN c.bucket ELSE 0 END AS b,"
+            " sum(c.delivered), sum(c.retried), sum(c.dead_lettered)"
+            " FROM delivery_counts AS c JOIN destinations AS k ON k.id = c.destination_id"
+            " WHERE c.bucket >= ?1 GROUP BY k.key, k.tag_type, b",
+            (since, fine_since),
+        ).fetchall()
+        return [CountRow(*r) for r in rows]
+
     def checkpoint(self) -> None:
         self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -623,4 +674,5 @@ def release(store: Store, now: float, worker: str, ids: list[int]) -> None:
 
 
 def forget_delivered(store: Store, now: float) -> int:
-    return store.forget_delivered(now)
+    """The once-a-minute cleanup: dedup ids past their window, delivery counts past a day."""
+    return store.forget_delivered(now) + store.forget_counts(now)
