@@ -39,7 +39,7 @@ from . import metrics
 from .delivery_counts import KEEP_SECONDS, CountRow, bucket_of
 from .delivery_types import Settlement
 from .errors import Unavailable
-from .outbox_store import DEDUP_WINDOW, duplicates
+from .outbox_store import DEDUP_WINDOW, duplicates, last_try
 from .outbox_types import Claim, Routes, over_limit, split
 from .plugins import Message, Outgoing
 from .settings import Settings
@@ -324,15 +324,28 @@ class PgStore:
         return [CountRow(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
 
     async def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
+        """As `outbox_store.Store.stats`."""
+        # the last failed attempt's status and error: only for the page and the CLI
+        # (`in_flight`), not for every /metrics scrape
+        last, lateral = ", NULL AS last_status, NULL AS last_error", ""
+        if in_flight:
+            last = ", e.last_status, e.last_error"
+            lateral = (
+                f" LEFT JOIN LATERAL (SELECT last_status, last_error FROM {M}"
+                " WHERE m.last_at IS NOT NULL AND destination_id = d.id"
+                " AND last_attempt_at = m.last_at LIMIT 1) e ON true"
+            )
         rows = await self.conn.fetch(
             f"SELECT d.key, d.tag_type, coalesce(m.pending, 0) AS pending, m.oldest, m.next_due,"
-            " coalesce(m.in_flight, 0) AS in_flight, coalesce(x.dead, 0) AS dead"
+            " coalesce(m.in_flight, 0) AS in_flight, coalesce(x.dead, 0) AS dead,"
+            f" coalesce(m.retrying, 0) AS retrying, m.last_at{last}"
             f" FROM {D} d LEFT JOIN (SELECT destination_id, count(*) AS pending,"
             " min(created_at) AS oldest, min(next_attempt_at) AS next_due,"
-            " count(*) FILTER (WHERE lease_until > $1) AS in_flight"
+            " count(*) FILTER (WHERE lease_until > $1) AS in_flight,"
+            " count(*) FILTER (WHERE attempts > 0) AS retrying, max(last_attempt_at) AS last_at"
             f" FROM {M} GROUP BY destination_id) m ON m.destination_id = d.id"
             f" LEFT JOIN (SELECT destination_id, count(*) AS dead FROM {X}"
-            " GROUP BY destination_id) x ON x.destination_id = d.id"
+            f" GROUP BY destination_id) x ON x.destination_id = d.id{lateral}"
             " WHERE m.pending > 0 OR x.dead > 0 ORDER BY d.key",
             now,
         )
@@ -348,7 +361,8 @@ class PgStore:
                 "dead_letters": r["dead"],
             }
             if in_flight and r["pending"]:
-                row["in_flight"] = r["in_flight"]
+                row["in_flight"], row["retrying"] = r["in_flight"], r["retrying"]
+                row["last_retry"] = last_try(r["last_at"], r["last_status"], r["last_error"])
             out.append(row)
         return out
 

@@ -123,23 +123,32 @@ DELETE FROM messages WHERE id NOT IN
 CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (destination_id, dedup_id);
 """
 
-# A settlement's outcomes, counted per destination before they are applied (the messages
-# are deleted then): delivered ones whoever holds them, the others only if still ours (as the
-# statements that apply them). ?2, ?3, ?4: the settlement's delivered, retry, dead (JSON).
-COUNT_OUTCOMES = """
-INSERT INTO delivery_counts (bucket, destination_id, delivered, retried, dead_lettered)
-SELECT ?1, m.destination_id, sum(o.kind = 0), sum(o.kind = 1), sum(o.kind = 2)
-FROM (SELECT value AS id, 0 AS kind FROM json_each(?2)
-      UNION ALL SELECT json_extract(value, '$[0]'), 1 FROM json_each(?3)
-      UNION ALL SELECT json_extract(value, '$[0]'), 2 FROM json_each(?4)) AS o
-JOIN messages AS m ON m.id = o.id
-WHERE o.kind = 0 OR m.claimed_by = ?5
-GROUP BY m.destination_id
-ON CONFLICT (bucket, destination_id) DO UPDATE SET
-    delivered = delivered + excluded.delivered,
-    retried = retried + excluded.retried,
-    dead_lettered = dead_lettered + excluded.dead_lettered
-"""
+
+@functools.lru_cache(maxsize=8)
+def _count_sql(delivered: bool, retry: bool, dead: bool) -> str:
+    """A settlement's outcomes, counted per destination before they are applied (the messages
+    are deleted then): delivered ones whoever holds them, the others only if still ours (as
+    the statements that apply them do). One statement; only the kinds the settlement holds."""
+    parts = [
+        part
+        for wanted, part in (
+            (delivered, "SELECT value AS id, 0 AS kind FROM json_each(:delivered)"),
+            (retry, "SELECT json_extract(value, '$[0]') AS id, 1 AS kind FROM json_each(:retry)"),
+            (dead, "SELECT json_extract(value, '$[0]') AS id, 2 AS kind FROM json_each(:dead)"),
+        )
+        if wanted
+    ]
+    mine = " AND (o.kind = 0 OR m.claimed_by = :worker)" if retry or dead else ""
+    return (
+        "INSERT INTO delivery_counts (bucket, destination_id, delivered, retried, dead_lettered)"
+        " SELECT :bucket, m.destination_id, sum(o.kind = 0), sum(o.kind = 1), sum(o.kind = 2)"
+        f" FROM ({' UNION ALL '.join(parts)}) AS o JOIN messages AS m ON m.id = o.id"
+        f" WHERE true{mine} GROUP BY m.destination_id"
+        " ON CONFLICT (bucket, destination_id) DO UPDATE SET"
+        " delivered = delivered + excluded.delivered, retried = retried + excluded.retried,"
+        " dead_lettered = dead_lettered + excluded.dead_lettered"
+    )
+
 
 MAX_ROWS_PER_INSERT = 4000  # 8 parameters a row; SQLite allows 32766 per statement
 
@@ -191,6 +200,13 @@ def _statements(script: str) -> list[str]:
             statements.append(buffer.strip())
             buffer = ""
     return statements
+
+
+def last_try(at: float | None, status: int | None, error: str | None) -> dict[str, Any] | None:
+    """A pending message's last failed attempt, as `stats` shows it."""
+    if at is None:
+        return None
+    return {"time": at, "status": status, "error": error or ""}
 
 
 def database_path(data_dir: str | Path) -> Path:
@@ -389,22 +405,24 @@ class Store:
 
     def settle(self, worker: str, plan: Settlement, now: float) -> None:
         conn = self.conn
-        conn.execute(
-            COUNT_OUTCOMES,
-            (bucket_of(now), _json(plan.delivered), _json(plan.retry), _json(plan.dead), worker),
-        )
+        delivered, retry, dead = _json(plan.delivered), _json(plan.retry), _json(plan.dead)
+        conn.execute(  # first: the messages are gone after
+            _count_sql(bool(plan.delivered), bool(plan.retry), bool(plan.dead)),
+            {"bucket": bucket_of(now), "delivered": delivered, "retry": retry, "dead": dead,
+             "worker": worker},
+        )  # fmt: skip
         if plan.delivered:
             # remembered for the dedup window: the same event resent is not stored again
             conn.execute(
                 "INSERT OR REPLACE INTO delivered (destination_id, dedup_id, delivered_at)"
                 " SELECT destination_id, dedup_id, ? FROM messages"
                 " WHERE id IN (SELECT value FROM json_each(?))",
-                (now, _json(plan.delivered)),
+                (now, delivered),
             )
             # delivered is final whoever holds the lease now: deleting stops a second send
             conn.execute(
                 "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                (_json(plan.delivered),),
+                (delivered,),
             )
         if plan.retry:  # Retry: [id, next_attempt_at, status, error]
             conn.execute(
@@ -414,7 +432,7 @@ class Store:
                 " next_attempt_at = json_extract(r.value, '$[1]'), claimed_by = NULL, lease_until = NULL"
                 " FROM json_each(?2) AS r"
                 " WHERE messages.id = json_extract(r.value, '$[0]') AND messages.claimed_by = ?3",
-                (now, _json(plan.retry), worker),
+                (now, retry, worker),
             )
         if plan.dead:  # DeadLetter: [id, attempted, status, error, code, trace, reason]
             conn.execute(
@@ -432,12 +450,12 @@ class Store:
                 " json_extract(d.value, '$[4]'), json_extract(d.value, '$[5]'), json_extract(d.value, '$[6]'), ?1"
                 " FROM json_each(?2) AS d JOIN messages AS m ON m.id = json_extract(d.value, '$[0]')"
                 " WHERE m.claimed_by = ?3",
-                (now, _json(plan.dead), worker),
+                (now, dead, worker),
             )
             conn.execute(
                 "DELETE FROM messages WHERE claimed_by = ?"
                 " AND id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
-                (worker, _json(plan.dead)),
+                (worker, dead),
             )
 
     def extend(self, worker: str, ids: Iterable[int], lease_until: float) -> None:
@@ -465,7 +483,9 @@ class Store:
         return [Due(*r) for r in rows if r[3] is not None]
 
     def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
-        """Per destination: pending, oldest age, next try, dead letters (no routes)."""
+        """Per destination: pending, oldest age, next try, dead letters (no routes); with
+        `in_flight`, also how many are being sent, how many wait for a retry, and the last
+        failure of those (what any worker recorded)."""
         dead = dict(
             self.conn.execute(
                 "SELECT destination_id, count(*) FROM dead_letters GROUP BY destination_id"
@@ -493,10 +513,16 @@ class Store:
                 "dead_letters": dead.get(dest_id, 0),
             }
             if in_flight and pending:
-                row["in_flight"] = self.conn.execute(
-                    "SELECT count(*) FROM messages WHERE destination_id = ? AND lease_until > ?",
-                    (dest_id, now),
-                ).fetchone()[0]
+                # one pass over the destination's messages; the bare columns come from the
+                # row with the latest attempt (SQLite's max() semantics)
+                flying, retrying, last_at, last_status, last_error = self.conn.execute(
+                    "SELECT count(*) FILTER (WHERE lease_until > ?1),"
+                    " count(*) FILTER (WHERE attempts > 0), max(last_attempt_at), last_status,"
+                    " last_error FROM messages WHERE destination_id = ?2",
+                    (now, dest_id),
+                ).fetchone()
+                row["in_flight"], row["retrying"] = flying, retrying
+                row["last_retry"] = last_try(last_at, last_status, last_error)
             out.append(row)
         return out
 

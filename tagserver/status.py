@@ -273,7 +273,8 @@ class StatusBoard:
                     "failed": {w: counts["retried"][w] + counts["dead_lettered"][w]
                                for w in WINDOWS},
                     "retries_last_hour": counts["retried"]["hour"], "pending": 0,
-                    "in_flight": 0, "oldest_pending_seconds": None, "dead_letters": 0,
+                    "in_flight": 0, "retrying": 0, "oldest_pending_seconds": None,
+                    "dead_letters": 0,
                     "last_error": None, "failing": False, "errors_by_class": {},
                     "chart": counts["chart"],
                 }  # fmt: skip
@@ -291,13 +292,17 @@ class StatusBoard:
             r = row(s["destination"], s.get("tag_type", ""))
             r["pending"] = s["pending"]
             r["in_flight"] = s.get("in_flight", 0)
+            r["retrying"] = s.get("retrying", 0)
+            retry = s.get("last_retry")
+            if retry is not None:  # whichever worker or instance recorded it
+                r["last_error"] = {**retry, "code": "", "dead_letter": False}
             r["oldest_pending_seconds"] = s["oldest_age_seconds"]
             r["dead_letters"] = s["dead_letters"]
         for d in reversed(outbox.dead):  # newest first: the last error a dead letter holds
             r = row(d["destination"], d.get("tag_type", ""))
             if d["tag"] and d["tag"] not in r["tags"]:
                 r["tags"].append(d["tag"])
-            if r["last_error"] is None:
+            if r["last_error"] is None or d["dead_at"] > r["last_error"]["time"]:
                 r["last_error"] = {
                     "time": d["dead_at"], "status": d["status"], "code": d["code"],
                     "error": d["error"] or d["reason"], "dead_letter": True,
@@ -308,8 +313,9 @@ class StatusBoard:
             r["failing"] = r["failing"] or lane["failing"]
             last = lane["last_error"]
             if last is not None and (
-                r["last_error"] is None or last["time"] > r["last_error"]["time"]
+                r["last_error"] is None or _same_or_later(last, r["last_error"])
             ):
+                # this worker saw it: with the vendor's code and the kind of error
                 r["last_error"] = {**last, "dead_letter": last["outcome"] != "retry"}
         for (name, labels), value in values.items():
             labels_d = dict(labels)
@@ -366,6 +372,15 @@ class StatusBoard:
             r["rejected_reasons"].sort(key=lambda x: -x["count"])
             del r["rejected_reasons"][5:]
         return list(rows.values())
+
+
+def _same_or_later(seen: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """This worker's last failure is newer than the outbox's last one, or is the same one
+    (recorded a moment later, without the vendor's code)."""
+    if seen["time"] > stored["time"]:
+        return True
+    same = (seen.get("status"), seen.get("error")) == (stored.get("status"), stored.get("error"))
+    return same and stored["time"] - seen["time"] < 60
 
 
 def _active(row: dict[str, Any], window: str) -> bool:

@@ -255,6 +255,56 @@ def test_windows_read_the_stored_buckets_and_old_ones_are_pruned(
     assert 60 <= figures["time"] - since["minute"] <= 60 + BUCKET_SECONDS
 
 
+def seed_retrying(settings: Settings, error: str) -> None:
+    """A message another instance tried and will retry in an hour, as it recorded it."""
+    route = {"url": "http://127.0.0.1:9/hook"}
+    now = time.time()
+    values = (now - 60, 2, now - 30, now - 5, 503, error, now + 3600)
+    insert = (
+        "INSERT INTO {table} (destination_id, payload, dedup_id, created_at, attempts,"
+        " first_attempt_at, last_attempt_at, last_status, last_error, next_attempt_at)"
+        " VALUES ({dest}, '{{}}', 'elsewhere', {marks})"
+    )
+    if not settings.outbox_url:
+        store = Store.open(database_path(settings.data_dir))
+        dest = store.destination_id("http_request:seeded", "http_request", route, now)
+        store.conn.execute(
+            insert.format(table="messages", dest=dest, marks="?, ?, ?, ?, ?, ?, ?"), values
+        )
+        store.close()
+        return
+
+    async def go() -> None:
+        conn = await asyncpg.connect(settings.outbox_url)
+        await migrate(conn)
+        dest = await PgStore(conn).destination_id("http_request:seeded", "http_request", route, now)
+        marks = ", ".join(f"${i}" for i in range(1, 8))
+        await conn.execute(
+            insert.format(table="tagserver_outbox_messages", dest=dest, marks=marks), *values
+        )
+        await conn.close()
+
+    asyncio.run(go())
+
+
+def test_retrying_and_the_last_error_come_from_the_outbox(
+    tmp_path: Path, outbox_backend: dict[str, Any]
+) -> None:
+    settings = Settings(data_dir=str(tmp_path / "data"), **outbox_backend)
+    seed_retrying(settings, "HTTP 503: the vendor is down for maintenance")
+    with app_client(tmp_path, minimal_container(), preview_password=PASSWORD) as client:
+        r = client.post("/preview/login", data={"password": PASSWORD}, follow_redirects=False)
+        assert r.status_code == 303
+        figures = client.get("/preview/api/status").json()
+        html = client.get("/preview/status").text
+    d = next(d for d in figures["destinations"] if d["destination"] == "http_request:seeded")
+    assert d["pending"] == 1 and d["retrying"] == 1 and d["in_flight"] == 0
+    last = d["last_error"]
+    assert last["status"] == 503 and last["error"].endswith("down for maintenance")
+    assert last["dead_letter"] is False
+    assert "1 failed before, to retry" in html and "down for maintenance" in html
+
+
 async def test_counts_are_what_a_settlement_applied(
     tmp_path: Path, outbox_backend: dict[str, Any]
 ) -> None:
