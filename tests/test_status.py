@@ -1,7 +1,8 @@
-"""The status page over HTTP: its JSON twin, the retry action's rules, figures summed over
-worker processes, tags' rejection reasons, and how the figures are computed.
+"""The status page over HTTP: its JSON twin, the retry action's rules, tags' rejection
+reasons, and how the figures are computed.
 
-The browser side (a refused Meta token, retry after the fix) is in test_status_browser.py.
+The browser side (a refused Meta token, retry after the fix) is in test_status_browser.py;
+deliveries over time summed across workers and instances, in test_status_windows.py.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fakes.vendor import FakeVendor, webhook_tag
-from support import ServerProcess, app_client, minimal_container, wait_until
+from support import app_client, minimal_container, wait_until
 
 from tagserver import metrics
 from tagserver.status import History, destination_state, match_quality
@@ -136,37 +136,6 @@ def test_rejected_events_are_counted_with_their_reasons(tmp_path: Path) -> None:
     assert reason["count"] == 3 and "days old" in reason["reason"]
     assert "203.0.113.9" not in html
     assert "3 × " in html
-
-
-# -- several workers: figures summed, whichever answers
-
-
-def test_delivered_counts_are_summed_over_workers(tmp_path: Path) -> None:
-    with FakeVendor() as vendor:
-        container = minimal_container(tags=[webhook_tag(vendor.url, name="crm_all")])
-        env = {"TAGSERVER_PREVIEW_PASSWORD": PASSWORD}
-        with ServerProcess(tmp_path, container, env=env, workers=2) as server:
-            for i in range(8):  # new connections: both workers take some
-                with httpx.Client() as http:
-                    event = {"event_name": "purchase", "event_id": f"w-{i}"}
-                    r = http.post(server.url + "/api/events", json=event, headers=AUTH)
-                    assert r.status_code == 200
-            wait_until(lambda: len(vendor.accepted) == 8, timeout=15)
-            http = httpx.Client(base_url=server.url)
-            signed_in(http)
-            seen = set()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with httpx.Client(base_url=server.url, cookies=http.cookies) as fresh:
-                    d = destination(status(fresh), "crm_all")
-                seen.add(d["delivered"]["hour"])
-                if seen == {8} and len(seen) == 1 and d["delivered"]["minute"] == 8:
-                    break
-                seen.clear()
-                time.sleep(0.3)
-            http.close()
-    assert seen == {8}
-    assert d["pending"] == 0 and d["state"] == "healthy"
 
 
 # -- how the figures are computed
