@@ -16,7 +16,7 @@ from fakes.vendor import FakeVendor, webhook_tag
 from support import app_client, minimal_container, wait_until
 
 from tagserver import metrics
-from tagserver.status import History, destination_state, match_quality
+from tagserver.web.status import History, destination_state, match_quality
 
 PASSWORD = "status password"
 AUTH = {"Authorization": "Bearer test-key"}

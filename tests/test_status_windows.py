@@ -21,7 +21,7 @@ from fakes.vendor import FakeVendor, webhook_tag
 from prometheus_client.parser import text_string_to_metric_families
 from support import ServerProcess, app_client, minimal_container, wait_until
 
-from tagserver.delivery_counts import (
+from tagserver.delivery.delivery_counts import (
     BUCKET_SECONDS,
     CountRow,
     bucket_of,
@@ -29,11 +29,11 @@ from tagserver.delivery_counts import (
     read_range,
     summarize,
 )
-from tagserver.delivery_types import DeadLetter, Retry, Settlement
-from tagserver.outbox_backend import open_admin, open_outbox
-from tagserver.outbox_pg import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from tagserver.outbox_pg import PgStore, migrate
-from tagserver.outbox_store import SCHEMA_VERSION, Store, database_path
+from tagserver.delivery.delivery_types import DeadLetter, Retry, Settlement
+from tagserver.delivery.outbox_backend import open_admin, open_outbox
+from tagserver.delivery.outbox_pg import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from tagserver.delivery.outbox_pg import PgStore, migrate
+from tagserver.delivery.outbox_store import SCHEMA_VERSION, Store, database_path
 from tagserver.plugins import Outgoing
 from tagserver.settings import Settings
 
