@@ -261,7 +261,10 @@ class LogTagBench:
 def make_app(tree: Path, work: Path, name: str, only_tag: str | None = None) -> Any:
     """`create_app` on the checkout's shipped container (or only its tag `only_tag`, or no
     tag at all when `only_tag` is "-")."""
-    from tagserver.app import create_app
+    try:
+        from tagserver.web.app import create_app
+    except ImportError:  # a checkout from before the regroup into subpackages
+        from tagserver.app import create_app  # type: ignore[no-redef]
     from tagserver.settings import Settings
 
     container = json.loads((tree / "container.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 from support import ServerProcess, app_client, minimal_container, wait_until
 from tagserver.tags.log import mask_ip
 
-from tagserver.container import ContainerError
+from tagserver.container.model import ContainerError
 
 AUTH = {"Authorization": "Bearer test-key"}
 DEFAULT_CONTAINER = Path(__file__).resolve().parent.parent / "container.json"

@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import app_client
 
+from tagserver.engine.runtime import Runtime
 from tagserver.plugins import Outgoing, Registry, Tag, load_registry
+from tagserver.settings import Settings
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -356,9 +358,6 @@ def test_tags_skipped_by_name_or_client_answer_as_if_evaluated(container, hits):
     """A tag whose triggers the event's name or client rule out is skipped unless the hit is
     previewed (a plan made once per name and client); either way the answer is the same."""
     compiled = compile_container(container)
-    from tagserver.runtime import Runtime
-    from tagserver.settings import Settings
-
     runtime = Runtime(compiled, Settings())
     for client, name, value in hits:
         event = {"event_name": name, "event_id": "e1"}

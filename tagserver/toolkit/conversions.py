@@ -30,8 +30,8 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from .. import metrics
+from ..delivery.http_outcomes import elapsed_ms
 from ..event import Event, RequestContext
-from ..http_outcomes import elapsed_ms
 from ..plugins import (
     Delivery,
     FireContext,
