@@ -392,5 +392,5 @@ def test_a_version_2_database_gets_the_secrets_column_and_keeps_its_messages(tmp
     )
     claimed = store.claim(1, "w", 10, time.time() + 60, time.time())
     assert claimed.ids and claimed.route == {"url": "http://x"} and claimed.secrets == ()
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5
     store.close()

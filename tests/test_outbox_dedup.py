@@ -170,5 +170,5 @@ def test_an_older_sqlite_outbox_with_repeats_is_migrated_keeping_the_first(tmp_p
     conn = sqlite3.connect(path)
     rows = conn.execute("SELECT dedup_id, payload FROM messages ORDER BY id").fetchall()
     assert rows == [("a", "1"), ("b", "3")]
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4  # 3: dedup, 4: secrets
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5  # 3: dedup, 4: secrets, 5: counts
     assert conn.execute("SELECT pending FROM destinations").fetchone()[0] == 2

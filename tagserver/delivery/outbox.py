@@ -35,6 +35,7 @@ from ..errors import Unavailable
 from ..plugins import Message, Outgoing
 from ..settings import Settings
 from . import outbox_store
+from .delivery_counts import CountRow
 from .delivery_types import Destination, Due, RowValues, Settlement
 from .outbox_store import Store, connect, database_path, is_disk_full
 from .outbox_types import Claim, Routes, over_limit, split
@@ -474,6 +475,9 @@ class SqliteAdmin:
         store = self.store
         work = lambda: store.purge(pending=pending, dead=dead, destination=destination)  # noqa: E731
         return store.transaction(work)
+
+    def delivery_counts(self, since: int, fine_since: int) -> list[CountRow]:
+        return self.store.delivery_counts(since, fine_since)
 
     def close(self) -> None:
         self.store.close()

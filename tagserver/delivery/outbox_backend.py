@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ..plugins import Outgoing
 from ..settings import Settings
+from .delivery_counts import CountRow
 from .delivery_types import Settlement
 from .outbox_types import Claim, Routes
 
@@ -98,6 +99,11 @@ class OutboxAdmin(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     def purge(self, *, pending: bool, dead: bool, destination: str | None = None) -> int: ...
+
+    def delivery_counts(self, since: int, fine_since: int) -> list[CountRow]:
+        """Delivered, retried and dead-lettered per destination and bucket, summed over every
+        worker and instance: each bucket from `fine_since`, the earlier ones from `since`
+        summed as bucket 0 (`delivery_counts.read_range`)."""
 
     def close(self) -> None: ...
 

@@ -39,8 +39,9 @@ from .. import metrics
 from ..errors import Unavailable
 from ..plugins import Message, Outgoing
 from ..settings import Settings
+from .delivery_counts import KEEP_SECONDS, CountRow, bucket_of
 from .delivery_types import Settlement
-from .outbox_store import DEDUP_WINDOW, duplicates
+from .outbox_store import DEDUP_WINDOW, duplicates, last_try
 from .outbox_types import Claim, Routes, over_limit, split
 
 log = logging.getLogger("tagserver.outbox")
@@ -49,7 +50,7 @@ T = TypeVar("T")
 # a connection of its own (CLI) or one lent by the pool (server)
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-SCHEMA_VERSION = 2  # 2: destinations.secrets
+SCHEMA_VERSION = 3  # 2: destinations.secrets; 3: tagserver_outbox_counts
 LOCK_ID = 0x7461_6773_6F62  # pg_advisory_xact_lock key: "tagsob", the outbox's migrations
 PROBE_SECONDS = 1.0  # between probes while PostgreSQL is unreachable
 NOW = "extract(epoch FROM clock_timestamp())"  # the database's clock, in unix seconds
@@ -121,13 +122,26 @@ MIGRATIONS = [
     # 2: the route's secret values (its tag's `secret=True` params), redacted by its delivery
     "ALTER TABLE tagserver_outbox_destinations"
     " ADD COLUMN IF NOT EXISTS secrets TEXT NOT NULL DEFAULT '[]'",
+    # 3: delivered, retried and dead-lettered per destination and 10-second bucket, added to
+    # by every instance's dispatcher (delivery_counts.py); the status page's windows
+    """
+    CREATE TABLE IF NOT EXISTS tagserver_outbox_counts (
+        bucket BIGINT NOT NULL,              -- the bucket's start, unix seconds
+        destination_id BIGINT NOT NULL,
+        delivered BIGINT NOT NULL DEFAULT 0,
+        retried BIGINT NOT NULL DEFAULT 0,
+        dead_lettered BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (bucket, destination_id)
+    )
+    """,
 ]
 
-D, M, X, V = (
+D, M, X, V, C = (
     "tagserver_outbox_destinations",
     "tagserver_outbox_messages",
     "tagserver_outbox_dead_letters",
     "tagserver_outbox_delivered",
+    "tagserver_outbox_counts",
 )
 
 INSERT = f"""
@@ -171,6 +185,22 @@ FROM unnest($2::bigint[], $3::bool[], $4::int[], $5::text[], $6::text[], $7::tex
             $8::text[]) AS d(id, attempted, status, error, code, trace, reason)
 JOIN {M} m ON m.id = d.id
 WHERE m.claimed_by = $9
+"""
+
+
+# A settlement's outcomes per destination, added to its bucket: the last statement of the
+# settlement's transaction, so the row (which every instance's settlements of that destination
+# update) stays locked only until the commit; in destination order, so two instances'
+# settlements never wait for each other in a cycle.
+COUNT = f"""
+INSERT INTO {C} (bucket, destination_id, delivered, retried, dead_lettered)
+SELECT $1, v.d, v.ok, v.retried, v.dead
+FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS v(d, ok, retried, dead)
+ORDER BY v.d
+ON CONFLICT (bucket, destination_id) DO UPDATE SET
+    delivered = {C}.delivered + excluded.delivered,
+    retried = {C}.retried + excluded.retried,
+    dead_lettered = {C}.dead_lettered + excluded.dead_lettered
 """
 
 
@@ -281,16 +311,41 @@ class PgStore:
     async def pending_total(self) -> int:
         return int(await self.conn.fetchval(f"SELECT count(*) FROM {M}"))
 
+    async def delivery_counts(self, since: int, fine_since: int) -> list[CountRow]:
+        """As `outbox_store.Store.delivery_counts`."""
+        rows = await self.conn.fetch(
+            "SELECT k.key, k.tag_type, CASE WHEN c.bucket >= $2 THEN c.bucket ELSE 0 END AS b,"
+            " sum(c.delivered), sum(c.retried), sum(c.dead_lettered)"
+            f" FROM {C} c JOIN {D} k ON k.id = c.destination_id"
+            " WHERE c.bucket >= $1 GROUP BY k.key, k.tag_type, b",
+            since,
+            fine_since,
+        )
+        return [CountRow(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
+
     async def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
+        """As `outbox_store.Store.stats`."""
+        # the last failed attempt's status and error: only for the page and the CLI
+        # (`in_flight`), not for every /metrics scrape
+        last, lateral = ", NULL AS last_status, NULL AS last_error", ""
+        if in_flight:
+            last = ", e.last_status, e.last_error"
+            lateral = (
+                f" LEFT JOIN LATERAL (SELECT last_status, last_error FROM {M}"
+                " WHERE m.last_at IS NOT NULL AND destination_id = d.id"
+                " AND last_attempt_at = m.last_at LIMIT 1) e ON true"
+            )
         rows = await self.conn.fetch(
             f"SELECT d.key, d.tag_type, coalesce(m.pending, 0) AS pending, m.oldest, m.next_due,"
-            " coalesce(m.in_flight, 0) AS in_flight, coalesce(x.dead, 0) AS dead"
+            " coalesce(m.in_flight, 0) AS in_flight, coalesce(x.dead, 0) AS dead,"
+            f" coalesce(m.retrying, 0) AS retrying, m.last_at{last}"
             f" FROM {D} d LEFT JOIN (SELECT destination_id, count(*) AS pending,"
             " min(created_at) AS oldest, min(next_attempt_at) AS next_due,"
-            " count(*) FILTER (WHERE lease_until > $1) AS in_flight"
+            " count(*) FILTER (WHERE lease_until > $1) AS in_flight,"
+            " count(*) FILTER (WHERE attempts > 0) AS retrying, max(last_attempt_at) AS last_at"
             f" FROM {M} GROUP BY destination_id) m ON m.destination_id = d.id"
             f" LEFT JOIN (SELECT destination_id, count(*) AS dead FROM {X}"
-            " GROUP BY destination_id) x ON x.destination_id = d.id"
+            f" GROUP BY destination_id) x ON x.destination_id = d.id{lateral}"
             " WHERE m.pending > 0 OR x.dead > 0 ORDER BY d.key",
             now,
         )
@@ -306,7 +361,8 @@ class PgStore:
                 "dead_letters": r["dead"],
             }
             if in_flight and r["pending"]:
-                row["in_flight"] = r["in_flight"]
+                row["in_flight"], row["retrying"] = r["in_flight"], r["retrying"]
+                row["last_retry"] = last_try(r["last_at"], r["last_status"], r["last_error"])
             out.append(row)
         return out
 
@@ -728,6 +784,13 @@ class PgOutbox:
         now = time.time()
 
         async def work(conn: Conn) -> None:
+            # destination id → [delivered, retried, dead-lettered], as the statements applied
+            counts: dict[int, list[int]] = {}
+
+            def count(rows: list[asyncpg.Record], outcome: int) -> None:
+                for row in rows:
+                    counts.setdefault(row[0], [0, 0, 0])[outcome] += 1
+
             async with conn.transaction():
                 if plan.delivered:
                     await conn.execute(
@@ -737,25 +800,36 @@ class PgOutbox:
                         " DO UPDATE SET delivered_at = excluded.delivered_at",
                         plan.delivered, now,
                     )  # fmt: skip
-                    await conn.execute(
-                        f"DELETE FROM {M} WHERE id = ANY($1::bigint[])", plan.delivered
+                    gone = await conn.fetch(
+                        f"DELETE FROM {M} WHERE id = ANY($1::bigint[]) RETURNING destination_id",
+                        plan.delivered,
                     )
+                    count(gone, 0)
                 if plan.retry:
-                    await conn.execute(
+                    retried = await conn.fetch(
                         f"UPDATE {M} m SET attempts = m.attempts + 1,"
                         " first_attempt_at = coalesce(m.first_attempt_at, $1),"
                         " last_attempt_at = $1, last_status = r.status, last_error = r.error,"
                         " next_attempt_at = r.at, claimed_by = NULL, lease_until = NULL"
                         " FROM unnest($2::bigint[], $3::float8[], $4::int[], $5::text[])"
-                        " AS r(id, at, status, error) WHERE m.id = r.id AND m.claimed_by = $6",
+                        " AS r(id, at, status, error) WHERE m.id = r.id AND m.claimed_by = $6"
+                        " RETURNING m.destination_id",
                         now, *zip(*plan.retry, strict=True), worker,
                     )  # fmt: skip
+                    count(retried, 1)
                 if plan.dead:
                     await conn.execute(DEAD, now, *zip(*plan.dead, strict=True), worker)
-                    await conn.execute(
-                        f"DELETE FROM {M} WHERE claimed_by = $1 AND id = ANY($2::bigint[])",
+                    dead = await conn.fetch(
+                        f"DELETE FROM {M} WHERE claimed_by = $1 AND id = ANY($2::bigint[])"
+                        " RETURNING destination_id",
                         worker, [d[0] for d in plan.dead],
                     )  # fmt: skip
+                    count(dead, 2)
+                if counts:
+                    ids = sorted(counts)
+                    await conn.execute(
+                        COUNT, bucket_of(now), ids, *zip(*(counts[d] for d in ids), strict=True)
+                    )
 
         await self._io(work)
         self.pending = max(0, self.pending - len(plan.delivered) - len(plan.dead))
@@ -798,7 +872,7 @@ class PgOutbox:
 
     async def _maintain(self) -> None:
         """Once a second: the pending count (all instances); once a minute: forget dedup ids
-        delivered before the window."""
+        delivered before the window, and delivery counts older than a day."""
         ticks = 0
         while True:
             await asyncio.sleep(1.0)
@@ -812,6 +886,12 @@ class PgOutbox:
                         lambda conn: conn.execute(
                             f"DELETE FROM {V} WHERE delivered_at <= $1",
                             time.time() - DEDUP_WINDOW,
+                        )
+                    )
+                    await self._io(
+                        lambda conn: conn.execute(
+                            f"DELETE FROM {C} WHERE bucket < $1",
+                            bucket_of(time.time() - KEEP_SECONDS),
                         )
                     )
             except Exception as exc:
@@ -878,6 +958,9 @@ class PgAdmin:
             lambda s: s.purge(pending=pending, dead=dead, destination=destination),
             transaction=True,
         )
+
+    def delivery_counts(self, since: int, fine_since: int) -> list[CountRow]:
+        return self._run(lambda s: s.delivery_counts(since, fine_since))
 
     def close(self) -> None:
         try:

@@ -15,6 +15,8 @@ Tables:
 - `delivered`: dedup ids delivered in the last 48 hours (Meta's own window), so that an event
   resent after its delivery is not sent again either.
 - `dead_letters`: messages that can never be delivered, with the vendor's reason.
+- `delivery_counts`: per 10-second bucket and destination, how many messages were delivered,
+  retried and dead-lettered (`delivery_counts`): what every worker did, kept a day.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .delivery_counts import KEEP_SECONDS, CountRow, bucket_of
 from .delivery_types import Claimed, Destination, Due, OutboxRow, Settlement
 
 T = TypeVar("T")
@@ -36,8 +39,8 @@ T = TypeVar("T")
 FILENAME = "outbox.sqlite3"
 # 2: payloads stored as JSON text (were blobs); 3: one message per destination and dedup id
 # (unique index) and the `delivered` table (dedup ids delivered within DEDUP_WINDOW);
-# 4: destinations.secrets (the route's secret values)
-SCHEMA_VERSION = 4
+# 4: destinations.secrets (the route's secret values); 5: delivery_counts
+SCHEMA_VERSION = 5
 DEDUP_WINDOW = 48 * 3600.0  # Meta deduplicates an event id within 48 hours; so do we
 
 SCHEMA = """
@@ -97,6 +100,14 @@ CREATE TABLE IF NOT EXISTS delivered (
     PRIMARY KEY (destination_id, dedup_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS delivered_at ON delivered (delivered_at);
+CREATE TABLE IF NOT EXISTS delivery_counts (
+    bucket INTEGER NOT NULL,            -- the bucket's start, unix seconds (delivery_counts.py)
+    destination_id INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    retried INTEGER NOT NULL DEFAULT 0,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, destination_id)
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS messages_counted AFTER INSERT ON messages BEGIN
     UPDATE destinations SET pending = pending + 1 WHERE id = NEW.destination_id;
 END;
@@ -111,6 +122,33 @@ DELETE FROM messages WHERE id NOT IN
     (SELECT min(id) FROM messages GROUP BY destination_id, dedup_id);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (destination_id, dedup_id);
 """
+
+
+@functools.lru_cache(maxsize=8)
+def _count_sql(delivered: bool, retry: bool, dead: bool) -> str:
+    """A settlement's outcomes, counted per destination before they are applied (the messages
+    are deleted then): delivered ones whoever holds them, the others only if still ours (as
+    the statements that apply them do). One statement; only the kinds the settlement holds."""
+    parts = [
+        part
+        for wanted, part in (
+            (delivered, "SELECT value AS id, 0 AS kind FROM json_each(:delivered)"),
+            (retry, "SELECT json_extract(value, '$[0]') AS id, 1 AS kind FROM json_each(:retry)"),
+            (dead, "SELECT json_extract(value, '$[0]') AS id, 2 AS kind FROM json_each(:dead)"),
+        )
+        if wanted
+    ]
+    mine = " AND (o.kind = 0 OR m.claimed_by = :worker)" if retry or dead else ""
+    return (
+        "INSERT INTO delivery_counts (bucket, destination_id, delivered, retried, dead_lettered)"
+        " SELECT :bucket, m.destination_id, sum(o.kind = 0), sum(o.kind = 1), sum(o.kind = 2)"
+        f" FROM ({' UNION ALL '.join(parts)}) AS o JOIN messages AS m ON m.id = o.id"
+        f" WHERE true{mine} GROUP BY m.destination_id"
+        " ON CONFLICT (bucket, destination_id) DO UPDATE SET"
+        " delivered = delivered + excluded.delivered, retried = retried + excluded.retried,"
+        " dead_lettered = dead_lettered + excluded.dead_lettered"
+    )
+
 
 MAX_ROWS_PER_INSERT = 4000  # 8 parameters a row; SQLite allows 32766 per statement
 
@@ -162,6 +200,13 @@ def _statements(script: str) -> list[str]:
             statements.append(buffer.strip())
             buffer = ""
     return statements
+
+
+def last_try(at: float | None, status: int | None, error: str | None) -> dict[str, Any] | None:
+    """A pending message's last failed attempt, as `stats` shows it."""
+    if at is None:
+        return None
+    return {"time": at, "status": status, "error": error or ""}
 
 
 def database_path(data_dir: str | Path) -> Path:
@@ -367,18 +412,24 @@ class Store:
 
     def settle(self, worker: str, plan: Settlement, now: float) -> None:
         conn = self.conn
+        delivered, retry, dead = _json(plan.delivered), _json(plan.retry), _json(plan.dead)
+        conn.execute(  # first: the messages are gone after
+            _count_sql(bool(plan.delivered), bool(plan.retry), bool(plan.dead)),
+            {"bucket": bucket_of(now), "delivered": delivered, "retry": retry, "dead": dead,
+             "worker": worker},
+        )  # fmt: skip
         if plan.delivered:
             # remembered for the dedup window: the same event resent is not stored again
             conn.execute(
                 "INSERT OR REPLACE INTO delivered (destination_id, dedup_id, delivered_at)"
                 " SELECT destination_id, dedup_id, ? FROM messages"
                 " WHERE id IN (SELECT value FROM json_each(?))",
-                (now, _json(plan.delivered)),
+                (now, delivered),
             )
             # delivered is final whoever holds the lease now: deleting stops a second send
             conn.execute(
                 "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                (_json(plan.delivered),),
+                (delivered,),
             )
         if plan.retry:  # Retry: [id, next_attempt_at, status, error]
             conn.execute(
@@ -388,7 +439,7 @@ class Store:
                 " next_attempt_at = json_extract(r.value, '$[1]'), claimed_by = NULL, lease_until = NULL"
                 " FROM json_each(?2) AS r"
                 " WHERE messages.id = json_extract(r.value, '$[0]') AND messages.claimed_by = ?3",
-                (now, _json(plan.retry), worker),
+                (now, retry, worker),
             )
         if plan.dead:  # DeadLetter: [id, attempted, status, error, code, trace, reason]
             conn.execute(
@@ -406,12 +457,12 @@ class Store:
                 " json_extract(d.value, '$[4]'), json_extract(d.value, '$[5]'), json_extract(d.value, '$[6]'), ?1"
                 " FROM json_each(?2) AS d JOIN messages AS m ON m.id = json_extract(d.value, '$[0]')"
                 " WHERE m.claimed_by = ?3",
-                (now, _json(plan.dead), worker),
+                (now, dead, worker),
             )
             conn.execute(
                 "DELETE FROM messages WHERE claimed_by = ?"
                 " AND id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
-                (worker, _json(plan.dead)),
+                (worker, dead),
             )
 
     def extend(self, worker: str, ids: Iterable[int], lease_until: float) -> None:
@@ -439,7 +490,9 @@ class Store:
         return [Due(*r) for r in rows if r[3] is not None]
 
     def stats(self, now: float, *, in_flight: bool = False) -> list[dict[str, Any]]:
-        """Per destination: pending, oldest age, next try, dead letters (no routes)."""
+        """Per destination: pending, oldest age, next try, dead letters (no routes); with
+        `in_flight`, also how many are being sent, how many wait for a retry, and the last
+        failure of those (what any worker recorded)."""
         dead = dict(
             self.conn.execute(
                 "SELECT destination_id, count(*) FROM dead_letters GROUP BY destination_id"
@@ -467,10 +520,16 @@ class Store:
                 "dead_letters": dead.get(dest_id, 0),
             }
             if in_flight and pending:
-                row["in_flight"] = self.conn.execute(
-                    "SELECT count(*) FROM messages WHERE destination_id = ? AND lease_until > ?",
-                    (dest_id, now),
-                ).fetchone()[0]
+                # one pass over the destination's messages; the bare columns come from the
+                # row with the latest attempt (SQLite's max() semantics)
+                flying, retrying, last_at, last_status, last_error = self.conn.execute(
+                    "SELECT count(*) FILTER (WHERE lease_until > ?1),"
+                    " count(*) FILTER (WHERE attempts > 0), max(last_attempt_at), last_status,"
+                    " last_error FROM messages WHERE destination_id = ?2",
+                    (now, dest_id),
+                ).fetchone()
+                row["in_flight"], row["retrying"] = flying, retrying
+                row["last_retry"] = last_try(last_at, last_status, last_error)
             out.append(row)
         return out
 
@@ -603,6 +662,24 @@ class Store:
             "DELETE FROM delivered WHERE delivered_at <= ?", (now - DEDUP_WINDOW,)
         ).rowcount
 
+    def forget_counts(self, now: float) -> int:
+        """Drop delivery counts older than any window shows (inside a transaction)."""
+        return self.conn.execute(
+            "DELETE FROM delivery_counts WHERE bucket < ?", (bucket_of(now - KEEP_SECONDS),)
+        ).rowcount
+
+    def delivery_counts(self, since: int, fine_since: int) -> list[CountRow]:
+        """Per destination, the counts of every bucket from `fine_since`, and those from
+        `since` to it summed as bucket 0 (see `delivery_counts.read_range`)."""
+        rows = self.conn.execute(
+            "SELECT k.key, k.tag_type, CASE WHEN c.bucket >= ?2 THEN c.bucket ELSE 0 END AS b,"
+            " sum(c.delivered), sum(c.retried), sum(c.dead_lettered)"
+            " FROM delivery_counts AS c JOIN destinations AS k ON k.id = c.destination_id"
+            " WHERE c.bucket >= ?1 GROUP BY k.key, k.tag_type, b",
+            (since, fine_since),
+        ).fetchall()
+        return [CountRow(*r) for r in rows]
+
     def checkpoint(self) -> None:
         self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -630,4 +707,5 @@ def release(store: Store, now: float, worker: str, ids: list[int]) -> None:
 
 
 def forget_delivered(store: Store, now: float) -> int:
-    return store.forget_delivered(now)
+    """The once-a-minute cleanup: dedup ids past their window, delivery counts past a day."""
+    return store.forget_delivered(now) + store.forget_counts(now)

@@ -1,11 +1,17 @@
 """The figures of `/preview/status`: what the server already counts, in one place.
 
-Counters come from the Prometheus metrics, summed over every worker of this instance (the
-multiprocess files that `/metrics` reads too); pending messages, their oldest age and dead
-letters come from the outbox, so with a shared PostgreSQL outbox they cover every instance.
-Windows ("delivered in the last hour") are differences between samples of those counters,
-taken every SAMPLE_SECONDS by each worker and kept a day. Nothing personal is read: no
-payload, no route (tokens, URLs), only keys, tag names, counts and the vendors' reasons.
+From the outbox, so they cover every worker and, with a shared PostgreSQL outbox, every
+instance: per destination, pending messages, their oldest age, dead letters, and deliveries
+over time (delivered, retried, dead-lettered in the last minute, hour, day, and the chart:
+`delivery_counts`, which the dispatchers add to as they record outcomes).
+
+From the Prometheus metrics, summed over every worker of this instance (the multiprocess
+files that `/metrics` reads too): the tags' results, failures by kind, paused lanes. The tags'
+hour and day are differences between samples of those counters, taken every SAMPLE_SECONDS
+by the worker that answers and kept a day.
+
+Nothing personal is read: no payload, no route (tokens, URLs), only keys, tag names, counts
+and the vendors' reasons.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -26,6 +32,8 @@ from prometheus_client.core import Metric
 
 from .. import metrics
 from ..container.model import Container
+from ..delivery import delivery_counts
+from ..delivery.delivery_counts import WINDOWS
 from ..delivery.outbox_backend import OutboxAdmin, open_admin
 from ..engine.retry import Retried, retry_dead_letters, routes_now
 from ..settings import Settings
@@ -37,14 +45,10 @@ SAMPLE_SECONDS = 10.0
 FINE_SECONDS = 3600.0  # every sample is kept this long; older ones, one per COARSE_SECONDS
 COARSE_SECONDS = 300.0
 KEEP_SECONDS = 86400.0 + COARSE_SECONDS
-WINDOWS = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
-CHART_MINUTES = 60
 DEAD_LETTERS_SHOWN = 200
 TAG_STATUSES = (
     "fired", "not_fired", "blocked", "no_consent", "rejected", "error", "dry_run", "paused",
 )  # fmt: skip
-FAILED = ("retry", "permanent", "deadline")  # delivery outcomes that are not "delivered"
-
 Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
 
 
@@ -71,9 +75,7 @@ def read_samples(families: Iterable[Metric] | None = None) -> dict[Key, float]:
 
 
 def _wanted(name: str) -> bool:
-    return name.startswith(
-        ("tagserver_deliveries_total", "tagserver_delivery_errors_total", "tagserver_tag_results")
-    )
+    return name.startswith("tagserver_tag_results")
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Sample:
 
 
 class History:
-    """Samples of the delivery and tag counters: windows and the chart are differences."""
+    """Samples of the tag counters: their windows are differences."""
 
     def __init__(self) -> None:
         self.samples: deque[Sample] = deque()
@@ -124,13 +126,19 @@ class History:
     def covers(self, now: float) -> float:
         return now - self.samples[0].at if self.samples else 0.0
 
-    def per_minute(self, now: float, minutes: int = CHART_MINUTES) -> list[Sample]:
-        """One sample per minute boundary of the last `minutes` (the latest before each)."""
-        return [s for s in (self.at(now - (minutes - i) * 60.0) for i in range(minutes + 1)) if s]
-
 
 def _label(key: Key, name: str) -> str:
     return dict(key[1]).get(name, "")
+
+
+@dataclass
+class OutboxFigures:
+    """What the page reads from the outbox (every worker's and instance's)."""
+
+    stats: list[dict[str, Any]] = field(default_factory=list)  # pending, oldest, dead letters
+    dead: list[dict[str, Any]] = field(default_factory=list)  # the dead letters shown
+    counts: dict[str, dict[str, Any]] = field(default_factory=dict)  # summarize(), by key
+    error: str = ""
 
 
 @dataclass
@@ -175,23 +183,28 @@ class StatusBoard:
     def _admin(self) -> OutboxAdmin:
         return open_admin(self.settings)
 
-    def _outbox(self, now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    def _outbox(self, now: float) -> OutboxFigures:
+        found = OutboxFigures()
         try:
             admin = self._admin()
         except LookupError:  # no outbox file yet: nothing was ever stored
-            return [], [], ""
+            return found
         except Exception as exc:
-            return [], [], f"the outbox cannot be read: {exc}"
+            found.error = f"the outbox cannot be read: {exc}"
+            return found
         try:
-            stats = admin.stats(now, in_flight=True)
-            dead = admin.dead_letters(None, DEAD_LETTERS_SHOWN)
+            found.stats = admin.stats(now, in_flight=True)
+            found.dead = admin.dead_letters(None, DEAD_LETTERS_SHOWN)
+            found.counts = delivery_counts.summarize(
+                admin.delivery_counts(*delivery_counts.read_range(now)), now
+            )
         except Exception as exc:
-            return [], [], f"the outbox cannot be read: {type(exc).__name__}: {exc}"
+            found.error = f"the outbox cannot be read: {type(exc).__name__}: {exc}"
         finally:
             admin.close()
-        for row in dead:
+        for row in found.dead:
             row.pop("payload", None)  # hashed personal data, IP, user agent: never shown
-        return stats, dead, ""
+        return found
 
     async def retry(self, destination: str | None, ids: list[int]) -> dict[str, Any]:
         """`tagserver outbox retry` with the running container's routes: what it did."""
@@ -213,7 +226,7 @@ class StatusBoard:
 
     async def figures(self) -> dict[str, Any]:
         now = time.time()
-        values, (stats, dead, outbox_error) = await asyncio.gather(
+        values, outbox = await asyncio.gather(
             asyncio.to_thread(read_samples), asyncio.to_thread(self._outbox, now)
         )
         container = self.running.container()
@@ -225,22 +238,26 @@ class StatusBoard:
                 "status": "ok" if problem is None else "unavailable",
                 "reason": problem,
                 "warnings": report.get("warnings", []),
-                "outbox": outbox_error or None,
+                "outbox": outbox.error or None,
+                # delivery windows: from the outbox (every worker and instance), each from
+                # the start of the oldest bucket it sums
+                "delivery_windows_since": delivery_counts.since(now),
+                "outbox_shared": bool(self.settings.outbox_url.strip()),
+                # the tags' windows: this worker's samples of this instance's counters
                 "counting_since": self.history.started,
                 "windows_cover_seconds": round(self.history.covers(now), 1),
             },
             "container": report.get("container", {}),
-            "destinations": self._destinations(values, stats, dead, container, now),
+            "destinations": self._destinations(values, outbox, container, now),
             "tags": self._tags(values, container, now),
             "match_quality": match_quality(values),
-            "dead_letters": dead,
+            "dead_letters": outbox.dead,
         }
 
     def _destinations(
         self,
         values: dict[Key, float],
-        stats: list[dict[str, Any]],
-        dead: list[dict[str, Any]],
+        outbox: OutboxFigures,
         container: Container,
         now: float,
     ) -> list[dict[str, Any]]:
@@ -249,12 +266,18 @@ class StatusBoard:
         def row(key: str, tag_type: str = "") -> dict[str, Any]:
             found = rows.get(key)
             if found is None:
+                counts = outbox.counts.get(key) or delivery_counts.none(now)
                 found = rows[key] = {
                     "destination": key, "tag_type": tag_type, "tags": [],
-                    "delivered": dict.fromkeys(WINDOWS, 0), "failed": dict.fromkeys(WINDOWS, 0),
-                    "retries_last_hour": 0, "pending": 0, "in_flight": 0,
-                    "oldest_pending_seconds": None, "dead_letters": 0, "last_error": None,
-                    "failing": False, "errors_by_class": {}, "chart": [],
+                    "delivered": counts["delivered"], "retried": counts["retried"],
+                    "dead_lettered": counts["dead_lettered"],
+                    "failed": {w: counts["retried"][w] + counts["dead_lettered"][w]
+                               for w in WINDOWS},
+                    "retries_last_hour": counts["retried"]["hour"], "pending": 0,
+                    "in_flight": 0, "retrying": 0, "oldest_pending_seconds": None,
+                    "dead_letters": 0,
+                    "last_error": None, "failing": False, "errors_by_class": {},
+                    "chart": counts["chart"],
                 }  # fmt: skip
             if tag_type and not found["tag_type"]:
                 found["tag_type"] = tag_type
@@ -264,17 +287,23 @@ class StatusBoard:
         for tag, (key, tag_type, _route) in routes.items():
             row(key, tag_type)["tags"].append(tag)
             rows[key]["in_use"] = True
-        for s in stats:
+        for key, counts in outbox.counts.items():
+            row(key, counts["tag_type"])
+        for s in outbox.stats:
             r = row(s["destination"], s.get("tag_type", ""))
             r["pending"] = s["pending"]
             r["in_flight"] = s.get("in_flight", 0)
+            r["retrying"] = s.get("retrying", 0)
+            retry = s.get("last_retry")
+            if retry is not None:  # whichever worker or instance recorded it
+                r["last_error"] = {**retry, "code": "", "dead_letter": False}
             r["oldest_pending_seconds"] = s["oldest_age_seconds"]
             r["dead_letters"] = s["dead_letters"]
-        for d in reversed(dead):  # newest first: the last error a dead letter holds
+        for d in reversed(outbox.dead):  # newest first: the last error a dead letter holds
             r = row(d["destination"], d.get("tag_type", ""))
             if d["tag"] and d["tag"] not in r["tags"]:
                 r["tags"].append(d["tag"])
-            if r["last_error"] is None:
+            if r["last_error"] is None or d["dead_at"] > r["last_error"]["time"]:
                 r["last_error"] = {
                     "time": d["dead_at"], "status": d["status"], "code": d["code"],
                     "error": d["error"] or d["reason"], "dead_letter": True,
@@ -285,26 +314,14 @@ class StatusBoard:
             r["failing"] = r["failing"] or lane["failing"]
             last = lane["last_error"]
             if last is not None and (
-                r["last_error"] is None or last["time"] > r["last_error"]["time"]
+                r["last_error"] is None or _same_or_later(last, r["last_error"])
             ):
+                # this worker saw it: with the vendor's code and the kind of error
                 r["last_error"] = {**last, "dead_letter": last["outcome"] != "retry"}
         for (name, labels), value in values.items():
             labels_d = dict(labels)
             if name == "tagserver_destination_failing" and value >= 1:
                 row(labels_d["destination"], labels_d.get("tag_type", ""))["failing"] = True
-        for window, seconds in WINDOWS.items():
-            for (name, labels), value in self.history.since(values, seconds, now).items():
-                labels_d = dict(labels)
-                if name != "tagserver_deliveries_total" or value <= 0:
-                    continue
-                r = row(labels_d["destination"])
-                outcome = labels_d["outcome"]
-                if outcome == "delivered":
-                    r["delivered"][window] += int(value)
-                else:
-                    r["failed"][window] += int(value)
-                    if window == "hour" and outcome == "retry":
-                        r["retries_last_hour"] += int(value)
         for (name, labels), value in values.items():
             if name == "tagserver_delivery_errors_total" and value > 0:
                 labels_d = dict(labels)
@@ -312,7 +329,6 @@ class StatusBoard:
                 errors[labels_d["error_class"]] = errors.get(labels_d["error_class"], 0) + int(
                     value
                 )
-        self._charts(rows, values, now)
         for r in rows.values():
             r.setdefault("in_use", False)
             r["name"] = destination_name(r["tags"], r["tag_type"], r["destination"])
@@ -320,31 +336,6 @@ class StatusBoard:
         order = {"paused": 0, "failing": 1, "healthy": 2, "unused": 3}
         shown = [r for r in rows.values() if r["state"] != "unused" or _active(r, "day")]
         return sorted(shown, key=lambda r: (order[r["state"]], r["name"]))
-
-    def _charts(
-        self, rows: dict[str, dict[str, Any]], values: dict[Key, float], now: float
-    ) -> None:
-        """Per destination and minute of the last hour: deliveries and failures."""
-        points = [*self.history.per_minute(now), Sample(now, values)]
-        for r in rows.values():
-            series = []
-            for before, after in zip(points, points[1:], strict=False):
-                if after.at <= before.at:
-                    continue
-                ok = bad = 0.0
-                for (name, labels), value in after.values.items():
-                    if name != "tagserver_deliveries_total":
-                        continue
-                    labels_d = dict(labels)
-                    if labels_d.get("destination") != r["destination"]:
-                        continue
-                    change = value - before.values.get((name, labels), 0.0)
-                    if labels_d.get("outcome") == "delivered":
-                        ok += change
-                    else:
-                        bad += change
-                series.append({"at": after.at, "delivered": int(ok), "failed": int(bad)})
-            r["chart"] = series[-CHART_MINUTES:]
 
     def _tags(
         self, values: dict[Key, float], container: Container, now: float
@@ -382,6 +373,15 @@ class StatusBoard:
             r["rejected_reasons"].sort(key=lambda x: -x["count"])
             del r["rejected_reasons"][5:]
         return list(rows.values())
+
+
+def _same_or_later(seen: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """This worker's last failure is newer than the outbox's last one, or is the same one
+    (recorded a moment later, without the vendor's code)."""
+    if seen["time"] > stored["time"]:
+        return True
+    same = (seen.get("status"), seen.get("error")) == (stored.get("status"), stored.get("error"))
+    return same and stored["time"] - seen["time"] < 60
 
 
 def _active(row: dict[str, Any], window: str) -> bool:
