@@ -9,23 +9,26 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from tagserver import Event, Param, RequestContext
+from tagserver import Param
 from tagserver.toolkit import match
 from tagserver.toolkit.conversions import (
+    CUSTOM_DATA,
+    DEFAULT_PHONE_COUNTRY,
     ConversionsTag,
     MatchQuality,
     Refusal,
     Target,
+    check_currency,
+    check_id_and_time,
+    missing,
     text,
     token_id,
 )
-from tagserver.toolkit.identity import CURRENCIES
 
 from .mapping import EVENT_NAMES, build
 from .sender import API_URL, PinterestSender
 
 MAX_AGE_SECONDS = 7 * 86400  # "timestamp is in the past": 7 days per integrators (unconfirmed)
-FUTURE_TOLERANCE_SECONDS = 60
 _AD_ACCOUNT = re.compile(r"\d{1,20}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -71,22 +74,13 @@ class PinterestCapiTag(ConversionsTag):
             description='Event name → Pinterest name, over the GA4 table ({"signup": "lead"}); '
             "names outside Pinterest's list go as custom.",
         ),
-        Param(
-            "default_phone_country",
-            "string",
-            description="Country for phone numbers without country code when the event has no "
-            "address country.",
-        ),
+        DEFAULT_PHONE_COUNTRY,
         Param(
             "limited_data_processing",
             "boolean",
             description='Send opt_out_type "LDP" (limited data processing).',
         ),
-        Param(
-            "custom_data",
-            "object",
-            description="Extra custom_data (values may use {{variables}}); wins over the event's.",
-        ),
+        CUSTOM_DATA,
         Param(
             "user_data",
             "object",
@@ -97,20 +91,10 @@ class PinterestCapiTag(ConversionsTag):
     )
     identity_keys = match.ALL_KEYS - {"ge"}  # Pinterest's own gender rule
 
-    def build(
-        self, event: Event, params: dict[str, Any], request: RequestContext
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        return build(event, params, request)
-
-    def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
-        keys: dict[str, Any] = payload["user_data"]
-        return keys
+    build = staticmethod(build)
 
     def check(self, payload: dict[str, Any], now: float) -> None:
         check(payload, now)
-
-    def dry_run_body(self, payload: dict[str, Any], target: Target) -> dict[str, Any]:
-        return {"data": [payload]}
 
     def make_target(self, values: tuple[Any, ...]) -> Target:
         account, token = text(values[0]), text(values[1])
@@ -119,9 +103,7 @@ class PinterestCapiTag(ConversionsTag):
             reason = f"ad_account_id {account[:30]!r} is not a number"
             return Target(problem=("bad_ad_account_id", reason))
         if not account or not token:
-            missing = " and ".join(n for n, v in (("ad_account_id", account),
-                                                  ("access_token", token)) if not v)  # fmt: skip
-            return Target(missing=missing)
+            return Target(missing=missing(("ad_account_id", account), ("access_token", token)))
         route: dict[str, Any] = {"ad_account_id": account, "access_token": token}
         if test:
             route["test"] = True
@@ -135,13 +117,7 @@ def check(event: dict[str, Any], now: float) -> None:
     """Raise `Refusal` for what Pinterest refuses."""
     if event["event_name"] not in EVENT_NAMES:
         raise Refusal("bad_event_name", f"event_name {event['event_name'][:60]!r} is unknown")
-    if not event["event_id"]:
-        raise Refusal("no_event_id", "event_id is empty")
-    age = now - event["event_time"]
-    if age > MAX_AGE_SECONDS:
-        raise Refusal("too_old", f"event_time is {age / 86400:.1f} days old (limit 7 days)")
-    if age < -FUTURE_TOLERANCE_SECONDS:
-        raise Refusal("in_future", "event_time is in the future")
+    check_id_and_time(event["event_id"], event["event_time"], now, max_age=MAX_AGE_SECONDS)
     user = event["user_data"]
     if "em" not in user and not ("client_ip_address" in user and "client_user_agent" in user):
         raise Refusal(
@@ -152,6 +128,4 @@ def check(event: dict[str, Any], now: float) -> None:
     value = custom.get("value")
     if value is not None and not (isinstance(value, str) and _NUMBER.fullmatch(value)):
         raise Refusal("bad_value", f"value {str(value)[:30]!r} is not a number")
-    currency = custom.get("currency")
-    if currency is not None and currency not in CURRENCIES:
-        raise Refusal("bad_currency", f"currency {str(currency)[:10]!r} is not an ISO 4217 code")
+    check_currency(custom.get("currency"))

@@ -16,7 +16,24 @@ from urllib.parse import urlsplit
 
 from tagserver import Event, RequestContext
 from tagserver.toolkit import identity
-from tagserver.toolkit.conversions import click_id, event_time, items, number, raw_identity, total
+from tagserver.toolkit.conversions import (
+    Hashes,
+    UserKey,
+    add_client,
+    add_configured,
+    add_user_keys,
+    amount,
+    click_id,
+    currency,
+    event_id,
+    event_name,
+    event_time,
+    items,
+    order_id,
+    raw_identity,
+    regions,
+    search_term,
+)
 
 __all__ = ["DEFAULT_EVENT_NAMES", "STANDARD_EVENTS", "build", "tiktok_event_name", "TTP_RE"]
 
@@ -49,11 +66,7 @@ _SPACES = str.maketrans("", "", " \t")
 
 def tiktok_event_name(name: str, custom: Any) -> str:
     """The tag's own map first, then the GA4/Meta → TikTok table, else the name unchanged."""
-    if custom.__class__ is dict and custom:
-        mapped = custom.get(name)
-        if isinstance(mapped, str) and mapped.strip():
-            return mapped.strip()
-    return DEFAULT_EVENT_NAMES.get(name, name)
+    return event_name(name, custom, DEFAULT_EVENT_NAMES)
 
 
 def _phone(text: str, region: str | None) -> str | None:
@@ -78,34 +91,32 @@ def _place(text: str, cc: str | None) -> str | None:
     return kept or None
 
 
-# shared key → TikTok key, its normalizer, hashed?
-_USER_KEYS: dict[str, tuple[str, Any, bool]] = {
-    "em": ("email", identity.NORMALIZERS["em"], True),
-    "ph": ("phone", _phone, True),
-    "external_id": ("external_id", identity.NORMALIZERS["external_id"], True),
-    "fn": ("first_name", _name, True),
-    "ln": ("last_name", _name, True),
-    "zp": ("zip_code", _zip, True),
-    "ct": ("city", _place, False),
-    "st": ("state", _place, False),
-    "country": ("country", identity.NORMALIZERS["country"], False),
+# shared key → how TikTok sends it (email, phone and external_id as lists)
+USER_KEYS = {
+    "em": UserKey("email", "em"),
+    "ph": UserKey("phone", _phone),
+    "external_id": UserKey("external_id", "external_id"),
+    "fn": UserKey("first_name", _name, many=False),
+    "ln": UserKey("last_name", _name, many=False),
+    "zp": UserKey("zip_code", _zip, many=False),
+    "ct": UserKey("city", _place, hashed=False, many=False),
+    "st": UserKey("state", _place, hashed=False, many=False),
+    "country": UserKey("country", "country", hashed=False, many=False),
 }
-_LIST_KEYS = frozenset({"email", "phone", "external_id"})
 
 
 def build(
-    event: Event, params: dict[str, Any], request: RequestContext
+    event: Event, params: dict[str, Any], request: RequestContext, hashes: Hashes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     dropped: dict[str, str] = {}
     name = tiktok_event_name(str(event.get("event_name") or ""), params.get("event_name_map"))
-    event_id = event.get("event_id") or request.derived_event_id(0)
     out: dict[str, Any] = {
         "event": name,
         "event_time": event_time(event, request.received_at),
-        "event_id": str(event_id),
+        "event_id": event_id(event, request),
     }
-    out["user"] = _user(event, params, request, dropped)
-    properties = _properties(event, name, params.get("properties"))
+    out["user"] = _user(event, params, request, hashes, dropped)
+    properties = _properties(event, params.get("properties"))
     if properties:
         out["properties"] = properties
     page: dict[str, Any] = {}
@@ -126,45 +137,18 @@ def build(
 
 
 def _user(
-    event: Event, params: dict[str, Any], request: RequestContext, dropped: dict[str, str]
+    event: Event,
+    params: dict[str, Any],
+    request: RequestContext,
+    hashes: Hashes,
+    dropped: dict[str, str],
 ) -> dict[str, Any]:
     raw = raw_identity(event, params.get("user_data"))
-    region = identity.NORMALIZERS["country"](raw.country.strip(), None) if raw.country else None
-    if region is None:
-        given = params.get("default_phone_country")
-        if given.__class__ is str and given.strip():
-            region = identity.NORMALIZERS["country"](given.strip(), None)
+    _, region = regions(raw, params)
     user: dict[str, Any] = {}
-    for key, values in raw.values.items():
-        spec = _USER_KEYS.get(key)
-        if spec is None:
-            continue
-        out_key, normalize, hashed = spec
-        found: list[str] = []
-        for value in values:
-            if value.__class__ is float and value.is_integer():
-                value = int(value)
-            if value.__class__ is int and not isinstance(value, bool):
-                value = str(value)
-            if value.__class__ is not str or not value.strip():
-                continue
-            text = value.strip()
-            context = region if key in ("ph", "zp") else None
-            result = (
-                identity.hash_with(normalize, text, context) if hashed else normalize(text, None)
-            )
-            if result and result not in found:
-                found.append(result)
-        if found:
-            user[out_key] = found if out_key in _LIST_KEYS else found[0]
-        else:
-            dropped[out_key] = "not usable after normalization"
-    ip = event.get("ip_override")
-    if ip.__class__ is str and ip:
-        user["ip"] = ip
-    agent = event.get("user_agent")
-    if agent.__class__ is str and agent:
-        user["user_agent"] = agent
+    # TikTok reads ZIPs, like phones, in the phone region; in the event's order of keys
+    add_user_keys(user, raw, USER_KEYS, raw.values, hashes, region, region, dropped)
+    add_client(user, event, "ip", "user_agent")
     ttclid = _ttclid(event, request)
     if ttclid:
         user["ttclid"] = ttclid
@@ -205,7 +189,7 @@ def _host(url: Any) -> str:
         return ""
 
 
-def _properties(event: Event, name: str, configured: Any) -> dict[str, Any]:
+def _properties(event: Event, configured: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     found = items(event)
     if found:
@@ -223,22 +207,17 @@ def _properties(event: Event, name: str, configured: Any) -> dict[str, Any]:
             contents.append(entry)
         out["contents"] = contents
         out["content_type"] = "product"
-    value = event.get("value")
-    if value.__class__ is str and value.strip():
-        value = number(value) if number(value) is not None else value
-    if value is None or value == "":
-        value = total(found)
+    value = amount(event, found)
     if value is not None:
         out["value"] = value
-    currency = event.get("currency")
-    if currency.__class__ is str and currency.strip():  # an empty currency is left out
-        out["currency"] = currency.strip().upper()
-    search = event.get("search_term")
-    if search.__class__ is str and search:
+    code = currency(event)
+    if code:  # an empty currency is left out
+        out["currency"] = code
+    search = search_term(event)
+    if search:
         out["query"] = search
-    order = event.get("transaction_id")
-    if (order.__class__ is str or order.__class__ is int) and order != "":
-        out["order_id"] = str(order)
-    if configured.__class__ is dict and configured:
-        out.update({k: v for k, v in configured.items() if v is not None and v != ""})
+    order = order_id(event)
+    if order:
+        out["order_id"] = order
+    add_configured(out, configured)
     return out

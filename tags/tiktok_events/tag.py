@@ -10,24 +10,27 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from tagserver import Event, Param, RequestContext
+from tagserver import Param
 from tagserver.toolkit import match
 from tagserver.toolkit.conversions import (
+    DEFAULT_PHONE_COUNTRY,
     ConversionsTag,
     MatchQuality,
     Refusal,
     Target,
+    check_currency,
+    check_id_and_time,
+    check_value,
+    missing,
     text,
     token_id,
 )
-from tagserver.toolkit.identity import CURRENCIES
 
 from .mapping import STANDARD_EVENTS, build
 from .sender import API_URL, TikTokSender
 
 DEFAULT_API_VERSION = "v1.3"
 MAX_AGE_SECONDS = 7 * 86400  # TikTok's own limit is unconfirmed: keep to Meta's 7 days
-FUTURE_TOLERANCE_SECONDS = 60
 _PIXEL_CODE = re.compile(r"[A-Za-z0-9]{8,40}")
 _API_VERSION = re.compile(r"v\d{1,2}\.\d{1,2}")
 _CUSTOM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,49}")
@@ -78,12 +81,7 @@ class TikTokEventsTag(ConversionsTag):
             "object",
             description='Event name → TikTok name, over the GA4 table ({"signup": "Lead"}).',
         ),
-        Param(
-            "default_phone_country",
-            "string",
-            description="Country for phone numbers without country code when the event has no "
-            "address country.",
-        ),
+        DEFAULT_PHONE_COUNTRY,
         Param(
             "limited_data_use",
             "boolean",
@@ -111,14 +109,8 @@ class TikTokEventsTag(ConversionsTag):
         "ln": "last_name", "zp": "zip_code", "ct": "city", "st": "state", "country": "country",
     }  # fmt: skip
 
-    def build(
-        self, event: Event, params: dict[str, Any], request: RequestContext
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        return build(event, params, request)
-
-    def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
-        keys: dict[str, Any] = payload["user"]
-        return keys
+    user_key = "user"
+    build = staticmethod(build)
 
     def check(self, payload: dict[str, Any], now: float) -> None:
         check(payload, now)
@@ -136,9 +128,8 @@ class TikTokEventsTag(ConversionsTag):
             reason = f"api_version {version[:20]!r} is not like {DEFAULT_API_VERSION}"
             return Target(problem=("bad_api_version", reason))
         if not pixel or not token:
-            missing = " and ".join(n for n, v in (("pixel_code", pixel),
-                                                  ("access_token", token)) if not v)  # fmt: skip
-            return Target(missing=missing, shown=shown)
+            lacking = missing(("pixel_code", pixel), ("access_token", token))
+            return Target(missing=lacking, shown=shown)
         route = {"pixel_code": pixel, "access_token": token, "api_version": version}
         route.update({k: v for k, v in shown.items() if k in ("test_event_code", "partner_name")})
         return Target(
@@ -159,13 +150,7 @@ def check(event: dict[str, Any], now: float) -> None:
             f"custom event name {name[:60]!r}: TikTok wants at most 50 letters, digits, _ or -, "
             "starting with a letter (map it with event_name_map)",
         )
-    if not event["event_id"]:
-        raise Refusal("no_event_id", "event_id is empty")
-    age = now - event["event_time"]
-    if age > MAX_AGE_SECONDS:
-        raise Refusal("too_old", f"event_time is {age / 86400:.1f} days old (limit 7 days)")
-    if age < -FUTURE_TOLERANCE_SECONDS:
-        raise Refusal("in_future", "event_time is in the future")
+    check_id_and_time(event["event_id"], event["event_time"], now, max_age=MAX_AGE_SECONDS)
     url = (event.get("page") or {}).get("url")
     if not url:
         raise Refusal("no_page_url", "page_location is empty: TikTok needs the page URL")
@@ -176,11 +161,7 @@ def check(event: dict[str, Any], now: float) -> None:
     if host == _GTM_PREVIEW_HOST:
         raise Refusal("gtm_preview_host", f"page URL on {_GTM_PREVIEW_HOST} (Tag Assistant)")
     props = event.get("properties") or {}
-    value = props.get("value")
-    if value is not None and (value.__class__ not in (int, float) or value != value):
-        raise Refusal("bad_value", f"value {str(value)[:30]!r} is not a number")
-    currency = props.get("currency")
-    if currency is not None and currency not in CURRENCIES:
-        raise Refusal("bad_currency", f"currency {str(currency)[:10]!r} is not an ISO 4217 code")
+    check_value(props.get("value"))
+    check_currency(props.get("currency"))
     if not event["user"]:
         raise Refusal("no_user_data", "no customer information, IP or user agent to match")
