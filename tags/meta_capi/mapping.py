@@ -402,11 +402,11 @@ def custom_data(event: Event, configured: Any) -> dict[str, Any]:
     if _PIXEL_CD in "\n".join(event):  # most events have none: one search, not one per key
         _pixel_custom_data(event, out)
     own = event.get("custom_data")
-    add_configured(out, own)
-    add_configured(out, configured)
-    extra = any(given.__class__ is dict and given for given in (own, configured))
-    if extra and "value" in out:
-        out["value"] = _number(out["value"])
+    if (own.__class__ is dict and own) or (configured.__class__ is dict and configured):
+        add_configured(out, own)
+        add_configured(out, configured)
+        if "value" in out:
+            out["value"] = _number(out["value"])
     return out
 
 

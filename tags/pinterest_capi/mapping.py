@@ -108,7 +108,7 @@ def build(
         code = language.strip()[:2].lower()
         if code.isalpha():
             out["language"] = code
-    raw = raw_identity(event, params.get("user_data"))
+    raw = raw_identity(event, params.get("user_data"), hashes.memo)
     cc, region = regions(raw, params)
     user: dict[str, Any] = {}
     add_user_keys(user, raw, USER_KEYS, HASHED_KEYS, hashes, cc, region, dropped)

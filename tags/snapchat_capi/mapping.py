@@ -111,7 +111,7 @@ def _user(
     hashes: Hashes,
     dropped: dict[str, str],
 ) -> dict[str, Any]:
-    raw = raw_identity(event, params.get("user_data"))
+    raw = raw_identity(event, params.get("user_data"), hashes.memo)
     cc, region = regions(raw, params)
     user: dict[str, Any] = {}
     add_user_keys(user, raw, USER_KEYS, HASHED_KEYS, hashes, cc, region, dropped)

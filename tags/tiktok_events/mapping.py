@@ -143,7 +143,7 @@ def _user(
     hashes: Hashes,
     dropped: dict[str, str],
 ) -> dict[str, Any]:
-    raw = raw_identity(event, params.get("user_data"))
+    raw = raw_identity(event, params.get("user_data"), hashes.memo)
     _, region = regions(raw, params)
     user: dict[str, Any] = {}
     # TikTok reads ZIPs, like phones, in the phone region; in the event's order of keys

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -201,10 +202,26 @@ class RawIdentity(NamedTuple):
     country: str | None  # the first address's country as given (phone and ZIP rules need it)
 
 
-def raw_identity(event: Event, configured: Any = None) -> RawIdentity:
+def raw_identity(
+    event: Event, configured: Any = None, memo: dict[Any, Any] | None = None
+) -> RawIdentity:
     """Raw match keys: the tag's `user_data` param (by short key) first, then sGTM's
     `user_data` (email_address, phone_number, gender, date_of_birth, address{…} — one or a
-    list — and their sha256_* forms), `user_id` for external_id."""
+    list — and their sha256_* forms), `user_id` for external_id. With the event's `memo`
+    (`FireContext.memo`) the tags that read the same event alike share one reading (read-only:
+    never change its lists)."""
+    if memo is None:
+        return _raw_identity(event, configured)
+    seen = memo.get("conversions.raw_identity")
+    if seen is not None and seen[0] is event and seen[1] is configured:
+        found: RawIdentity = seen[2]
+        return found
+    found = _raw_identity(event, configured)
+    memo["conversions.raw_identity"] = (event, configured, found)  # holds `event`: no id reuse
+    return found
+
+
+def _raw_identity(event: Event, configured: Any) -> RawIdentity:
     out: dict[str, list[Any]] = {}
     country: str | None = None
     if configured.__class__ is dict and configured:
@@ -264,7 +281,8 @@ def regions(raw: RawIdentity, params: dict[str, Any]) -> tuple[str | None, str |
 
 Rule = Callable[[str, "str | None"], "str | None"]  # a normalizer: (stripped text, country)
 UNHASHED = "(not hashed: a dry run nobody sees)"
-_CONTEXT_KEYS = frozenset({"ph", "st", "zp"})  # the shared rules that read the country
+# the shared rules that do not read the country: one memo entry for every tag's value
+_CONTEXT_FREE = frozenset({"em", "fn", "ln", "ge", "db", "ct", "country", "external_id"})
 _MISSING: Any = object()
 
 
@@ -276,16 +294,14 @@ class Hashes:
     decide whether the key is kept, and stands as `UNHASHED`: such a payload is never shown
     or sent."""
 
-    __slots__ = ("_hashed", "_usable", "digest")
+    __slots__ = ("_done", "digest", "memo")
 
     def __init__(self, memo: dict[Any, Any] | None = None, *, digest: bool = True) -> None:
-        memo = {} if memo is None else memo
-        self._hashed: dict[tuple[Any, str, str | None], str | None] = memo.setdefault(
-            "conversions.hashed", {}
-        )
-        self._usable: dict[tuple[Any, str, str | None], bool] = memo.setdefault(
-            "conversions.usable", {}
-        )
+        self.memo = {} if memo is None else memo
+        done = self.memo.get("conversions.hashes")
+        if done is None:
+            done = self.memo["conversions.hashes"] = {}
+        self._done: dict[tuple[Any, str, str | None], str | None] = done
         self.digest = digest
 
     def hash(self, rule: str | Rule, text: str, context: str | None = None) -> str | None:
@@ -293,28 +309,23 @@ class Hashes:
         (`identity.NORMALIZERS`: "em", "ph" ...) or a vendor's own normalizer; a SHA-256
         passes through lowercased; None when the value is unusable. `context` is the phone
         region for "ph", the address country for "st" and "zp"."""
-        if rule.__class__ is str and rule not in _CONTEXT_KEYS:
-            context = None  # the other shared rules ignore it: one entry for every tag
-        key = (rule, text, context)
-        found = self._hashed.get(key, _MISSING)
-        if found is _MISSING:
+        key = (rule, text, None if rule in _CONTEXT_FREE else context)
+        found = self._done.get(key, _MISSING)
+        if found is _MISSING or (found is UNHASHED and self.digest):
+            context = key[2]
             if not self.digest:
-                return UNHASHED if self._is_usable(key) else None
-            if isinstance(rule, str):
+                found = UNHASHED if _usable(rule, text, context) else None
+            elif isinstance(rule, str):
                 found = identity.hash_text(rule, text, context)
             else:
                 found = identity.hash_with(rule, text, context)
-            self._hashed[key] = found
+            self._done[key] = found
         return found  # type: ignore[no-any-return]  # a str or None, as stored
 
-    def _is_usable(self, key: tuple[Any, str, str | None]) -> bool:
-        usable = self._usable.get(key)
-        if usable is None:
-            rule, text, context = key
-            normalize = identity.NORMALIZERS[rule] if isinstance(rule, str) else rule
-            usable = identity.is_hashed(text) or bool(normalize(text, context))
-            self._usable[key] = usable
-        return usable
+
+def _usable(rule: str | Rule, text: str, context: str | None) -> bool:
+    normalize = identity.NORMALIZERS[rule] if isinstance(rule, str) else rule
+    return identity.is_hashed(text) or bool(normalize(text, context))
 
 
 class UserKey(NamedTuple):
@@ -347,13 +358,15 @@ def add_user_keys(
         context = phone_region if key == "ph" else country
         found: list[str] = []
         for value in given:
-            if value.__class__ is float and value.is_integer():
-                value = int(value)
-            if value.__class__ is int and not isinstance(value, bool):
+            if value.__class__ is not str:  # a number: phones, ZIPs, ids (42.0 counts as 42)
+                if value.__class__ is float and value.is_integer():
+                    value = int(value)
+                if value.__class__ is not int:
+                    continue
                 value = str(value)
-            if value.__class__ is not str or not value.strip():
-                continue
             text = value.strip()
+            if not text:
+                continue
             if spec.hashed:
                 result = hashes.hash(spec.rule, text, context)
             else:
@@ -742,7 +755,9 @@ class ConversionsTag(Tag):
         super().__init__(name, static_params, settings)
         self._targets: dict[tuple[Any, ...], Target] = {}
         self._log = logging.getLogger(f"tagserver.tag.{self.type_name}")
-        self._observe = metrics.labelled(metrics.MATCH_QUALITY, self.type_name).observe
+        # counted like the hit latency, without prometheus-client's lock per call (`metrics`)
+        child = metrics.labelled(metrics.MATCH_QUALITY, self.type_name)
+        self._observe = functools.partial(metrics.observe, child)
 
     def build(
         self, event: Event, params: dict[str, Any], request: RequestContext, hashes: Hashes
