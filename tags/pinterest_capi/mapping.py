@@ -12,26 +12,7 @@ import re
 from typing import Any
 
 from tagserver import Event, RequestContext
-from tagserver.toolkit import identity
-from tagserver.toolkit.conversions import (
-    Hashes,
-    UserKey,
-    add_client,
-    add_configured,
-    add_user_keys,
-    amount,
-    click_id,
-    currency,
-    event_id,
-    event_name,
-    event_time,
-    items,
-    number,
-    order_id,
-    raw_identity,
-    regions,
-    search_term,
-)
+from tagserver.toolkit import conversions, identity
 
 __all__ = ["DEFAULT_EVENT_NAMES", "EVENT_NAMES", "build", "pinterest_event_name", "EPIK_RE"]
 
@@ -71,7 +52,7 @@ _GENDERS = {"n": "n", "non-binary": "n", "nonbinary": "n", "non binary": "n"}
 
 
 def pinterest_event_name(name: str, custom: Any) -> str:
-    found = event_name(name, custom, DEFAULT_EVENT_NAMES)
+    found = conversions.event_name(name, custom, DEFAULT_EVENT_NAMES)
     return found if found in EVENT_NAMES else "custom"
 
 
@@ -81,11 +62,11 @@ def _gender(text: str, cc: str | None) -> str | None:
 
 HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
 # every key hashed by the shared rules under its own name, but gender (Pinterest knows `n`)
-USER_KEYS = {key: UserKey(key, _gender if key == "ge" else key) for key in HASHED_KEYS}
+USER_KEYS = {key: conversions.UserKey(key, _gender if key == "ge" else key) for key in HASHED_KEYS}
 
 
 def build(
-    event: Event, params: dict[str, Any], request: RequestContext, hashes: Hashes
+    event: Event, params: dict[str, Any], request: RequestContext, hashes: conversions.Hashes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     dropped: dict[str, str] = {}
     out: dict[str, Any] = {
@@ -93,8 +74,8 @@ def build(
             str(event.get("event_name") or ""), params.get("event_name_map")
         ),
         "action_source": "web",
-        "event_time": event_time(event, request.received_at),
-        "event_id": event_id(event, request),
+        "event_time": conversions.event_time(event, request.received_at),
+        "event_id": conversions.event_id(event, request),
     }
     location = event.get("page_location")
     if location.__class__ is str and location:
@@ -108,11 +89,11 @@ def build(
         code = language.strip()[:2].lower()
         if code.isalpha():
             out["language"] = code
-    raw = raw_identity(event, params.get("user_data"), hashes.memo)
-    cc, region = regions(raw, params)
+    raw = conversions.raw_identity(event, params.get("user_data"), hashes.memo)
+    cc, region = conversions.regions(raw, params)
     user: dict[str, Any] = {}
-    add_user_keys(user, raw, USER_KEYS, HASHED_KEYS, hashes, cc, region, dropped)
-    add_client(user, event, "client_ip_address", "client_user_agent")
+    conversions.add_user_keys(user, raw, USER_KEYS, HASHED_KEYS, hashes, cc, region, dropped)
+    conversions.add_client(user, event, "client_ip_address", "client_user_agent")
     epik = _epik(event, request)
     if epik:
         user["click_id"] = epik
@@ -126,7 +107,7 @@ def build(
 def _epik(event: Event, request: RequestContext) -> str | None:
     """The URL's `epik` first (a new click), then the event's (the collector's cookie), then
     the `_epik` cookie; forwarded byte-exact."""
-    found = click_id(event.get("page_location"), "epik") or event.get("x-pin-ck-epik")
+    found = conversions.click_id(event.get("page_location"), "epik") or event.get("x-pin-ck-epik")
     if not found:
         found = request.cookies.get("_epik")
     return found if found.__class__ is str and EPIK_RE.fullmatch(found) else None
@@ -134,13 +115,13 @@ def _epik(event: Event, request: RequestContext) -> str | None:
 
 def _custom(event: Event, params: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    code = currency(event)
+    code = conversions.currency(event)
     if code:
         out["currency"] = code
-    found = items(event)
-    value = amount(event, found)
+    found = conversions.items(event)
+    value = conversions.amount(event, found)
     if value is not None:
-        out["value"] = _decimal(value) if number(value) is not None else value
+        out["value"] = _decimal(value) if conversions.number(value) is not None else value
     if found:
         contents = []
         for item in found:
@@ -157,15 +138,15 @@ def _custom(event: Event, params: dict[str, Any]) -> dict[str, Any]:
         out["contents"] = contents
         out["content_ids"] = [item.id for item in found]
         out["num_items"] = sum(item.quantity for item in found)
-    order = order_id(event)
+    order = conversions.order_id(event)
     if order:
         out["order_id"] = order
-    search = search_term(event)
+    search = conversions.search_term(event)
     if search:
         out["search_string"] = search
     if params.get("limited_data_processing") is True:
         out["opt_out_type"] = "LDP"
-    add_configured(out, params.get("custom_data"))
+    conversions.add_configured(out, params.get("custom_data"))
     return out
 
 

@@ -14,24 +14,7 @@ import re
 from typing import Any
 
 from tagserver import Event, RequestContext
-from tagserver.toolkit.conversions import (
-    Hashes,
-    UserKey,
-    add_client,
-    add_configured,
-    add_user_keys,
-    amount,
-    click_id,
-    currency,
-    event_id,
-    event_name,
-    event_time,
-    items,
-    order_id,
-    raw_identity,
-    regions,
-    search_term,
-)
+from tagserver.toolkit import conversions
 
 __all__ = ["DEFAULT_EVENT_NAMES", "STANDARD_EVENTS", "build", "snapchat_event_name"]
 
@@ -73,15 +56,17 @@ STANDARD_EVENTS = frozenset(
 CLICK_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,500}")
 SCID_RE = re.compile(r"[A-Za-z0-9_.\-]{8,128}")
 HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "ct", "st", "zp", "country", "external_id")
-USER_KEYS = {key: UserKey(key, key) for key in HASHED_KEYS}  # the shared rules, Snap's names
+USER_KEYS = {
+    key: conversions.UserKey(key, key) for key in HASHED_KEYS
+}  # the shared rules, Snap's names
 
 
 def snapchat_event_name(name: str, custom: Any) -> str:
-    return event_name(name, custom, DEFAULT_EVENT_NAMES)
+    return conversions.event_name(name, custom, DEFAULT_EVENT_NAMES)
 
 
 def build(
-    event: Event, params: dict[str, Any], request: RequestContext, hashes: Hashes
+    event: Event, params: dict[str, Any], request: RequestContext, hashes: conversions.Hashes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     dropped: dict[str, str] = {}
     out: dict[str, Any] = {
@@ -89,8 +74,8 @@ def build(
             str(event.get("event_name") or ""), params.get("event_name_map")
         ),
         "action_source": "WEB",
-        "event_time": event_time(event, request.received_at),
-        "event_id": event_id(event, request),
+        "event_time": conversions.event_time(event, request.received_at),
+        "event_id": conversions.event_id(event, request),
     }
     location = event.get("page_location")
     if location.__class__ is str and location:
@@ -108,16 +93,16 @@ def _user(
     event: Event,
     params: dict[str, Any],
     request: RequestContext,
-    hashes: Hashes,
+    hashes: conversions.Hashes,
     dropped: dict[str, str],
 ) -> dict[str, Any]:
-    raw = raw_identity(event, params.get("user_data"), hashes.memo)
-    cc, region = regions(raw, params)
+    raw = conversions.raw_identity(event, params.get("user_data"), hashes.memo)
+    cc, region = conversions.regions(raw, params)
     user: dict[str, Any] = {}
-    add_user_keys(user, raw, USER_KEYS, HASHED_KEYS, hashes, cc, region, dropped)
-    add_client(user, event, "client_ip_address", "client_user_agent")
+    conversions.add_user_keys(user, raw, USER_KEYS, HASHED_KEYS, hashes, cc, region, dropped)
+    conversions.add_client(user, event, "client_ip_address", "client_user_agent")
     sccid = (
-        click_id(event.get("page_location"), "ScCid", ignore_case=True)
+        conversions.click_id(event.get("page_location"), "ScCid", ignore_case=True)
         or event.get("x-sc-ck-sccid")
         or request.cookies.get("_scclid")
     )
@@ -134,11 +119,11 @@ def _user(
 
 def _custom(event: Event, configured: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    code = currency(event)
+    code = conversions.currency(event)
     if code:
         out["currency"] = code
-    found = items(event)
-    value = amount(event, found)
+    found = conversions.items(event)
+    value = conversions.amount(event, found)
     if value is not None:
         out["value"] = value
     if found:
@@ -153,11 +138,11 @@ def _custom(event: Event, configured: Any) -> dict[str, Any]:
         out["contents"] = contents
         out["content_ids"] = [item.id for item in found]
         out["num_items"] = sum(item.quantity for item in found)
-    order = order_id(event)
+    order = conversions.order_id(event)
     if order:
         out["order_id"] = order
-    search = search_term(event)
+    search = conversions.search_term(event)
     if search:
         out["search_string"] = search
-    add_configured(out, configured)
+    conversions.add_configured(out, configured)
     return out

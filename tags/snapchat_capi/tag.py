@@ -10,21 +10,7 @@ import re
 from typing import Any, ClassVar
 
 from tagserver import Param
-from tagserver.toolkit import match
-from tagserver.toolkit.conversions import (
-    CUSTOM_DATA,
-    DEFAULT_PHONE_COUNTRY,
-    ConversionsTag,
-    MatchQuality,
-    Refusal,
-    Target,
-    check_currency,
-    check_id_and_time,
-    check_value,
-    missing,
-    text,
-    token_id,
-)
+from tagserver.toolkit import conversions, match
 
 from .mapping import STANDARD_EVENTS, build
 from .sender import API_URL, SnapchatSender
@@ -34,7 +20,7 @@ _PIXEL_ID = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 
-QUALITY = MatchQuality(
+QUALITY = conversions.MatchQuality(
     {"em": 3.0, "ph": 2.0, "sc_click_id": 1.5, "sc_cookie1": 1.5, "external_id": 1.0,
      "client_ip_address": 1.0, "client_user_agent": 1.0, "fn": 0.5, "ln": 0.5, "ge": 0.25,
      "ct": 0.25, "st": 0.25, "zp": 0.25, "country": 0.25},
@@ -43,7 +29,7 @@ QUALITY = MatchQuality(
 )  # fmt: skip
 
 
-class SnapchatCapiTag(ConversionsTag):
+class SnapchatCapiTag(conversions.ConversionsTag):
     type_name = "snapchat_capi"
     description = (
         "Snapchat Conversions API v3: normalized, hashed, checked, batched (1000 per request), "
@@ -72,8 +58,8 @@ class SnapchatCapiTag(ConversionsTag):
             '({"lead": "CUSTOM_EVENT_1"}); '
             "Snap accepts only its standard names and CUSTOM_EVENT_1…5.",
         ),
-        DEFAULT_PHONE_COUNTRY,
-        CUSTOM_DATA,
+        conversions.DEFAULT_PHONE_COUNTRY,
+        conversions.CUSTOM_DATA,
         Param(
             "user_data",
             "object",
@@ -89,17 +75,19 @@ class SnapchatCapiTag(ConversionsTag):
     def check(self, payload: dict[str, Any], now: float) -> None:
         check(payload, now)
 
-    def make_target(self, values: tuple[Any, ...]) -> Target:
-        pixel, token, test_code = (text(v) for v in values)
+    def make_target(self, values: tuple[Any, ...]) -> conversions.Target:
+        pixel, token, test_code = (conversions.text(v) for v in values)
         shown = {"test_event_code": test_code} if test_code else {}
         if pixel and not _PIXEL_ID.fullmatch(pixel):
-            return Target(problem=("bad_pixel_id", f"pixel_id {pixel[:40]!r} is not a UUID"))
+            return conversions.Target(
+                problem=("bad_pixel_id", f"pixel_id {pixel[:40]!r} is not a UUID")
+            )
         if not pixel or not token:
-            lacking = missing(("pixel_id", pixel), ("access_token", token))
-            return Target(missing=lacking, shown=shown)
+            lacking = conversions.missing(("pixel_id", pixel), ("access_token", token))
+            return conversions.Target(missing=lacking, shown=shown)
         route = {"pixel_id": pixel, "access_token": token, **shown}
-        return Target(
-            destination=f"snapchat:{pixel}:{token_id(token)}:{test_code or '-'}",
+        return conversions.Target(
+            destination=f"snapchat:{pixel}:{conversions.token_id(token)}:{test_code or '-'}",
             route=route,
             shown=shown,
         )
@@ -109,30 +97,34 @@ def check(event: dict[str, Any], now: float) -> None:
     """Raise `Refusal` for what Snap refuses."""
     name = event["event_name"]
     if name not in STANDARD_EVENTS:
-        raise Refusal(
+        raise conversions.Refusal(
             "unknown_event_name",
             f"event_name {name[:60]!r} is not a Snap standard event: map it with "
             "event_name_map (custom events are CUSTOM_EVENT_1 … CUSTOM_EVENT_5)",
         )
-    check_id_and_time(event["event_id"], event["event_time"], now, max_age=MAX_AGE_SECONDS)
+    conversions.check_id_and_time(
+        event["event_id"], event["event_time"], now, max_age=MAX_AGE_SECONDS
+    )
     if not event.get("event_source_url"):
-        raise Refusal("no_page_url", "page_location is empty: Snap needs it for web events")
+        raise conversions.Refusal(
+            "no_page_url", "page_location is empty: Snap needs it for web events"
+        )
     user = event["user_data"]
     if (
         "em" not in user
         and "ph" not in user
         and not ("client_ip_address" in user and "client_user_agent" in user)
     ):
-        raise Refusal(
+        raise conversions.Refusal(
             "too_little_user_data",
             "Snap needs an email, a phone, or both the IP address and the user agent",
         )
     custom = event.get("custom_data") or {}
     value = custom.get("value")
-    check_value(value)
+    conversions.check_value(value)
     currency = custom.get("currency")
-    check_currency(currency)
+    conversions.check_currency(currency)
     if name == "PURCHASE" and (value is None or currency is None):
-        raise Refusal(
+        raise conversions.Refusal(
             "purchase_without_value", "Snap refuses a PURCHASE without value and currency"
         )

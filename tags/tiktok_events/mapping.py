@@ -15,25 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tagserver import Event, RequestContext
-from tagserver.toolkit import identity
-from tagserver.toolkit.conversions import (
-    Hashes,
-    UserKey,
-    add_client,
-    add_configured,
-    add_user_keys,
-    amount,
-    click_id,
-    currency,
-    event_id,
-    event_name,
-    event_time,
-    items,
-    order_id,
-    raw_identity,
-    regions,
-    search_term,
-)
+from tagserver.toolkit import conversions, identity
 
 __all__ = ["DEFAULT_EVENT_NAMES", "STANDARD_EVENTS", "build", "tiktok_event_name", "TTP_RE"]
 
@@ -66,7 +48,7 @@ _SPACES = str.maketrans("", "", " \t")
 
 def tiktok_event_name(name: str, custom: Any) -> str:
     """The tag's own map first, then the GA4/Meta → TikTok table, else the name unchanged."""
-    return event_name(name, custom, DEFAULT_EVENT_NAMES)
+    return conversions.event_name(name, custom, DEFAULT_EVENT_NAMES)
 
 
 def _phone(text: str, region: str | None) -> str | None:
@@ -93,27 +75,27 @@ def _place(text: str, cc: str | None) -> str | None:
 
 # shared key → how TikTok sends it (email, phone and external_id as lists)
 USER_KEYS = {
-    "em": UserKey("email", "em"),
-    "ph": UserKey("phone", _phone),
-    "external_id": UserKey("external_id", "external_id"),
-    "fn": UserKey("first_name", _name, many=False),
-    "ln": UserKey("last_name", _name, many=False),
-    "zp": UserKey("zip_code", _zip, many=False),
-    "ct": UserKey("city", _place, hashed=False, many=False),
-    "st": UserKey("state", _place, hashed=False, many=False),
-    "country": UserKey("country", "country", hashed=False, many=False),
+    "em": conversions.UserKey("email", "em"),
+    "ph": conversions.UserKey("phone", _phone),
+    "external_id": conversions.UserKey("external_id", "external_id"),
+    "fn": conversions.UserKey("first_name", _name, many=False),
+    "ln": conversions.UserKey("last_name", _name, many=False),
+    "zp": conversions.UserKey("zip_code", _zip, many=False),
+    "ct": conversions.UserKey("city", _place, hashed=False, many=False),
+    "st": conversions.UserKey("state", _place, hashed=False, many=False),
+    "country": conversions.UserKey("country", "country", hashed=False, many=False),
 }
 
 
 def build(
-    event: Event, params: dict[str, Any], request: RequestContext, hashes: Hashes
+    event: Event, params: dict[str, Any], request: RequestContext, hashes: conversions.Hashes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     dropped: dict[str, str] = {}
     name = tiktok_event_name(str(event.get("event_name") or ""), params.get("event_name_map"))
     out: dict[str, Any] = {
         "event": name,
-        "event_time": event_time(event, request.received_at),
-        "event_id": event_id(event, request),
+        "event_time": conversions.event_time(event, request.received_at),
+        "event_id": conversions.event_id(event, request),
     }
     out["user"] = _user(event, params, request, hashes, dropped)
     properties = _properties(event, params.get("properties"))
@@ -140,15 +122,15 @@ def _user(
     event: Event,
     params: dict[str, Any],
     request: RequestContext,
-    hashes: Hashes,
+    hashes: conversions.Hashes,
     dropped: dict[str, str],
 ) -> dict[str, Any]:
-    raw = raw_identity(event, params.get("user_data"), hashes.memo)
-    _, region = regions(raw, params)
+    raw = conversions.raw_identity(event, params.get("user_data"), hashes.memo)
+    _, region = conversions.regions(raw, params)
     user: dict[str, Any] = {}
     # TikTok reads ZIPs, like phones, in the phone region; in the event's order of keys
-    add_user_keys(user, raw, USER_KEYS, raw.values, hashes, region, region, dropped)
-    add_client(user, event, "ip", "user_agent")
+    conversions.add_user_keys(user, raw, USER_KEYS, raw.values, hashes, region, region, dropped)
+    conversions.add_client(user, event, "ip", "user_agent")
     ttclid = _ttclid(event, request)
     if ttclid:
         user["ttclid"] = ttclid
@@ -171,10 +153,10 @@ def _ttclid(event: Event, request: RequestContext) -> str | None:
     if given.__class__ is str and TTCLID_RE.fullmatch(given):
         return given
     location = event.get("page_location")
-    found = click_id(location, "ttclid")
+    found = conversions.click_id(location, "ttclid")
     if found is None:
         referrer = event.get("page_referrer")
-        found = click_id(referrer, "ttclid")
+        found = conversions.click_id(referrer, "ttclid")
         if found is not None and _host(referrer) != _host(location):
             found = None
     if found is None:
@@ -191,7 +173,7 @@ def _host(url: Any) -> str:
 
 def _properties(event: Event, configured: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    found = items(event)
+    found = conversions.items(event)
     if found:
         contents = []
         for item in found:
@@ -207,17 +189,17 @@ def _properties(event: Event, configured: Any) -> dict[str, Any]:
             contents.append(entry)
         out["contents"] = contents
         out["content_type"] = "product"
-    value = amount(event, found)
+    value = conversions.amount(event, found)
     if value is not None:
         out["value"] = value
-    code = currency(event)
+    code = conversions.currency(event)
     if code:  # an empty currency is left out
         out["currency"] = code
-    search = search_term(event)
+    search = conversions.search_term(event)
     if search:
         out["query"] = search
-    order = order_id(event)
+    order = conversions.order_id(event)
     if order:
         out["order_id"] = order
-    add_configured(out, configured)
+    conversions.add_configured(out, configured)
     return out

@@ -17,7 +17,7 @@
 - `MatchQuality`: a local 0–10 estimate from the keys an event carries, with weights per vendor.
 - `isolate(batch, post)`: sends a batch, and when the vendor refuses the whole request for one
   bad event, halves it until each refused event stands alone (bounded in requests).
-- `VendorAnswer` / `http_failure`: the verdict of one vendor request.
+- `VendorAnswer` / `post_json` / `refused_request`: one vendor request and its verdict.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import httpx
 
 from .. import metrics
 from ..event import Event, RequestContext
-from ..http_outcomes import elapsed_ms
+from ..http_outcomes import elapsed_ms, retry_after_seconds
 from ..plugins import (
     Delivery,
     FireContext,
@@ -93,6 +93,7 @@ __all__ = [
     "text",
     "token_id",
     "install_token_log_filter",
+    "refused_request",
 ]
 
 MAX_REQUESTS_PER_SEND = 64  # bound on the requests one batch may take while isolating events
@@ -413,7 +414,7 @@ def currency(event: Event) -> str | None:
     if found.__class__ is str:
         found = found.strip()
         if found:
-            return found.upper()  # type: ignore[no-any-return]  # a str: checked above
+            return found.upper()
     return None
 
 
@@ -643,6 +644,34 @@ async def isolate(
             vendor, batch[0].destination, len(batch), requests, refused_count,
         )  # fmt: skip
     return [r if r is not None else Delivery("retry", error="not sent") for r in results]
+
+
+THROTTLE_FLOOR_SECONDS = 60.0  # a vendor's 429 waits at least this long
+
+
+def refused_request(
+    response: httpx.Response,
+    error: dict[str, Any],
+    common: dict[str, Any],
+    *,
+    batch: int,
+    on_auth: Callable[[], None],
+) -> VendorAnswer:
+    """The verdict of a vendor's error answer that is not per event: 429 waits at least a
+    minute (or its Retry-After), 5xx and 408 are retried, 401/403 (the token) are never
+    retried and `on_auth` says so in the log, anything else refuses the batch, halved to find
+    the refused event when it holds several. `error` and `common` are `Delivery` fields."""
+    status = response.status_code
+    wait = retry_after_seconds(response.headers.get("retry-after"))
+    if status == 429:
+        floor = max(THROTTLE_FLOOR_SECONDS, wait or 0.0)
+        return VendorAnswer(Delivery("retry", retry_after=floor, **error, **common))
+    if status >= 500 or status == 408:
+        return VendorAnswer(Delivery("retry", retry_after=wait, **error, **common))
+    if status in (401, 403):
+        on_auth()
+        return VendorAnswer(Delivery("permanent", **error, **common))
+    return VendorAnswer(Delivery("permanent", **error, **common), bisect=batch > 1)
 
 
 class TokenSender(Sender):
