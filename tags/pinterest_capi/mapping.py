@@ -69,17 +69,8 @@ def build(
     event: Event, params: dict[str, Any], request: RequestContext, hashes: conversions.Hashes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     dropped: dict[str, str] = {}
-    out: dict[str, Any] = {
-        "event_name": pinterest_event_name(
-            str(event.get("event_name") or ""), params.get("event_name_map")
-        ),
-        "action_source": "web",
-        "event_time": conversions.event_time(event, request.received_at),
-        "event_id": conversions.event_id(event, request),
-    }
-    location = event.get("page_location")
-    if location.__class__ is str and location:
-        out["event_source_url"] = location
+    name = pinterest_event_name(str(event.get("event_name") or ""), params.get("event_name_map"))
+    out = conversions.server_event(name, "web", event, request)
     if isinstance(event.get("opt_out"), bool):
         out["opt_out"] = event["opt_out"]
     if params.get("partner_name"):

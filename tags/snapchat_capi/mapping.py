@@ -69,17 +69,8 @@ def build(
     event: Event, params: dict[str, Any], request: RequestContext, hashes: conversions.Hashes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     dropped: dict[str, str] = {}
-    out: dict[str, Any] = {
-        "event_name": snapchat_event_name(
-            str(event.get("event_name") or ""), params.get("event_name_map")
-        ),
-        "action_source": "WEB",
-        "event_time": conversions.event_time(event, request.received_at),
-        "event_id": conversions.event_id(event, request),
-    }
-    location = event.get("page_location")
-    if location.__class__ is str and location:
-        out["event_source_url"] = location
+    name = snapchat_event_name(str(event.get("event_name") or ""), params.get("event_name_map"))
+    out = conversions.server_event(name, "WEB", event, request)
     if params.get("integration"):
         out["integration"] = str(params["integration"])
     out["user_data"] = _user(event, params, request, hashes, dropped)

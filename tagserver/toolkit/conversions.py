@@ -9,7 +9,7 @@
 - `Hashes` / `UserKey` / `add_user_keys`: those keys normalized and hashed by the shared rules
   of `tagserver.toolkit.identity` or a vendor's own, each value once per event for every tag
   of it (the memo is the event's `FireContext.memo`); `add_client` adds IP and user agent.
-- `event_id`, `event_time`, `event_name`, `currency`, `amount`, `order_id`, `search_term`,
+- `event_id`, `event_time`, `event_name`, `server_event`, `currency`, `amount`, `order_id`, `search_term`,
   `add_configured`: the parts of an event every vendor reads alike.
 - `items(event)` / `total(items)`: GA4 items read once, with numbers made numbers.
 - `click_id(url, name)`: a click id of the page URL, exactly as given.
@@ -66,6 +66,7 @@ __all__ = [
     "UNHASHED",
     "event_id",
     "event_name",
+    "server_event",
     "currency",
     "amount",
     "order_id",
@@ -397,6 +398,23 @@ def add_client(user: dict[str, Any], event: Event, ip_key: str, agent_key: str) 
 def event_id(event: Event, request: RequestContext) -> str:
     """The event's id, else one derived from the hit (the same for a resent hit)."""
     return str(event.get("event_id") or request.derived_event_id(0))
+
+
+def server_event(
+    name: str, action_source: str, event: Event, request: RequestContext
+) -> dict[str, Any]:
+    """The head of a server event as Pinterest and Snapchat order it: `event_name`,
+    `action_source`, `event_time`, `event_id`, then the page URL as `event_source_url`."""
+    out: dict[str, Any] = {
+        "event_name": name,
+        "action_source": action_source,
+        "event_time": event_time(event, request.received_at),
+        "event_id": event_id(event, request),
+    }
+    location = event.get("page_location")
+    if location.__class__ is str and location:
+        out["event_source_url"] = location
+    return out
 
 
 def event_name(name: str, custom: Any, table: dict[str, str]) -> str:
