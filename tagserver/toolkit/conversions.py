@@ -286,6 +286,7 @@ UNHASHED = "(not hashed: a dry run nobody sees)"
 # the shared rules that do not read the country: one memo entry for every tag's value
 _CONTEXT_FREE = frozenset({"em", "fn", "ln", "ge", "db", "ct", "country", "external_id"})
 _MISSING: Any = object()
+_sha256 = hashlib.sha256
 
 
 class Hashes:
@@ -311,23 +312,25 @@ class Hashes:
         (`identity.NORMALIZERS`: "em", "ph" ...) or a vendor's own normalizer; a SHA-256
         passes through lowercased; None when the value is unusable. `context` is the phone
         region for "ph", the address country for "st" and "zp"."""
+        if rule in identity.REMEMBERED_KEYS:  # identity keeps these across events already
+            return identity.hash_text(rule, text, context)  # type: ignore[arg-type]
         key = (rule, text, None if rule in _CONTEXT_FREE else context)
         found = self._done.get(key, _MISSING)
         if found is _MISSING or (found is UNHASHED and self.digest):
-            context = key[2]
-            if not self.digest:
-                found = UNHASHED if _usable(rule, text, context) else None
-            elif isinstance(rule, str):
-                found = identity.hash_text(rule, text, context)
+            # what `identity.hash_with` does, without its call: this runs for every value
+            if len(text) == 64 and identity.is_hashed(text):
+                found = text.lower()
             else:
-                found = identity.hash_with(rule, text, context)
+                normalize = identity.NORMALIZERS[rule] if isinstance(rule, str) else rule
+                normalized = normalize(text, key[2])
+                if not normalized:
+                    found = None
+                elif self.digest:
+                    found = _sha256(normalized.encode()).hexdigest()
+                else:
+                    found = UNHASHED
             self._done[key] = found
         return found  # type: ignore[no-any-return]  # a str or None, as stored
-
-
-def _usable(rule: str | Rule, text: str, context: str | None) -> bool:
-    normalize = identity.NORMALIZERS[rule] if isinstance(rule, str) else rule
-    return identity.is_hashed(text) or bool(normalize(text, context))
 
 
 class UserKey(NamedTuple):
