@@ -32,7 +32,7 @@ from tagserver.toolkit.cookies import (
     subdomain_index,
 )
 
-from .normalize import NORMALIZERS, hash_value
+from .normalize import NORMALIZERS, hash_text, hash_value
 
 __all__ = [
     "DEFAULT_EVENT_NAMES",
@@ -101,9 +101,8 @@ def meta_event_name(name: str, custom: dict[str, Any] | None) -> str:
 def build(
     event: Event, params: dict[str, Any], request: RequestContext, hashes: Hashes | None = None
 ) -> Built:
-    """The server event for `event` with the tag's resolved `params`; `hashes` hashes the user
-    data (the event's, shared with its other conversions tags)."""
-    hashes = hashes or Hashes()
+    """The server event for `event` with the tag's resolved `params`. User data is hashed
+    straight away, or by `hashes` when given (a dry run nobody sees: normalized, not hashed)."""
     dropped: dict[str, str] = {}
     name = event.get("event_name")
     event_time = event.get("event_time")
@@ -145,7 +144,7 @@ def user_data(
     request: RequestContext,
     event_time: int,
     dropped: dict[str, str],
-    hashes: Hashes,
+    hashes: Hashes | None,
 ) -> dict[str, Any]:
     """Hashed customer information plus the never-hashed IP, user agent, fbc and fbp.
 
@@ -273,12 +272,17 @@ def _add(
     context: str | None,
     dropped: dict[str, str],
     raw_ids: bool,
-    hashes: Hashes,
+    hashes: Hashes | None,
 ) -> None:
     """Normalize + hash one raw value (or each of a list) into `acc[key]`, without repeats."""
     if value.__class__ is str and not (raw_ids and key == "external_id"):
         text = value.strip()  # the common case: one text value, straight to its hasher
-        result = hashes.hash(key, text, context) if text else None
+        if not text:
+            result = None
+        elif hashes is None:
+            result = hash_text(key, text, context)
+        else:
+            result = hashes.hash(key, text, context)
     elif value.__class__ is list:
         for item in value:
             if item is not None and item != "":

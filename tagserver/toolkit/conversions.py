@@ -313,7 +313,7 @@ class Hashes:
         passes through lowercased; None when the value is unusable. `context` is the phone
         region for "ph", the address country for "st" and "zp"."""
         if rule in identity.REMEMBERED_KEYS:  # identity keeps these across events already
-            return identity.hash_text(rule, text, context)  # type: ignore[arg-type]
+            return identity.hash_text(rule, text, context)
         key = (rule, text, None if rule in _CONTEXT_FREE else context)
         found = self._done.get(key, _MISSING)
         if found is _MISSING or (found is UNHASHED and self.digest):
