@@ -52,8 +52,8 @@ while True:
 async def drain(url: str, count: int, data_dir: str, concurrency: int = 0) -> dict[str, Any]:
     from tagserver.tags.http_request import HttpRequestTag
 
-    from tagserver.dispatch import Dispatcher
-    from tagserver.outbox import Outbox
+    from tagserver.delivery.dispatch import Dispatcher
+    from tagserver.delivery.outbox import Outbox
     from tagserver.plugins import Outgoing, Registry
     from tagserver.preview import Preview
     from tagserver.redact import Redactor
@@ -96,7 +96,7 @@ async def drain(url: str, count: int, data_dir: str, concurrency: int = 0) -> di
     await preview.start()
     container_redactor = Redactor([SECRET])
     gc.collect()
-    gc.freeze()  # as `tagserver serve` does (tagserver.app.quiet_gc)
+    gc.freeze()  # as `tagserver serve` does (tagserver.web.app.quiet_gc)
     gc.set_threshold(20_000, 20, 20)
     dispatcher = Dispatcher(
         outbox,

@@ -248,7 +248,7 @@ def identity_headers() -> str:
     """wrk header lines: a valid identity cookie (email, phone, name, city sealed with the
     bench's secret key) and Cloudflare geo headers (loopback is a trusted proxy)."""
     sys.path.insert(0, str(ROOT))
-    from tagserver.identity_cookie import Keyring, hashed_keys
+    from tagserver.visitor.identity_cookie import Keyring, hashed_keys
 
     user = {"email_address": "jane@example.com", "phone_number": "+16505551212",
             "address": {"first_name": "Jane", "last_name": "Doe", "city": "Paris"}}  # fmt: skip

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = """
 import resource, sys
-from tagserver.cli import main
+from tagserver.cli.main import main
 try:
     main(sys.argv[1:])
 except SystemExit as exc:

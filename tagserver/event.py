@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 from user_agents import parse as parse_user_agent
 
-from .geo import NOWHERE, Geography, locate
-from .identity_cookie import COOKIE, NOTHING, Remembered, read
 from .settings import Settings
+from .visitor.geo import NOWHERE, Geography, locate
+from .visitor.identity_cookie import COOKIE, NOTHING, Remembered, read
 
 Event = dict[str, Any]
 
@@ -169,7 +169,7 @@ class RequestContext:
     @cached_property
     def geo(self) -> Geography:
         """Where the visitor is, from a trusted proxy's headers or the geo database (see
-        `tagserver.geo`); worked out on first use, once per hit."""
+        `tagserver.visitor.geo`); worked out on first use, once per hit."""
         if self.settings is None:
             return NOWHERE
         return locate(self.headers, self.peer_ip, self.ip, self.settings)
@@ -177,7 +177,7 @@ class RequestContext:
     @cached_property
     def identity(self) -> Remembered:
         """The visitor's remembered match keys (the encrypted identity cookie, see
-        `tagserver.identity_cookie`); opened on first use, once per hit."""
+        `tagserver.visitor.identity_cookie`); opened on first use, once per hit."""
         if self.settings is None or COOKIE not in self.cookies:
             return NOTHING
         return read(self.cookies, self.settings, self.received_at)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from .cookie_keeper import CookieKeeper
+    from .visitor.cookie_keeper import CookieKeeper
 
 ParamType = Literal["string", "number", "integer", "boolean", "object", "array", "any"]
 

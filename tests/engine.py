@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from tagserver.container import Container, load
+from tagserver.container.model import Container, load
+from tagserver.engine.runtime import EventResult, Runtime
 from tagserver.event import RequestContext
 from tagserver.plugins import Registry, load_registry
-from tagserver.runtime import EventResult, Runtime
 from tagserver.settings import Settings
 from tagserver.toolkit.events import check_event
 

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 from starlette.testclient import TestClient
 
-from tagserver.app import create_app
 from tagserver.settings import Settings
+from tagserver.web.app import create_app
 
 LOOPBACK = "127.0.0.1"
 # Vendors default to their real URLs (the shipped container forwards GA4 hits to Google, Meta
@@ -178,9 +178,9 @@ class ServerProcess:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"tagserver.outbox_writer" in argv and str(self.data_dir).encode() in b" ".join(
-                argv
-            ):
+            if b"tagserver.delivery.outbox_writer" in argv and str(
+                self.data_dir
+            ).encode() in b" ".join(argv):
                 pids.append(int(proc.name))
         return pids
 

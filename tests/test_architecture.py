@@ -64,7 +64,7 @@ def is_public(target: str) -> bool:
 def test_the_module_map_sees_the_plugins_and_the_engine():
     assert "tagserver.clients.collector" in MODULES
     assert "tagserver.tags.meta_capi.sender" in MODULES
-    assert "tagserver.preview.routes" in MODULES and "tagserver.app" in MODULES
+    assert "tagserver.preview.routes" in MODULES and "tagserver.web.app" in MODULES
 
 
 def test_built_in_plugins_import_only_the_public_plugin_api():
@@ -85,15 +85,20 @@ def test_the_check_catches_a_reach_into_the_engine(tmp_path):
         "from tagserver import Tag\n"
         "from tagserver.toolkit import cookies\n"
         "if TYPE_CHECKING:\n"
-        "    from tagserver.hit import Hit\n"
+        "    from tagserver.engine.hit import Hit\n"
         "def f():\n"
-        "    import tagserver.refs\n"
+        "    import tagserver.container.refs\n"
         "    from ...redact import Redactor\n"
     )
     path = tmp_path / "plugin.py"
     path.write_text(source)
     found = [t for t, _ in imports("tagserver.tags.acme.plugin", path) if not is_public(t)]
-    assert found == ["typing", "tagserver.hit", "tagserver.refs", "tagserver.redact"]
+    assert found == [
+        "typing",
+        "tagserver.engine.hit",
+        "tagserver.container.refs",
+        "tagserver.redact",
+    ]
     assert is_public("tagserver") and is_public("tagserver.toolkit.cookies")
 
 

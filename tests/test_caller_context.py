@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 from support import NO_GA4, app_client, minimal_container, wait_until, write_container
 
-from tagserver.app import create_app
 from tagserver.settings import Settings
+from tagserver.web.app import create_app
 
 PIXEL = "1122334455"
 TOKEN = "EAAE2EsecretTOKENvalue0123456789"

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from tagserver import _compat, metrics
-from tagserver.app import HitRequest
+from tagserver.web.app import HitRequest
 
 
 @pytest.mark.parametrize("library", sorted(_compat.CHECKED))

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from support import LOOPBACK, ServerProcess, free_port, minimal_container, wait_until
 
-from tagserver.container_diff import diff, summary
-from tagserver.history import ACCEPTED, REFUSED, HistoryUnavailable, UnknownRef, resolve
-from tagserver.history_backend import open_history
-from tagserver.history_pg import PgHistory
+from tagserver.container.diff import diff, summary
+from tagserver.container.history import ACCEPTED, REFUSED, HistoryUnavailable, UnknownRef, resolve
+from tagserver.container.history_backend import open_history
+from tagserver.container.history_pg import PgHistory
 
 AUTH = {"Authorization": "Bearer test-key"}
 

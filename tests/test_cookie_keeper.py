@@ -13,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 from support import app_client, minimal_container
 
-from tagserver.container import ContainerError, load
+from tagserver.container.model import ContainerError, load
 from tagserver.plugins import load_registry
 from tagserver.settings import Settings
 

@@ -1,4 +1,4 @@
-"""The first-party cookie rules of tagserver.cookies, one behaviour per test."""
+"""The first-party cookie rules of tagserver.visitor.cookies, one behaviour per test."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tagserver import cookies
 from tagserver.event import RequestContext
 from tagserver.settings import Settings
+from tagserver.visitor import cookies
 
 FBP = re.compile(r"fb\.(\d)\.(\d{13})\.(\d+)")
 

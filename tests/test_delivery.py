@@ -18,9 +18,10 @@ from engine import compile_container, run_event
 from fakes.vendor import Answer, FakeVendor, webhook_tag
 from support import app_client, minimal_container, wait_until
 
-from tagserver.cli import main
-from tagserver.dispatch import Dispatcher, backoff
-from tagserver.outbox_backend import open_outbox
+from tagserver.cli.main import main
+from tagserver.delivery.dispatch import Dispatcher, backoff
+from tagserver.delivery.outbox_backend import open_outbox
+from tagserver.engine.runtime import Runtime
 from tagserver.plugins import (
     Delivery,
     Message,
@@ -31,7 +32,6 @@ from tagserver.plugins import (
     Tag,
     load_registry,
 )
-from tagserver.runtime import Runtime
 from tagserver.settings import Settings
 
 AUTH = {"Authorization": "Bearer test-key"}

@@ -28,10 +28,10 @@ import yaml
 from dockerfile import IMAGE
 from support import LOOPBACK, ServerProcess, free_port, minimal_container, wait_until
 
-from tagserver.container import load
+from tagserver.cli.settings import settings_table
+from tagserver.container.model import load
 from tagserver.plugins import load_registry
 from tagserver.settings import PREFIX, Settings
-from tagserver.settings_cli import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tagserver.settings_cli import settings_table
+from tagserver.cli.settings import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

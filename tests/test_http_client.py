@@ -11,7 +11,7 @@ import pytest
 from fakes.vendor import Answer, FakeVendor
 from support import free_port
 
-from tagserver.http_client import forget_stream, vendor_client
+from tagserver.delivery.http_client import forget_stream, vendor_client
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from fakes.vendor import FakeVendor
 from support import app_client, minimal_container, wait_until, write_container
 
-from tagserver.cli import main
-from tagserver.http_outcomes import retry_after_seconds
+from tagserver.cli.main import main
+from tagserver.delivery.http_outcomes import retry_after_seconds
 
 AUTH = {"Authorization": "Bearer test-key"}
 FAST = {"retry_base_seconds": 0.05, "retry_cap_seconds": 0.2}
@@ -175,8 +175,8 @@ def test_retry_after_as_seconds_or_http_date():
 
 
 def test_schema_marks_headers_secret():
+    from tagserver.container.schema import container_schema
     from tagserver.plugins import load_registry
-    from tagserver.schema import container_schema
 
     schema = json.dumps(container_schema(load_registry()))
     assert "http_request" in schema and "secret: redacted everywhere" in schema

@@ -25,8 +25,8 @@ from dockerfile import IMAGE
 from fakes.vendor import Answer, FakeVendor, webhook_tag
 from support import LOOPBACK, free_port, minimal_container, wait_until, write_container
 
+from tagserver.cli.settings import settings_table
 from tagserver.settings import PREFIX
-from tagserver.settings_cli import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": "Bearer test-key"}

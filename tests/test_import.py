@@ -21,7 +21,7 @@ import pytest
 from fakes.graph import FakeGraph
 from support import ServerProcess, wait_until
 
-from tagserver.importer import Mapping, read_rows, row_event
+from tagserver.engine.importer import Mapping, read_rows, row_event
 
 PIXEL = "1122334455"
 TOKEN = "EAAE2EsecretTOKENvalue0123456789"
@@ -245,7 +245,7 @@ def test_memory_stays_bounded_on_a_large_file(graph, tmp_path):
                 f.write(f"purchase,{stamp},{i % 97}.5,EUR,buyer{i}@example.com,Berlin\n")
         script = (
             "import resource, sys\n"
-            "from tagserver.cli import main\n"
+            "from tagserver.cli.main import main\n"
             "try:\n"
             "    main(['events', 'import', sys.argv[1], '--dry-run', '--quiet'])\n"
             "except SystemExit:\n"

@@ -11,7 +11,7 @@ import pytest
 from support import app_client, minimal_container
 from tagserver.tags.log import mask_ip
 
-from tagserver.container import ContainerError
+from tagserver.container.model import ContainerError
 
 AUTH = {"Authorization": "Bearer test-key"}
 DEFAULT_CONTAINER = Path(__file__).resolve().parent.parent / "container.json"

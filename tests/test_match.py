@@ -17,9 +17,9 @@ import pytest
 from starlette.testclient import TestClient
 from support import NO_GA4, NO_VENDOR, app_client, minimal_container, write_container
 
-from tagserver.app import create_app
-from tagserver.identity_cookie import COOKIE, KEYS, Keyring
 from tagserver.settings import Settings
+from tagserver.visitor.identity_cookie import COOKIE, KEYS, Keyring
+from tagserver.web.app import create_app
 
 AUTH = {"Authorization": "Bearer test-key"}
 GRANTED = {"ad_storage": "granted", "ad_user_data": "granted"}
@@ -327,7 +327,7 @@ def test_event_id_reuse_is_reported(tmp_path: Path) -> None:
 
 
 def test_reuse_memory_is_bounded() -> None:
-    from tagserver.event_ids import ReuseDetector
+    from tagserver.engine.event_ids import ReuseDetector
 
     detector = ReuseDetector(window_seconds=100, max_ids=3)
     for n in range(10):

@@ -23,11 +23,11 @@ from fakes.vendor import FakeVendor, webhook_tag
 from prometheus_client import REGISTRY
 from support import app_client, minimal_container, wait_until
 
-from tagserver import outbox as outbox_module
-from tagserver.cli import main
+from tagserver.cli.main import main
+from tagserver.delivery import outbox as outbox_module
+from tagserver.delivery.outbox import Outbox, Store, database_path
+from tagserver.delivery.outbox_writer import Frames, request_frame
 from tagserver.errors import Unavailable
-from tagserver.outbox import Outbox, Store, database_path
-from tagserver.outbox_writer import Frames, request_frame
 from tagserver.plugins import Outgoing
 from tagserver.settings import Settings
 
@@ -361,7 +361,7 @@ def test_a_writer_whose_server_dies_commits_what_it_got_and_exits_quietly(tmp_pa
     ours, theirs = socket.socketpair()
     with theirs:
         writer = subprocess.Popen(
-            [sys.executable, "-m", "tagserver.outbox_writer", str(theirs.fileno()),
+            [sys.executable, "-m", "tagserver.delivery.outbox_writer", str(theirs.fileno()),
              str(database_path(tmp_path)), "full"],
             pass_fds=[theirs.fileno()], stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -392,5 +392,5 @@ def test_a_version_2_database_gets_the_secrets_column_and_keeps_its_messages(tmp
     )
     claimed = store.claim(1, "w", 10, time.time() + 60, time.time())
     assert claimed.ids and claimed.route == {"url": "http://x"} and claimed.secrets == ()
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5
     store.close()

@@ -11,8 +11,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from tagserver.cli import main
-from tagserver.outbox_backend import Settlement, open_outbox
+from tagserver.cli.main import main
+from tagserver.delivery.outbox_backend import Settlement, open_outbox
 from tagserver.plugins import Outgoing
 from tagserver.settings import Settings
 

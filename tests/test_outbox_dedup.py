@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from fakes.graph import FakeGraph
 from support import app_client, wait_until
 
-from tagserver.cli import main
+from tagserver.cli.main import main
 
 PIXEL = "1122334455"
 TOKEN = "EAAdedupTOKEN0123456789"
@@ -154,7 +154,7 @@ def test_a_repeat_within_one_request_is_stored_once(tmp_path, graph):
 def test_an_older_sqlite_outbox_with_repeats_is_migrated_keeping_the_first(tmp_path):
     import sqlite3
 
-    from tagserver.outbox_store import Store, database_path
+    from tagserver.delivery.outbox_store import Store, database_path
 
     path = database_path(tmp_path)
     Store.open(path).close()
@@ -170,5 +170,5 @@ def test_an_older_sqlite_outbox_with_repeats_is_migrated_keeping_the_first(tmp_p
     conn = sqlite3.connect(path)
     rows = conn.execute("SELECT dedup_id, payload FROM messages ORDER BY id").fetchall()
     assert rows == [("a", "1"), ("b", "3")]
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4  # 3: dedup, 4: secrets
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5  # 3: dedup, 4: secrets, 5: counts
     assert conn.execute("SELECT pending FROM destinations").fetchone()[0] == 2

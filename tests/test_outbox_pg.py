@@ -19,8 +19,8 @@ from fakes.vendor import FakeVendor, webhook_tag
 from pg import PASSWORD, postgres_server
 from support import ServerProcess, app_client, minimal_container, wait_until
 
-from tagserver.cli import main
-from tagserver.outbox_pg import SCHEMA_VERSION, PgOutbox, safe_url
+from tagserver.cli.main import main
+from tagserver.delivery.outbox_pg import SCHEMA_VERSION, PgOutbox, safe_url
 from tagserver.plugins import Outgoing
 from tagserver.settings import Settings, SettingsError
 

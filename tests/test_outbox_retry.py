@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from fakes.graph import FakeGraph
 from support import app_client, wait_until, write_container
 
-from tagserver.cli import main
+from tagserver.cli.main import main
 
 PIXEL = "1122334455"
 OLD = "EAAoldEXPIREDtoken0000"

@@ -20,12 +20,12 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 from support import LOOPBACK, ServerProcess, app_client, free_port, minimal_container, wait_until
 
-from tagserver.app import header_dict
 from tagserver.preview import announce
 from tagserver.preview import raw_token as preview_raw_token
 from tagserver.preview.auth import TOKEN_FILE
 from tagserver.preview.store import RedisStore, SqliteStore, open_store, sweep_orphans
 from tagserver.settings import Settings
+from tagserver.web.app import header_dict
 
 PASSWORD = "correct horse battery"
 API = {"Authorization": "Bearer test-key"}

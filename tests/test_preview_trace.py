@@ -13,7 +13,7 @@ from typing import Any
 from support import LOOPBACK, minimal_container, wait_until
 from test_preview import API, hits, preview_app, sign_in, start_session, wait_hits
 
-from tagserver.app import header_dict
+from tagserver.web.app import header_dict
 
 
 def detail(c: Any, sid: str, trace_id: str) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 from support import app_client, minimal_container, write_container
 
 from tagserver import Setting, Settings, SettingsError
-from tagserver.app import create_app
-from tagserver.cli import main
+from tagserver.cli.main import main
+from tagserver.web.app import create_app
 
 SECRET = "acme-token-0123456789"
 

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from support import LOOPBACK, ServerProcess, free_port, minimal_container, wait_until
 
-from tagserver.container import load
+from tagserver.container.model import load
 from tagserver.plugins import Tag, load_registry
 from tagserver.settings import Settings
-from tagserver.startup import safe_url, tag_lines
+from tagserver.web.startup import safe_url, tag_lines
 
 TOKEN = "EAAB-very-secret-access-token-123"
 PIXEL = "1234567890123456"

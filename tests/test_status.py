@@ -1,7 +1,8 @@
-"""The status page over HTTP: its JSON twin, the retry action's rules, figures summed over
-worker processes, tags' rejection reasons, and how the figures are computed.
+"""The status page over HTTP: its JSON twin, the retry action's rules, tags' rejection
+reasons, and how the figures are computed.
 
-The browser side (a refused Meta token, retry after the fix) is in test_status_browser.py.
+The browser side (a refused Meta token, retry after the fix) is in test_status_browser.py;
+deliveries over time summed across workers and instances, in test_status_windows.py.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fakes.vendor import FakeVendor, webhook_tag
-from support import ServerProcess, app_client, minimal_container, wait_until
+from support import app_client, minimal_container, wait_until
 
 from tagserver import metrics
-from tagserver.status import History, destination_state, match_quality
+from tagserver.web.status import History, destination_state, match_quality
 
 PASSWORD = "status password"
 AUTH = {"Authorization": "Bearer test-key"}
@@ -138,37 +138,6 @@ def test_rejected_events_are_counted_with_their_reasons(tmp_path: Path) -> None:
     assert "3 × " in html
 
 
-# -- several workers: figures summed, whichever answers
-
-
-def test_delivered_counts_are_summed_over_workers(tmp_path: Path) -> None:
-    with FakeVendor() as vendor:
-        container = minimal_container(tags=[webhook_tag(vendor.url, name="crm_all")])
-        env = {"TAGSERVER_PREVIEW_PASSWORD": PASSWORD}
-        with ServerProcess(tmp_path, container, env=env, workers=2) as server:
-            for i in range(8):  # new connections: both workers take some
-                with httpx.Client() as http:
-                    event = {"event_name": "purchase", "event_id": f"w-{i}"}
-                    r = http.post(server.url + "/api/events", json=event, headers=AUTH)
-                    assert r.status_code == 200
-            wait_until(lambda: len(vendor.accepted) == 8, timeout=15)
-            http = httpx.Client(base_url=server.url)
-            signed_in(http)
-            seen = set()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with httpx.Client(base_url=server.url, cookies=http.cookies) as fresh:
-                    d = destination(status(fresh), "crm_all")
-                seen.add(d["delivered"]["hour"])
-                if seen == {8} and len(seen) == 1 and d["delivered"]["minute"] == 8:
-                    break
-                seen.clear()
-                time.sleep(0.3)
-            http.close()
-    assert seen == {8}
-    assert d["pending"] == 0 and d["state"] == "healthy"
-
-
 # -- how the figures are computed
 
 
@@ -176,9 +145,9 @@ def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return (name, tuple(sorted(labels.items())))
 
 
-def test_windows_are_differences_between_samples() -> None:
+def test_tag_windows_are_differences_between_samples() -> None:
     history = History()
-    delivered = key("tagserver_deliveries_total", destination="d", outcome="delivered")
+    delivered = key("tagserver_tag_results_total", tag="t", status="fired")
     now = 1_000_000.0
     history.samples.clear()
     for minutes_ago, value in ((120, 0.0), (61, 10.0), (2, 40.0), (1, 45.0)):
@@ -187,15 +156,13 @@ def test_windows_are_differences_between_samples() -> None:
     assert history.since(current, 60, now)[delivered] == 5.0  # since the sample a minute ago
     assert history.since(current, 3600, now)[delivered] == 40.0  # since 61 minutes ago
     assert history.since(current, 86400, now)[delivered] == 50.0  # since the first sample
-    chart = history.per_minute(now, 3)
-    assert [s.values[delivered] for s in chart] == [10.0, 40.0, 45.0, 45.0]
 
 
 def test_old_samples_are_thinned_and_dropped() -> None:
     history = History()
     history.samples.clear()
     now = 2_000_000.0
-    name = key("tagserver_deliveries_total", destination="d", outcome="delivered")
+    name = key("tagserver_tag_results_total", tag="t", status="fired")
     for seconds_ago in range(0, 2 * 86400, 10):
         history.take({name: 1.0}, now - 2 * 86400 + seconds_ago)
     assert len(history.samples) < 360 + 300  # an hour of every sample, then one per 5 min

@@ -10,7 +10,7 @@ from fakes.graph import FakeGraph
 from fakes.vendor import FakeVendor
 from support import app_client, minimal_container, wait_until
 
-from tagserver.container import validate
+from tagserver.container.model import validate
 from tagserver.plugins import load_registry
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -243,7 +243,7 @@ def test_validation_duplicates_and_shape():
 
 
 def test_schema_describes_transformations():
-    from tagserver.schema import container_schema
+    from tagserver.container.schema import container_schema
 
     variants = container_schema(load_registry())["properties"]["transformations"]["items"]["oneOf"]
     assert [v["properties"]["type"]["const"] for v in variants] == ["allow", "exclude", "augment"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tagserver.container import ContainerError, load, parse_json, validate
+from tagserver.container.model import ContainerError, load, parse_json, validate
 from tagserver.plugins import load_registry
 from tagserver.settings import Settings
 
@@ -407,7 +407,7 @@ def test_lines_are_found_for_every_value_of_any_json():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from tagserver.problems import value_lines
+    from tagserver.container.problems import value_lines
 
     values = st.recursive(
         st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=8),

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from fakes.capi import FakePinterest, FakeSnapchat, FakeTikTok
 from support import ServerProcess, app_client, wait_until
 
-from tagserver.cli import main
+from tagserver.cli.main import main
 
 TT_PIXEL, PIN_ACCOUNT, SNAP_PIXEL = (
     "CABC123DEF456",

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from fakes.graph import FakeGraph
 from support import ServerProcess, app_client, minimal_container, wait_until, write_container
 
-from tagserver.cli import main
+from tagserver.cli.main import main
 
 PIXEL = "1122334455"
 TOKEN = "EAAE2EsecretTOKENvalue0123456789"

@@ -37,8 +37,8 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from .. import metrics
+from ..delivery.http_outcomes import elapsed_ms, retry_after_seconds
 from ..event import Event, RequestContext
-from ..http_outcomes import elapsed_ms, retry_after_seconds
 from ..plugins import (
     Delivery,
     FireContext,

@@ -1,4 +1,4 @@
-"""First-party visitor cookies, the same rules for every client (see `tagserver.cookies`).
+"""First-party visitor cookies, the same rules for every client (see `tagserver.visitor.cookies`).
 
 visitor = cookies.visitor_cookies(hit.request, settings, page_location=..., consent=...)
 for event in events:
@@ -7,12 +7,12 @@ cookies.keep_others(visitor, hit.request, settings, hit.cookie_keeper, consent) 
 cookies.apply(response, visitor)   # the Set-Cookie headers
 
 `visitor_cookies` also resolves other ad platforms' click ids (ttclid, _ttp, _epik,
-_scclid, _scid: see `tagserver.clickids`) onto `visitor.event_keys()`.
+_scclid, _scid: see `tagserver.visitor.clickids`) onto `visitor.event_keys()`.
 """
 
 from __future__ import annotations
 
-from ..cookies import (
+from ..visitor.cookies import (
     CLIENT_ID_COOKIE,
     CLIENT_ID_RE,
     FBC_COOKIE,

@@ -1,4 +1,4 @@
-"""CORS for credentialed browser hits (see `tagserver.cors`).
+"""CORS for credentialed browser hits (see `tagserver.visitor.cors`).
 
 grant = cors.grant_headers(hit.request, settings)   # {} when the origin is not allowed
 if request.method == "OPTIONS":
@@ -8,6 +8,6 @@ cors.apply(response, grant)
 
 from __future__ import annotations
 
-from ..cors import apply, grant_headers, origin_allowed, preflight
+from ..visitor.cors import apply, grant_headers, origin_allowed, preflight
 
 __all__ = ["apply", "grant_headers", "origin_allowed", "preflight"]

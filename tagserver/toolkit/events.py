@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
+from ..container.refs import text as value_text
+from ..engine.event_checks import EventError, check_event, parse_event_time
 from ..event import CONSENT_TYPES, add_page_parts, get_path, page_parts
-from ..event_checks import EventError, check_event, parse_event_time
-from ..refs import text as value_text
 
 _PREVIEW_PARAM = re.compile(r"([?&])tagserver_preview=[^&#]*(&?)")
 

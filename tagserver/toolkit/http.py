@@ -1,10 +1,10 @@
-"""How a sender reads one HTTP exchange with a vendor (see `tagserver.http_outcomes`), so every
+"""How a sender reads one HTTP exchange with a vendor (see `tagserver.delivery.http_outcomes`), so every
 destination agrees on what a timeout, a 429 or a 503 means."""
 
 from __future__ import annotations
 
-from ..http_client import forget_stream
-from ..http_outcomes import (
+from ..delivery.http_client import forget_stream
+from ..delivery.http_outcomes import (
     RETRY_STATUSES,
     elapsed_ms,
     error_outcome,

@@ -1,5 +1,5 @@
 """Match keys a tag may add to an event, and the report of what it gained (see
-`tagserver.match`, `tagserver.identity_cookie`, `tagserver.geo`).
+`tagserver.visitor.match`, `tagserver.visitor.identity_cookie`, `tagserver.visitor.geo`).
 
 A conversions tag:
 
@@ -22,10 +22,11 @@ A browser client keeps what a visitor gave in the identity cookie:
 
 from __future__ import annotations
 
-from ..geo import FIELDS as GEO_FIELDS
-from ..geo import Geography
-from ..identity_cookie import COOKIE, Remembered, Stored
-from ..match import (
+from ..plugins import MatchReport
+from ..visitor.geo import FIELDS as GEO_FIELDS
+from ..visitor.geo import Geography
+from ..visitor.identity_cookie import COOKIE, Remembered, Stored
+from ..visitor.match import (
     ALL_KEYS,
     EVENT,
     GEOGRAPHY,
@@ -40,7 +41,6 @@ from ..match import (
     remember_identity,
     report,
 )
-from ..plugins import MatchReport
 
 __all__ = [
     "ALL_KEYS", "COOKIE", "EVENT", "GEOGRAPHY", "GEO_FIELDS", "IDENTITY_COOKIE", "NO_GAIN",

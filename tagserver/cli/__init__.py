@@ -1,0 +1,1 @@
+"""The `tagserver` command and its groups of subcommands."""

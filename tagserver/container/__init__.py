@@ -1,0 +1,1 @@
+"""The container marketers edit: parse, validate, compile, its history and what changed."""

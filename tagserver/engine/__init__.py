@@ -1,0 +1,1 @@
+"""The engine: one hit's events through the container, and the operations built on it."""

@@ -1,0 +1,1 @@
+"""The server: the ASGI app, its pages, the status page's figures, metrics, start-up and reload."""
