@@ -106,13 +106,21 @@ def check_string(value: Any, where: str, limit: int = MAX_STRING) -> str:
     return value
 
 
-def check_value(value: Any, where: str, depth: int, budget: list[int]) -> Any:
-    """A JSON value within the limits (depth, string sizes, no control characters)."""
+def check_value(
+    value: Any, where: str, depth: int, budget: list[int], controls: bool = True
+) -> Any:
+    """A JSON value within the limits (depth, string sizes, no control characters).
+
+    `controls`: whether strings may hold control characters at all (`may_hold_controls`);
+    when not, strings are only measured. The path of a key is spelled out only for a key
+    that is refused."""
     budget[0] -= 1
     if budget[0] < 0:
         raise BadRequest(f"body: more than {MAX_NODES} values")
     if isinstance(value, str):
-        return check_string(value, where)
+        if len(value) > MAX_STRING or (controls and CONTROL_RE.search(value)):
+            check_string(value, where)  # raises, saying why
+        return value
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
@@ -122,14 +130,23 @@ def check_value(value: Any, where: str, depth: int, budget: list[int]) -> Any:
     if depth >= MAX_DEPTH:
         raise BadRequest(f"{where}: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, list):
-        return [check_value(v, f"{where}[{i}]", depth + 1, budget) for i, v in enumerate(value)]
+        for i, item in enumerate(value):
+            check_value(item, f"{where}[{i}]", depth + 1, budget, controls)
+        return value
     if isinstance(value, dict):
-        out = {}
         for key, item in value.items():
-            check_string(key, f"{where}: key {key[:40]!r}", MAX_KEY)
-            out[key] = check_value(item, f"{where}.{key}", depth + 1, budget)
-        return out
+            if len(key) > MAX_KEY or (controls and CONTROL_RE.search(key)):
+                check_string(key, f"{where}: key {key[:40]!r}", MAX_KEY)  # raises
+            check_value(item, f"{where}.{key}", depth + 1, budget, controls)
+        return value
     raise BadRequest(f"{where}: unsupported type {type_name(value)}")  # pragma: no cover
+
+
+def may_hold_controls(body: bytes) -> bool:
+    """False when no string parsed from the JSON `body` can hold a control character: those
+    come from an escape (`\\b`, `\\f`, `\\uXXXX`) or a raw DEL, JSON refuses the others
+    unescaped. Most bodies have neither, and their strings need no search."""
+    return b"\\" in body or b"\x7f" in body
 
 
 def type_name(value: Any) -> str:
@@ -166,7 +183,8 @@ def parse_body(body: bytes, max_events: int) -> dict[str, Any]:
         raise HitError(
             f"events: {len(events)} events, more than the limit of {max_events}", status=413
         )
-    envelope: dict[str, Any] = check_value(data, "body", 0, [MAX_NODES])
+    # the parsed body itself (fresh from the parser), checked in place
+    envelope: dict[str, Any] = check_value(data, "body", 0, [MAX_NODES], may_hold_controls(body))
     for key in ("pid",):
         if key in envelope and envelope[key] is not None:
             check_string(envelope[key], key, 128)

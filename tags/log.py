@@ -76,6 +76,10 @@ class LogTag(Tag):
         return f"writes each event it fires on to the log (level {params.get('level', 'info')})"
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
+        level = logging.getLevelName(str(params.get("level") or "info").upper())
+        level = level if isinstance(level, int) else logging.INFO
+        if not log.isEnabledFor(level):  # the line would not be written: nothing to build
+            return []
         line: dict[str, Any] = {
             "tag": self.name,
             "message": params.get("message") or "event",
@@ -102,13 +106,13 @@ class LogTag(Tag):
                 else:
                     shown["ip_override"] = shown_ip
             line["event"] = shown
-        level = logging.getLevelName(str(params.get("level") or "info").upper())
         text = orjson.dumps(line, default=str).decode()
         # Redact by walking the line only when it may hold a secret (rare): a few substring
         # tests on the serialized line instead of a regex over each of the event's strings.
         if not isinstance(ctx.redact, Redactor) or ctx.redact.may_redact_json(text):
             text = orjson.dumps(ctx.redact(line), default=str).decode()
-        log.log(level if isinstance(level, int) else logging.INFO, "%s", text)
+        # queued: a thread writes it (see tagserver.logs), the event loop does not wait
+        log.log(level, "%s", text)
         return []
 
 

@@ -24,8 +24,15 @@ SENSITIVE_KEYS = frozenset(
     {"access_token", "authorization", "cookie", "set-cookie", "x-tagserver-preview",
      "tagserver_preview", "appsecret_proof", "api_key", "apikey", "token", "password"}
 )  # fmt: skip
-_KEY_MARKS = tuple(f'"{key}":' for key in SENSITIVE_KEYS)  # a key, as orjson writes it
+# a credential-named key as orjson writes it, found by the last word of its name (`token":`
+# finds "access_token": and "token":); a key such as "csrf_token" is a false alarm the walk
+# then settles. Fewer substring scans of every line (the log tag's, notes, dry runs).
+_WORDS = {re.split("[_-]", key)[-1] for key in SENSITIVE_KEYS}
+_KEY_MARKS = tuple(
+    sorted(f'{w}":' for w in _WORDS if not any(w != o and w.endswith(o) for o in _WORDS))
+)
 _URL_TOKEN_MARKS = ("access_token=", "appsecret_proof=", "tagserver_preview=")
+_KEY_AND_URL_MARKS = _KEY_MARKS + _URL_TOKEN_MARKS
 LIBRARY_LOGGERS = ("httpx", "httpcore")  # they log vendor request URLs (tokens in queries)
 _TOKEN_IN_URL = re.compile(r"((?:access_token|appsecret_proof|tagserver_preview)=)[^&\s\"']+", re.I)
 
@@ -92,7 +99,7 @@ class Redactor:
             if secret in line:
                 return True
         lower = line.lower()  # the walk compares keys lower-cased
-        for mark in _KEY_MARKS if "=" not in line else _KEY_MARKS + _URL_TOKEN_MARKS:
+        for mark in _KEY_MARKS if "=" not in line else _KEY_AND_URL_MARKS:
             if mark in lower:
                 return True
         return False

@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from support import app_client, minimal_container
+from support import ServerProcess, app_client, minimal_container, wait_until
 from tagserver.tags.log import mask_ip
 
 from tagserver.container.model import ContainerError
@@ -84,3 +85,25 @@ def test_an_unknown_mode_is_a_validation_problem(tmp_path):
 )
 def test_mask_ip(ip, masked):
     assert mask_ip(ip) == masked
+
+
+def test_a_server_writes_every_line_in_order_and_all_of_them_before_it_exits(tmp_path):
+    """The lines are written by a thread while the server runs: none is lost or reordered,
+    the last ones included when it stops right after the hits."""
+    container = minimal_container()
+    count = 300
+    with ServerProcess(tmp_path, container, {"TAGSERVER_LOG_LEVEL": "info"}) as server:
+        with httpx.Client(base_url=server.url, headers=AUTH) as client:
+            for batch in range(0, count, 50):
+                events = [{"event_name": "purchase", "event_id": f"order-{n}"}
+                          for n in range(batch, batch + 50)]  # fmt: skip
+                assert client.post("/api/events", json={"events": events}).status_code == 200
+        # written while serving: the first line shows up before the server stops
+        wait_until(lambda: '"event_id":"order-0"' in server.logs())
+    ids = [
+        json.loads(line.split("tagserver.tag.log: ", 1)[1])["event_id"]
+        for line in server.logs().splitlines()
+        if " INFO tagserver.tag.log: " in line
+    ]
+    assert ids == [f"order-{n}" for n in range(count)]
+    assert "Finished server process" in server.logs()  # uvicorn's last words, after ours

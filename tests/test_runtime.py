@@ -7,9 +7,13 @@ end-to-end case at the bottom goes through the app and its events API.
 
 import pytest
 from engine import compile_container, run_event, summary
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support import app_client
 
+from tagserver.engine.runtime import Runtime
 from tagserver.plugins import Outgoing, Registry, Tag, load_registry
+from tagserver.settings import Settings
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -306,3 +310,61 @@ def test_tags_limited_by_event_name_answer_the_same_skipped_or_evaluated(tmp_pat
 
     assert count(after, "on_buy") - count(before, "on_buy") == 2
     assert count(after, "on_views") - count(before, "on_views") == 2
+
+
+CLIENT_CONDITIONS = [
+    {"variable": "client_name", "operator": "equals", "value": "ga4"},
+    {"variable": "{{client_name}}", "operator": "in", "value": ["api", "collector"]},
+    {"variable": "client_name", "operator": "equals", "value": "API", "ignore_case": True},
+    {"variable": "client_name", "operator": "equals", "value": "api", "negate": True},
+    {"variable": "client_name", "operator": "starts_with", "value": "{{prefix}}"},
+    {"variable": "client_name", "operator": "matches_regex", "value": "^col"},
+]
+OTHER_CONDITIONS = [
+    {"variable": "value", "operator": "greater_than", "value": 10},
+    {"variable": "event_name", "operator": "contains", "value": "a"},
+]
+EVENT_FILTERS = ["*", "purchase", ["page_view", "purchase"], {"regex": "^p"}, ["*", "x"]]
+
+
+@st.composite
+def containers(draw):
+    triggers = []
+    for n in range(draw(st.integers(1, 4))):
+        conditions = draw(
+            st.lists(st.sampled_from(CLIENT_CONDITIONS + OTHER_CONDITIONS), max_size=2)
+        )
+        triggers.append({"name": f"t{n}", "event": draw(st.sampled_from(EVENT_FILTERS)),
+                         "conditions": conditions})  # fmt: skip
+    names = [t["name"] for t in triggers]
+    tags = [
+        {"name": f"tag{n}", "type": "log", "fire_on": draw(st.lists(st.sampled_from(names),
+         min_size=1, max_size=3, unique=True)), "paused": draw(st.booleans())}
+        for n in range(draw(st.integers(1, 4)))
+    ]  # fmt: skip
+    variables = [{"name": "prefix", "type": "constant", "value": "co"}]
+    return {"name": "t", "clients": [{"name": "api", "type": "events_api"}],
+            "variables": variables, "triggers": triggers, "tags": tags}  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    containers(),
+    st.lists(st.tuples(st.sampled_from(["api", "collector", "ga4"]),
+                       st.sampled_from(["purchase", "page_view", "other", "sale"]),
+                       st.sampled_from([None, 5, 50])), min_size=1, max_size=6),
+)  # fmt: skip
+def test_tags_skipped_by_name_or_client_answer_as_if_evaluated(container, hits):
+    """A tag whose triggers the event's name or client rule out is skipped unless the hit is
+    previewed (a plan made once per name and client); either way the answer is the same."""
+    compiled = compile_container(container)
+    runtime = Runtime(compiled, Settings())
+    for client, name, value in hits:
+        event = {"event_name": name, "event_id": "e1"}
+        if value is not None:
+            event["value"] = value
+        planned = run_event(compiled, dict(event), client_name=client, runtime=runtime)
+        evaluated = run_event(
+            compiled, dict(event), client_name=client, runtime=runtime, trace=True
+        )
+        assert planned.summary(0) == evaluated.summary(0)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .. import serving
+from .. import logs, serving
 from ..container.model import Container, ContainerError, load_file
 from ..plugins import Registry, load_registry
 from ..settings import PREFIX, Settings, SettingsError
@@ -112,9 +112,7 @@ def serve(**flags: object) -> None:
                 str(value).lower() if isinstance(value, bool) else str(value)
             )
     settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level)
     registry = load_registry()
     _declared(settings, registry)
     try:

@@ -32,6 +32,7 @@ from .triggers import OPERATORS, Trigger, variable_name
 from .variables import (
     BUILTINS,
     VARIABLE_TYPES,
+    FixedScope,
     Scope,
     Variable,
     compile_variable,
@@ -546,6 +547,27 @@ def _client_params(
     return out
 
 
+def _tag_params(
+    given: dict[str, Any],
+    params: dict[str, Any],
+    declared: Iterable[Param],
+    variables: dict[str, Variable],
+    direct: dict[str, Callable[[Scope], Any]],
+) -> tuple[Callable[[Scope], Any], tuple[Param, ...]]:
+    """`CompiledTag.params` and `.templated_params` for a tag's `params` (`given`: with the
+    defaults). When no param needs an event (literals; env and constant variables), they are
+    resolved now, once, like literal params; a value its check refuses is left to each event,
+    which reports it as the tag's error."""
+    templated = tuple(p for p in declared if p.type != "any" and has_refs(params.get(p.name)))
+    try:
+        fixed = compile_value(given)(FixedScope(variables))
+    except Exception:  # NeedsEvent, or a variable that fails: resolved per event
+        return compile_value(given, direct), templated
+    if any(p.check(fixed.get(p.name)) for p in templated):
+        return compile_value(given, direct), templated
+    return (lambda _scope: fixed), ()
+
+
 def _compile(
     data: dict[str, Any], registry: Registry, settings: Settings, raw: bytes | None
 ) -> Container:
@@ -593,6 +615,7 @@ def _compile(
             if any(has_refs(given.get(name)) for name in secret_params)
             else secret_values(*(given.get(name) for name in sorted(secret_params)))
         )
+        tag_params, templated = _tag_params(given, params, tag_cls.params, variables, direct)
         instance = tag_cls(spec["name"], _static_params(params, tag_cls.params), settings)
         instance.type_name = spec["type"]  # the registry's name, whatever the class says
         tags.append(
@@ -604,11 +627,9 @@ def _compile(
                 block_on=[triggers[n] for n in spec.get("block_on", [])],
                 consent=list(spec.get("consent", [])),
                 paused=bool(spec.get("paused", False)),
-                params=compile_value({**defaults, **params}, direct),
+                params=tag_params,
                 secret_params=secret_params,
-                templated_params=tuple(
-                    p for p in tag_cls.params if p.type != "any" and has_refs(params.get(p.name))
-                ),
+                templated_params=templated,
                 secrets=tag_secrets,
                 transformations=transformations.get(spec["name"], ()),
             )

@@ -188,14 +188,17 @@ class Condition:
     expected: Compiled
     test: Callable[[Any, Any], bool]
     negate: bool
+    fixed: bool = False  # the expected value has no {{reference}}: it is `value`
+    value: Any = None
 
     def holds(self, scope: Scope) -> bool:
         """`check(scope).passed`, without building the record."""
         return self.test(scope.get(self.variable), self.expected(scope)) != self.negate
 
     def check(self, scope: Scope) -> ConditionCheck:
-        actual = scope.get(self.variable)
-        expected = self.expected(scope)
+        return self.compare(scope.get(self.variable), self.expected(scope))
+
+    def compare(self, actual: Any, expected: Any) -> ConditionCheck:
         passed = self.test(actual, expected) != self.negate
         operator = ("not " if self.negate else "") + self.operator
         return ConditionCheck(self.variable, operator, expected, actual, passed)
@@ -217,11 +220,6 @@ class EventFilter:
             flags = re.IGNORECASE if spec.get("ignore_case") else 0
             self.pattern = re.compile(spec["regex"], flags)
 
-    @property
-    def only_names(self) -> frozenset[str] | None:
-        """The only event names this filter lets through; None when any name may pass."""
-        return None if self.any or self.pattern is not None else self.names
-
     def matches(self, name: str) -> bool:
         if self.any:
             return True
@@ -242,18 +240,50 @@ class Trigger:
                 expected=compile_value(c.get("value")),
                 test=compile_operator(c["operator"], c.get("value"), bool(c.get("ignore_case"))),
                 negate=bool(c.get("negate")),
+                fixed=not has_refs(c.get("value")),
+                value=c.get("value"),
             )
             for c in spec.get("conditions", [])
         ]
         self.always = self.filter.any and not self.conditions  # "every event"
 
     def matches(self, scope: Scope) -> bool:
-        """`check(scope).matched`, without the records: the hit path when nobody watches."""
+        """`check(scope).matched`, without the records: the hit path when nobody watches.
+        Worked out once per event (the scope keeps it): tags share triggers."""
         if self.always:
             return True
-        if not self.filter.matches(text(scope.get("event_name"))):
-            return False
-        return not self.conditions or all(c.holds(scope) for c in self.conditions)
+        known = scope.matched.get(self)
+        if known is None:
+            name = text(scope.get("event_name"))
+            known = self.filter.matches(name) and all(c.holds(scope) for c in self.conditions)
+            scope.matched[self] = known
+        return known
+
+    @property
+    def may_be_ruled_out(self) -> bool:
+        """Whether `ruled_out` may find, for some name or client, that it cannot match."""
+        return not self.filter.any or self._client_test() is not None
+
+    def ruled_out(self, event_name: str, client_name: str) -> TriggerCheck | None:
+        """What `check` records for any event named `event_name` from the client
+        `client_name` when that alone rules the trigger out: its event filter refuses the name,
+        or its first condition is a fixed test of `client_name` (a built-in: no variable may
+        take its name) the client fails. None when only the event can tell."""
+        if not self.filter.matches(event_name):
+            return TriggerCheck(self.name, False, event_name, False)
+        first = self._client_test()
+        if first is None:
+            return None
+        check = first.compare(client_name, first.value)
+        if check.passed:
+            return None
+        return TriggerCheck(self.name, False, event_name, True, [check])
+
+    def _client_test(self) -> Condition | None:
+        first = self.conditions[0] if self.conditions else None
+        return (
+            first if first is not None and first.variable == "client_name" and first.fixed else None
+        )
 
     def check(self, scope: Scope) -> TriggerCheck:
         event_name = text(scope.get("event_name"))

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..event import (
     COMMON_KEYS,
@@ -74,9 +74,10 @@ VARIABLE_TYPES: dict[str, tuple[Param, ...]] = {
 
 
 class Scope:
-    """Resolves names for one event. Values are computed on first use and cached."""
+    """Resolves names for one event. Values are computed on first use and cached, and so are
+    the outcomes of triggers (`Trigger.matches`): several tags share a trigger."""
 
-    __slots__ = ("event", "request", "client_name", "variables", "_cache")
+    __slots__ = ("event", "request", "client_name", "variables", "_cache", "matched")
 
     def __init__(
         self,
@@ -90,6 +91,7 @@ class Scope:
         self.client_name = client_name
         self.variables = variables
         self._cache: dict[str, Any] = {}
+        self.matched: dict[object, bool] = {}  # trigger → whether it matches this event
 
     def get(self, name: str) -> Any:
         cache = self._cache
@@ -113,6 +115,28 @@ class Scope:
             value = self.get(name)
             out[name] = REDACTED if name in secret_names and value not in (None, "") else value
         return out
+
+
+class NeedsEvent(Exception):
+    """A value that only an event can give."""
+
+
+# variable types whose value needs no event: their resolvers only ask the scope for names
+FIXED_VARIABLE_TYPES = frozenset({"constant", "env", "lookup_table", "regex_table"})
+
+
+class FixedScope:
+    """Resolves the names whose values are known before any event (env and constant
+    variables, tables over them); any other name raises `NeedsEvent`."""
+
+    def __init__(self, variables: dict[str, Variable]) -> None:
+        self.variables = variables
+
+    def get(self, name: str) -> Any:
+        variable = self.variables.get(name)
+        if variable is None or variable.type not in FIXED_VARIABLE_TYPES:
+            raise NeedsEvent(name)
+        return variable.resolve(cast(Any, self))  # these resolvers only call `get`
 
 
 @dataclass

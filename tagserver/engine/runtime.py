@@ -42,7 +42,7 @@ class TagResult:
     status: TagStatus
     reason: str
     triggers: list[TriggerCheck] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)  # only when traced (preview)
     outgoing: list[Outgoing] = field(default_factory=list)
     params: dict[str, Any] | None = None  # resolved, secrets redacted; only when traced
     duration_ms: float = 0.0
@@ -172,12 +172,12 @@ class Runtime:
         self.redact = Redactor(container.secrets)
         self._redactors: dict[tuple[str, ...], Redactor] = {}
         self.strict = container.consent_mode == "strict"
-        # Triggers indexed by event name: a tag whose firing triggers all name their events
-        # cannot fire for an event of another name, so (unless the hit is previewed) it is
-        # skipped without evaluating anything; its result is the same for every such event.
-        self._names = [_event_names(tag) for tag in container.tags]
-        self._indexed = any(names is not None for names in self._names)
-        self._plans: dict[str, _Plan] = {}
+        # Tags planned by event name and client: a tag whose firing triggers are all ruled out
+        # by the event's name or its client (`Trigger.ruled_out`: GA4 forwarding for the
+        # events API, say) cannot fire, so (unless the hit is previewed) it is skipped without
+        # evaluating anything; its result is the same for every such event.
+        self._indexed = any(t.may_be_ruled_out for tag in container.tags for t in tag.fire_on)
+        self._plans: dict[tuple[str, str], _Plan] = {}
 
     def run_event(
         self,
@@ -197,7 +197,7 @@ class Runtime:
                 metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
                 results.append(result)
         else:
-            plan = self._plan(text(scope.get("event_name")))
+            plan = self._plan(client_name, text(scope.get("event_name")))
             results = list(plan.results)  # type: ignore[arg-type]  # its Nones: the live tags' places, each filled below
             tags = self.container.tags
             for index in plan.live:
@@ -215,13 +215,15 @@ class Runtime:
                     variables = result.redact(variables)
         return EventResult(event, results, variables)
 
-    def _plan(self, event_name: str) -> _Plan:
-        """Which tags an event of this name needs evaluated; the skipped ones' results."""
-        plan = self._plans.get(event_name)
+    def _plan(self, client_name: str, event_name: str) -> _Plan:
+        """Which tags an event of this name from this client needs evaluated; the skipped
+        ones' results."""
+        key = (client_name, event_name)
+        plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= 512:  # event names come from callers: keep a bounded set
                 self._plans.clear()
-            plan = self._plans[event_name] = _Plan.of(self.container.tags, self._names, event_name)
+            plan = self._plans[key] = _Plan.of(self.container.tags, client_name, event_name)
         return plan
 
     def _decide(
@@ -319,8 +321,9 @@ class Runtime:
             status = "error"
             reason = f"error: {type(exc).__name__}: {redact.text(str(exc))}"
             log.warning("tag %r raised %s", tag.name, reason)
-        # built once the tag has run, every field given: no default factories on the hot path
-        notes = redact.data(ctx.notes) if ctx.notes else {}
+        # built once the tag has run, every field given: no default factories on the hot path;
+        # notes are shown in preview only: copied and redacted only when the hit is traced
+        notes = redact.data(ctx.notes) if ctx.notes and trace else {}
         dry_run = None
         if ctx.dry_runs and status == "fired" and not outgoing:
             dry_run = redact.data(ctx.dry_runs)
@@ -382,40 +385,29 @@ class Runtime:
         return received, Scope(received, scope.request, scope.variables, scope.client_name), steps
 
 
-def _event_names(tag: CompiledTag) -> frozenset[str] | None:
-    """The only event names `tag` can fire for; None when it is not limited by name."""
-    if tag.paused or not tag.fire_on:
-        return None
-    names: set[str] = set()
-    for trigger in tag.fire_on:
-        only = trigger.filter.only_names
-        if only is None:
-            return None
-        names |= only
-    return frozenset(names)
-
-
 @dataclass(frozen=True)
 class _Plan:
-    """For events of one name: the results of the tags it skips (None where a tag runs)."""
+    """For events of one name from one client: the results of the tags it skips (None where
+    a tag runs)."""
 
     results: tuple[TagResult | None, ...]
     live: tuple[int, ...]  # the tags to evaluate, by index
     counted: tuple[tuple[str, ...], ...]  # TAG_RESULTS labels of the skipped tags
 
     @classmethod
-    def of(
-        cls, tags: list[CompiledTag], names: list[frozenset[str] | None], event_name: str
-    ) -> _Plan:
+    def of(cls, tags: list[CompiledTag], client_name: str, event_name: str) -> _Plan:
         results: list[TagResult | None] = []
         live, counted = [], []
-        for index, (tag, only) in enumerate(zip(tags, names, strict=True)):
-            if only is None or event_name in only:
+        for index, tag in enumerate(tags):
+            found = (
+                [] if tag.paused else [t.ruled_out(event_name, client_name) for t in tag.fire_on]
+            )
+            checks = [check for check in found if check is not None]
+            if not found or len(checks) < len(found):
                 results.append(None)
                 live.append(index)
                 continue
-            # what _decide finds: no firing trigger's event filter lets the name through
-            checks = [TriggerCheck(t.name, False, event_name, False) for t in tag.fire_on]
+            # what _decide finds: each firing trigger checked, none matched
             reason = "; ".join(c.explain() for c in checks)
             results.append(
                 TagResult(

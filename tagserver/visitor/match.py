@@ -285,8 +285,8 @@ def record(tag_type: str, found: MatchReport) -> None:
     name = event_label(tag_type, found.event_name or "unknown")
     metrics.observe(MATCH_SCORE, found.before, tag_type, name, "event")
     metrics.observe(MATCH_SCORE, found.after, tag_type, name, "enriched")
-    for key, source in found.keys.items():
-        metrics.count(MATCH_KEYS, tag_type, key, source)
+    # the same keys from the same sources, event after event: one count of the whole set
+    metrics.count_each(MATCH_KEYS, tuple((tag_type, k, s) for k, s in found.keys.items()))
     if found.after != found.before:
         sources = set(found.keys.values()) - {EVENT}
         # split the gain between the sources by key count (the weights are the tag's)

@@ -15,20 +15,18 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..container.model import CompiledTag, Container
 from ..container.refs import REF, compile_value, has_refs
-from ..container.variables import Variable
+from ..container.variables import FixedScope, NeedsEvent
 from ..plugins import StartupParams
 from ..redact import Redactor
 from ..settings import Settings
 
 log = logging.getLogger("tagserver.startup")
 
-# variable types whose value needs no event: their resolvers only ask the scope for names
-STATIC_VARIABLE_TYPES = frozenset({"constant", "env", "lookup_table", "regex_table"})
 _SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile", "sslkey"})
 _DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.I)
 
@@ -120,23 +118,6 @@ def tag_lines(container: Container) -> list[str]:
     return lines
 
 
-class _PerEvent(Exception):
-    """A value that only an event can give."""
-
-
-class _StartupScope:
-    """Resolves the names that need no event; anything else raises `_PerEvent`."""
-
-    def __init__(self, variables: dict[str, Variable]) -> None:
-        self.variables = variables
-
-    def get(self, name: str) -> Any:
-        variable = self.variables.get(name)
-        if variable is None or variable.type not in STATIC_VARIABLE_TYPES:
-            raise _PerEvent(name)
-        return variable.resolve(cast(Any, self))  # these resolvers only call `get`
-
-
 def startup_params(tag: CompiledTag, spec: dict[str, Any], container: Container) -> StartupParams:
     """The tag's params resolved as far as possible before any event."""
     declared = tag.instance.params
@@ -147,7 +128,7 @@ def startup_params(tag: CompiledTag, spec: dict[str, Any], container: Container)
         for v in container.source.get("variables", [])
         if v.get("type") == "env" and isinstance(v.get("env"), str)
     }
-    scope = _StartupScope(container.variables)
+    scope = FixedScope(container.variables)
     values: dict[str, Any] = {}
     per_event: set[str] = set()
     sources: dict[str, str] = {}
@@ -162,6 +143,6 @@ def startup_params(tag: CompiledTag, spec: dict[str, Any], container: Container)
             sources[name] = value
         try:
             values[name] = compile_value(value)(scope)
-        except _PerEvent:
+        except NeedsEvent:
             per_event.add(name)
     return StartupParams(values=values, per_event=frozenset(per_event), sources=sources)
