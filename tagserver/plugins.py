@@ -215,6 +215,14 @@ class FireContext:
     redact: Callable[[Any], Any] = lambda value: value  # removes the container's secrets
     dry_runs: list[dict[str, Any]] | None = None  # what `dry_run` recorded, in order
     match: MatchReport | None = None  # set with `report_match`
+    # whether anyone will see what `dry_run` records (a previewed hit, a dry-run import); when
+    # False a tag may record None instead of building the payload: its status, reason and
+    # metrics stay the same
+    shows_dry_runs: bool = True
+    # one dict for every tag that fires for the same event, dropped with the event: what one
+    # tag works out from the event that the others would again (normalized, hashed user data,
+    # see `tagserver.toolkit.conversions.Hashes`); keys must say whose they are
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     def note(self, key: str, value: Any) -> None:
         """Attach information to the tag's result (shown in preview, e.g. match quality)."""
@@ -227,7 +235,8 @@ class FireContext:
     def dry_run(self, payload: Any, reason: str) -> None:
         """Record the payload the tag would have sent, and why it sends nothing (say, no
         credentials yet). A tag that records one and returns no message has the status
-        `dry_run`: preview shows the payload in Outgoing, metrics count it apart from `fired`."""
+        `dry_run`: preview shows the payload in Outgoing, metrics count it apart from `fired`.
+        When `shows_dry_runs` is False nobody will see the payload: pass None."""
         if self.dry_runs is None:
             self.dry_runs = []
         self.dry_runs.append({"payload": payload, "reason": reason})

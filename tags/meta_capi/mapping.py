@@ -16,6 +16,14 @@ from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from tagserver import Event, RequestContext
+from tagserver.toolkit.conversions import (
+    Hashes,
+    add_configured,
+    currency,
+    event_name,
+    order_id,
+    search_term,
+)
 from tagserver.toolkit.cookies import (
     FBC_RE,
     FBP_RE,
@@ -87,15 +95,14 @@ class Built:
 
 def meta_event_name(name: str, custom: dict[str, Any] | None) -> str:
     """The tag's own map first, then the GA4 → Meta table, else the name unchanged."""
-    if custom.__class__ is dict and custom:
-        mapped = custom.get(name)
-        if isinstance(mapped, str) and mapped.strip():
-            return mapped.strip()
-    return DEFAULT_EVENT_NAMES.get(name, name)
+    return event_name(name, custom, DEFAULT_EVENT_NAMES)
 
 
-def build(event: Event, params: dict[str, Any], request: RequestContext) -> Built:
-    """The server event for `event` with the tag's resolved `params`."""
+def build(
+    event: Event, params: dict[str, Any], request: RequestContext, hashes: Hashes | None = None
+) -> Built:
+    """The server event for `event` with the tag's resolved `params`. User data is hashed
+    straight away, or by `hashes` when given (a dry run nobody sees: normalized, not hashed)."""
     dropped: dict[str, str] = {}
     name = event.get("event_name")
     event_time = event.get("event_time")
@@ -119,7 +126,7 @@ def build(event: Event, params: dict[str, Any], request: RequestContext) -> Buil
         server["referrer_url"] = referrer
     if isinstance(event.get("opt_out"), bool):
         server["opt_out"] = event["opt_out"]
-    server["user_data"] = user_data(event, params, request, event_time, dropped)
+    server["user_data"] = user_data(event, params, request, event_time, dropped, hashes)
     custom = custom_data(event, params.get("custom_data"))
     if custom:
         server["custom_data"] = custom
@@ -137,6 +144,7 @@ def user_data(
     request: RequestContext,
     event_time: int,
     dropped: dict[str, str],
+    hashes: Hashes | None,
 ) -> dict[str, Any]:
     """Hashed customer information plus the never-hashed IP, user agent, fbc and fbp.
 
@@ -162,7 +170,7 @@ def user_data(
                 cc = _region(configured.get("country")) if key in ("st", "zp", "ph") else None
                 if key == "ph" and cc is None:
                     cc = _region(params.get("default_phone_country"))
-                _add(acc, key, value, cc, dropped, raw_ids)
+                _add(acc, key, value, cc, dropped, raw_ids, hashes)
 
     ud = event.get("user_data")
     if ud.__class__ is not dict:
@@ -184,7 +192,7 @@ def user_data(
                     continue
                 value = address.get(field) or (hashed_field and address.get(hashed_field))
                 if value:
-                    _add(acc, key, value, cc, dropped, raw_ids)
+                    _add(acc, key, value, cc, dropped, raw_ids, hashes)
     for key, sources, pixel_key in _PERSON_FIELDS:
         if key in taken:
             continue
@@ -200,12 +208,12 @@ def user_data(
             cc = None
             if key == "ph":
                 cc = address_cc or _region(params.get("default_phone_country"))
-            _add(acc, key, value, cc, dropped, raw_ids)
+            _add(acc, key, value, cc, dropped, raw_ids, hashes)
     for key, _field, _hashed in _ADDRESS_FIELDS:  # the pixel's own keys (GA4 hits)
         if key not in acc and key not in taken:
             value = event.get("x-fb-ud-" + key)
             if value:
-                _add(acc, key, value, address_cc, dropped, raw_ids)
+                _add(acc, key, value, address_cc, dropped, raw_ids, hashes)
 
     out: dict[str, Any] = {}
     for key in HASHED_ORDER:
@@ -264,15 +272,21 @@ def _add(
     context: str | None,
     dropped: dict[str, str],
     raw_ids: bool,
+    hashes: Hashes | None,
 ) -> None:
     """Normalize + hash one raw value (or each of a list) into `acc[key]`, without repeats."""
     if value.__class__ is str and not (raw_ids and key == "external_id"):
         text = value.strip()  # the common case: one text value, straight to its hasher
-        result = hash_text(key, text, context) if text else None
+        if not text:
+            result = None
+        elif hashes is None:
+            result = hash_text(key, text, context)
+        else:
+            result = hashes.hash(key, text, context)
     elif value.__class__ is list:
         for item in value:
             if item is not None and item != "":
-                _add(acc, key, item, context, dropped, raw_ids)
+                _add(acc, key, item, context, dropped, raw_ids, hashes)
         return
     else:
         result = _other_value(key, value, context, raw_ids)
@@ -377,32 +391,26 @@ def custom_data(event: Event, configured: Any) -> dict[str, Any]:
         out["value"] = value
     elif value is not None and value != "":
         out["value"] = _number(value)
-    currency = event.get("currency")
-    if currency.__class__ is str and currency:
-        currency = currency.strip()
-        if currency:
-            out["currency"] = currency.upper()
+    code = currency(event)
+    if code:
+        out["currency"] = code
     items = event.get("items")
     if items.__class__ is list and items:
         _contents(items, out)
-    order = event.get("transaction_id")
-    if (order.__class__ is str or order.__class__ is int) and order != "":
-        out["order_id"] = str(order)
-    search = event.get("search_term")
-    if search.__class__ is str and search:
+    order = order_id(event)
+    if order:
+        out["order_id"] = order
+    search = search_term(event)
+    if search:
         out["search_string"] = search
     if _PIXEL_CD in "\n".join(event):  # most events have none: one search, not one per key
         _pixel_custom_data(event, out)
-    extra = False
     own = event.get("custom_data")
-    if own.__class__ is dict and own:
-        out.update({k: v for k, v in own.items() if v is not None and v != ""})
-        extra = True
-    if configured.__class__ is dict and configured:
-        out.update({k: v for k, v in configured.items() if v is not None and v != ""})
-        extra = True
-    if extra and "value" in out:
-        out["value"] = _number(out["value"])
+    if (own.__class__ is dict and own) or (configured.__class__ is dict and configured):
+        add_configured(out, own)
+        add_configured(out, configured)
+        if "value" in out:
+            out["value"] = _number(out["value"])
     return out
 
 

@@ -12,8 +12,7 @@ import re
 from typing import Any
 
 from tagserver import Event, RequestContext
-from tagserver.toolkit import identity
-from tagserver.toolkit.conversions import click_id, event_time, items, number, raw_identity, total
+from tagserver.toolkit import conversions, identity
 
 __all__ = ["DEFAULT_EVENT_NAMES", "EVENT_NAMES", "build", "pinterest_event_name", "EPIK_RE"]
 
@@ -53,12 +52,7 @@ _GENDERS = {"n": "n", "non-binary": "n", "nonbinary": "n", "non binary": "n"}
 
 
 def pinterest_event_name(name: str, custom: Any) -> str:
-    if custom.__class__ is dict and custom:
-        mapped = custom.get(name)
-        if isinstance(mapped, str) and mapped.strip():
-            name = mapped.strip()
-            return name if name in EVENT_NAMES else "custom"
-    found = DEFAULT_EVENT_NAMES.get(name, name)
+    found = conversions.event_name(name, custom, DEFAULT_EVENT_NAMES)
     return found if found in EVENT_NAMES else "custom"
 
 
@@ -66,25 +60,17 @@ def _gender(text: str, cc: str | None) -> str | None:
     return identity.NORMALIZERS["ge"](text, cc) or _GENDERS.get(text.lower())
 
 
-_NORMALIZERS: dict[str, Any] = {**identity.NORMALIZERS, "ge": _gender}
 HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
+# every key hashed by the shared rules under its own name, but gender (Pinterest knows `n`)
+USER_KEYS = {key: conversions.UserKey(key, _gender if key == "ge" else key) for key in HASHED_KEYS}
 
 
 def build(
-    event: Event, params: dict[str, Any], request: RequestContext
+    event: Event, params: dict[str, Any], request: RequestContext, hashes: conversions.Hashes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     dropped: dict[str, str] = {}
-    out: dict[str, Any] = {
-        "event_name": pinterest_event_name(
-            str(event.get("event_name") or ""), params.get("event_name_map")
-        ),
-        "action_source": "web",
-        "event_time": event_time(event, request.received_at),
-        "event_id": str(event.get("event_id") or request.derived_event_id(0)),
-    }
-    location = event.get("page_location")
-    if location.__class__ is str and location:
-        out["event_source_url"] = location
+    name = pinterest_event_name(str(event.get("event_name") or ""), params.get("event_name_map"))
+    out = conversions.server_event(name, "web", event, request)
     if isinstance(event.get("opt_out"), bool):
         out["opt_out"] = event["opt_out"]
     if params.get("partner_name"):
@@ -94,61 +80,25 @@ def build(
         code = language.strip()[:2].lower()
         if code.isalpha():
             out["language"] = code
-    out["user_data"] = _user(event, params, request, dropped)
+    raw = conversions.raw_identity(event, params.get("user_data"), hashes.memo)
+    cc, region = conversions.regions(raw, params)
+    user: dict[str, Any] = {}
+    conversions.add_user_keys(user, raw, USER_KEYS, HASHED_KEYS, hashes, cc, region, dropped)
+    conversions.add_client(user, event, "client_ip_address", "client_user_agent")
+    epik = _epik(event, request)
+    if epik:
+        user["click_id"] = epik
+    out["user_data"] = user
     custom = _custom(event, params)
     if custom:
         out["custom_data"] = custom
     return out, dropped
 
 
-def _user(
-    event: Event, params: dict[str, Any], request: RequestContext, dropped: dict[str, str]
-) -> dict[str, Any]:
-    raw = raw_identity(event, params.get("user_data"))
-    country = identity.NORMALIZERS["country"]
-    cc = country(raw.country.strip(), None) if raw.country else None
-    region = cc
-    if region is None and isinstance(params.get("default_phone_country"), str):
-        region = country(params["default_phone_country"].strip(), None) or None
-    user: dict[str, Any] = {}
-    values = raw.values
-    for key in HASHED_KEYS:
-        given = values.get(key)
-        if not given:
-            continue
-        normalize = _NORMALIZERS[key]
-        context = region if key == "ph" else cc
-        found: list[str] = []
-        for value in given:
-            if value.__class__ is float and value.is_integer():
-                value = int(value)
-            if value.__class__ is int and not isinstance(value, bool):
-                value = str(value)
-            if value.__class__ is not str or not value.strip():
-                continue
-            result = identity.hash_with(normalize, value.strip(), context)
-            if result and result not in found:
-                found.append(result)
-        if found:
-            user[key] = found
-        else:
-            dropped[key] = "not usable after normalization"
-    ip = event.get("ip_override")
-    if ip.__class__ is str and ip:
-        user["client_ip_address"] = ip
-    agent = event.get("user_agent")
-    if agent.__class__ is str and agent:
-        user["client_user_agent"] = agent
-    epik = _epik(event, request)
-    if epik:
-        user["click_id"] = epik
-    return user
-
-
 def _epik(event: Event, request: RequestContext) -> str | None:
     """The URL's `epik` first (a new click), then the event's (the collector's cookie), then
     the `_epik` cookie; forwarded byte-exact."""
-    found = click_id(event.get("page_location"), "epik") or event.get("x-pin-ck-epik")
+    found = conversions.click_id(event.get("page_location"), "epik") or event.get("x-pin-ck-epik")
     if not found:
         found = request.cookies.get("_epik")
     return found if found.__class__ is str and EPIK_RE.fullmatch(found) else None
@@ -156,16 +106,13 @@ def _epik(event: Event, request: RequestContext) -> str | None:
 
 def _custom(event: Event, params: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    currency = event.get("currency")
-    if currency.__class__ is str and currency.strip():
-        out["currency"] = currency.strip().upper()
-    found = items(event)
-    value = event.get("value")
-    if value is None or value == "":
-        value = total(found)
+    code = conversions.currency(event)
+    if code:
+        out["currency"] = code
+    found = conversions.items(event)
+    value = conversions.amount(event, found)
     if value is not None:
-        amount = number(value)
-        out["value"] = _decimal(amount) if amount is not None else value
+        out["value"] = _decimal(value) if conversions.number(value) is not None else value
     if found:
         contents = []
         for item in found:
@@ -182,17 +129,15 @@ def _custom(event: Event, params: dict[str, Any]) -> dict[str, Any]:
         out["contents"] = contents
         out["content_ids"] = [item.id for item in found]
         out["num_items"] = sum(item.quantity for item in found)
-    order = event.get("transaction_id")
-    if (order.__class__ is str or order.__class__ is int) and order != "":
-        out["order_id"] = str(order)
-    search = event.get("search_term")
-    if search.__class__ is str and search:
+    order = conversions.order_id(event)
+    if order:
+        out["order_id"] = order
+    search = conversions.search_term(event)
+    if search:
         out["search_string"] = search
     if params.get("limited_data_processing") is True:
         out["opt_out_type"] = "LDP"
-    configured = params.get("custom_data")
-    if configured.__class__ is dict and configured:
-        out.update({k: v for k, v in configured.items() if v is not None and v != ""})
+    conversions.add_configured(out, params.get("custom_data"))
     return out
 
 

@@ -19,15 +19,18 @@ from typing import Any
 import orjson
 
 from tagserver import Delivery, Message, Setting
-from tagserver.toolkit.conversions import TokenSender, VendorAnswer, post_json
-from tagserver.toolkit.http import retry_after_seconds
+from tagserver.toolkit.conversions import (
+    TokenSender,
+    VendorAnswer,
+    post_json,
+    refused_request,
+)
 from tagserver.toolkit.redact import Redactor
 
 __all__ = ["API_URL", "PinterestSender"]
 
 log = logging.getLogger("tagserver.tag.pinterest_capi")
 
-THROTTLE_FLOOR_SECONDS = 60.0
 API_URL = Setting(
     "pinterest_api_url",
     "https://api.pinterest.com",
@@ -90,21 +93,15 @@ class PinterestSender(TokenSender):
         error: dict[str, Any] = {
             "error": redact.text(text), "code": code_text, "response": shown_body,
         }  # fmt: skip
-        if status == 429:
-            header = retry_after_seconds(response.headers.get("retry-after")) or 0.0
-            floor = max(THROTTLE_FLOOR_SECONDS, header)
-            return VendorAnswer(Delivery("retry", retry_after=floor, **error, **common))
-        if status >= 500 or status == 408:
-            wait = retry_after_seconds(response.headers.get("retry-after"))
-            return VendorAnswer(Delivery("retry", retry_after=wait, **error, **common))
-        if status in (401, 403):
+
+        def on_auth() -> None:
             log.error(
                 "pinterest %s: %s", messages[0].destination,
                 "the access token was refused or may not use this ad account "
                 f"(HTTP {status}, code {code_text})",
             )  # fmt: skip
-            return VendorAnswer(Delivery("permanent", **error, **common))
-        return VendorAnswer(Delivery("permanent", **error, **common), bisect=len(messages) > 1)
+
+        return refused_request(response, error, common, batch=len(messages), on_auth=on_auth)
 
 
 def _per_event(

@@ -9,27 +9,17 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from tagserver import Event, Param, RequestContext
-from tagserver.toolkit import match
-from tagserver.toolkit.conversions import (
-    ConversionsTag,
-    MatchQuality,
-    Refusal,
-    Target,
-    text,
-    token_id,
-)
-from tagserver.toolkit.identity import CURRENCIES
+from tagserver import Param
+from tagserver.toolkit import conversions, match
 
 from .mapping import EVENT_NAMES, build
 from .sender import API_URL, PinterestSender
 
 MAX_AGE_SECONDS = 7 * 86400  # "timestamp is in the past": 7 days per integrators (unconfirmed)
-FUTURE_TOLERANCE_SECONDS = 60
 _AD_ACCOUNT = re.compile(r"\d{1,20}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
-QUALITY = MatchQuality(
+QUALITY = conversions.MatchQuality(
     {"em": 3.0, "ph": 2.0, "click_id": 2.0, "external_id": 1.0, "client_ip_address": 1.0,
      "client_user_agent": 1.0, "fn": 0.5, "ln": 0.5, "ge": 0.25, "db": 0.25, "ct": 0.25,
      "st": 0.25, "zp": 0.25, "country": 0.25},
@@ -38,7 +28,7 @@ QUALITY = MatchQuality(
 )  # fmt: skip
 
 
-class PinterestCapiTag(ConversionsTag):
+class PinterestCapiTag(conversions.ConversionsTag):
     type_name = "pinterest_capi"
     description = (
         "Pinterest Conversions API: normalized, hashed, checked, batched (1000 per request), "
@@ -71,22 +61,13 @@ class PinterestCapiTag(ConversionsTag):
             description='Event name → Pinterest name, over the GA4 table ({"signup": "lead"}); '
             "names outside Pinterest's list go as custom.",
         ),
-        Param(
-            "default_phone_country",
-            "string",
-            description="Country for phone numbers without country code when the event has no "
-            "address country.",
-        ),
+        conversions.DEFAULT_PHONE_COUNTRY,
         Param(
             "limited_data_processing",
             "boolean",
             description='Send opt_out_type "LDP" (limited data processing).',
         ),
-        Param(
-            "custom_data",
-            "object",
-            description="Extra custom_data (values may use {{variables}}); wins over the event's.",
-        ),
+        conversions.CUSTOM_DATA,
         Param(
             "user_data",
             "object",
@@ -97,36 +78,26 @@ class PinterestCapiTag(ConversionsTag):
     )
     identity_keys = match.ALL_KEYS - {"ge"}  # Pinterest's own gender rule
 
-    def build(
-        self, event: Event, params: dict[str, Any], request: RequestContext
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        return build(event, params, request)
-
-    def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
-        keys: dict[str, Any] = payload["user_data"]
-        return keys
+    build = staticmethod(build)
 
     def check(self, payload: dict[str, Any], now: float) -> None:
         check(payload, now)
 
-    def dry_run_body(self, payload: dict[str, Any], target: Target) -> dict[str, Any]:
-        return {"data": [payload]}
-
-    def make_target(self, values: tuple[Any, ...]) -> Target:
-        account, token = text(values[0]), text(values[1])
-        test = values[2] is True or text(values[2]).lower() == "true"
+    def make_target(self, values: tuple[Any, ...]) -> conversions.Target:
+        account, token = conversions.text(values[0]), conversions.text(values[1])
+        test = values[2] is True or conversions.text(values[2]).lower() == "true"
         if account and not _AD_ACCOUNT.fullmatch(account):
             reason = f"ad_account_id {account[:30]!r} is not a number"
-            return Target(problem=("bad_ad_account_id", reason))
+            return conversions.Target(problem=("bad_ad_account_id", reason))
         if not account or not token:
-            missing = " and ".join(n for n, v in (("ad_account_id", account),
-                                                  ("access_token", token)) if not v)  # fmt: skip
-            return Target(missing=missing)
+            return conversions.Target(
+                missing=conversions.missing(("ad_account_id", account), ("access_token", token))
+            )
         route: dict[str, Any] = {"ad_account_id": account, "access_token": token}
         if test:
             route["test"] = True
-        return Target(
-            destination=f"pinterest:{account}:{token_id(token)}:{'test' if test else 'live'}",
+        return conversions.Target(
+            destination=f"pinterest:{account}:{conversions.token_id(token)}:{'test' if test else 'live'}",
             route=route,
         )
 
@@ -134,24 +105,20 @@ class PinterestCapiTag(ConversionsTag):
 def check(event: dict[str, Any], now: float) -> None:
     """Raise `Refusal` for what Pinterest refuses."""
     if event["event_name"] not in EVENT_NAMES:
-        raise Refusal("bad_event_name", f"event_name {event['event_name'][:60]!r} is unknown")
-    if not event["event_id"]:
-        raise Refusal("no_event_id", "event_id is empty")
-    age = now - event["event_time"]
-    if age > MAX_AGE_SECONDS:
-        raise Refusal("too_old", f"event_time is {age / 86400:.1f} days old (limit 7 days)")
-    if age < -FUTURE_TOLERANCE_SECONDS:
-        raise Refusal("in_future", "event_time is in the future")
+        raise conversions.Refusal(
+            "bad_event_name", f"event_name {event['event_name'][:60]!r} is unknown"
+        )
+    conversions.check_id_and_time(
+        event["event_id"], event["event_time"], now, max_age=MAX_AGE_SECONDS
+    )
     user = event["user_data"]
     if "em" not in user and not ("client_ip_address" in user and "client_user_agent" in user):
-        raise Refusal(
+        raise conversions.Refusal(
             "too_little_user_data",
             "Pinterest needs an email, or both the IP address and the user agent",
         )
     custom = event.get("custom_data") or {}
     value = custom.get("value")
     if value is not None and not (isinstance(value, str) and _NUMBER.fullmatch(value)):
-        raise Refusal("bad_value", f"value {str(value)[:30]!r} is not a number")
-    currency = custom.get("currency")
-    if currency is not None and currency not in CURRENCIES:
-        raise Refusal("bad_currency", f"currency {str(currency)[:10]!r} is not an ISO 4217 code")
+        raise conversions.Refusal("bad_value", f"value {str(value)[:30]!r} is not a number")
+    conversions.check_currency(custom.get("currency"))

@@ -14,8 +14,7 @@ import re
 from typing import Any
 
 from tagserver import Event, RequestContext
-from tagserver.toolkit import identity
-from tagserver.toolkit.conversions import click_id, event_time, items, number, raw_identity, total
+from tagserver.toolkit import conversions
 
 __all__ = ["DEFAULT_EVENT_NAMES", "STANDARD_EVENTS", "build", "snapchat_event_name"]
 
@@ -57,34 +56,24 @@ STANDARD_EVENTS = frozenset(
 CLICK_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,500}")
 SCID_RE = re.compile(r"[A-Za-z0-9_.\-]{8,128}")
 HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "ct", "st", "zp", "country", "external_id")
+USER_KEYS = {
+    key: conversions.UserKey(key, key) for key in HASHED_KEYS
+}  # the shared rules, Snap's names
 
 
 def snapchat_event_name(name: str, custom: Any) -> str:
-    if custom.__class__ is dict and custom:
-        mapped = custom.get(name)
-        if isinstance(mapped, str) and mapped.strip():
-            return mapped.strip()
-    return DEFAULT_EVENT_NAMES.get(name, name)
+    return conversions.event_name(name, custom, DEFAULT_EVENT_NAMES)
 
 
 def build(
-    event: Event, params: dict[str, Any], request: RequestContext
+    event: Event, params: dict[str, Any], request: RequestContext, hashes: conversions.Hashes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     dropped: dict[str, str] = {}
-    out: dict[str, Any] = {
-        "event_name": snapchat_event_name(
-            str(event.get("event_name") or ""), params.get("event_name_map")
-        ),
-        "action_source": "WEB",
-        "event_time": event_time(event, request.received_at),
-        "event_id": str(event.get("event_id") or request.derived_event_id(0)),
-    }
-    location = event.get("page_location")
-    if location.__class__ is str and location:
-        out["event_source_url"] = location
+    name = snapchat_event_name(str(event.get("event_name") or ""), params.get("event_name_map"))
+    out = conversions.server_event(name, "WEB", event, request)
     if params.get("integration"):
         out["integration"] = str(params["integration"])
-    out["user_data"] = _user(event, params, request, dropped)
+    out["user_data"] = _user(event, params, request, hashes, dropped)
     custom = _custom(event, params.get("custom_data"))
     if custom:
         out["custom_data"] = custom
@@ -92,46 +81,19 @@ def build(
 
 
 def _user(
-    event: Event, params: dict[str, Any], request: RequestContext, dropped: dict[str, str]
+    event: Event,
+    params: dict[str, Any],
+    request: RequestContext,
+    hashes: conversions.Hashes,
+    dropped: dict[str, str],
 ) -> dict[str, Any]:
-    raw = raw_identity(event, params.get("user_data"))
-    country = identity.NORMALIZERS["country"]
-    cc = country(raw.country.strip(), None) if raw.country else None
-    region = cc
-    if region is None and isinstance(params.get("default_phone_country"), str):
-        region = country(params["default_phone_country"].strip(), None) or None
+    raw = conversions.raw_identity(event, params.get("user_data"), hashes.memo)
+    cc, region = conversions.regions(raw, params)
     user: dict[str, Any] = {}
-    values = raw.values
-    normalizers = identity.NORMALIZERS
-    for key in HASHED_KEYS:
-        given = values.get(key)
-        if not given:
-            continue
-        normalize = normalizers[key]
-        context = region if key == "ph" else cc
-        found: list[str] = []
-        for value in given:
-            if value.__class__ is float and value.is_integer():
-                value = int(value)
-            if value.__class__ is int and not isinstance(value, bool):
-                value = str(value)
-            if value.__class__ is not str or not value.strip():
-                continue
-            result = identity.hash_with(normalize, value.strip(), context)
-            if result and result not in found:
-                found.append(result)
-        if found:
-            user[key] = found
-        else:
-            dropped[key] = "not usable after normalization"
-    ip = event.get("ip_override")
-    if ip.__class__ is str and ip:
-        user["client_ip_address"] = ip
-    agent = event.get("user_agent")
-    if agent.__class__ is str and agent:
-        user["client_user_agent"] = agent
+    conversions.add_user_keys(user, raw, USER_KEYS, HASHED_KEYS, hashes, cc, region, dropped)
+    conversions.add_client(user, event, "client_ip_address", "client_user_agent")
     sccid = (
-        click_id(event.get("page_location"), "ScCid", ignore_case=True)
+        conversions.click_id(event.get("page_location"), "ScCid", ignore_case=True)
         or event.get("x-sc-ck-sccid")
         or request.cookies.get("_scclid")
     )
@@ -148,16 +110,13 @@ def _user(
 
 def _custom(event: Event, configured: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    currency = event.get("currency")
-    if currency.__class__ is str and currency.strip():
-        out["currency"] = currency.strip().upper()
-    found = items(event)
-    value = event.get("value")
-    if value is None or value == "":
-        value = total(found)
+    code = conversions.currency(event)
+    if code:
+        out["currency"] = code
+    found = conversions.items(event)
+    value = conversions.amount(event, found)
     if value is not None:
-        amount = number(value)
-        out["value"] = amount if amount is not None else value
+        out["value"] = value
     if found:
         contents = []
         for item in found:
@@ -170,12 +129,11 @@ def _custom(event: Event, configured: Any) -> dict[str, Any]:
         out["contents"] = contents
         out["content_ids"] = [item.id for item in found]
         out["num_items"] = sum(item.quantity for item in found)
-    order = event.get("transaction_id")
-    if (order.__class__ is str or order.__class__ is int) and order != "":
-        out["order_id"] = str(order)
-    search = event.get("search_term")
-    if search.__class__ is str and search:
+    order = conversions.order_id(event)
+    if order:
+        out["order_id"] = order
+    search = conversions.search_term(event)
+    if search:
         out["search_string"] = search
-    if configured.__class__ is dict and configured:
-        out.update({k: v for k, v in configured.items() if v is not None and v != ""})
+    conversions.add_configured(out, configured)
     return out

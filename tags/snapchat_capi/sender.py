@@ -22,15 +22,14 @@ from tagserver.toolkit.conversions import (
     VendorAnswer,
     install_token_log_filter,
     post_json,
+    refused_request,
 )
-from tagserver.toolkit.http import retry_after_seconds
 from tagserver.toolkit.redact import Redactor
 
 __all__ = ["API_URL", "SnapchatSender"]
 
 log = logging.getLogger("tagserver.tag.snapchat_capi")
 
-THROTTLE_FLOOR_SECONDS = 60.0
 API_URL = Setting(
     "snapchat_api_url",
     "https://tr.snapchat.com",
@@ -92,17 +91,11 @@ class SnapchatSender(TokenSender):
             else f"HTTP {status} from the Snapchat API: " + " ".join(response.text[:200].split())
         )
         error: dict[str, Any] = {"error": redact.text(text), "code": ",".join(codes)}
-        if status == 429:
-            header = retry_after_seconds(response.headers.get("retry-after")) or 0.0
-            floor = max(THROTTLE_FLOOR_SECONDS, header)
-            return VendorAnswer(Delivery("retry", retry_after=floor, **error, **common))
-        if status >= 500 or status == 408:
-            wait = retry_after_seconds(response.headers.get("retry-after"))
-            return VendorAnswer(Delivery("retry", retry_after=wait, **error, **common))
-        if status in (401, 403):
+
+        def on_auth() -> None:
             log.error(
                 "snapchat %s: the access token was refused (HTTP %d): create a new one in "
                 "Ads Manager → Business Settings", messages[0].destination, status,
             )  # fmt: skip
-            return VendorAnswer(Delivery("permanent", **error, **common))
-        return VendorAnswer(Delivery("permanent", **error, **common), bisect=len(messages) > 1)
+
+        return refused_request(response, error, common, batch=len(messages), on_auth=on_auth)

@@ -9,28 +9,18 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from tagserver import Event, Param, RequestContext
-from tagserver.toolkit import match
-from tagserver.toolkit.conversions import (
-    ConversionsTag,
-    MatchQuality,
-    Refusal,
-    Target,
-    text,
-    token_id,
-)
-from tagserver.toolkit.identity import CURRENCIES
+from tagserver import Param
+from tagserver.toolkit import conversions, match
 
 from .mapping import STANDARD_EVENTS, build
 from .sender import API_URL, SnapchatSender
 
 MAX_AGE_SECONDS = 7 * 86400  # Snap says 37 days, its own Segment code 7: keep to 7
-FUTURE_TOLERANCE_SECONDS = 60
 _PIXEL_ID = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 
-QUALITY = MatchQuality(
+QUALITY = conversions.MatchQuality(
     {"em": 3.0, "ph": 2.0, "sc_click_id": 1.5, "sc_cookie1": 1.5, "external_id": 1.0,
      "client_ip_address": 1.0, "client_user_agent": 1.0, "fn": 0.5, "ln": 0.5, "ge": 0.25,
      "ct": 0.25, "st": 0.25, "zp": 0.25, "country": 0.25},
@@ -39,7 +29,7 @@ QUALITY = MatchQuality(
 )  # fmt: skip
 
 
-class SnapchatCapiTag(ConversionsTag):
+class SnapchatCapiTag(conversions.ConversionsTag):
     type_name = "snapchat_capi"
     description = (
         "Snapchat Conversions API v3: normalized, hashed, checked, batched (1000 per request), "
@@ -68,17 +58,8 @@ class SnapchatCapiTag(ConversionsTag):
             '({"lead": "CUSTOM_EVENT_1"}); '
             "Snap accepts only its standard names and CUSTOM_EVENT_1…5.",
         ),
-        Param(
-            "default_phone_country",
-            "string",
-            description="Country for phone numbers without country code when the event has no "
-            "address country.",
-        ),
-        Param(
-            "custom_data",
-            "object",
-            description="Extra custom_data (values may use {{variables}}); wins over the event's.",
-        ),
+        conversions.DEFAULT_PHONE_COUNTRY,
+        conversions.CUSTOM_DATA,
         Param(
             "user_data",
             "object",
@@ -89,30 +70,24 @@ class SnapchatCapiTag(ConversionsTag):
     )
     identity_keys = match.ALL_KEYS
 
-    def build(
-        self, event: Event, params: dict[str, Any], request: RequestContext
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        return build(event, params, request)
-
-    def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
-        keys: dict[str, Any] = payload["user_data"]
-        return keys
+    build = staticmethod(build)
 
     def check(self, payload: dict[str, Any], now: float) -> None:
         check(payload, now)
 
-    def make_target(self, values: tuple[Any, ...]) -> Target:
-        pixel, token, test_code = (text(v) for v in values)
+    def make_target(self, values: tuple[Any, ...]) -> conversions.Target:
+        pixel, token, test_code = (conversions.text(v) for v in values)
         shown = {"test_event_code": test_code} if test_code else {}
         if pixel and not _PIXEL_ID.fullmatch(pixel):
-            return Target(problem=("bad_pixel_id", f"pixel_id {pixel[:40]!r} is not a UUID"))
+            return conversions.Target(
+                problem=("bad_pixel_id", f"pixel_id {pixel[:40]!r} is not a UUID")
+            )
         if not pixel or not token:
-            missing = " and ".join(n for n, v in (("pixel_id", pixel),
-                                                  ("access_token", token)) if not v)  # fmt: skip
-            return Target(missing=missing, shown=shown)
+            lacking = conversions.missing(("pixel_id", pixel), ("access_token", token))
+            return conversions.Target(missing=lacking, shown=shown)
         route = {"pixel_id": pixel, "access_token": token, **shown}
-        return Target(
-            destination=f"snapchat:{pixel}:{token_id(token)}:{test_code or '-'}",
+        return conversions.Target(
+            destination=f"snapchat:{pixel}:{conversions.token_id(token)}:{test_code or '-'}",
             route=route,
             shown=shown,
         )
@@ -122,38 +97,34 @@ def check(event: dict[str, Any], now: float) -> None:
     """Raise `Refusal` for what Snap refuses."""
     name = event["event_name"]
     if name not in STANDARD_EVENTS:
-        raise Refusal(
+        raise conversions.Refusal(
             "unknown_event_name",
             f"event_name {name[:60]!r} is not a Snap standard event: map it with "
             "event_name_map (custom events are CUSTOM_EVENT_1 … CUSTOM_EVENT_5)",
         )
-    if not event["event_id"]:
-        raise Refusal("no_event_id", "event_id is empty")
-    age = now - event["event_time"]
-    if age > MAX_AGE_SECONDS:
-        raise Refusal("too_old", f"event_time is {age / 86400:.1f} days old (limit 7 days)")
-    if age < -FUTURE_TOLERANCE_SECONDS:
-        raise Refusal("in_future", "event_time is in the future")
+    conversions.check_id_and_time(
+        event["event_id"], event["event_time"], now, max_age=MAX_AGE_SECONDS
+    )
     if not event.get("event_source_url"):
-        raise Refusal("no_page_url", "page_location is empty: Snap needs it for web events")
+        raise conversions.Refusal(
+            "no_page_url", "page_location is empty: Snap needs it for web events"
+        )
     user = event["user_data"]
     if (
         "em" not in user
         and "ph" not in user
         and not ("client_ip_address" in user and "client_user_agent" in user)
     ):
-        raise Refusal(
+        raise conversions.Refusal(
             "too_little_user_data",
             "Snap needs an email, a phone, or both the IP address and the user agent",
         )
     custom = event.get("custom_data") or {}
     value = custom.get("value")
-    if value is not None and (value.__class__ not in (int, float) or value != value):
-        raise Refusal("bad_value", f"value {str(value)[:30]!r} is not a number")
+    conversions.check_value(value)
     currency = custom.get("currency")
-    if currency is not None and currency not in CURRENCIES:
-        raise Refusal("bad_currency", f"currency {str(currency)[:10]!r} is not an ISO 4217 code")
+    conversions.check_currency(currency)
     if name == "PURCHASE" and (value is None or currency is None):
-        raise Refusal(
+        raise conversions.Refusal(
             "purchase_without_value", "Snap refuses a PURCHASE without value and currency"
         )

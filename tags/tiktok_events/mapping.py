@@ -15,8 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tagserver import Event, RequestContext
-from tagserver.toolkit import identity
-from tagserver.toolkit.conversions import click_id, event_time, items, number, raw_identity, total
+from tagserver.toolkit import conversions, identity
 
 __all__ = ["DEFAULT_EVENT_NAMES", "STANDARD_EVENTS", "build", "tiktok_event_name", "TTP_RE"]
 
@@ -49,11 +48,7 @@ _SPACES = str.maketrans("", "", " \t")
 
 def tiktok_event_name(name: str, custom: Any) -> str:
     """The tag's own map first, then the GA4/Meta → TikTok table, else the name unchanged."""
-    if custom.__class__ is dict and custom:
-        mapped = custom.get(name)
-        if isinstance(mapped, str) and mapped.strip():
-            return mapped.strip()
-    return DEFAULT_EVENT_NAMES.get(name, name)
+    return conversions.event_name(name, custom, DEFAULT_EVENT_NAMES)
 
 
 def _phone(text: str, region: str | None) -> str | None:
@@ -78,34 +73,32 @@ def _place(text: str, cc: str | None) -> str | None:
     return kept or None
 
 
-# shared key → TikTok key, its normalizer, hashed?
-_USER_KEYS: dict[str, tuple[str, Any, bool]] = {
-    "em": ("email", identity.NORMALIZERS["em"], True),
-    "ph": ("phone", _phone, True),
-    "external_id": ("external_id", identity.NORMALIZERS["external_id"], True),
-    "fn": ("first_name", _name, True),
-    "ln": ("last_name", _name, True),
-    "zp": ("zip_code", _zip, True),
-    "ct": ("city", _place, False),
-    "st": ("state", _place, False),
-    "country": ("country", identity.NORMALIZERS["country"], False),
+# shared key → how TikTok sends it (email, phone and external_id as lists)
+USER_KEYS = {
+    "em": conversions.UserKey("email", "em"),
+    "ph": conversions.UserKey("phone", _phone),
+    "external_id": conversions.UserKey("external_id", "external_id"),
+    "fn": conversions.UserKey("first_name", _name, many=False),
+    "ln": conversions.UserKey("last_name", _name, many=False),
+    "zp": conversions.UserKey("zip_code", _zip, many=False),
+    "ct": conversions.UserKey("city", _place, hashed=False, many=False),
+    "st": conversions.UserKey("state", _place, hashed=False, many=False),
+    "country": conversions.UserKey("country", "country", hashed=False, many=False),
 }
-_LIST_KEYS = frozenset({"email", "phone", "external_id"})
 
 
 def build(
-    event: Event, params: dict[str, Any], request: RequestContext
+    event: Event, params: dict[str, Any], request: RequestContext, hashes: conversions.Hashes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     dropped: dict[str, str] = {}
     name = tiktok_event_name(str(event.get("event_name") or ""), params.get("event_name_map"))
-    event_id = event.get("event_id") or request.derived_event_id(0)
     out: dict[str, Any] = {
         "event": name,
-        "event_time": event_time(event, request.received_at),
-        "event_id": str(event_id),
+        "event_time": conversions.event_time(event, request.received_at),
+        "event_id": conversions.event_id(event, request),
     }
-    out["user"] = _user(event, params, request, dropped)
-    properties = _properties(event, name, params.get("properties"))
+    out["user"] = _user(event, params, request, hashes, dropped)
+    properties = _properties(event, params.get("properties"))
     if properties:
         out["properties"] = properties
     page: dict[str, Any] = {}
@@ -126,45 +119,18 @@ def build(
 
 
 def _user(
-    event: Event, params: dict[str, Any], request: RequestContext, dropped: dict[str, str]
+    event: Event,
+    params: dict[str, Any],
+    request: RequestContext,
+    hashes: conversions.Hashes,
+    dropped: dict[str, str],
 ) -> dict[str, Any]:
-    raw = raw_identity(event, params.get("user_data"))
-    region = identity.NORMALIZERS["country"](raw.country.strip(), None) if raw.country else None
-    if region is None:
-        given = params.get("default_phone_country")
-        if given.__class__ is str and given.strip():
-            region = identity.NORMALIZERS["country"](given.strip(), None)
+    raw = conversions.raw_identity(event, params.get("user_data"), hashes.memo)
+    _, region = conversions.regions(raw, params)
     user: dict[str, Any] = {}
-    for key, values in raw.values.items():
-        spec = _USER_KEYS.get(key)
-        if spec is None:
-            continue
-        out_key, normalize, hashed = spec
-        found: list[str] = []
-        for value in values:
-            if value.__class__ is float and value.is_integer():
-                value = int(value)
-            if value.__class__ is int and not isinstance(value, bool):
-                value = str(value)
-            if value.__class__ is not str or not value.strip():
-                continue
-            text = value.strip()
-            context = region if key in ("ph", "zp") else None
-            result = (
-                identity.hash_with(normalize, text, context) if hashed else normalize(text, None)
-            )
-            if result and result not in found:
-                found.append(result)
-        if found:
-            user[out_key] = found if out_key in _LIST_KEYS else found[0]
-        else:
-            dropped[out_key] = "not usable after normalization"
-    ip = event.get("ip_override")
-    if ip.__class__ is str and ip:
-        user["ip"] = ip
-    agent = event.get("user_agent")
-    if agent.__class__ is str and agent:
-        user["user_agent"] = agent
+    # TikTok reads ZIPs, like phones, in the phone region; in the event's order of keys
+    conversions.add_user_keys(user, raw, USER_KEYS, raw.values, hashes, region, region, dropped)
+    conversions.add_client(user, event, "ip", "user_agent")
     ttclid = _ttclid(event, request)
     if ttclid:
         user["ttclid"] = ttclid
@@ -187,10 +153,10 @@ def _ttclid(event: Event, request: RequestContext) -> str | None:
     if given.__class__ is str and TTCLID_RE.fullmatch(given):
         return given
     location = event.get("page_location")
-    found = click_id(location, "ttclid")
+    found = conversions.click_id(location, "ttclid")
     if found is None:
         referrer = event.get("page_referrer")
-        found = click_id(referrer, "ttclid")
+        found = conversions.click_id(referrer, "ttclid")
         if found is not None and _host(referrer) != _host(location):
             found = None
     if found is None:
@@ -205,9 +171,9 @@ def _host(url: Any) -> str:
         return ""
 
 
-def _properties(event: Event, name: str, configured: Any) -> dict[str, Any]:
+def _properties(event: Event, configured: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    found = items(event)
+    found = conversions.items(event)
     if found:
         contents = []
         for item in found:
@@ -223,22 +189,17 @@ def _properties(event: Event, name: str, configured: Any) -> dict[str, Any]:
             contents.append(entry)
         out["contents"] = contents
         out["content_type"] = "product"
-    value = event.get("value")
-    if value.__class__ is str and value.strip():
-        value = number(value) if number(value) is not None else value
-    if value is None or value == "":
-        value = total(found)
+    value = conversions.amount(event, found)
     if value is not None:
         out["value"] = value
-    currency = event.get("currency")
-    if currency.__class__ is str and currency.strip():  # an empty currency is left out
-        out["currency"] = currency.strip().upper()
-    search = event.get("search_term")
-    if search.__class__ is str and search:
+    code = conversions.currency(event)
+    if code:  # an empty currency is left out
+        out["currency"] = code
+    search = conversions.search_term(event)
+    if search:
         out["query"] = search
-    order = event.get("transaction_id")
-    if (order.__class__ is str or order.__class__ is int) and order != "":
-        out["order_id"] = str(order)
-    if configured.__class__ is dict and configured:
-        out.update({k: v for k, v in configured.items() if v is not None and v != ""})
+    order = conversions.order_id(event)
+    if order:
+        out["order_id"] = order
+    conversions.add_configured(out, configured)
     return out

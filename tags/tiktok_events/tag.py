@@ -10,30 +10,20 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from tagserver import Event, Param, RequestContext
-from tagserver.toolkit import match
-from tagserver.toolkit.conversions import (
-    ConversionsTag,
-    MatchQuality,
-    Refusal,
-    Target,
-    text,
-    token_id,
-)
-from tagserver.toolkit.identity import CURRENCIES
+from tagserver import Param
+from tagserver.toolkit import conversions, match
 
 from .mapping import STANDARD_EVENTS, build
 from .sender import API_URL, TikTokSender
 
 DEFAULT_API_VERSION = "v1.3"
 MAX_AGE_SECONDS = 7 * 86400  # TikTok's own limit is unconfirmed: keep to Meta's 7 days
-FUTURE_TOLERANCE_SECONDS = 60
 _PIXEL_CODE = re.compile(r"[A-Za-z0-9]{8,40}")
 _API_VERSION = re.compile(r"v\d{1,2}\.\d{1,2}")
 _CUSTOM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,49}")
 _GTM_PREVIEW_HOST = "gtm-msr.appspot.com"
 
-QUALITY = MatchQuality(
+QUALITY = conversions.MatchQuality(
     {"email": 3.0, "phone": 2.0, "ttclid": 1.5, "ttp": 1.5, "external_id": 1.0, "ip": 1.0,
      "user_agent": 1.0, "first_name": 0.25, "last_name": 0.25, "zip_code": 0.25,
      "city": 0.25, "state": 0.25, "country": 0.25},
@@ -42,7 +32,7 @@ QUALITY = MatchQuality(
 )  # fmt: skip
 
 
-class TikTokEventsTag(ConversionsTag):
+class TikTokEventsTag(conversions.ConversionsTag):
     type_name = "tiktok_events"
     description = (
         "TikTok Events API 2.0: normalized, hashed, checked, batched (1000 per request), "
@@ -78,12 +68,7 @@ class TikTokEventsTag(ConversionsTag):
             "object",
             description='Event name → TikTok name, over the GA4 table ({"signup": "Lead"}).',
         ),
-        Param(
-            "default_phone_country",
-            "string",
-            description="Country for phone numbers without country code when the event has no "
-            "address country.",
-        ),
+        conversions.DEFAULT_PHONE_COUNTRY,
         Param(
             "limited_data_use",
             "boolean",
@@ -111,38 +96,31 @@ class TikTokEventsTag(ConversionsTag):
         "ln": "last_name", "zp": "zip_code", "ct": "city", "st": "state", "country": "country",
     }  # fmt: skip
 
-    def build(
-        self, event: Event, params: dict[str, Any], request: RequestContext
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        return build(event, params, request)
-
-    def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
-        keys: dict[str, Any] = payload["user"]
-        return keys
+    user_key = "user"
+    build = staticmethod(build)
 
     def check(self, payload: dict[str, Any], now: float) -> None:
         check(payload, now)
 
-    def make_target(self, values: tuple[Any, ...]) -> Target:
-        pixel, token, version, test_code, partner = (text(v) for v in values)
+    def make_target(self, values: tuple[Any, ...]) -> conversions.Target:
+        pixel, token, version, test_code, partner = (conversions.text(v) for v in values)
         version = version or DEFAULT_API_VERSION
         shown = {"event_source": "web", "event_source_id": pixel or "<pixel_code>"}
         shown.update({k: v for k, v in (("test_event_code", test_code),
                                         ("partner_name", partner)) if v})  # fmt: skip
         if pixel and not _PIXEL_CODE.fullmatch(pixel):
-            return Target(problem=("bad_pixel_code", f"pixel_code {pixel[:30]!r} is not a "
+            return conversions.Target(problem=("bad_pixel_code", f"pixel_code {pixel[:30]!r} is not a "
                                    "TikTok pixel code (letters and digits)"))  # fmt: skip
         if not _API_VERSION.fullmatch(version):
             reason = f"api_version {version[:20]!r} is not like {DEFAULT_API_VERSION}"
-            return Target(problem=("bad_api_version", reason))
+            return conversions.Target(problem=("bad_api_version", reason))
         if not pixel or not token:
-            missing = " and ".join(n for n, v in (("pixel_code", pixel),
-                                                  ("access_token", token)) if not v)  # fmt: skip
-            return Target(missing=missing, shown=shown)
+            lacking = conversions.missing(("pixel_code", pixel), ("access_token", token))
+            return conversions.Target(missing=lacking, shown=shown)
         route = {"pixel_code": pixel, "access_token": token, "api_version": version}
         route.update({k: v for k, v in shown.items() if k in ("test_event_code", "partner_name")})
-        return Target(
-            destination=f"tiktok:{pixel}:{token_id(token)}:{test_code or '-'}:{version}",
+        return conversions.Target(
+            destination=f"tiktok:{pixel}:{conversions.token_id(token)}:{test_code or '-'}:{version}",
             route=route,
             shown=shown,
         )
@@ -152,35 +130,33 @@ def check(event: dict[str, Any], now: float) -> None:
     """Raise `Refusal` for what TikTok refuses (or tagserver keeps from it)."""
     name = event["event"]
     if not name:
-        raise Refusal("no_event_name", "event name is empty")
+        raise conversions.Refusal("no_event_name", "event name is empty")
     if name not in STANDARD_EVENTS and not _CUSTOM_NAME.fullmatch(name):
-        raise Refusal(
+        raise conversions.Refusal(
             "bad_custom_name",
             f"custom event name {name[:60]!r}: TikTok wants at most 50 letters, digits, _ or -, "
             "starting with a letter (map it with event_name_map)",
         )
-    if not event["event_id"]:
-        raise Refusal("no_event_id", "event_id is empty")
-    age = now - event["event_time"]
-    if age > MAX_AGE_SECONDS:
-        raise Refusal("too_old", f"event_time is {age / 86400:.1f} days old (limit 7 days)")
-    if age < -FUTURE_TOLERANCE_SECONDS:
-        raise Refusal("in_future", "event_time is in the future")
+    conversions.check_id_and_time(
+        event["event_id"], event["event_time"], now, max_age=MAX_AGE_SECONDS
+    )
     url = (event.get("page") or {}).get("url")
     if not url:
-        raise Refusal("no_page_url", "page_location is empty: TikTok needs the page URL")
+        raise conversions.Refusal(
+            "no_page_url", "page_location is empty: TikTok needs the page URL"
+        )
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
         host = ""
     if host == _GTM_PREVIEW_HOST:
-        raise Refusal("gtm_preview_host", f"page URL on {_GTM_PREVIEW_HOST} (Tag Assistant)")
+        raise conversions.Refusal(
+            "gtm_preview_host", f"page URL on {_GTM_PREVIEW_HOST} (Tag Assistant)"
+        )
     props = event.get("properties") or {}
-    value = props.get("value")
-    if value is not None and (value.__class__ not in (int, float) or value != value):
-        raise Refusal("bad_value", f"value {str(value)[:30]!r} is not a number")
-    currency = props.get("currency")
-    if currency is not None and currency not in CURRENCIES:
-        raise Refusal("bad_currency", f"currency {str(currency)[:10]!r} is not an ISO 4217 code")
+    conversions.check_value(props.get("value"))
+    conversions.check_currency(props.get("currency"))
     if not event["user"]:
-        raise Refusal("no_user_data", "no customer information, IP or user agent to match")
+        raise conversions.Refusal(
+            "no_user_data", "no customer information, IP or user agent to match"
+        )

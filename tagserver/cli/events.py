@@ -101,7 +101,8 @@ def import_events(
         raise click.ClickException(str(exc)) from None
     registry = load_registry()
     try:
-        runtime = Runtime(load_file(settings.container, registry, settings), settings)
+        loaded = load_file(settings.container, registry, settings)
+        runtime = Runtime(loaded, settings, show_dry_runs=dry_run)  # a dry run shows payloads
     except ContainerError as exc:
         problems = "\n".join(f"  {p}" for p in exc.problems)
         raise click.ClickException(f"{settings.container} is invalid:\n{problems}") from None

@@ -161,9 +161,14 @@ def consent_decision(tag: CompiledTag, event: Event, strict: bool) -> str | None
 class Runtime:
     """Runs events through one container. Swapped as a whole when the container reloads."""
 
-    def __init__(self, container: Container, settings: Settings) -> None:
+    def __init__(
+        self, container: Container, settings: Settings, *, show_dry_runs: bool = False
+    ) -> None:
         self.container = container
         self.settings = settings
+        # a dry run's payload is built only for a previewed (traced) hit, or when asked (a
+        # dry-run import shows what it would send): nobody else sees it
+        self.show_dry_runs = show_dry_runs
         self.redact = Redactor(container.secrets)
         self._redactors: dict[tuple[str, ...], Redactor] = {}
         self.strict = container.consent_mode == "strict"
@@ -184,10 +189,11 @@ class Runtime:
         trace_id: str | None = None,
     ) -> EventResult:
         scope = Scope(event, request, self.container.variables, client_name)
+        memo: dict[Any, Any] = {}  # shared by the event's tags (FireContext.memo)
         if trace or not self._indexed:
             results = []
             for tag in self.container.tags:
-                result = self._decide(tag, event, scope, request, trace, trace_id)
+                result = self._decide(tag, event, scope, request, trace, trace_id, memo)
                 metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
                 results.append(result)
         else:
@@ -195,7 +201,7 @@ class Runtime:
             results = list(plan.results)  # type: ignore[arg-type]  # its Nones: the live tags' places, each filled below
             tags = self.container.tags
             for index in plan.live:
-                result = self._decide(tags[index], event, scope, request, trace, trace_id)
+                result = self._decide(tags[index], event, scope, request, trace, trace_id, memo)
                 metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
                 results[index] = result
             if plan.counted:
@@ -228,6 +234,7 @@ class Runtime:
         request: RequestContext,
         trace: bool,
         trace_id: str | None,
+        memo: dict[Any, Any],
     ) -> TagResult:
         if tag.paused:
             return TagResult(tag.name, tag.type, "paused", "tag is paused")
@@ -260,7 +267,7 @@ class Runtime:
                 return TagResult(
                     tag.name, tag.type, "blocked", f"blocked by trigger {trigger.name!r}", checks
                 )
-        return self._fire(tag, firing, checks, event, scope, request, trace, trace_id)
+        return self._fire(tag, firing, checks, event, scope, request, trace, trace_id, memo)
 
     def _fire(
         self,
@@ -272,6 +279,7 @@ class Runtime:
         request: RequestContext,
         trace: bool,
         trace_id: str | None,
+        memo: dict[Any, Any],
     ) -> TagResult:
         if tag.consent:
             denied = consent_decision(tag, event, self.strict)
@@ -280,7 +288,8 @@ class Runtime:
 
         started = time.perf_counter() if trace else 0.0
         redact = self.redact  # the container's secrets, and this event's secret params
-        ctx = FireContext(request, self.settings, tag.name, {}, redact)
+        shows = trace or self.show_dry_runs
+        ctx = FireContext(request, self.settings, tag.name, {}, redact, None, None, shows, memo)
         status: TagStatus = "fired"
         reason = firing.fired_reason
         params: dict[str, Any] = {}

@@ -16,7 +16,8 @@ may move. Import the submodule and use its names:
 - `identity` customer data normalized and SHA-256 hashed (email, phone, names, address, ids),
              one set of rules for every conversions tag; hashes pass through
 - `conversions` what a conversions-API tag needs: `ConversionsTag`, refusals, match quality,
-             reading GA4 items and click ids, isolating refused events in a batch
+             user data hashed once per event for every tag (`Hashes`), reading GA4 items,
+             click ids and the event's common parts, isolating refused events in a batch
 - `match`    keys an event lacks, from the visitor's encrypted identity cookie and from
              geography (`enrich`), the report of what each event gained (`report`), and
              keeping what a visitor gave (`remember_identity`, for browser clients)

@@ -4,25 +4,32 @@
   `fire` so it never reaches the outbox (the reason shows in the events-API answer, preview
   and the log, and counts in `tagserver_tag_refused_total{tag_type, reason}`).
 - `raw_identity(event)`: the person's raw match keys from sGTM's common event data, by the
-  short names the vendors share (`em`, `ph`, `fn` ...), each a list; hash them with
-  `tagserver.toolkit.identity`.
+  short names the vendors share (`em`, `ph`, `fn` ...), each a list; `regions` gives the
+  address country and the phone region they are read with.
+- `Hashes` / `UserKey` / `add_user_keys`: those keys normalized and hashed by the shared rules
+  of `tagserver.toolkit.identity` or a vendor's own, each value once per event for every tag
+  of it (the memo is the event's `FireContext.memo`); `add_client` adds IP and user agent.
+- `event_id`, `event_time`, `event_name`, `server_event`, `currency`, `amount`, `order_id`, `search_term`,
+  `add_configured`: the parts of an event every vendor reads alike.
 - `items(event)` / `total(items)`: GA4 items read once, with numbers made numbers.
 - `click_id(url, name)`: a click id of the page URL, exactly as given.
+- `check_id_and_time`, `check_value`, `check_currency`: the refusals vendors share.
 - `MatchQuality`: a local 0–10 estimate from the keys an event carries, with weights per vendor.
 - `isolate(batch, post)`: sends a batch, and when the vendor refuses the whole request for one
   bad event, halves it until each refused event stands alone (bounded in requests).
-- `VendorAnswer` / `http_failure`: the verdict of one vendor request.
+- `VendorAnswer` / `post_json` / `refused_request`: one vendor request and its verdict.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
@@ -30,26 +37,47 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from .. import metrics
-from ..delivery.http_outcomes import elapsed_ms
+from ..delivery.http_outcomes import elapsed_ms, retry_after_seconds
 from ..event import Event, RequestContext
 from ..plugins import (
     Delivery,
     FireContext,
     Message,
     Outgoing,
+    Param,
     Sender,
     StartupParams,
     Tag,
     TagRejected,
 )
 from ..redact import Redactor
-from . import match
+from . import identity, match
 
 __all__ = [
     "TokenSender",
     "Refusal",
     "refused",
     "raw_identity",
+    "regions",
+    "Hashes",
+    "UserKey",
+    "add_user_keys",
+    "add_client",
+    "UNHASHED",
+    "event_id",
+    "event_name",
+    "server_event",
+    "currency",
+    "amount",
+    "order_id",
+    "search_term",
+    "add_configured",
+    "check_id_and_time",
+    "check_value",
+    "check_currency",
+    "missing",
+    "DEFAULT_PHONE_COUNTRY",
+    "CUSTOM_DATA",
     "Item",
     "items",
     "total",
@@ -66,6 +94,7 @@ __all__ = [
     "text",
     "token_id",
     "install_token_log_filter",
+    "refused_request",
 ]
 
 MAX_REQUESTS_PER_SEND = 64  # bound on the requests one batch may take while isolating events
@@ -110,6 +139,46 @@ def refused(tag_type: str, refusal: Refusal) -> None:
     metrics.labelled(metrics.TAG_REFUSED, tag_type, refusal.code).inc()
 
 
+def check_id_and_time(
+    event_id: str, event_time: float, now: float, *, max_age: int = 7 * 86400, future: int = 60
+) -> None:
+    """Refuse an event without id, older than `max_age` or more than `future` seconds ahead."""
+    if not event_id:
+        raise Refusal("no_event_id", "event_id is empty")
+    age = now - event_time
+    if age > max_age:
+        limit = f"{max_age / 86400:g} days"
+        raise Refusal("too_old", f"event_time is {age / 86400:.1f} days old (limit {limit})")
+    if age < -future:
+        raise Refusal("in_future", "event_time is in the future")
+
+
+def check_value(value: Any) -> None:
+    """Refuse a `value` that is there but not a number."""
+    if value is not None and (value.__class__ not in (int, float) or value != value):
+        raise Refusal("bad_value", f"value {str(value)[:30]!r} is not a number")
+
+
+def check_currency(code: Any) -> None:
+    """Refuse a `currency` that is there but not an ISO 4217 code."""
+    if code is not None and code not in identity.CURRENCIES:
+        raise Refusal("bad_currency", f"currency {str(code)[:10]!r} is not an ISO 4217 code")
+
+
+# params several conversions tags declare alike
+DEFAULT_PHONE_COUNTRY = Param(
+    "default_phone_country",
+    "string",
+    description="Country for phone numbers without country code when the event has no "
+    "address country.",
+)
+CUSTOM_DATA = Param(
+    "custom_data",
+    "object",
+    description="Extra custom_data (values may use {{variables}}); wins over the event's.",
+)
+
+
 # -- reading the event -----------------------------------------------------------------------------
 
 # key, sGTM user_data fields in order of preference (the sha256_* forms pass through hashing)
@@ -135,10 +204,26 @@ class RawIdentity(NamedTuple):
     country: str | None  # the first address's country as given (phone and ZIP rules need it)
 
 
-def raw_identity(event: Event, configured: Any = None) -> RawIdentity:
+def raw_identity(
+    event: Event, configured: Any = None, memo: dict[Any, Any] | None = None
+) -> RawIdentity:
     """Raw match keys: the tag's `user_data` param (by short key) first, then sGTM's
     `user_data` (email_address, phone_number, gender, date_of_birth, address{…} — one or a
-    list — and their sha256_* forms), `user_id` for external_id."""
+    list — and their sha256_* forms), `user_id` for external_id. With the event's `memo`
+    (`FireContext.memo`) the tags that read the same event alike share one reading (read-only:
+    never change its lists)."""
+    if memo is None:
+        return _raw_identity(event, configured)
+    seen = memo.get("conversions.raw_identity")
+    if seen is not None and seen[0] is event and seen[1] is configured:
+        found: RawIdentity = seen[2]
+        return found
+    found = _raw_identity(event, configured)
+    memo["conversions.raw_identity"] = (event, configured, found)  # holds `event`: no id reuse
+    return found
+
+
+def _raw_identity(event: Event, configured: Any) -> RawIdentity:
     out: dict[str, list[Any]] = {}
     country: str | None = None
     if configured.__class__ is dict and configured:
@@ -182,6 +267,205 @@ def raw_identity(event: Event, configured: Any = None) -> RawIdentity:
                         out.setdefault(key, []).append(value)
                         break
     return RawIdentity(out, country)
+
+
+def regions(raw: RawIdentity, params: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(address country, phone region), ISO codes in lowercase: a phone number without its
+    country code is read in the address country, else the tag's `default_phone_country`."""
+    country = identity.NORMALIZERS["country"]
+    cc = country(raw.country.strip(), None) if raw.country else None
+    region = cc
+    given = params.get("default_phone_country")
+    if region is None and given.__class__ is str and given.strip():
+        region = country(given.strip(), None)
+    return cc, region
+
+
+Rule = Callable[[str, "str | None"], "str | None"]  # a normalizer: (stripped text, country)
+UNHASHED = "(not hashed: a dry run nobody sees)"
+# the shared rules that do not read the country: one memo entry for every tag's value
+_CONTEXT_FREE = frozenset({"em", "fn", "ln", "ge", "db", "ct", "country", "external_id"})
+_MISSING: Any = object()
+_sha256 = hashlib.sha256
+
+
+class Hashes:
+    """User data normalized and SHA-256 hashed, each value once per event for every tag of the
+    event that follows the same rule: `memo` is the event's `FireContext.memo`.
+
+    With `digest=False` (a dry run whose payload nobody sees) a value is only normalized, to
+    decide whether the key is kept, and stands as `UNHASHED`: such a payload is never shown
+    or sent."""
+
+    __slots__ = ("_done", "digest", "memo")
+
+    def __init__(self, memo: dict[Any, Any] | None = None, *, digest: bool = True) -> None:
+        self.memo = {} if memo is None else memo
+        done = self.memo.get("conversions.hashes")
+        if done is None:
+            done = self.memo["conversions.hashes"] = {}
+        self._done: dict[tuple[Any, str, str | None], str | None] = done
+        self.digest = digest
+
+    def hash(self, rule: str | Rule, text: str, context: str | None = None) -> str | None:
+        """SHA-256 of stripped, non-empty `text` normalized by `rule`: a key of the shared rules
+        (`identity.NORMALIZERS`: "em", "ph" ...) or a vendor's own normalizer; a SHA-256
+        passes through lowercased; None when the value is unusable. `context` is the phone
+        region for "ph", the address country for "st" and "zp"."""
+        if rule in identity.REMEMBERED_KEYS:  # identity keeps these across events already
+            return identity.hash_text(rule, text, context)
+        key = (rule, text, None if rule in _CONTEXT_FREE else context)
+        found = self._done.get(key, _MISSING)
+        if found is _MISSING or (found is UNHASHED and self.digest):
+            # what `identity.hash_with` does, without its call: this runs for every value
+            if len(text) == 64 and identity.is_hashed(text):
+                found = text.lower()
+            else:
+                normalize = identity.NORMALIZERS[rule] if isinstance(rule, str) else rule
+                normalized = normalize(text, key[2])
+                if not normalized:
+                    found = None
+                elif self.digest:
+                    found = _sha256(normalized.encode()).hexdigest()
+                else:
+                    found = UNHASHED
+            self._done[key] = found
+        return found  # type: ignore[no-any-return]  # a str or None, as stored
+
+
+class UserKey(NamedTuple):
+    """How a vendor sends one shared match key (`em`, `ph` ...)."""
+
+    name: str  # the vendor's name for it
+    rule: str | Rule  # the shared rule's key in `identity.NORMALIZERS`, or the vendor's own
+    hashed: bool = True  # False: sent normalized, in clear
+    many: bool = True  # a list of values; False: the first one
+
+
+def add_user_keys(
+    user: dict[str, Any],
+    raw: RawIdentity,
+    keys: dict[str, UserKey],
+    order: Iterable[str],
+    hashes: Hashes,
+    country: str | None,
+    phone_region: str | None,
+    dropped: dict[str, str],
+) -> None:
+    """Each raw match key of `keys` that the event has, in `order`, normalized (and hashed)
+    into `user` under the vendor's name; a key none of whose values survives is `dropped`."""
+    values = raw.values
+    for key in order:
+        spec = keys.get(key)
+        given = values.get(key)
+        if spec is None or not given:
+            continue
+        context = phone_region if key == "ph" else country
+        found: list[str] = []
+        for value in given:
+            if value.__class__ is not str:  # a number: phones, ZIPs, ids (42.0 counts as 42)
+                if value.__class__ is float and value.is_integer():
+                    value = int(value)
+                if value.__class__ is not int:
+                    continue
+                value = str(value)
+            text = value.strip()
+            if not text:
+                continue
+            if spec.hashed:
+                result = hashes.hash(spec.rule, text, context)
+            else:
+                rule = spec.rule
+                result = (identity.NORMALIZERS[rule] if isinstance(rule, str) else rule)(text, None)
+            if result and result not in found:
+                found.append(result)
+        if found:
+            user[spec.name] = found if spec.many else found[0]
+        else:
+            dropped[spec.name] = "not usable after normalization"
+
+
+def add_client(user: dict[str, Any], event: Event, ip_key: str, agent_key: str) -> None:
+    """The visitor's IP address and user agent, sent as given (never hashed)."""
+    ip = event.get("ip_override")
+    if ip.__class__ is str and ip:
+        user[ip_key] = ip
+    agent = event.get("user_agent")
+    if agent.__class__ is str and agent:
+        user[agent_key] = agent
+
+
+# -- the event's other parts -----------------------------------------------------------------
+
+
+def event_id(event: Event, request: RequestContext) -> str:
+    """The event's id, else one derived from the hit (the same for a resent hit)."""
+    return str(event.get("event_id") or request.derived_event_id(0))
+
+
+def server_event(
+    name: str, action_source: str, event: Event, request: RequestContext
+) -> dict[str, Any]:
+    """The head of a server event as Pinterest and Snapchat order it: `event_name`,
+    `action_source`, `event_time`, `event_id`, then the page URL as `event_source_url`."""
+    out: dict[str, Any] = {
+        "event_name": name,
+        "action_source": action_source,
+        "event_time": event_time(event, request.received_at),
+        "event_id": event_id(event, request),
+    }
+    location = event.get("page_location")
+    if location.__class__ is str and location:
+        out["event_source_url"] = location
+    return out
+
+
+def event_name(name: str, custom: Any, table: dict[str, str]) -> str:
+    """The tag's own `event_name_map` first, then the vendor's `table`, else `name`."""
+    if custom.__class__ is dict and custom:
+        mapped = custom.get(name)
+        if isinstance(mapped, str) and mapped.strip():
+            return mapped.strip()
+    return table.get(name, name)
+
+
+def currency(event: Event) -> str | None:
+    """The event's `currency`, trimmed and uppercase (checked by `check_currency`)."""
+    found = event.get("currency")
+    if found.__class__ is str:
+        found = found.strip()
+        if found:
+            return found.upper()
+    return None
+
+
+def amount(event: Event, found: list[Item]) -> Any:
+    """The event's `value` (numeric text made a number), else the items' total; None when
+    neither; anything else as given (`check_value` refuses it)."""
+    value = event.get("value")
+    if value is None or value == "":
+        return total(found)
+    as_number = number(value)
+    return value if as_number is None else as_number
+
+
+def order_id(event: Event) -> str | None:
+    order = event.get("transaction_id")
+    if (order.__class__ is str or order.__class__ is int) and order != "":
+        return str(order)
+    return None
+
+
+def search_term(event: Event) -> str | None:
+    search = event.get("search_term")
+    return search if search.__class__ is str and search else None
+
+
+def add_configured(out: dict[str, Any], configured: Any) -> None:
+    """The tag's own values (a `custom_data` or `properties` param) over the event's; empty
+    ones are left out."""
+    if configured.__class__ is dict and configured:
+        out.update({k: v for k, v in configured.items() if v is not None and v != ""})
 
 
 class Item(NamedTuple):
@@ -383,6 +667,34 @@ async def isolate(
     return [r if r is not None else Delivery("retry", error="not sent") for r in results]
 
 
+THROTTLE_FLOOR_SECONDS = 60.0  # a vendor's 429 waits at least this long
+
+
+def refused_request(
+    response: httpx.Response,
+    error: dict[str, Any],
+    common: dict[str, Any],
+    *,
+    batch: int,
+    on_auth: Callable[[], None],
+) -> VendorAnswer:
+    """The verdict of a vendor's error answer that is not per event: 429 waits at least a
+    minute (or its Retry-After), 5xx and 408 are retried, 401/403 (the token) are never
+    retried and `on_auth` says so in the log, anything else refuses the batch, halved to find
+    the refused event when it holds several. `error` and `common` are `Delivery` fields."""
+    status = response.status_code
+    wait = retry_after_seconds(response.headers.get("retry-after"))
+    if status == 429:
+        floor = max(THROTTLE_FLOOR_SECONDS, wait or 0.0)
+        return VendorAnswer(Delivery("retry", retry_after=floor, **error, **common))
+    if status >= 500 or status == 408:
+        return VendorAnswer(Delivery("retry", retry_after=wait, **error, **common))
+    if status in (401, 403):
+        on_auth()
+        return VendorAnswer(Delivery("permanent", **error, **common))
+    return VendorAnswer(Delivery("permanent", **error, **common), bisect=batch > 1)
+
+
 class TokenSender(Sender):
     """A conversions-API sender whose route carries an `access_token`: each request of a batch
     is made by `_post`, events the vendor refuses are isolated (`isolate`), and the token is
@@ -475,9 +787,11 @@ class ConversionsTag(Tag):
     """A conversions-API tag: build the vendor event (PII hashed) → estimate match quality →
     refuse what the vendor would refuse → an `Outgoing`, or a dry run that shows the exact
     body in preview while the credentials are missing. Subclasses give `build`, `check`,
-    `make_target` and the names of the params that decide the target."""
+    `make_target`, the names of the params that decide the target and where the payload
+    keeps its match keys (`user_key`)."""
 
     target_params: ClassVar[tuple[str, ...]] = ()
+    user_key: ClassVar[str] = "user_data"
     quality: ClassVar[MatchQuality]
     # match keys the identity cookie may fill (its hashes follow the shared rules of
     # `identity`; leave out a key the vendor normalizes differently), and the vendor's name
@@ -491,16 +805,20 @@ class ConversionsTag(Tag):
         super().__init__(name, static_params, settings)
         self._targets: dict[tuple[Any, ...], Target] = {}
         self._log = logging.getLogger(f"tagserver.tag.{self.type_name}")
-        self._observe = metrics.labelled(metrics.MATCH_QUALITY, self.type_name).observe
+        # counted like the hit latency, without prometheus-client's lock per call (`metrics`)
+        child = metrics.labelled(metrics.MATCH_QUALITY, self.type_name)
+        self._observe = functools.partial(metrics.observe, child)
 
     def build(
-        self, event: Event, params: dict[str, Any], request: RequestContext
+        self, event: Event, params: dict[str, Any], request: RequestContext, hashes: Hashes
     ) -> tuple[dict[str, Any], dict[str, str]]:
-        """The vendor event and what could not be used (key → why, never the value)."""
+        """The vendor event and what could not be used (key → why, never the value); user data
+        hashed with `hashes`."""
         raise NotImplementedError
 
     def match_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        keys: dict[str, Any] = payload[self.user_key]
+        return keys
 
     def check(self, payload: dict[str, Any], now: float) -> None:
         """Raise `Refusal` when the vendor would refuse `payload`."""
@@ -528,7 +846,10 @@ class ConversionsTag(Tag):
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         event, gain = match.enrich(event, params, ctx.request, self.identity_keys)
-        payload, dropped = self.build(event, params, ctx.request)
+        target = self._target(params)
+        # a dry run nobody sees decides the same (checks, match keys) without hashing
+        hashes = Hashes(ctx.memo, digest=target.route is not None or ctx.shows_dry_runs)
+        payload, dropped = self.build(event, params, ctx.request, hashes)
         quality = self.quality.assess(self.match_keys(payload))
         ctx.report_match(
             match.report(
@@ -545,7 +866,6 @@ class ConversionsTag(Tag):
         name, event_id = payload.get("event_name") or payload.get("event"), payload["event_id"]
         try:
             self.check(payload, time.time())
-            target = self._target(params)
             if target.problem is not None:
                 raise Refusal(*target.problem)
         except Refusal as refusal:
@@ -556,8 +876,8 @@ class ConversionsTag(Tag):
             raise
         self._observe(quality.score)
         if target.route is None:
-            reason = f"no {target.missing}, so nothing is sent"
-            ctx.dry_run(self.dry_run_body(payload, target), reason)
+            body = self.dry_run_body(payload, target) if ctx.shows_dry_runs else None
+            ctx.dry_run(body, f"no {target.missing}, so nothing is sent")
             return []
         return [
             Outgoing(
@@ -587,6 +907,11 @@ class ConversionsTag(Tag):
                 self._targets.clear()
             target = self._targets[key] = self.make_target(key)
         return target
+
+
+def missing(*params: tuple[str, str]) -> str:
+    """The names of the empty ones of (name, value) pairs: "pixel_id and access_token"."""
+    return " and ".join(name for name, value in params if not value)
 
 
 def text(value: Any) -> str:

@@ -36,6 +36,7 @@ from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata
 
 __all__ = [
     "HASHED_KEYS",
+    "REMEMBERED_KEYS",
     "sha256",
     "is_hashed",
     "hash_value",
@@ -541,7 +542,8 @@ def hash_with(
 # Gender, country, state and city take few distinct values and say little about a person on
 # their own, so their hashes are remembered (bounded); emails, phones, names, birth dates,
 # postal codes and ids are never kept: no raw personal data outlives the event in memory.
-_MEMO_KEYS = frozenset({"ge", "country", "st", "ct"})
+REMEMBERED_KEYS = frozenset({"ge", "country", "st", "ct"})
+_MEMO_KEYS = REMEMBERED_KEYS
 _MEMO: dict[tuple[str, str, str | None], str | None] = {}
 _MEMO_MAX = 50_000
 _sha256 = hashlib.sha256  # OpenSSL's; CPython's private _sha2 was no faster here (0.33 vs 0.31 us)
