@@ -751,13 +751,17 @@ class PgOutbox:
         lease = self.settings.outbox_lease_seconds
 
         async def work(conn: Conn) -> Claim:
-            rows = await conn.fetch(CLAIM, destination_id, limit, worker, lease)
-            next_due = await conn.fetchval(
-                f"SELECT min(next_attempt_at) FROM {M} WHERE destination_id = $1", destination_id
-            )
-            key, route, secrets = (
-                await self._route(conn, destination_id) if rows else ("", None, ())
-            )
+            # One transaction: a claim that fails half way (a timeout, a connection lost after
+            # the UPDATE) must not leave messages leased to a claim nobody holds.
+            async with conn.transaction():
+                rows = await conn.fetch(CLAIM, destination_id, limit, worker, lease)
+                next_due = await conn.fetchval(
+                    f"SELECT min(next_attempt_at) FROM {M} WHERE destination_id = $1",
+                    destination_id,
+                )
+                key, route, secrets = (
+                    await self._route(conn, destination_id) if rows else ("", None, ())
+                )
             claim = Claim(route=route, messages=[], next_due=next_due, secrets=secrets)
             for r in sorted(rows, key=lambda r: r[0]):
                 mid, payload, dedup_id, attempts, created, deadline, trace_id, tag_name = r
