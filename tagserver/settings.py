@@ -85,6 +85,12 @@ class Settings:
     container: str = setting("container.json", "Path of the container file (hot-reloaded).")
     data_dir: str = setting("data", "Directory for the outbox, preview store and secret key.")
     reload_interval: float = setting(1.0, "Seconds between checks of the container file.")
+    keep_alive_seconds: float = setting(
+        75.0,
+        "How long an idle HTTP connection stays open. Longer than a reverse proxy's own idle "
+        "timeout (nginx's 60 s): else the proxy may send a hit on a connection the server is "
+        "closing, and the hit fails.",
+    )
     access_log: bool = setting(False, "Per-request access log (costs throughput).")
     log_level: str = setting("info", "Log level: debug, info, warning, error.")
     trusted_proxies: str = setting(

@@ -156,6 +156,7 @@ def serve(**flags: object) -> None:
         proxy_headers=False,  # tagserver applies its own trusted-proxy rules
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        timeout_keep_alive=max(1, round(settings.keep_alive_seconds)),
     )
     logging.getLogger("tagserver").info("listening on %s", serving.base_url(settings))
     serving.record(settings)
