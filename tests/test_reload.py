@@ -5,7 +5,11 @@ import os
 import time
 
 import httpx
-from support import ServerProcess, minimal_container, wait_until
+from starlette.testclient import TestClient
+from support import NO_GA4, NO_VENDOR, ServerProcess, minimal_container, wait_until, write_container
+
+from tagserver.settings import Settings
+from tagserver.web.app import create_app
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -56,3 +60,21 @@ def test_serve_refuses_to_start_with_invalid_container(tmp_path):
     else:
         server.stop()
         raise AssertionError("server started with an invalid container")
+
+
+def test_a_change_made_while_the_server_starts_is_not_missed(tmp_path):
+    """Between reading the container and starting its watcher a worker does much else (the
+    outbox, the dispatcher); a change made meanwhile must be picked up like any other."""
+    path = write_container(tmp_path, minimal_container(version="1"))
+    settings = Settings.from_env(
+        {}, container=str(path), data_dir=str(tmp_path / "data"), api_keys="test-key",
+        reload_interval=0.1, ga4_collect_url=NO_GA4, meta_graph_url=NO_VENDOR,
+    )  # fmt: skip
+    app = create_app(settings)  # version 1 read, the server not started yet
+    rewrite(path, minimal_container(version="2"))
+    with TestClient(app, base_url="http://sgtm.shop.test") as client:
+        version = wait_until(
+            lambda: (v := client.get("/healthz").json()["container"]["version"]) == "2" and v,
+            timeout=10,
+        )
+    assert version == "2"

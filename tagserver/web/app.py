@@ -46,7 +46,7 @@ from ..preview.routes import Server, preview_routes
 from ..redact import Redactor
 from ..settings import ROOT_PATH_SCOPE_KEY, Settings
 from .exposition import metrics_endpoint
-from .reload import ContainerWatcher, remember
+from .reload import ContainerWatcher, remember, signature
 from .status import Running, StatusBoard
 
 log = logging.getLogger("tagserver")
@@ -491,6 +491,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     for error in registry.errors:
         log.error("plugin not loaded: %s", error)
     settings.declare(registry.declared_settings())  # raises SettingsError on a bad value
+    loaded_as = signature(settings.container)  # before reading: a change from now on counts
     container = load_file(settings.container, registry, settings)
     history = _open_history(settings)
     remember(history, container, settings.container)
@@ -533,6 +534,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             on_refused=lambda digest, path, problems: alerts.reload_refused(
                 digest, path, [state.redact.text(p) for p in problems]
             ),
+            seen=loaded_as,
         )  # fmt: skip
         state.background.append(asyncio.create_task(watcher.run(), name="container-watcher"))
         log.info(

@@ -65,6 +65,18 @@ def remember_refusal(
         log.warning("container history not written: %s: %s", type(exc).__name__, exc)
 
 
+Signature = tuple[int, int, int]
+
+
+def signature(path: str) -> Signature | None:
+    """What tells a changed file: modification time, size and inode (None: no file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 class ContainerWatcher:
     def __init__(
         self,
@@ -74,27 +86,23 @@ class ContainerWatcher:
         history: History | None = None,
         *,
         on_refused: Callable[[str, str, list[str]], None] | None = None,
+        seen: Signature | None = None,
     ) -> None:
+        """`seen`: the file's `signature` taken before the running container was read from it
+        (else now): a change made while the server was starting is then noticed too."""
         self.settings = settings
         self.on_refused = on_refused  # (hash, path, problems): the webhook alert
         self.registry = registry
         self.state = state
         self.history = history
-        self._seen = self._signature()
-
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.settings.container)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        self._seen = seen if seen is not None else signature(settings.container)
 
     def check(self) -> bool:
         """Reload if the file changed; True when a new container was swapped in."""
-        signature = self._signature()
-        if signature is None or signature == self._seen:
+        signature_now = signature(self.settings.container)
+        if signature_now is None or signature_now == self._seen:
             return False
-        self._seen = signature
+        self._seen = signature_now
         path = self.settings.container
         try:
             raw = Path(path).read_bytes()
