@@ -645,10 +645,7 @@ class PgOutbox:
 
     def _refusal(self, incoming: int) -> Unavailable | None:
         """The 503 for `incoming` more messages while the shared outbox is full."""
-        full = over_limit(self.pending + self._queued_rows, incoming, self.settings)
-        if full is not None:
-            return full
-        return None
+        return over_limit(self.pending + self._queued_rows, incoming, self.settings)
 
     async def _commit_loop(self) -> None:
         """One commit at a time; what arrives meanwhile goes into the next one."""
