@@ -234,16 +234,32 @@ def report(
     event_name: str,
 ) -> MatchReport:
     """Where each of the tag's match `keys` came from (`names`: shared key → the tag's name
-    for it) and the score with the event's own keys; `score` scores a dict of keys."""
-    sources = dict.fromkeys(keys, EVENT)
+    for it) and the score with the event's own keys; `score` scores a dict of keys.
+
+    Reports are read-only: when nothing was added, the one report for these keys, score and
+    name is shared by every event that has them (they recur event after event)."""
     if not gain.added:
-        return MatchReport(sources, after, after, event_name)
+        if type(keys) is tuple and type(event_name) is str:
+            shape = (keys, after, event_name)
+            found = _unenriched.get(shape)
+            if found is None:
+                if len(_unenriched) >= 4096:  # key sets and names come from events: bounded
+                    _unenriched.clear()
+                found = _unenriched[shape] = MatchReport(
+                    dict.fromkeys(keys, EVENT), after, after, event_name
+                )
+            return found
+        return MatchReport(dict.fromkeys(keys, EVENT), after, after, event_name)
+    sources = dict.fromkeys(keys, EVENT)
     for shared, source in gain.added.items():
         key = names.get(shared, shared)
         if key in sources:
             sources[key] = source
     own = {k: True for k, s in sources.items() if s == EVENT}
     return MatchReport(sources, score(own), after, event_name)
+
+
+_unenriched: dict[tuple[tuple[str, ...], float, str], MatchReport] = {}
 
 
 MATCH_SCORE = Histogram(
@@ -281,19 +297,50 @@ def event_label(tag_type: str, name: str) -> str:
 
 
 def record(tag_type: str, found: MatchReport) -> None:
-    """Count one tag's report in the three metrics (cheap: dict updates, see metrics.py)."""
-    name = event_label(tag_type, found.event_name or "unknown")
-    metrics.observe(MATCH_SCORE, found.before, tag_type, name, "event")
-    metrics.observe(MATCH_SCORE, found.after, tag_type, name, "enriched")
-    # the same keys from the same sources, event after event: one count of the whole set
-    metrics.count_each(MATCH_KEYS, tuple((tag_type, k, s) for k, s in found.keys.items()))
-    if found.after != found.before:
-        sources = set(found.keys.values()) - {EVENT}
-        # split the gain between the sources by key count (the weights are the tag's)
-        added = [s for s in found.keys.values() if s != EVENT]
-        for source in sources:
-            share = (found.after - found.before) * added.count(source) / len(added)
-            metrics.count(MATCH_GAIN, tag_type, name, source, amount=share)
+    """Count one tag's report in the three metrics. The same keys come from the same sources
+    with the same scores event after event: what such a report adds is worked out once
+    (`_Tally`), then counted in a few dict updates (see metrics.py)."""
+    kind = (tag_type, found.event_name, found.before, found.after, tuple(found.keys.items()))
+    tally = _tallies.get(kind)
+    if tally is None:
+        if len(_tallies) >= 4096:  # key sets and names come from events: bounded
+            _tallies.clear()
+        tally = _tallies[kind] = _Tally.of(tag_type, found)
+    metrics.observe(tally.score_event, found.before)
+    metrics.observe(tally.score_enriched, found.after)
+    metrics.count_group(tally.keys)
+    for labels, share in tally.gains:
+        metrics.count(MATCH_GAIN, *labels, amount=share)
+
+
+class _Tally(NamedTuple):
+    """What `record` counts for one kind of report: its score histograms' children, its
+    keys with their sources, and the gain per source."""
+
+    score_event: Any
+    score_enriched: Any
+    keys: metrics.Group
+    gains: tuple[tuple[tuple[str, str, str], float], ...]
+
+    @classmethod
+    def of(cls, tag_type: str, found: MatchReport) -> _Tally:
+        name = event_label(tag_type, found.event_name or "unknown")
+        gains = []
+        if found.after != found.before:
+            # split the gain between the sources by key count (the weights are the tag's)
+            added = [s for s in found.keys.values() if s != EVENT]
+            for source in set(added):
+                share = (found.after - found.before) * added.count(source) / len(added)
+                gains.append(((tag_type, name, source), share))
+        return cls(
+            metrics.labelled(MATCH_SCORE, tag_type, name, "event"),
+            metrics.labelled(MATCH_SCORE, tag_type, name, "enriched"),
+            metrics.Group(MATCH_KEYS, tuple((tag_type, k, s) for k, s in found.keys.items())),
+            tuple(gains),
+        )
+
+
+_tallies: dict[tuple[Any, ...], _Tally] = {}
 
 
 # -- keeping the identity (browser clients) -----------------------------------------------------
