@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 from support import NO_GA4, NO_VENDOR, app_client, minimal_container, write_container
 
 from tagserver import metrics
 from tagserver.settings import Settings
+from tagserver.toolkit import identity
 from tagserver.visitor import match
 from tagserver.visitor.identity_cookie import COOKIE, KEYS, Keyring
 from tagserver.web.app import create_app
@@ -459,3 +462,51 @@ def test_match_metrics_equal_each_report_counted_on_its_own() -> None:
     for (tag_type, label, source), total in expected_gain.items():
         labels = {"tag_type": tag_type, "event_name": label, "source": source}
         assert sample("tagserver_match_quality_gain_total", labels) == total
+
+
+FIELD_NAMES = sorted(
+    {"", "x", "user_id", "country", *match._PERSON_TARGET.values(), *match._ADDRESS_TARGET.values()}
+    | set(match._PLAIN.values())
+    | set(match._ALT.values())
+)
+field_values = st.sampled_from([None, "", [], 0, "GB", "Jane", ["a"], {"k": 1}, True])
+fields = st.dictionaries(st.sampled_from(FIELD_NAMES), field_values, max_size=8)
+user_data = fields.flatmap(
+    lambda ud: st.sampled_from([None, ud, {**ud, "address": ud}, {**ud, "address": [ud, 3, ud]}])
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    ud=user_data,
+    top=st.dictionaries(
+        st.sampled_from(["user_id", "x-fb-ud-em", "x-fb-ud-ct", "x-fb-ud-zz"]), field_values
+    ),
+    configured=st.none() | fields,
+)
+def test_the_keys_an_event_gives_are_found_wherever_sgtm_puts_them(
+    ud: Any, top: dict[str, Any], configured: Any
+) -> None:
+    """`_present` looks each key up in fields named once: it finds what looking up each
+    name (sGTM's, the plain one, the other one, "" when none) finds."""
+    event = (
+        {"event_name": "e", **top} if ud is None else {"event_name": "e", "user_data": ud, **top}
+    )
+    want: set[str] = set()
+    if isinstance(configured, dict):
+        want.update(k for k, v in configured.items() if v not in (None, "", []))
+    if isinstance(ud, dict):
+        for key, target in match._PERSON_TARGET.items():
+            names = (target, match._PLAIN.get(key, ""), match._ALT.get(key, ""))
+            if any(ud.get(name) for name in names):
+                want.add(key)
+        addresses = ud.get("address")
+        for address in [addresses] if isinstance(addresses, dict) else addresses or []:
+            if isinstance(address, dict):
+                for key, target in match._ADDRESS_TARGET.items():
+                    if address.get(target) or address.get(match._PLAIN.get(key, "")):
+                        want.add(key)
+    if event.get("user_id"):
+        want.add("external_id")
+    want.update(k for k in identity.HASHED_KEYS if event.get("x-fb-ud-" + k))
+    assert match._present(event, configured)[0] == want

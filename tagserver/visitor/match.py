@@ -160,6 +160,20 @@ _ADDRESS_TARGET = {
 }
 
 
+_PLAIN = {"em": "email_address", "ph": "phone_number", "fn": "first_name", "ln": "last_name"}
+_ALT = {"em": "email", "ph": "phone"}
+# where `_present` looks for each shared key: sGTM's name, then the plain and other names
+# ("" when there is none), named once rather than per event and tag
+_PERSON_FIELDS = tuple(
+    (key, (target, _PLAIN.get(key, ""), _ALT.get(key, "")))
+    for key, target in _PERSON_TARGET.items()
+)
+_ADDRESS_FIELDS = tuple(
+    (key, (target, _PLAIN.get(key, ""))) for key, target in _ADDRESS_TARGET.items()
+)
+_PIXEL_FIELDS = tuple((key, "x-fb-ud-" + key) for key in identity.HASHED_KEYS)  # GA4 hits
+
+
 def _hash_cc(country: str) -> str | None:
     return identity.hash_value("country", country)
 
@@ -175,8 +189,8 @@ def _present(event: Event, configured: Any) -> tuple[set[str], str | None]:
             country = identity.country(configured["country"])
     ud = event.get("user_data")
     if isinstance(ud, dict):
-        for key, target in _PERSON_TARGET.items():
-            if ud.get(target) or ud.get(_PLAIN.get(key, "")) or ud.get(_ALT.get(key, "")):
+        for key, (target, plain, alt) in _PERSON_FIELDS:
+            if ud.get(target) or ud.get(plain) or ud.get(alt):
                 present.add(key)
         addresses = ud.get("address")
         if isinstance(addresses, dict):
@@ -185,21 +199,17 @@ def _present(event: Event, configured: Any) -> tuple[set[str], str | None]:
             for address in addresses:
                 if not isinstance(address, dict):
                     continue
-                for key, target in _ADDRESS_TARGET.items():
-                    if address.get(target) or address.get(_PLAIN.get(key, "")):
+                for key, (target, plain) in _ADDRESS_FIELDS:
+                    if address.get(target) or address.get(plain):
                         present.add(key)
                 if country is None and isinstance(address.get("country"), str):
                     country = identity.country(address["country"])
     if event.get("user_id"):
         present.add("external_id")
-    for key in identity.HASHED_KEYS:  # the Meta pixel's own keys (GA4 hits)
-        if event.get("x-fb-ud-" + key):
+    for key, name in _PIXEL_FIELDS:
+        if event.get(name):
             present.add(key)
     return present, country
-
-
-_PLAIN = {"em": "email_address", "ph": "phone_number", "fn": "first_name", "ln": "last_name"}
-_ALT = {"em": "email", "ph": "phone"}
 
 
 def _with(event: Event, person: dict[str, Any], place: dict[str, Any]) -> Event:
