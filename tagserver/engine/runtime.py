@@ -353,15 +353,18 @@ class Runtime:
         """The secrets in one event's values of a tag's secret params, and the container's
         redactor with them. The same templated secret (a token from an env variable) comes
         with every event: text values are worked out once and kept."""
-        if not all(type(value) is str for value in values):  # numbers, objects: each time
-            secrets = secret_values(*values)
-            return secrets, self._redactor_with(secrets)
-        found = self._secret_texts.get(values)
+        try:
+            found = self._secret_texts.get(values)
+        except TypeError:  # an object param's values
+            found = None
         if found is None:
-            if len(self._secret_texts) >= 256:  # secrets taken from event data: stay bounded
-                self._secret_texts.clear()
             secrets = secret_values(*values)
-            found = self._secret_texts[values] = (secrets, self._redactor_with(secrets))
+            found = (secrets, self._redactor_with(secrets))
+            # only texts are kept: a number and its float are one key, but not one text
+            if all(type(value) is str for value in values):
+                if len(self._secret_texts) >= 256:  # secrets taken from event data: bounded
+                    self._secret_texts.clear()
+                self._secret_texts[values] = found
         return found
 
     def _redactor_with(self, secrets: tuple[str, ...]) -> Redactor:
