@@ -67,6 +67,7 @@ USER_FIELDS = {
     "postal_code": ("address", "postal_code"),
     "country": ("address", "country"),
 }
+TEXT_KEYS = (*PAGE_FIELDS, "page_hostname", "page_path")  # strings wherever they come from
 USER_ID_FIELDS = ("external_id", "user_id")
 MAX_USER_STRING = 512
 # keys the server sets; a page may not send them as event parameters
@@ -204,8 +205,8 @@ def parse_body(body: bytes, max_events: int) -> dict[str, Any]:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest(f"body: expected a JSON object, got {type_name(data)}")
-    unknown = sorted(set(data) - ENVELOPE_KEYS)
-    if unknown:
+    if not ENVELOPE_KEYS.issuperset(data):
+        unknown = sorted(set(data) - ENVELOPE_KEYS)
         raise BadRequest(f"body: unknown field {unknown[0][:40]!r}")
     events = data.get("events")
     if not isinstance(events, list):
@@ -288,8 +289,8 @@ def build_event(raw: Any, index: int, envelope: dict[str, Any]) -> Event:
     where = f"events[{index}]"
     if not isinstance(raw, dict):
         raise EventError(f"{where}: expected an object, got {type_name(raw)}")
-    unknown = sorted(set(raw) - EVENT_KEYS)
-    if unknown:
+    if not EVENT_KEYS.issuperset(raw):
+        unknown = sorted(set(raw) - EVENT_KEYS)
         raise EventError(
             f"{where}: unknown field {unknown[0][:40]!r} (known: id, name, page, params)"
         )
@@ -369,7 +370,7 @@ def check_params(event: Event, where: str) -> None:
             event[key] = value = str(value)
         if value is not None and not isinstance(value, str):
             raise EventError(f"{where}.params.{key}: expected a string, got {type_name(value)}")
-    for key in (*PAGE_FIELDS, "page_hostname", "page_path"):
+    for key in TEXT_KEYS:
         if key in event and not isinstance(event[key], str):
             raise EventError(
                 f"{where}.params.{key}: expected a string, got {type_name(event[key])}"
