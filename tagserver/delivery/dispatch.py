@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -176,14 +177,19 @@ class Lane:
         task = asyncio.create_task(self.deliver(sender, batch))
         self.inflight.add(task)
         self.sending.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(functools.partial(self._done, batch))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, batch: Claim, task: asyncio.Task[None]) -> None:
         self.inflight.discard(task)
         self.sending.discard(task)
         self.wake.set()
         if not task.cancelled() and task.exception() is not None:
-            log.error("delivery to %s failed", self.key, exc_info=task.exception())
+            log.error(
+                "delivery to %s failed (its messages return when their lease ends)", self.key,
+                exc_info=task.exception(),
+            )  # fmt: skip
+            # no longer this worker's to keep: the heartbeat stops extending their lease
+            self.dispatcher.claimed.difference_update(m.id for m in batch.messages)
 
     def _send_ended(self) -> None:
         """The vendor request is over: its slot is free while the results are being recorded."""
@@ -202,12 +208,11 @@ class Lane:
         self.ahead.clear()
         if ids:
             d = self.dispatcher
+            d.claimed.difference_update(ids)  # released now, or else when their lease ends
             try:
                 await self.outbox.release(d.worker, ids)
             except Exception as exc:
                 log.warning("could not release messages claimed ahead (they return after the lease): %s", exc)  # fmt: skip
-                return
-            d.claimed.difference_update(ids)
 
     # -- one send
 
