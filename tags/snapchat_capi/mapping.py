@@ -74,7 +74,7 @@ def build(
     if params.get("integration"):
         out["integration"] = str(params["integration"])
     out["user_data"] = _user(event, params, request, hashes, dropped)
-    custom = _custom(event, params.get("custom_data"))
+    custom = _custom(event, params.get("custom_data"), hashes.memo)
     if custom:
         out["custom_data"] = custom
     return out, dropped
@@ -108,12 +108,12 @@ def _user(
     return user
 
 
-def _custom(event: Event, configured: Any) -> dict[str, Any]:
+def _custom(event: Event, configured: Any, memo: dict[Any, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     code = conversions.currency(event)
     if code:
         out["currency"] = code
-    found = conversions.items(event)
+    found = conversions.items(event, memo)
     value = conversions.amount(event, found)
     if value is not None:
         out["value"] = value

@@ -98,7 +98,7 @@ def build(
         "event_id": conversions.event_id(event, request),
     }
     out["user"] = _user(event, params, request, hashes, dropped)
-    properties = _properties(event, params.get("properties"))
+    properties = _properties(event, params.get("properties"), hashes.memo)
     if properties:
         out["properties"] = properties
     page: dict[str, Any] = {}
@@ -171,9 +171,9 @@ def _host(url: Any) -> str:
         return ""
 
 
-def _properties(event: Event, configured: Any) -> dict[str, Any]:
+def _properties(event: Event, configured: Any, memo: dict[Any, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    found = conversions.items(event)
+    found = conversions.items(event, memo)
     if found:
         contents = []
         for item in found:
