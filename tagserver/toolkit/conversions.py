@@ -7,11 +7,12 @@
   short names the vendors share (`em`, `ph`, `fn` ...), each a list; `regions` gives the
   address country and the phone region they are read with.
 - `Hashes` / `UserKey` / `add_user_keys`: those keys normalized and hashed by the shared rules
-  of `tagserver.toolkit.identity` or a vendor's own, each value once per event for every tag
-  of it (the memo is the event's `FireContext.memo`); `add_client` adds IP and user agent.
+  of `tagserver.toolkit.identity` or a vendor's own, each key's values once per event for
+  every tag that sends it alike (`Hashes.user_values`; the memo is the event's
+  `FireContext.memo`); `add_client` adds IP and user agent.
 - `event_id`, `event_time`, `event_name`, `server_event`, `currency`, `amount`, `order_id`, `search_term`,
   `add_configured`: the parts of an event every vendor reads alike.
-- `items(event)` / `total(items)`: GA4 items read once, with numbers made numbers.
+- `items(event, memo)` / `total(items)`: GA4 items read once per event, numbers made numbers.
 - `click_id(url, name)`: a click id of the page URL, exactly as given.
 - `check_id_and_time`, `check_value`, `check_currency`: the refusals vendors share.
 - `MatchQuality`: a local 0–10 estimate from the keys an event carries, with weights per vendor.
