@@ -307,7 +307,7 @@ class Hashes:
 
     With `digest=False` (a dry run whose payload nobody sees) a value is only normalized, to
     decide whether the key is kept, and stands as `UNHASHED`: such a payload is never shown
-    or sent."""
+    or sent, so a `build` may also leave out what no check of it reads (the items' contents)."""
 
     __slots__ = ("_done", "_keys", "digest", "memo")
 
