@@ -380,6 +380,8 @@ class Hashes:
                 continue
             if hashed and len(text) == 64 and identity.is_hashed(text):
                 result = text.lower()  # already a SHA-256: passes through
+            elif hashed and digest and rule in identity.REMEMBERED_KEYS:
+                result = identity.hash_text(rule, text, context)  # kept across events there
             else:
                 result = normalize(text, context)
                 if result and hashed:
