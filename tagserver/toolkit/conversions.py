@@ -43,7 +43,6 @@ from ..event import Event, RequestContext
 from ..plugins import (
     Delivery,
     FireContext,
-    MatchReport,
     Message,
     Outgoing,
     Param,
@@ -850,9 +849,6 @@ class ConversionsTag(Tag):
     def __init__(self, name: str, static_params: dict[str, Any], settings: Any) -> None:
         super().__init__(name, static_params, settings)
         self._targets: dict[tuple[Any, ...], Target] = {}
-        # the match report of an event that gained no key, by (its keys, the event's name): the
-        # same few recur event after event (a report is read-only)
-        self._reports: dict[tuple[tuple[str, ...], str], MatchReport] = {}
         self._log = logging.getLogger(f"tagserver.tag.{self.type_name}")
         # counted like the hit latency, without prometheus-client's lock per call (`metrics`)
         child = metrics.labelled(metrics.MATCH_QUALITY, self.type_name)
@@ -900,7 +896,12 @@ class ConversionsTag(Tag):
         hashes = Hashes(ctx.memo, digest=target.route is not None or ctx.shows_dry_runs)
         payload, dropped = self.build(event, params, ctx.request, hashes)
         quality = self.quality.assess(self.match_keys(payload))
-        ctx.report_match(self._report(gain, quality, payload))
+        ctx.report_match(
+            match.report(
+                gain, quality.keys, self.key_names, self._score, quality.score,
+                str(payload.get("event_name") or payload.get("event") or ""),
+            )
+        )  # fmt: skip
         notes = ctx.notes
         notes["match_keys"] = list(quality.keys)
         notes["match_quality"] = quality.score
@@ -938,22 +939,6 @@ class ConversionsTag(Tag):
 
     def _score(self, keys: dict[str, Any]) -> float:
         return self.quality.assess(keys).score
-
-    def _report(self, gain: match.Gain, quality: Quality, payload: dict[str, Any]) -> MatchReport:
-        name = str(payload.get("event_name") or payload.get("event") or "")
-        if gain.added:
-            return match.report(
-                gain, quality.keys, self.key_names, self._score, quality.score, name
-            )
-        key = (quality.keys, name)
-        found = self._reports.get(key)
-        if found is None:
-            if len(self._reports) >= 256:  # event names come from callers: a bounded set
-                self._reports.clear()
-            found = self._reports[key] = match.report(
-                gain, quality.keys, self.key_names, self._score, quality.score, name
-            )
-        return found
 
     def _target(self, params: dict[str, Any]) -> Target:
         """The same few param combinations repeat for every event: each is worked out once."""
