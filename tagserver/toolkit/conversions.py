@@ -350,8 +350,8 @@ class Hashes:
         self, key: str, spec: UserKey, given: list[Any], context: str | None
     ) -> list[str]:
         """What `spec` makes of the match key `key`'s raw values (`RawIdentity.values[key]`):
-        each normalized and hashed (`hash`; normalized only when `spec.hashed` is False), in
-        order, without repeats or unusable ones. `context` is the phone region for "ph", else
+        each normalized and hashed as `hash` does (only normalized when `spec.hashed` is
+        False), in order, without repeats or unusable ones. `context` is the phone region for "ph", else
         the address country.
 
         Worked out once per event for every tag that sends the key by the same rule (Pinterest
