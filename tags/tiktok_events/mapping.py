@@ -51,10 +51,8 @@ def tiktok_event_name(name: str, custom: Any) -> str:
     return conversions.event_name(name, custom, DEFAULT_EVENT_NAMES)
 
 
-def _phone(text: str, region: str | None) -> str | None:
-    digits = identity.NORMALIZERS["ph"](text, region)
-    if digits is None:
-        return None
+def _e164(digits: str) -> str:
+    """The shared rule's digits as TikTok wants them: with their "+", China's without 86."""
     return digits[2:] if digits.startswith("86") else "+" + digits
 
 
@@ -76,7 +74,7 @@ def _place(text: str, cc: str | None) -> str | None:
 # shared key → how TikTok sends it (email, phone and external_id as lists)
 USER_KEYS = {
     "em": conversions.UserKey("email", "em"),
-    "ph": conversions.UserKey("phone", _phone),
+    "ph": conversions.UserKey("phone", "ph", then=_e164),
     "external_id": conversions.UserKey("external_id", "external_id"),
     "fn": conversions.UserKey("first_name", _name, many=False),
     "ln": conversions.UserKey("last_name", _name, many=False),

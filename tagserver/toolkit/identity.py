@@ -27,7 +27,6 @@ import unicodedata
 from collections.abc import Callable
 from datetime import date
 from enum import Enum
-from functools import lru_cache
 from typing import Any, Final
 
 import phonenumbers
@@ -390,7 +389,6 @@ def _parsed(text: str, region: str | None, strict: bool) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
 
 
-@lru_cache(maxsize=1024)  # every vendor tag of a hit parses the same number
 def _phone(text: str, region: str | None = None) -> str | None:
     if "(0" in text or "( " in text:
         text = _TRUNK_MARKER.sub(" ", text)
