@@ -243,7 +243,7 @@ def user_data(
 
 HASHED_ORDER = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
 # key, user_data fields in order of preference, the Meta pixel's top-level key
-_PERSON_FIELDS = (
+_PERSON_FIELDS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("em", ("email_address", "sha256_email_address", "email"), "x-fb-ud-em"),
     ("ph", ("phone_number", "sha256_phone_number", "phone"), "x-fb-ud-ph"),
     ("ge", ("gender",), "x-fb-ud-ge"),
@@ -251,7 +251,7 @@ _PERSON_FIELDS = (
     ("external_id", ("external_id",), "x-fb-ud-external_id"),
 )
 # key, address field, its already-hashed form, the Meta pixel's top-level key
-_ADDRESS_FIELDS = (
+_ADDRESS_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("fn", "first_name", "sha256_first_name", "x-fb-ud-fn"),
     ("ln", "last_name", "sha256_last_name", "x-fb-ud-ln"),
     ("ct", "city", "", "x-fb-ud-ct"),
