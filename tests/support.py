@@ -187,8 +187,11 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if exc_type is not None:  # a failing test shows what the server said (pytest prints it)
+            print(f"--- the server's log ({self.log_path.name}), last 60 lines ---")
+            print("\n".join(self.logs().splitlines()[-60:]))
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
