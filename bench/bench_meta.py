@@ -408,14 +408,15 @@ def callgrind_table(trees: list[str], events_count: int) -> None:
     here = Path(__file__).resolve()
     results = {}
     for tree in [str(here.parent.parent), *trees]:
-        work = Path(tempfile.mkdtemp(prefix="bench-meta-"))
-        python = Path(tree) / ".venv" / "bin" / "python"
-        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                   f"--callgrind-out-file={work / 'cg.out'}",
-                   str(python if python.exists() else sys.executable), str(here),
-                   "--count-child", "--events", str(events_count)]  # fmt: skip
-        env = {**os.environ, "BENCH_META_CALLGRIND": str(work / "cg.out")}
-        done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
+        with tempfile.TemporaryDirectory(prefix="bench-meta-") as tmp:
+            work = Path(tmp)
+            python = Path(tree) / ".venv" / "bin" / "python"
+            command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                       f"--callgrind-out-file={work / 'cg.out'}",
+                       str(python if python.exists() else sys.executable), str(here),
+                       "--count-child", "--events", str(events_count)]  # fmt: skip
+            env = {**os.environ, "BENCH_META_CALLGRIND": str(work / "cg.out")}
+            done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{tree}: {done.stderr[-2000:]}")
         results[Path(tree).name] = json.loads(done.stdout.strip().splitlines()[-1])
