@@ -100,12 +100,24 @@ def labelled(metric: Any, *values: str) -> Any:
     return child
 
 
+class Group:
+    """Label sets of one metric that are counted together, again and again (the tags an
+    event's name rules out, the match keys a tag sends): made once, counted with
+    `count_group`. It is its own dict key (by identity), so counting it hashes no labels."""
+
+    __slots__ = ("metric", "labelsets")
+
+    def __init__(self, metric: Any, labelsets: tuple[tuple[str, ...], ...]) -> None:
+        self.metric = metric
+        self.labelsets = labelsets
+
+
 FLUSH_SECONDS = 0.1
 
 _counts: dict[tuple[Any, tuple[str, ...]], float] = {}
 _buckets: dict[tuple[Any, int], int] = {}  # (histogram, bucket index) → observations
 _sums: dict[Any, float] = {}  # histogram → sum of its observations
-_groups: dict[tuple[Any, tuple[tuple[str, ...], ...]], int] = {}  # count_each: (metric, labels)
+_groups: dict[Group, int] = {}  # count_group: each group's times
 _flush_pending = False
 
 
@@ -117,11 +129,10 @@ def count(metric: Any, *labels: str, amount: float = 1) -> None:
         _schedule_flush()
 
 
-def count_each(metric: Any, labelsets: tuple[tuple[str, ...], ...]) -> None:
-    """`count(metric, *labels)` for each of `labelsets`, in one step: the same group recurs
-    (the tags an event's name skips), so it is kept as one key and spread at the flush."""
-    key = (metric, labelsets)
-    _groups[key] = _groups.get(key, 0) + 1
+def count_group(group: Group) -> None:
+    """`count(group.metric, *labels)` for each of the group's label sets, applied at the next
+    flush."""
+    _groups[group] = _groups.get(group, 0) + 1
     if not _flush_pending:
         _schedule_flush()
 
@@ -157,9 +168,9 @@ def flush() -> None:
         (metric, labels), amount = _counts.popitem()
         (labelled(metric, *labels) if labels else metric).inc(amount)
     while _groups:
-        (metric, labelsets), times = _groups.popitem()
-        for labels in labelsets:
-            labelled(metric, *labels).inc(times)
+        group, times = _groups.popitem()
+        for labels in group.labelsets:
+            labelled(group.metric, *labels).inc(times)
     # what Histogram.observe would have done for each value, once per bucket (`_compat`)
     while _buckets:
         (histogram, index), amount = _buckets.popitem()

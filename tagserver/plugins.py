@@ -185,7 +185,8 @@ class MatchReport:
     """What a conversions tag tells about one event's match keys: where each came from
     (`tagserver.toolkit.match` builds it) and its local match-quality score with the event's
     own keys (`before`) and as sent (`after`). Preview and the events API show it; the
-    engine counts it in the `tagserver_match_*` metrics."""
+    engine counts it in the `tagserver_match_*` metrics. Read-only: equal reports may be one
+    object, shared by many events."""
 
     keys: dict[str, str]  # the tag's match key → event | identity_cookie | geography
     before: float

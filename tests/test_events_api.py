@@ -1,5 +1,6 @@
 """The events API client: auth, limits, per-event validation, and no 5xx for any body."""
 
+import ipaddress
 import json
 import logging
 from datetime import UTC, datetime
@@ -7,6 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import app_client, minimal_container
+
+from tagserver.toolkit.events import EventError, check_event
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -197,3 +200,29 @@ def test_fuzz_events_api_never_answers_5xx(tmp_path):
             assert "error" in response.json() or "results" in response.json()
 
         check()
+
+
+octets = st.integers(0, 300).map(str) | st.sampled_from(["", "00", "01", "007", "1 ", "٣", "x"])
+address_like = (
+    st.lists(octets, min_size=3, max_size=5).map(".".join)
+    | st.ip_addresses().map(str)
+    | st.text(alphabet="0123456789.:abcdef% \n/", max_size=24)
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(ip=address_like)
+def test_ip_override_is_accepted_exactly_when_ipaddress_parses_it(ip):
+    """`check_event` tells most IPv4 addresses by a pattern: it must agree with `ipaddress`."""
+    try:
+        ipaddress.ip_address(ip)
+        valid = True
+    except ValueError:
+        valid = False
+    try:
+        check_event({"event_name": "e", "ip_override": ip}, 1_800_000_000)
+        accepted = True
+    except EventError as exc:
+        assert str(exc) == f"ip_override: {ip[:60]!r} is not an IP address"
+        accepted = False
+    assert accepted == valid, ip

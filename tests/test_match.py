@@ -4,20 +4,29 @@ answer says it gained, and event-id reuse warnings."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
+import random
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 from support import NO_GA4, NO_VENDOR, app_client, minimal_container, write_container
 
+from tagserver import metrics
 from tagserver.settings import Settings
+from tagserver.toolkit import identity
+from tagserver.visitor import match
 from tagserver.visitor.identity_cookie import COOKIE, KEYS, Keyring
 from tagserver.web.app import create_app
 
@@ -361,3 +370,143 @@ def test_settings_validate() -> None:
         {"TAGSERVER_IDENTITY_COOKIE_DAYS": "7", "TAGSERVER_GEO_DATABASE": "/x"}
     )
     assert settings.identity_cookie_days == 7 and settings.geo_database == "/x"
+
+
+def test_match_metrics_equal_each_report_counted_on_its_own() -> None:
+    """`record` works out what a kind of report adds once and `report` shares equal reports:
+    the metrics must be what counting every report on its own gives (here computed plainly),
+    and each report what its inputs say, over many reports that repeat, differ in keys,
+    sources, scores and names, and pass the bound on event names."""
+    rng = random.Random(14)
+    run = uuid.uuid4().hex[:8]  # fresh label values: the registry outlives each test
+    tag_types = [f"test_a_{run}", f"test_b_{run}"]
+    all_keys = ("em", "ph", "fn", "ln", "ct", "zp", "country", "external_id")
+    sources = (match.IDENTITY_COOKIE, match.GEOGRAPHY)
+    names = [f"Event{i}" for i in range(match.MAX_EVENT_NAMES + 20)] + [""]
+    cases = []
+    for _ in range(1500):
+        keys = tuple(k for k in all_keys if rng.random() < 0.6)
+        added = {k: rng.choice(sources) for k in keys if rng.random() < 0.2}
+        after = len(keys) * 0.75 + rng.choice([0.0, 0.5, 0.1 * rng.randint(0, 30)])
+        name = rng.choice(names[:3]) if rng.random() < 0.7 else rng.choice(names)
+        cases.append((rng.choice(tag_types), keys, added, after, name))
+
+    def score(own: dict[str, Any]) -> float:
+        return len(own) * 0.75
+
+    expected_scores: dict[tuple[str, ...], list[float]] = {}
+    expected_keys: dict[tuple[str, ...], int] = {}
+    expected_gain: dict[tuple[str, ...], float] = {}
+    seen: dict[str, list[str]] = {}
+
+    async def record_all() -> None:  # in a loop, as a server: counted in dicts until a flush
+        for tag_type, keys, added, after, name in cases:
+            found = match.report(match.Gain(dict(added)), keys, {}, score, after, name)
+            own = {k: match.EVENT for k in keys}
+            own.update(added)
+            before = score({k: True for k in keys if k not in added}) if added else after
+            assert (found.keys, found.before, found.after) == (own, before, after)
+            assert found.event_name == name
+            match.record(tag_type, found)
+
+            label = name or "unknown"  # the plain count of this one report
+            names_seen = seen.setdefault(tag_type, [])
+            if label not in names_seen:
+                if len(names_seen) >= match.MAX_EVENT_NAMES:
+                    label = "other"
+                else:
+                    names_seen.append(label)
+            for stage, value in (("event", before), ("enriched", after)):
+                expected_scores.setdefault((tag_type, label, stage), []).append(value)
+            for key, source in own.items():
+                expected_keys[(tag_type, key, source)] = (
+                    expected_keys.get((tag_type, key, source), 0) + 1
+                )
+            if after != before:
+                shares = list(added.values())
+                for source in set(shares):
+                    share = (after - before) * shares.count(source) / len(shares)
+                    gain_key = (tag_type, label, source)
+                    expected_gain[gain_key] = expected_gain.get(gain_key, 0.0) + share
+        metrics.flush()
+
+    asyncio.run(record_all())
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in REGISTRY.collect()
+        if family.name.startswith("tagserver_match")
+        for s in family.samples
+    }
+
+    def sample(name: str, labels: dict[str, str]) -> float | None:
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    assert any(label == "other" for _, label, _ in expected_scores)
+    for (tag_type, label, stage), values in expected_scores.items():
+        labels = {"tag_type": tag_type, "event_name": label, "stage": stage}
+        assert sample("tagserver_match_quality_score_count", labels) == len(values)
+        total = 0.0
+        for value in values:
+            total += value
+        assert sample("tagserver_match_quality_score_sum", labels) == total
+        for bound in (1, 5, 9, 10):
+            below = sum(1 for v in values if v <= bound)
+            assert (
+                sample("tagserver_match_quality_score_bucket", {**labels, "le": f"{bound}.0"})
+                == below
+            )
+    for (tag_type, key, source), times in expected_keys.items():
+        labels = {"tag_type": tag_type, "key": key, "source": source}
+        assert sample("tagserver_match_keys_total", labels) == times
+    assert expected_gain
+    for (tag_type, label, source), total in expected_gain.items():
+        labels = {"tag_type": tag_type, "event_name": label, "source": source}
+        assert sample("tagserver_match_quality_gain_total", labels) == total
+
+
+FIELD_NAMES = sorted(
+    {"", "x", "user_id", "country", *match._PERSON_TARGET.values(), *match._ADDRESS_TARGET.values()}
+    | set(match._PLAIN.values())
+    | set(match._ALT.values())
+)
+field_values = st.sampled_from([None, "", [], 0, "GB", "Jane", ["a"], {"k": 1}, True])
+fields = st.dictionaries(st.sampled_from(FIELD_NAMES), field_values, max_size=8)
+user_data = fields.flatmap(
+    lambda ud: st.sampled_from([None, ud, {**ud, "address": ud}, {**ud, "address": [ud, 3, ud]}])
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    ud=user_data,
+    top=st.dictionaries(
+        st.sampled_from(["user_id", "x-fb-ud-em", "x-fb-ud-ct", "x-fb-ud-zz"]), field_values
+    ),
+    configured=st.none() | fields,
+)
+def test_the_keys_an_event_gives_are_found_wherever_sgtm_puts_them(
+    ud: Any, top: dict[str, Any], configured: Any
+) -> None:
+    """`_present` looks each key up in fields named once: it finds what looking up each
+    name (sGTM's, the plain one, the other one, "" when none) finds."""
+    event = (
+        {"event_name": "e", **top} if ud is None else {"event_name": "e", "user_data": ud, **top}
+    )
+    want: set[str] = set()
+    if isinstance(configured, dict):
+        want.update(k for k, v in configured.items() if v not in (None, "", []))
+    if isinstance(ud, dict):
+        for key, target in match._PERSON_TARGET.items():
+            names = (target, match._PLAIN.get(key, ""), match._ALT.get(key, ""))
+            if any(ud.get(name) for name in names):
+                want.add(key)
+        addresses = ud.get("address")
+        for address in [addresses] if isinstance(addresses, dict) else addresses or []:
+            if isinstance(address, dict):
+                for key, target in match._ADDRESS_TARGET.items():
+                    if address.get(target) or address.get(match._PLAIN.get(key, "")):
+                        want.add(key)
+    if event.get("user_id"):
+        want.add("external_id")
+    want.update(k for k in identity.HASHED_KEYS if event.get("x-fb-ud-" + k))
+    assert match._present(event, configured)[0] == want

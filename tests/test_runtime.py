@@ -5,6 +5,8 @@ Each case compiles a container with the installed registry and runs one event th
 end-to-end case at the bottom goes through the app and its events API.
 """
 
+import json
+
 import pytest
 from engine import compile_container, run_event, summary
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from support import app_client
 
 from tagserver.engine.runtime import Runtime
-from tagserver.plugins import Outgoing, Registry, Tag, load_registry
+from tagserver.plugins import Outgoing, Param, Registry, Tag, load_registry
 from tagserver.settings import Settings
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -229,6 +231,45 @@ def test_the_registry_name_is_the_tag_type_whatever_the_class_says():
     assert compiled.tags[0].instance.type_name == "acme_renamed"
     [message] = run_event(compiled, {"event_name": "e"}).outgoing
     assert message.tag_type == "acme_renamed" and message.tag_name == "tag"
+
+
+def test_a_templated_secret_param_is_each_events_own():
+    """A secret param templated from the event: each message carries its own event's secret,
+    and a previewed event shows it nowhere (text values are looked up once per value; a
+    number and its float differ as text, so they must not share an entry)."""
+
+    class Vault(Tag):
+        params = (Param("pin", "any", secret=True), Param("label"))
+
+        def fire(self, event, params, ctx):
+            return [Outgoing("vault:1", {"label": params["label"]}, event["event_id"])]
+
+    installed = load_registry()
+    registry = Registry(installed.clients, {**installed.tags, "acme_vault": Vault})
+    container = container_with()
+    container["tags"] = [
+        {"name": "tag", "type": "acme_vault", "fire_on": ["t"],
+         "params": {"pin": "{{event.pin}}", "label": "pin {{event.pin}}"}},
+    ]  # fmt: skip
+    runtime = Runtime(compile_container(container, reg=registry), Settings())
+    pins = ["pin-one-1111", "pin-two-2222", "pin-one-1111", 4321, 4321.0, "4321", ["word 98765"]]
+    expected = [
+        ("pin-one-1111",), ("pin-two-2222",), ("pin-one-1111",), ("4321",), ("4321.0",),
+        ("4321",), ("word 98765", "98765"),
+    ]  # fmt: skip
+    for index, (pin, secrets) in enumerate(zip(pins, expected, strict=True)):
+        for trace in (False, True):
+            event = {"event_name": "e", "event_id": f"e{index}", "pin": pin}
+            result = run_event(container, event, runtime=runtime, trace=trace)
+            [message] = result.outgoing
+            assert message.secrets == secrets, pin
+            if trace:
+                shown = json.dumps(
+                    {"tags": [t.as_dict() for t in result.tags], "variables": result.variables}
+                )
+                for secret in secrets:
+                    assert secret not in shown, (pin, shown)
+                assert result.tags[0].as_dict()["params"]["pin"] == "[redacted]"
 
 
 # -- end to end: the same decisions through the app and its events API ---------------------

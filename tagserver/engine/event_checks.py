@@ -8,6 +8,7 @@ field, so a caller can report it per event (and per line of a file).
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,10 @@ STRING_FIELDS = frozenset((
 ))  # fmt: skip
 ID_FIELDS = frozenset(("event_id", "client_id", "user_id", "transaction_id"))  # ints become strings
 OBJECT_FIELDS = ("user_data", "consent", "custom_data")
+# a dotted-quad IPv4 address as `ipaddress` accepts it (no leading zeros): most addresses,
+# told without parsing; anything else is left to `ipaddress`
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 class EventError(ValueError):
@@ -114,8 +119,8 @@ def check_event(raw: Any, now: float) -> Event:
                 raise EventError("items: expected a list of objects")
         if len(items) > 1000:
             raise EventError("items: more than 1000 items")
-    if event.get("ip_override") is not None:
-        ip = event["ip_override"]
+    ip = event.get("ip_override")
+    if ip is not None and not (type(ip) is str and IPV4.fullmatch(ip)):
         try:
             ipaddress.ip_address(ip if isinstance(ip, str) else "")
         except ValueError:

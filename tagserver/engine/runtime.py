@@ -171,6 +171,8 @@ class Runtime:
         self.show_dry_runs = show_dry_runs
         self.redact = Redactor(container.secrets)
         self._redactors: dict[tuple[str, ...], Redactor] = {}
+        # templated secret params' text values → their secrets, and the redactor with them
+        self._secret_texts: dict[tuple[str, ...], tuple[tuple[str, ...], Redactor]] = {}
         self.strict = container.consent_mode == "strict"
         # Tags planned by event name and client: a tag whose firing triggers are all ruled out
         # by the event's name or its client (`Trigger.ruled_out`: GA4 forwarding for the
@@ -204,8 +206,8 @@ class Runtime:
                 result = self._decide(tags[index], event, scope, request, trace, trace_id, memo)
                 metrics.count(metrics.TAG_RESULTS, result.tag, result.status)
                 results[index] = result
-            if plan.counted:
-                metrics.count_each(metrics.TAG_RESULTS, plan.counted)
+            if plan.counted is not None:
+                metrics.count_group(plan.counted)
         variables = None
         if trace:
             snapshot = scope.snapshot(set(self.container.secret_variables))
@@ -301,8 +303,9 @@ class Runtime:
                 event, scope, steps = self._transform(tag, event, scope, trace)
             params = tag.params(scope)
             if secrets is None:  # a secret param is templated: its values are this event's
-                secrets = secret_values(*(params.get(name) for name in tag.secret_params))
-                redact = ctx.redact = self._redactor_with(secrets)
+                values = tuple(params.get(name) for name in tag.secret_params)
+                secrets, redact = self._secrets_in(values)
+                ctx.redact = redact
             for param in tag.templated_params:
                 problem = param.check(params.get(param.name))
                 if problem:
@@ -346,9 +349,26 @@ class Runtime:
                 result.transformations = redact(steps)
         return result
 
+    def _secrets_in(self, values: tuple[Any, ...]) -> tuple[tuple[str, ...], Redactor]:
+        """The secrets in one event's values of a tag's secret params, and the container's
+        redactor with them. The same templated secret (a token from an env variable) comes
+        with every event: text values are worked out once and kept."""
+        try:
+            found = self._secret_texts.get(values)
+        except TypeError:  # an object param's values
+            found = None
+        if found is None:
+            secrets = secret_values(*values)
+            found = (secrets, self._redactor_with(secrets))
+            # only texts are kept: a number and its float are one key, but not one text
+            if all(type(value) is str for value in values):
+                if len(self._secret_texts) >= 256:  # secrets taken from event data: bounded
+                    self._secret_texts.clear()
+                self._secret_texts[values] = found
+        return found
+
     def _redactor_with(self, secrets: tuple[str, ...]) -> Redactor:
-        """The container's redactor and `secrets` (one event's secret params), kept for reuse:
-        the same templated secret (a token from an env variable) comes with every event."""
+        """The container's redactor and `secrets` (one event's secret params), kept for reuse."""
         if not secrets:
             return self.redact
         found = self._redactors.get(secrets)
@@ -392,7 +412,7 @@ class _Plan:
 
     results: tuple[TagResult | None, ...]
     live: tuple[int, ...]  # the tags to evaluate, by index
-    counted: tuple[tuple[str, ...], ...]  # TAG_RESULTS labels of the skipped tags
+    counted: metrics.Group | None  # TAG_RESULTS labels of the skipped tags
 
     @classmethod
     def of(cls, tags: list[CompiledTag], client_name: str, event_name: str) -> _Plan:
@@ -415,4 +435,5 @@ class _Plan:
                 )
             )
             counted.append((tag.name, "not_fired"))
-        return cls(tuple(results), tuple(live), tuple(counted))
+        group = metrics.Group(metrics.TAG_RESULTS, tuple(counted)) if counted else None
+        return cls(tuple(results), tuple(live), group)

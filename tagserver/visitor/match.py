@@ -160,6 +160,20 @@ _ADDRESS_TARGET = {
 }
 
 
+_PLAIN = {"em": "email_address", "ph": "phone_number", "fn": "first_name", "ln": "last_name"}
+_ALT = {"em": "email", "ph": "phone"}
+# where `_present` looks for each shared key: sGTM's name, then the plain and other names
+# ("" when there is none), named once rather than per event and tag
+_PERSON_FIELDS = tuple(
+    (key, (target, _PLAIN.get(key, ""), _ALT.get(key, "")))
+    for key, target in _PERSON_TARGET.items()
+)
+_ADDRESS_FIELDS = tuple(
+    (key, (target, _PLAIN.get(key, ""))) for key, target in _ADDRESS_TARGET.items()
+)
+_PIXEL_FIELDS = tuple((key, "x-fb-ud-" + key) for key in identity.HASHED_KEYS)  # GA4 hits
+
+
 def _hash_cc(country: str) -> str | None:
     return identity.hash_value("country", country)
 
@@ -175,8 +189,8 @@ def _present(event: Event, configured: Any) -> tuple[set[str], str | None]:
             country = identity.country(configured["country"])
     ud = event.get("user_data")
     if isinstance(ud, dict):
-        for key, target in _PERSON_TARGET.items():
-            if ud.get(target) or ud.get(_PLAIN.get(key, "")) or ud.get(_ALT.get(key, "")):
+        for key, (target, plain, alt) in _PERSON_FIELDS:
+            if ud.get(target) or ud.get(plain) or ud.get(alt):
                 present.add(key)
         addresses = ud.get("address")
         if isinstance(addresses, dict):
@@ -185,21 +199,17 @@ def _present(event: Event, configured: Any) -> tuple[set[str], str | None]:
             for address in addresses:
                 if not isinstance(address, dict):
                     continue
-                for key, target in _ADDRESS_TARGET.items():
-                    if address.get(target) or address.get(_PLAIN.get(key, "")):
+                for key, (target, plain) in _ADDRESS_FIELDS:
+                    if address.get(target) or address.get(plain):
                         present.add(key)
                 if country is None and isinstance(address.get("country"), str):
                     country = identity.country(address["country"])
     if event.get("user_id"):
         present.add("external_id")
-    for key in identity.HASHED_KEYS:  # the Meta pixel's own keys (GA4 hits)
-        if event.get("x-fb-ud-" + key):
+    for key, name in _PIXEL_FIELDS:
+        if event.get(name):
             present.add(key)
     return present, country
-
-
-_PLAIN = {"em": "email_address", "ph": "phone_number", "fn": "first_name", "ln": "last_name"}
-_ALT = {"em": "email", "ph": "phone"}
 
 
 def _with(event: Event, person: dict[str, Any], place: dict[str, Any]) -> Event:
@@ -234,16 +244,32 @@ def report(
     event_name: str,
 ) -> MatchReport:
     """Where each of the tag's match `keys` came from (`names`: shared key → the tag's name
-    for it) and the score with the event's own keys; `score` scores a dict of keys."""
-    sources = dict.fromkeys(keys, EVENT)
+    for it) and the score with the event's own keys; `score` scores a dict of keys.
+
+    Reports are read-only: when nothing was added, the one report for these keys, score and
+    name is shared by every event that has them (they recur event after event)."""
     if not gain.added:
-        return MatchReport(sources, after, after, event_name)
+        if type(keys) is tuple and type(event_name) is str:
+            shape = (keys, after, event_name)
+            found = _unenriched.get(shape)
+            if found is None:
+                if len(_unenriched) >= 4096:  # key sets and names come from events: bounded
+                    _unenriched.clear()
+                found = _unenriched[shape] = MatchReport(
+                    dict.fromkeys(keys, EVENT), after, after, event_name
+                )
+            return found
+        return MatchReport(dict.fromkeys(keys, EVENT), after, after, event_name)
+    sources = dict.fromkeys(keys, EVENT)
     for shared, source in gain.added.items():
         key = names.get(shared, shared)
         if key in sources:
             sources[key] = source
     own = {k: True for k, s in sources.items() if s == EVENT}
     return MatchReport(sources, score(own), after, event_name)
+
+
+_unenriched: dict[tuple[tuple[str, ...], float, str], MatchReport] = {}
 
 
 MATCH_SCORE = Histogram(
@@ -281,19 +307,50 @@ def event_label(tag_type: str, name: str) -> str:
 
 
 def record(tag_type: str, found: MatchReport) -> None:
-    """Count one tag's report in the three metrics (cheap: dict updates, see metrics.py)."""
-    name = event_label(tag_type, found.event_name or "unknown")
-    metrics.observe(MATCH_SCORE, found.before, tag_type, name, "event")
-    metrics.observe(MATCH_SCORE, found.after, tag_type, name, "enriched")
-    # the same keys from the same sources, event after event: one count of the whole set
-    metrics.count_each(MATCH_KEYS, tuple((tag_type, k, s) for k, s in found.keys.items()))
-    if found.after != found.before:
-        sources = set(found.keys.values()) - {EVENT}
-        # split the gain between the sources by key count (the weights are the tag's)
-        added = [s for s in found.keys.values() if s != EVENT]
-        for source in sources:
-            share = (found.after - found.before) * added.count(source) / len(added)
-            metrics.count(MATCH_GAIN, tag_type, name, source, amount=share)
+    """Count one tag's report in the three metrics. The same keys come from the same sources
+    with the same scores event after event: what such a report adds is worked out once
+    (`_Tally`), then counted in a few dict updates (see metrics.py)."""
+    kind = (tag_type, found.event_name, found.before, found.after, tuple(found.keys.items()))
+    tally = _tallies.get(kind)
+    if tally is None:
+        if len(_tallies) >= 4096:  # key sets and names come from events: bounded
+            _tallies.clear()
+        tally = _tallies[kind] = _Tally.of(tag_type, found)
+    metrics.observe(tally.score_event, found.before)
+    metrics.observe(tally.score_enriched, found.after)
+    metrics.count_group(tally.keys)
+    for labels, share in tally.gains:
+        metrics.count(MATCH_GAIN, *labels, amount=share)
+
+
+class _Tally(NamedTuple):
+    """What `record` counts for one kind of report: its score histograms' children, its
+    keys with their sources, and the gain per source."""
+
+    score_event: Any
+    score_enriched: Any
+    keys: metrics.Group
+    gains: tuple[tuple[tuple[str, str, str], float], ...]
+
+    @classmethod
+    def of(cls, tag_type: str, found: MatchReport) -> _Tally:
+        name = event_label(tag_type, found.event_name or "unknown")
+        gains = []
+        if found.after != found.before:
+            # split the gain between the sources by key count (the weights are the tag's)
+            added = [s for s in found.keys.values() if s != EVENT]
+            for source in set(added):
+                share = (found.after - found.before) * added.count(source) / len(added)
+                gains.append(((tag_type, name, source), share))
+        return cls(
+            metrics.labelled(MATCH_SCORE, tag_type, name, "event"),
+            metrics.labelled(MATCH_SCORE, tag_type, name, "enriched"),
+            metrics.Group(MATCH_KEYS, tuple((tag_type, k, s) for k, s in found.keys.items())),
+            tuple(gains),
+        )
+
+
+_tallies: dict[tuple[Any, ...], _Tally] = {}
 
 
 # -- keeping the identity (browser clients) -----------------------------------------------------
