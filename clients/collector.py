@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -66,6 +67,7 @@ USER_FIELDS = {
     "postal_code": ("address", "postal_code"),
     "country": ("address", "country"),
 }
+TEXT_KEYS = (*PAGE_FIELDS, "page_hostname", "page_path")  # strings wherever they come from
 USER_ID_FIELDS = ("external_id", "user_id")
 MAX_USER_STRING = 512
 # keys the server sets; a page may not send them as event parameters
@@ -142,6 +144,41 @@ def check_value(
     raise BadRequest(f"{where}: unsupported type {type_name(value)}")  # pragma: no cover
 
 
+def fits(value: dict[str, Any] | list[Any], controls: bool) -> bool:
+    """True when `check_value` surely accepts this parsed body: the same limits, checked
+    without spelling out a path for every value. Most bodies fit; any other is walked again by
+    `check_value`, which says what is wrong (so only a True answer must be right)."""
+    return _fits(value, 0, [MAX_NODES - 1], controls)
+
+
+def _fits(value: dict[str, Any] | list[Any], depth: int, budget: list[int], controls: bool) -> bool:
+    if depth >= MAX_DEPTH:
+        return False
+    budget[0] -= len(value)
+    if budget[0] < 0:
+        return False
+    items: Iterable[Any] = value
+    if type(value) is dict:
+        for key in value:
+            if len(key) > MAX_KEY or (controls and CONTROL_RE.search(key)):
+                return False
+        items = value.values()
+    for item in items:
+        kind = type(item)  # the parser's own types: a subclass is left to check_value
+        if kind is str:
+            if len(item) > MAX_STRING or (controls and CONTROL_RE.search(item)):
+                return False
+        elif kind is dict or kind is list:
+            if not _fits(item, depth + 1, budget, controls):
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is not int and kind is not bool and item is not None:
+            return False
+    return True
+
+
 def may_hold_controls(body: bytes) -> bool:
     """False when no string parsed from the JSON `body` can hold a control character: those
     come from an escape (`\\b`, `\\f`, `\\uXXXX`) or a raw DEL, JSON refuses the others
@@ -168,8 +205,8 @@ def parse_body(body: bytes, max_events: int) -> dict[str, Any]:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest(f"body: expected a JSON object, got {type_name(data)}")
-    unknown = sorted(set(data) - ENVELOPE_KEYS)
-    if unknown:
+    if not ENVELOPE_KEYS.issuperset(data):
+        unknown = sorted(set(data) - ENVELOPE_KEYS)
         raise BadRequest(f"body: unknown field {unknown[0][:40]!r}")
     events = data.get("events")
     if not isinstance(events, list):
@@ -184,7 +221,10 @@ def parse_body(body: bytes, max_events: int) -> dict[str, Any]:
             f"events: {len(events)} events, more than the limit of {max_events}", status=413
         )
     # the parsed body itself (fresh from the parser), checked in place
-    envelope: dict[str, Any] = check_value(data, "body", 0, [MAX_NODES], may_hold_controls(body))
+    controls = may_hold_controls(body)
+    if not fits(data, controls):
+        check_value(data, "body", 0, [MAX_NODES], controls)  # raises, saying where
+    envelope: dict[str, Any] = data
     for key in ("pid",):
         if key in envelope and envelope[key] is not None:
             check_string(envelope[key], key, 128)
@@ -249,8 +289,8 @@ def build_event(raw: Any, index: int, envelope: dict[str, Any]) -> Event:
     where = f"events[{index}]"
     if not isinstance(raw, dict):
         raise EventError(f"{where}: expected an object, got {type_name(raw)}")
-    unknown = sorted(set(raw) - EVENT_KEYS)
-    if unknown:
+    if not EVENT_KEYS.issuperset(raw):
+        unknown = sorted(set(raw) - EVENT_KEYS)
         raise EventError(
             f"{where}: unknown field {unknown[0][:40]!r} (known: id, name, page, params)"
         )
@@ -330,7 +370,7 @@ def check_params(event: Event, where: str) -> None:
             event[key] = value = str(value)
         if value is not None and not isinstance(value, str):
             raise EventError(f"{where}.params.{key}: expected a string, got {type_name(value)}")
-    for key in (*PAGE_FIELDS, "page_hostname", "page_path"):
+    for key in TEXT_KEYS:
         if key in event and not isinstance(event[key], str):
             raise EventError(
                 f"{where}.params.{key}: expected a string, got {type_name(event[key])}"
@@ -401,12 +441,14 @@ class CollectorClient(Client):
                 raise HitError(
                     f"{self.path} accepts POST only", status=405, headers={"Allow": "POST, OPTIONS"}
                 )
-            return cors.apply(await self.collect(hit), grant)
+            return await self.collect(hit, grant)
         except HitError as exc:
             hit.record_error(exc.reason)
             return json_response({"error": exc.reason}, exc.status, {**exc.headers, **grant})
 
-    async def collect(self, hit: Hit) -> Response:
+    async def collect(self, hit: Hit, grant: dict[str, str]) -> Response:
+        """Run the hit's events; the answer carries `grant` (the CORS headers) and the
+        visitor's cookies."""
         envelope = parse_body(hit.body, self.max_events)
         accepted: list[tuple[int, Event]] = []
         rows: list[dict[str, Any]] = []
@@ -421,9 +463,8 @@ class CollectorClient(Client):
             reasons = "; ".join(row["reason"] for row in rows[:3])
             raise BadRequest(f"no valid event: {reasons}")
         if not accepted:  # a logout alone: forget the visitor's identity, nothing to run
-            return self.remember(
-                hit, envelope, json_response({"accepted": 0, "rejected": 0, "events": []})
-            )
+            answer = {"accepted": 0, "rejected": 0, "events": []}
+            return self.remember(hit, envelope, json_response(answer, headers=grant))
 
         visitor = None
         if self.set_cookies:
@@ -467,7 +508,8 @@ class CollectorClient(Client):
             if result.warnings:  # e.g. a reused event id: the page's developer should know
                 row["warnings"] = result.warnings
         response = json_response(
-            {"accepted": len(accepted), "rejected": len(rows) - len(accepted), "events": rows}
+            {"accepted": len(accepted), "rejected": len(rows) - len(accepted), "events": rows},
+            headers=grant,
         )
         if visitor is not None:
             cookies.apply(response, visitor)

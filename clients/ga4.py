@@ -141,8 +141,7 @@ class Ga4Client(Client):
             cookies.keep_others(visitor, ctx, self.settings, hit.cookie_keeper, consent)
         await hit.run(events)
 
-        response = Response(status_code=204)
-        cors.apply(response, grant)
+        response = Response(status_code=204, headers=grant)  # the CORS grant, built in
         if visitor is not None:
             cookies.apply(response, visitor)
         if parsed.skipped:

@@ -59,7 +59,7 @@ import hmac
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -240,8 +240,14 @@ def fbclid_from(page_location: str | None) -> str | None:
 
 def cookie_domain(hostname: str, settings: Settings) -> str | None:
     """The Domain attribute for cookies set in answer to a request for `hostname`, or None."""
+    return _cookie_domain(hostname, settings.cookie_domain)
+
+
+@lru_cache(maxsize=1024)
+def _cookie_domain(hostname: str, setting: str) -> str | None:
+    # a site's hits come to one or two host names: worked out once for each
     host = hostname.strip().lower().rstrip(".")
-    configured = settings.cookie_domain.strip().lower().lstrip(".")
+    configured = setting.strip().lower().lstrip(".")
     if configured and (host == configured or host.endswith("." + configured)):
         return configured
     return registrable_domain(host)
@@ -305,7 +311,8 @@ def _key(settings: Settings) -> bytes:
 
 
 class _Generator:
-    """Values for new cookies, identical for every hit that shares the seed (or IP+UA+minute)."""
+    """Values for new cookies, identical for every hit that shares the seed (or IP+UA+minute).
+    Worked out on first use: a returning visitor's hit usually generates nothing."""
 
     def __init__(
         self,
@@ -316,21 +323,31 @@ class _Generator:
         now_ms: int,
     ) -> None:
         self.request, self.settings = request, settings
-        window_start = now_ms - now_ms % WINDOW_MS
+        self.seed, self.seed_ms = seed, seed_ms
+        self.window_start = now_ms - now_ms % WINDOW_MS
+        self.now_ms = now_ms
+
+    @cached_property
+    def basis(self) -> str:
+        seed = self.seed
         if seed and SEED_RE.fullmatch(seed):
-            self.basis = "seed\0" + seed
-        else:
-            headers = request.headers
-            self.basis = "\0".join(
-                ("visitor", request.ip, headers.get("user-agent", ""),
-                 headers.get("accept-language", ""), str(window_start))
-            )  # fmt: skip
+            return "seed\0" + seed
+        request = self.request
+        headers = request.headers
+        return "\0".join(
+            ("visitor", request.ip, headers.get("user-agent", ""),
+             headers.get("accept-language", ""), str(self.window_start))
+        )  # fmt: skip
+
+    @cached_property
+    def created_ms(self) -> int:
+        seed_ms, now_ms = self.seed_ms, self.now_ms
         plausible = (
             isinstance(seed_ms, int)
             and not isinstance(seed_ms, bool)
             and now_ms - SEED_PAST_MS <= seed_ms <= now_ms + SEED_FUTURE_MS
         )
-        self.created_ms = seed_ms if plausible and seed_ms is not None else window_start
+        return seed_ms if plausible and seed_ms is not None else self.window_start
 
     def number(self, purpose: str) -> int:
         """A 31-bit positive number (the shape of the Pixel's random part)."""

@@ -45,6 +45,8 @@ class Geography:
 
     def as_dict(self) -> dict[str, str]:
         """The fields that have a value."""
+        if self is NOWHERE:  # no proxy's headers and no database: most hits, every tag
+            return {}
         return {f: v for f in FIELDS if (v := getattr(self, f))}
 
 

@@ -209,14 +209,19 @@ def hashed_keys(user_data: Any, user_id: Any = None) -> dict[str, str]:
             country = identity.country(address["country"])
             if country:
                 break
+    given = _keys_given(user_data, _PERSON_KEY)  # two or three of the fifteen, at most
+    if user_id:
+        given.add("external_id")
     for key, fields in _PERSON_FIELDS:
-        values = [user_id] if key == "external_id" and user_id else []
-        values += [user_data.get(f) for f in fields]
-        _first(out, key, values, country)
+        if key in given:
+            values = [user_id] if key == "external_id" and user_id else []
+            values += [user_data.get(f) for f in fields]
+            _first(out, key, values, country)
     for address in addresses:
         if isinstance(address, dict):
+            given = _keys_given(address, _ADDRESS_KEY)
             for key, fields in _ADDRESS_FIELDS:
-                if key not in out:
+                if key in given and key not in out:
                     _first(out, key, [address.get(f) for f in fields], country)
     return out
 
@@ -236,6 +241,15 @@ _ADDRESS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("zp", ("postal_code",)),
     ("country", ("country",)),
 )
+
+# field → the key it gives (fields of one key are tried in the order above)
+_PERSON_KEY = {f: key for key, fields in _PERSON_FIELDS for f in fields}
+_ADDRESS_KEY = {f: key for key, fields in _ADDRESS_FIELDS for f in fields}
+
+
+def _keys_given(data: dict[Any, Any], keys: dict[str, str]) -> set[str]:
+    """The keys `data` has a field for: only those are looked at."""
+    return {keys[f] for f in data if f in keys}
 
 
 def _first(out: dict[str, str], key: str, values: list[Any], country: str | None) -> None:
