@@ -694,6 +694,123 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def process_cpu(pgid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by a server's processes, from /proc: its
+    worker(s) and its outbox writer (one session each: `start_new_session`)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"server": 0.0, "writer": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[2]) != pgid:  # the session's process group
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        out["writer" if b"outbox_writer" in cmdline else "server"] += seconds
+    return out
+
+
+def run_delivery(args: argparse.Namespace) -> dict[str, Any]:
+    """The delivery side's cost: the real job at a fixed, modest rate, CPU per hit from /proc.
+
+    E (this checkout) and E1, E2 ... (`--tree`) get the same open-loop rate of events-API
+    purchases (`bench/steady.py`) in alternating runs, the others frozen; each run ends once
+    the fake Graph API has received every event. Prints, per hit, the CPU time of the worker
+    and of its outbox writer (user + system, from /proc) and the Graph requests per 100 hits.
+    CPU time, not hits/s: it is what a loaded, shared machine distorts least."""
+    from fakes.graph import FakeGraph
+
+    work = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
+    load_core = 1 - args.server_core if (os.cpu_count() or 1) > 1 else None
+    if load_core is not None:
+        os.sched_setaffinity(0, {load_core})
+    graph = FakeGraph(token=TOKEN, pixel_ids={PIXEL}).start()
+    env = {
+        "META_PIXEL_ID": PIXEL,
+        "META_ACCESS_TOKEN": TOKEN,
+        "TAGSERVER_META_GRAPH_URL": graph.url,
+        "TAGSERVER_LOG_LEVEL": "info",
+    }
+    servers = Servers(work, vendor_up=False, pin=args.server_core)
+    try:
+        started = {"E": servers.start_tagserver("tagserver-e", container=real_container(),
+                                                extra_env=env)}  # fmt: skip
+        for number, tree in enumerate(args.tree or [], start=1):
+            root = Path(tree).resolve()
+            started[f"E{number}"] = servers.start_tagserver(
+                f"tagserver-e{number}", container=real_container(root=root), extra_env=env,
+                tree=root,
+            )  # fmt: skip
+        body = work / "events.json"
+        body.write_text(json.dumps(PURCHASE))
+        headers = (f"Authorization: Bearer {API_KEY}", f"User-Agent: {UA}")
+
+        def only(name: str) -> None:
+            for other, (_, proc) in started.items():
+                os.killpg(proc.pid, signal.SIGCONT if other == name else signal.SIGSTOP)
+            time.sleep(0.2)
+
+        def one_run(name: str, rate: float) -> dict[str, float]:
+            url, proc = started[name]
+            only(name)
+            events, requests = len(graph.accepted_events()), graph.request_count()
+            before = process_cpu(proc.pid)
+            result = steady(url, args.duration, rate, body, headers=headers, core=load_core)
+            sent = round(result["rps"] * args.duration) - result["errors"]
+            deadline = time.monotonic() + 30
+            while len(graph.accepted_events()) - events < sent and time.monotonic() < deadline:
+                time.sleep(0.01)
+            after = process_cpu(proc.pid)
+            delivered = len(graph.accepted_events()) - events
+            return {
+                "server_us": (after["server"] - before["server"]) / delivered * 1e6,
+                "writer_us": (after["writer"] - before["writer"]) / delivered * 1e6,
+                "graph_per_100": (graph.request_count() - requests) / delivered * 100,
+                "delivered": delivered,
+                "p99": result["p99"],
+            }
+
+        print(f"# delivery cost: open loop at {args.delivery_rates} hits/s, {args.duration}s "
+              f"per run, servers on core {args.server_core}, {machine()}")  # fmt: skip
+        for name in started:  # warm up
+            one_run(name, args.delivery_rates[0])
+        runs: dict[tuple[str, float], list[dict[str, float]]] = {}
+        for round_no in range(args.rounds):
+            for rate in args.delivery_rates:
+                for name in started:
+                    r = one_run(name, rate)
+                    runs.setdefault((name, rate), []).append(r)
+                    print(f"round {round_no + 1} {name:<3} {rate:>5.0f}/s  CPU per hit: worker "
+                          f"{r['server_us']:5.0f} us, writer {r['writer_us']:4.0f} us;  "
+                          f"Graph requests per 100 hits {r['graph_per_100']:5.1f};  "
+                          f"p99 {r['p99']:6.2f} ms;  {r['delivered']:.0f} delivered")  # fmt: skip
+        print(f"median of {args.rounds} rounds, load now {os.getloadavg()[0]:.2f}:")
+        summary: dict[str, dict[str, float]] = {}
+        for (name, rate), results in runs.items():
+            row = {k: statistics.median(r[k] for r in results) for k in results[0]}
+            summary[f"{name} {rate:.0f}"] = row
+            total = row["server_us"] + row["writer_us"]
+            base = summary.get(f"E {rate:.0f}")
+            ratio = ""
+            if base is not None and name != "E":
+                ratio = f"  E / {name} = {(base['server_us'] + base['writer_us']) / total:.2f}"
+            print(f"  {name:<3} {rate:>5.0f}/s  {total:5.0f} us CPU per hit (worker "
+                  f"{row['server_us']:.0f}, writer {row['writer_us']:.0f}), Graph requests per "
+                  f"100 hits {row['graph_per_100']:.1f}{ratio}")  # fmt: skip
+        for _, proc in started.values():
+            os.killpg(proc.pid, signal.SIGCONT)
+        return {"summary": summary}
+    finally:
+        servers.close()
+        graph.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def probe(url: str, graph: Any) -> None:
     """One purchase through the events API: Meta fires, and the fake Graph API receives it."""
     import httpx
@@ -954,9 +1071,10 @@ def run_outage(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--mode", choices=("real", "one-tag", "hits", "outage", "all"), default="real",
+        "--mode", choices=("real", "one-tag", "hits", "outage", "delivery", "all"), default="real",
         help="real: the shipped container (default); one-tag (or hits): one http_request tag; "
-        "outage: the vendor down for a while; all: the three",
+        "outage: the vendor down for a while; delivery: CPU per hit at fixed rates (delivery "
+        "side); all: real, one-tag and outage",
     )  # fmt: skip
     parser.add_argument(
         "--idle", type=int, nargs="*", default=[0, 30, 100],
@@ -991,6 +1109,10 @@ def main() -> None:
         help="also run C plus a Meta tag without (CM) and with (CI) the identity cookie and "
         "geo headers on every hit: the cost of opening the cookie and filling the keys",
     )
+    parser.add_argument(
+        "--delivery-rates", type=float, nargs="+", default=[300, 800],
+        help="delivery: the fixed hit rates (per second) measured",
+    )  # fmt: skip
     parser.add_argument("--outage-minutes", type=float, default=5)
     parser.add_argument("--rate", type=float, default=200, help="hits/s during the outage")
     parser.add_argument("--retry-cap", type=float, default=30, help="TAGSERVER_RETRY_CAP_SECONDS")
@@ -1006,6 +1128,8 @@ def main() -> None:
         run_hits(args)
     if args.mode in ("all", "outage"):
         run_outage(args)
+    if args.mode == "delivery":
+        run_delivery(args)
 
 
 if __name__ == "__main__":

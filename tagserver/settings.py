@@ -170,6 +170,11 @@ class Settings:
     retry_cap_seconds: float = setting(600.0, "Longest retry delay.")
     send_timeout_seconds: float = setting(30.0, "Timeout of one vendor request.")
     send_concurrency: int = setting(4, "Concurrent vendor requests per destination.")
+    batch_linger_seconds: float = setting(
+        0.05,
+        "For tag types that send in batches: how long a destination whose last batch was far "
+        "from full waits for more messages before sending (0 to 1 s; 0 = send at once).",
+    )
     shutdown_grace_seconds: float = setting(10.0, "On SIGTERM, time allowed for in-flight sends.")
     outbox_lease_seconds: float = setting(
         60.0, "How long a worker holds the messages it claimed; a dead worker's return after it."
@@ -242,6 +247,11 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}OUTBOX_URL: expected postgresql://user:password@host:port/database "
                 "(or empty for the embedded SQLite outbox)"
+            )
+        if not 0 <= self.batch_linger_seconds <= 1:
+            raise SettingsError(
+                f"{PREFIX}BATCH_LINGER_SECONDS: expected 0 to 1 (seconds), "
+                f"got {self.batch_linger_seconds}"
             )
         hook = self.alert_webhook_url.strip()
         if hook and not hook.startswith(("https://", "http://")):

@@ -470,6 +470,44 @@ async def test_a_sender_that_raises_counts_as_retry(tmp_path, outbox_backend, ve
     assert Flaky.calls == 2
 
 
+async def test_a_delivery_that_fails_after_its_send_returns_after_the_lease(
+    tmp_path, outbox_backend, vendor
+):
+    """A sender's answer the dispatcher cannot use (a plugin's bug: Retry-After as text) ends
+    that delivery; the worker stops holding its messages, so they come back when the lease
+    ends and are sent again (they were kept leased, and never sent, until a restart)."""
+
+    class Garbled(BatchSender):
+        calls = 0
+
+        async def send(self, route, batch):
+            Garbled.calls += 1
+            if Garbled.calls == 1:
+                return [Delivery("retry", status=503, retry_after="soon") for _ in batch]
+            return await super().send(route, batch)
+
+    class GarbledTag(BatchTag):
+        sender_class = Garbled
+
+    settings = Settings(data_dir=str(tmp_path), outbox_lease_seconds=0.5, **outbox_backend, **FAST)
+    outbox = open_outbox(settings)
+    await outbox.start()
+    route = {"url": vendor.url + "/batch"}
+    await outbox.put([Outgoing("batch:1", {"n": 1}, "m1", "batch_test", route=route)])
+    dispatcher = Dispatcher(outbox, Registry(tags={"batch_test": GarbledTag}), settings)
+    await dispatcher.start()
+    try:
+        for _ in range(100):
+            if vendor.accepted:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await dispatcher.close()
+        await outbox.close()
+    assert [r.json() for r in vendor.accepted] == [[{"n": 1}]]
+    assert Garbled.calls == 2
+
+
 def test_secrets_echoed_by_the_vendor_are_removed_from_dead_letters(
     tmp_path, outbox_backend, vendor
 ):
