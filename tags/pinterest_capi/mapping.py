@@ -89,7 +89,7 @@ def build(
     if epik:
         user["click_id"] = epik
     out["user_data"] = user
-    custom = _custom(event, params)
+    custom = _custom(event, params, hashes)
     if custom:
         out["custom_data"] = custom
     return out, dropped
@@ -104,16 +104,16 @@ def _epik(event: Event, request: RequestContext) -> str | None:
     return found if found.__class__ is str and EPIK_RE.fullmatch(found) else None
 
 
-def _custom(event: Event, params: dict[str, Any]) -> dict[str, Any]:
+def _custom(event: Event, params: dict[str, Any], hashes: conversions.Hashes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     code = conversions.currency(event)
     if code:
         out["currency"] = code
-    found = conversions.items(event)
+    found = conversions.items(event, hashes.memo)
     value = conversions.amount(event, found)
     if value is not None:
         out["value"] = _decimal(value) if conversions.number(value) is not None else value
-    if found:
+    if found and hashes.digest:  # the contents: nothing a dry run nobody sees checks
         contents = []
         for item in found:
             entry: dict[str, Any] = {"id": item.id, "quantity": item.quantity}

@@ -74,7 +74,7 @@ def build(
     if params.get("integration"):
         out["integration"] = str(params["integration"])
     out["user_data"] = _user(event, params, request, hashes, dropped)
-    custom = _custom(event, params.get("custom_data"))
+    custom = _custom(event, params.get("custom_data"), hashes)
     if custom:
         out["custom_data"] = custom
     return out, dropped
@@ -108,16 +108,16 @@ def _user(
     return user
 
 
-def _custom(event: Event, configured: Any) -> dict[str, Any]:
+def _custom(event: Event, configured: Any, hashes: conversions.Hashes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     code = conversions.currency(event)
     if code:
         out["currency"] = code
-    found = conversions.items(event)
+    found = conversions.items(event, hashes.memo)
     value = conversions.amount(event, found)
     if value is not None:
         out["value"] = value
-    if found:
+    if found and hashes.digest:  # the contents: nothing a dry run nobody sees checks
         contents = []
         for item in found:
             entry: dict[str, Any] = {"id": item.id, "quantity": item.quantity}

@@ -98,7 +98,7 @@ def build(
         "event_id": conversions.event_id(event, request),
     }
     out["user"] = _user(event, params, request, hashes, dropped)
-    properties = _properties(event, params.get("properties"))
+    properties = _properties(event, params.get("properties"), hashes)
     if properties:
         out["properties"] = properties
     page: dict[str, Any] = {}
@@ -171,10 +171,10 @@ def _host(url: Any) -> str:
         return ""
 
 
-def _properties(event: Event, configured: Any) -> dict[str, Any]:
+def _properties(event: Event, configured: Any, hashes: conversions.Hashes) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    found = conversions.items(event)
-    if found:
+    found = conversions.items(event, hashes.memo)
+    if found and hashes.digest:  # the contents: nothing a dry run nobody sees checks
         contents = []
         for item in found:
             entry: dict[str, Any] = {"content_id": item.id, "quantity": item.quantity}

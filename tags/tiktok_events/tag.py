@@ -145,11 +145,7 @@ def check(event: dict[str, Any], now: float) -> None:
         raise conversions.Refusal(
             "no_page_url", "page_location is empty: TikTok needs the page URL"
         )
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        host = ""
-    if host == _GTM_PREVIEW_HOST:
+    if _on_host(url, _GTM_PREVIEW_HOST):
         raise conversions.Refusal(
             "gtm_preview_host", f"page URL on {_GTM_PREVIEW_HOST} (Tag Assistant)"
         )
@@ -160,3 +156,14 @@ def check(event: dict[str, Any], now: float) -> None:
         raise conversions.Refusal(
             "no_user_data", "no customer information, IP or user agent to match"
         )
+
+
+def _on_host(url: str, host: str) -> bool:
+    """Whether `url`'s host is `host` (lowercase). Only a URL that holds the name, or a tab or
+    line break (which urlsplit drops first), is parsed."""
+    if host not in url.lower() and url.isprintable():
+        return False
+    try:
+        return urlsplit(url).hostname == host
+    except ValueError:
+        return False

@@ -16,7 +16,7 @@ may move. Import the submodule and use its names:
 - `identity` customer data normalized and SHA-256 hashed (email, phone, names, address, ids),
              one set of rules for every conversions tag; hashes pass through
 - `conversions` what a conversions-API tag needs: `ConversionsTag`, refusals, match quality,
-             user data hashed once per event for every tag (`Hashes`), reading GA4 items,
+             user data hashed once per event for every tag (`Hashes`), GA4 items read once,
              click ids and the event's common parts, isolating refused events in a batch
 - `match`    keys an event lacks, from the visitor's encrypted identity cookie and from
              geography (`enrich`), the report of what each event gained (`report`), and

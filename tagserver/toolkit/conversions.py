@@ -7,11 +7,12 @@
   short names the vendors share (`em`, `ph`, `fn` ...), each a list; `regions` gives the
   address country and the phone region they are read with.
 - `Hashes` / `UserKey` / `add_user_keys`: those keys normalized and hashed by the shared rules
-  of `tagserver.toolkit.identity` or a vendor's own, each value once per event for every tag
-  of it (the memo is the event's `FireContext.memo`); `add_client` adds IP and user agent.
+  of `tagserver.toolkit.identity` or a vendor's own, each key's values once per event for
+  every tag that sends it alike (`Hashes.user_values`; the memo is the event's
+  `FireContext.memo`); `add_client` adds IP and user agent.
 - `event_id`, `event_time`, `event_name`, `server_event`, `currency`, `amount`, `order_id`, `search_term`,
   `add_configured`: the parts of an event every vendor reads alike.
-- `items(event)` / `total(items)`: GA4 items read once, with numbers made numbers.
+- `items(event, memo)` / `total(items)`: GA4 items read once per event, numbers made numbers.
 - `click_id(url, name)`: a click id of the page URL, exactly as given.
 - `check_id_and_time`, `check_value`, `check_currency`: the refusals vendors share.
 - `MatchQuality`: a local 0–10 estimate from the keys an event carries, with weights per vendor.
@@ -289,22 +290,35 @@ _MISSING: Any = object()
 _sha256 = hashlib.sha256
 
 
+class UserKey(NamedTuple):
+    """How a vendor sends one shared match key (`em`, `ph` ...)."""
+
+    name: str  # the vendor's name for it
+    rule: str | Rule  # the shared rule's key in `identity.NORMALIZERS`, or the vendor's own
+    hashed: bool = True  # False: sent normalized, in clear
+    many: bool = True  # a list of values; False: the first one
+
+
 class Hashes:
     """User data normalized and SHA-256 hashed, each value once per event for every tag of the
-    event that follows the same rule: `memo` is the event's `FireContext.memo`.
+    event that follows the same rule: `memo` is the event's `FireContext.memo` (nothing is
+    kept longer: no raw personal data outlives the event).
 
     With `digest=False` (a dry run whose payload nobody sees) a value is only normalized, to
     decide whether the key is kept, and stands as `UNHASHED`: such a payload is never shown
-    or sent."""
+    or sent, so a `build` may also leave out what no check of it reads (the items' contents)."""
 
-    __slots__ = ("_done", "digest", "memo")
+    __slots__ = ("_done", "_keys", "digest", "memo")
 
     def __init__(self, memo: dict[Any, Any] | None = None, *, digest: bool = True) -> None:
         self.memo = {} if memo is None else memo
-        done = self.memo.get("conversions.hashes")
-        if done is None:
-            done = self.memo["conversions.hashes"] = {}
-        self._done: dict[tuple[Any, str, str | None], str | None] = done
+        shared = self.memo.get("conversions.hashes")
+        if shared is None:
+            shared = self.memo["conversions.hashes"] = ({}, {})
+        # (rule, text, context) → hash | UNHASHED | None, see `hash`;
+        # (key, rule, hashed, context) → (raw values, digested, results), see `user_values`
+        self._done: dict[tuple[Any, str, str | None], str | None] = shared[0]
+        self._keys: dict[tuple[Any, ...], tuple[list[Any], bool, list[str]]] = shared[1]
         self.digest = digest
 
     def hash(self, rule: str | Rule, text: str, context: str | None = None) -> str | None:
@@ -332,14 +346,50 @@ class Hashes:
             self._done[key] = found
         return found  # type: ignore[no-any-return]  # a str or None, as stored
 
+    def user_values(
+        self, key: str, spec: UserKey, given: list[Any], context: str | None
+    ) -> list[str]:
+        """What `spec` makes of the match key `key`'s raw values (`RawIdentity.values[key]`):
+        each normalized and hashed as `hash` does (only normalized when `spec.hashed` is
+        False), in order, without repeats or unusable ones. `context` is the phone region for "ph", else
+        the address country.
 
-class UserKey(NamedTuple):
-    """How a vendor sends one shared match key (`em`, `ph` ...)."""
-
-    name: str  # the vendor's name for it
-    rule: str | Rule  # the shared rule's key in `identity.NORMALIZERS`, or the vendor's own
-    hashed: bool = True  # False: sent normalized, in clear
-    many: bool = True  # a list of values; False: the first one
+        Worked out once per event for every tag that sends the key by the same rule (Pinterest
+        and Snapchat share all but one): the list is shared, copy it to keep it."""
+        rule, hashed = spec.rule, spec.hashed
+        if not hashed or rule in _CONTEXT_FREE:  # values sent in clear are read without one
+            context = None
+        memo_key = (key, rule, hashed, context)
+        seen = self._keys.get(memo_key)
+        if seen is not None and seen[0] is given and (seen[1] or not self.digest):
+            return seen[2]
+        normalize = identity.NORMALIZERS[rule] if isinstance(rule, str) else rule
+        digest = self.digest
+        result: str | None
+        found: list[str] = []
+        for value in given:
+            if value.__class__ is not str:  # a number: phones, ZIPs, ids (42.0 counts as 42)
+                if value.__class__ is float and value.is_integer():
+                    value = int(value)
+                if value.__class__ is not int:
+                    continue
+                value = str(value)
+            text = value.strip()
+            if not text:
+                continue
+            if hashed and len(text) == 64 and identity.is_hashed(text):
+                result = text.lower()  # already a SHA-256: passes through
+            elif hashed and digest and rule in identity.REMEMBERED_KEYS:
+                result = identity.hash_text(rule, text, context)  # kept across events there
+            else:
+                result = normalize(text, context)
+                if result and hashed:
+                    result = _sha256(result.encode()).hexdigest() if digest else UNHASHED
+            if result and result not in found:
+                found.append(result)
+        # `given` is held: its id is not reused while the entry stands
+        self._keys[memo_key] = (given, self.digest or not hashed, found)
+        return found
 
 
 def add_user_keys(
@@ -360,27 +410,9 @@ def add_user_keys(
         given = values.get(key)
         if spec is None or not given:
             continue
-        context = phone_region if key == "ph" else country
-        found: list[str] = []
-        for value in given:
-            if value.__class__ is not str:  # a number: phones, ZIPs, ids (42.0 counts as 42)
-                if value.__class__ is float and value.is_integer():
-                    value = int(value)
-                if value.__class__ is not int:
-                    continue
-                value = str(value)
-            text = value.strip()
-            if not text:
-                continue
-            if spec.hashed:
-                result = hashes.hash(spec.rule, text, context)
-            else:
-                rule = spec.rule
-                result = (identity.NORMALIZERS[rule] if isinstance(rule, str) else rule)(text, None)
-            if result and result not in found:
-                found.append(result)
+        found = hashes.user_values(key, spec, given, phone_region if key == "ph" else country)
         if found:
-            user[spec.name] = found if spec.many else found[0]
+            user[spec.name] = found.copy() if spec.many else found[0]
         else:
             dropped[spec.name] = "not usable after normalization"
 
@@ -477,8 +509,21 @@ class Item(NamedTuple):
     quantity: int
 
 
-def items(event: Event) -> list[Item]:
-    """GA4 `items` with an id (item_id, else item_name); quantity ≥ 1 (default 1)."""
+def items(event: Event, memo: dict[Any, Any] | None = None) -> list[Item]:
+    """GA4 `items` with an id (item_id, else item_name); quantity ≥ 1 (default 1). With the
+    event's `memo` (`FireContext.memo`) its tags share one reading (never change the list)."""
+    if memo is None:
+        return _items(event)
+    seen = memo.get("conversions.items")
+    if seen is not None and seen[0] is event:
+        found: list[Item] = seen[1]
+        return found
+    found = _items(event)
+    memo["conversions.items"] = (event, found)  # holds `event`: no id reuse
+    return found
+
+
+def _items(event: Event) -> list[Item]:
     raw = event.get("items")
     if raw.__class__ is not list or not raw:
         return []
@@ -897,7 +942,7 @@ class ConversionsTag(Tag):
 
     def _target(self, params: dict[str, Any]) -> Target:
         """The same few param combinations repeat for every event: each is worked out once."""
-        key = tuple(params.get(name) for name in self.target_params)
+        key = tuple(map(params.get, self.target_params))
         try:
             target = self._targets.get(key)
         except TypeError:  # a templated param resolved to something unhashable
