@@ -1,6 +1,7 @@
 """Benchmark: building the Conversions API request body for 10,000 full Purchase events.
 
-    python bench/bench_meta.py [--events 10000] [--rounds 2] [--vendors-only]
+    python bench/bench_meta.py [--events 10000] [--rounds 2] [--vendors-only] [--cpu]
+    python bench/bench_meta.py --callgrind [--events 1000] [--tree ../before]
 
 The per-vendor table (always printed; `--vendors-only` skips the SDK comparison) times each
 conversions tag — meta_capi, tiktok_events, pinterest_capi, snapchat_capi — the same way
@@ -27,42 +28,58 @@ medians and the ratio, after checking that both produce the same hashes for the 
 For reference each round also times tagserver's mapping alone (normalize + hash + serialize,
 the SDK's scope, without refusal checks, match quality and the outbox message), and the SDK
 with a plain `json.dumps` body instead of the form encoding its `execute()` does.
+
+Times are wall clock by default; `--cpu` takes this process's CPU time instead
+(`time.process_time`), steadier on a shared machine where other work takes the core now and
+then; compare the best rounds then (the least disturbed), which the report gives too.
+`--callgrind` counts instructions per event instead (valgrind), of the whole tag, the mapping
+and the SDK's body, for this checkout and each `--tree` (its own `.venv`; the SDK only where
+installed): stable to well under 1 % on a loaded machine, so fit to compare two versions. Not
+a measure of time: valgrind runs SHA-256 without the CPU's SHA instructions, so hashing weighs
+more there than on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import orjson
+from tagserver.tags.meta_capi import MetaCapiTag
+from tagserver.tags.meta_capi.mapping import build
+from tagserver.tags.pinterest_capi import PinterestCapiTag
+from tagserver.tags.snapchat_capi import SnapchatCapiTag
+from tagserver.tags.tiktok_events import TikTokEventsTag
 
-import orjson  # noqa: E402
-from facebook_business.adobjects.serverside.action_source import ActionSource  # noqa: E402
-from facebook_business.adobjects.serverside.content import Content  # noqa: E402
-from facebook_business.adobjects.serverside.custom_data import CustomData  # noqa: E402
-from facebook_business.adobjects.serverside.event import Event  # noqa: E402
-from facebook_business.adobjects.serverside.event_request import EventRequest  # noqa: E402
-from facebook_business.adobjects.serverside.gender import Gender  # noqa: E402
-from facebook_business.adobjects.serverside.user_data import UserData  # noqa: E402
-from facebook_business.api import _top_level_param_json_encode  # noqa: E402
-from requests.models import RequestEncodingMixin  # noqa: E402
-from tagserver.tags.meta_capi import MetaCapiTag  # noqa: E402
-from tagserver.tags.meta_capi.mapping import build  # noqa: E402
-from tagserver.tags.pinterest_capi import PinterestCapiTag  # noqa: E402
-from tagserver.tags.snapchat_capi import SnapchatCapiTag  # noqa: E402
-from tagserver.tags.tiktok_events import TikTokEventsTag  # noqa: E402
+from tagserver.event import RequestContext
+from tagserver.plugins import FireContext
+from tagserver.settings import Settings
 
-from tagserver.event import RequestContext  # noqa: E402
-from tagserver.plugins import FireContext  # noqa: E402
-from tagserver.settings import Settings  # noqa: E402
+try:  # Meta's SDK (the `bench` extra); another checkout's venv (--tree) may lack it
+    from facebook_business.adobjects.serverside.action_source import ActionSource
+    from facebook_business.adobjects.serverside.content import Content
+    from facebook_business.adobjects.serverside.custom_data import CustomData
+    from facebook_business.adobjects.serverside.event import Event
+    from facebook_business.adobjects.serverside.event_request import EventRequest
+    from facebook_business.adobjects.serverside.gender import Gender
+    from facebook_business.adobjects.serverside.user_data import UserData
+    from facebook_business.api import _top_level_param_json_encode
+    from requests.models import RequestEncodingMixin
+
+    HAVE_SDK = True
+except ImportError:
+    HAVE_SDK = False
 
 BATCH = 1000
 PIXEL = "1234567890123456"
@@ -326,10 +343,13 @@ def same_hashes(ours: list[bytes], sdk: list[bytes]) -> list[str]:
     return agree
 
 
+CLOCK = time.perf_counter  # `--cpu`: time.process_time
+
+
 def timed(fn: Any, *args: Any) -> tuple[float, Any]:
-    started = time.perf_counter()
+    started = CLOCK()
     result = fn(*args)
-    return time.perf_counter() - started, result
+    return CLOCK() - started, result
 
 
 def line(round_no: int, label: str, seconds: float, events: int) -> None:
@@ -337,12 +357,107 @@ def line(round_no: int, label: str, seconds: float, events: int) -> None:
     print(f"round {round_no} {label:26s} {seconds * 1000:8.1f} ms  {per_event:6.1f} µs/event")
 
 
+# -- instructions (--callgrind), side by side with other checkouts (--tree) -------------------
+
+
+def count_child(events_count: int) -> None:
+    """Under callgrind: instructions per event of the whole tag, its mapping and (when the SDK
+    is installed) the SDK's `execute()` body, on the same events; one JSON line."""
+    now = int(time.time())
+    raw = raw_events(events_count, now)
+    events = tagserver_events(raw)
+    meta = VENDORS[0]
+    run_tag(meta[1], meta[2], tagserver_events(raw_events(200, now)))  # warm-up
+    run_mapping_only(tagserver_events(raw_events(200, now)))
+    jobs: list[tuple[str, Any, Any]] = [
+        ("tag", lambda e: run_tag(meta[1], meta[2], e), lambda: [dict(e) for e in events]),
+        ("mapping", run_mapping_only, lambda: [dict(e) for e in events]),
+    ]
+    if HAVE_SDK:
+        run_sdk(raw_events(200, now))
+        jobs.append(("sdk", run_sdk, lambda: raw))
+    out = {}
+    for name, job, data in jobs:
+        given = data()
+        _callgrind("--instr=on")
+        job(given)
+        _callgrind("--dump")
+        _callgrind("--instr=off")
+        out[name] = _callgrind_total() / events_count
+    print(json.dumps(out), flush=True)
+
+
+def _callgrind(what: str) -> None:
+    subprocess.run(["callgrind_control", what, str(os.getpid())], check=True,
+                   capture_output=True)  # fmt: skip
+
+
+def _callgrind_total() -> float:
+    out = Path(os.environ["BENCH_META_CALLGRIND"])
+    newest = max(out.parent.glob(out.name + ".*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    for line_text in newest.read_text().splitlines():
+        if line_text.startswith("totals:"):
+            return float(line_text.split()[1])
+    raise SystemExit(f"no totals in {newest}")
+
+
+def callgrind_table(trees: list[str], events_count: int) -> None:
+    """Instructions per event for this checkout and each of `trees` (each with its own
+    `.venv`), counted by callgrind: they move by well under 1 % between runs, however loaded
+    the machine; CPU time on a shared machine moves by 10 % and more."""
+    here = Path(__file__).resolve()
+    results = {}
+    for tree in [str(here.parent.parent), *trees]:
+        with tempfile.TemporaryDirectory(prefix="bench-meta-") as tmp:
+            work = Path(tmp)
+            python = Path(tree) / ".venv" / "bin" / "python"
+            command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                       f"--callgrind-out-file={work / 'cg.out'}",
+                       str(python if python.exists() else sys.executable), str(here),
+                       "--count-child", "--events", str(events_count)]  # fmt: skip
+            env = {**os.environ, "BENCH_META_CALLGRIND": str(work / "cg.out")}
+            done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{tree}: {done.stderr[-2000:]}")
+        results[Path(tree).name] = json.loads(done.stdout.strip().splitlines()[-1])
+    this = results[here.parent.parent.name]
+    print(f"thousand instructions per event ({events_count} events; ×: the other's ÷ this one's)")
+    for name, counts in results.items():
+        cells = [f"{what} {counts[what] / 1000:7.1f} k" + (
+                 f" ({counts[what] / this[what]:.3f}×)" if counts is not this else "")
+                 for what in ("tag", "mapping", "sdk") if what in counts]  # fmt: skip
+        print(f"{name:12s} " + ", ".join(cells))
+    if "sdk" in this:
+        print(
+            f"SDK body ÷ mapping (instructions, this checkout): {this['sdk'] / this['mapping']:.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2, help="A B pairs (default 2: A B A B)")
     parser.add_argument("--vendors-only", action="store_true", help="only the per-vendor table")
+    parser.add_argument("--cpu", action="store_true", help="CPU time instead of the wall clock")
+    parser.add_argument(
+        "--callgrind", action="store_true",
+        help="instructions per event (valgrind's callgrind) instead of times: stable when loaded",
+    )  # fmt: skip
+    parser.add_argument("--tree", action="append", default=[],
+                        help="with --callgrind: also another checkout (its .venv)")  # fmt: skip
+    parser.add_argument("--count-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.count_child:
+        count_child(args.events)
+        return
+    if args.callgrind:
+        callgrind_table(args.tree, args.events)
+        return
+    if not HAVE_SDK and not args.vendors_only:
+        raise SystemExit("Meta's SDK is not installed: pip install -e '.[bench]'")
+    if args.cpu:
+        global CLOCK
+        CLOCK = time.process_time
 
     now = int(time.time())
     raw = raw_events(args.events, now)
@@ -379,6 +494,7 @@ def main() -> None:
     print(f"body bytes: tagserver {sum(map(len, ours)):,}, facebook-sdk {sum(map(len, sdk)):,}")
     print(f"identical hashes for: {', '.join(agree)}")
     print(f"python {platform.python_version()}, facebook-business {version('facebook-business')}")
+    print(f"clock: {'CPU time of this process' if CLOCK is time.process_time else 'wall clock'}")
     print(
         f"median tagserver    {ours_med * 1000:8.1f} ms  ({ours_med / args.events * 1e6:.1f} µs/event)"
     )
@@ -389,9 +505,13 @@ def main() -> None:
     print(
         f"median mapping only {map_med * 1000:8.1f} ms  ({map_med / args.events * 1e6:.1f} µs/event)"
     )
+    for label, times in (("tagserver", ours_times), ("facebook-sdk", sdk_times),
+                         ("mapping only", mapping_times)):  # fmt: skip
+        print(f"best {label:15s} {min(times) / args.events * 1e6:8.1f} µs/event")
     print(f"ratio (medians): tagserver is {sdk_med / ours_med:.1f}× faster")
     print(f"ratio (best rounds): {min(sdk_times) / min(ours_times):.1f}×")
     print(f"ratio of the mapping alone (medians): {sdk_med / map_med:.1f}×")
+    print(f"ratio of the mapping alone (best rounds): {min(sdk_times) / min(mapping_times):.1f}×")
     json_med = statistics.median(sdk_json_times)
     print(
         f"for reference, facebook-sdk with a plain JSON body (no form encoding): "

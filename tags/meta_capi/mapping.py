@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeGuard
@@ -155,9 +156,10 @@ def user_data(
     """
     acc: dict[str, list[str]] = {}
     raw_ids = params.get("external_id_hashing") == "raw"
+    hash_one = hash_text if hashes is None else hashes.hash
     configured = params.get("user_data")
     plain: dict[str, Any] = {}
-    taken: set[str] | frozenset[str] = frozenset()
+    address_fields, person_fields = _ADDRESS_FIELDS, _PERSON_FIELDS
     if configured.__class__ is dict and configured:
         taken = set()
         for key, value in configured.items():
@@ -170,11 +172,14 @@ def user_data(
                 cc = _region(configured.get("country")) if key in ("st", "zp", "ph") else None
                 if key == "ph" and cc is None:
                     cc = _region(params.get("default_phone_country"))
-                _add(acc, key, value, cc, dropped, raw_ids, hashes)
+                _add(acc, key, value, cc, dropped, raw_ids, hash_one)
+        if taken:  # what the tag configures is not read from the event
+            address_fields = tuple(f for f in address_fields if f[0] not in taken)
+            person_fields = tuple(f for f in person_fields if f[0] not in taken)
 
     ud = event.get("user_data")
     if ud.__class__ is not dict:
-        ud = {}
+        ud = _NO_USER_DATA
     address_cc = None
     addresses = ud.get("address")
     if addresses.__class__ is dict:
@@ -187,15 +192,11 @@ def user_data(
             cc = _COUNTRY(given.strip(), None) if given.__class__ is str and given else None
             if address_cc is None:
                 address_cc = cc
-            for key, field, hashed_field in _ADDRESS_FIELDS:
-                if key in taken:
-                    continue
+            for key, field, hashed_field, _pixel_key in address_fields:
                 value = address.get(field) or (hashed_field and address.get(hashed_field))
                 if value:
-                    _add(acc, key, value, cc, dropped, raw_ids, hashes)
-    for key, sources, pixel_key in _PERSON_FIELDS:
-        if key in taken:
-            continue
+                    _add(acc, key, value, cc, dropped, raw_ids, hash_one)
+    for key, sources, pixel_key in person_fields:
         value = event.get("user_id") if key == "external_id" else None
         if not value:
             for source in sources:
@@ -208,18 +209,14 @@ def user_data(
             cc = None
             if key == "ph":
                 cc = address_cc or _region(params.get("default_phone_country"))
-            _add(acc, key, value, cc, dropped, raw_ids, hashes)
-    for key, _field, _hashed in _ADDRESS_FIELDS:  # the pixel's own keys (GA4 hits)
-        if key not in acc and key not in taken:
-            value = event.get("x-fb-ud-" + key)
+            _add(acc, key, value, cc, dropped, raw_ids, hash_one)
+    for key, _field, _hashed, pixel_key in address_fields:  # the pixel's own keys (GA4 hits)
+        if key not in acc:
+            value = event.get(pixel_key)
             if value:
-                _add(acc, key, value, address_cc, dropped, raw_ids, hashes)
+                _add(acc, key, value, address_cc, dropped, raw_ids, hash_one)
 
-    out: dict[str, Any] = {}
-    for key in HASHED_ORDER:
-        values = acc.get(key)
-        if values:
-            out[key] = values
+    out: dict[str, Any] = {key: acc[key] for key in HASHED_ORDER if key in acc}
     ip = plain.get("client_ip_address") or event.get("ip_override")
     if ip:
         valid = _ip(ip.strip()) if ip.__class__ is str else None
@@ -246,23 +243,25 @@ def user_data(
 
 HASHED_ORDER = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
 # key, user_data fields in order of preference, the Meta pixel's top-level key
-_PERSON_FIELDS = (
+_PERSON_FIELDS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("em", ("email_address", "sha256_email_address", "email"), "x-fb-ud-em"),
     ("ph", ("phone_number", "sha256_phone_number", "phone"), "x-fb-ud-ph"),
     ("ge", ("gender",), "x-fb-ud-ge"),
     ("db", ("date_of_birth",), "x-fb-ud-db"),
     ("external_id", ("external_id",), "x-fb-ud-external_id"),
 )
-# key, address field, its already-hashed form
-_ADDRESS_FIELDS = (
-    ("fn", "first_name", "sha256_first_name"),
-    ("ln", "last_name", "sha256_last_name"),
-    ("ct", "city", ""),
-    ("st", "region", ""),
-    ("zp", "postal_code", ""),
-    ("country", "country", ""),
+# key, address field, its already-hashed form, the Meta pixel's top-level key
+_ADDRESS_FIELDS: tuple[tuple[str, str, str, str], ...] = (
+    ("fn", "first_name", "sha256_first_name", "x-fb-ud-fn"),
+    ("ln", "last_name", "sha256_last_name", "x-fb-ud-ln"),
+    ("ct", "city", "", "x-fb-ud-ct"),
+    ("st", "region", "", "x-fb-ud-st"),
+    ("zp", "postal_code", "", "x-fb-ud-zp"),
+    ("country", "country", "", "x-fb-ud-country"),
 )
 _COUNTRY = NORMALIZERS["country"]
+_NO_USER_DATA: dict[str, Any] = {}  # read only
+Hash = Callable[[str, str, "str | None"], "str | None"]
 
 
 def _add(
@@ -272,32 +271,25 @@ def _add(
     context: str | None,
     dropped: dict[str, str],
     raw_ids: bool,
-    hashes: Hashes | None,
+    hash_one: Hash,
 ) -> None:
     """Normalize + hash one raw value (or each of a list) into `acc[key]`, without repeats."""
     if value.__class__ is str and not (raw_ids and key == "external_id"):
         text = value.strip()  # the common case: one text value, straight to its hasher
-        if not text:
-            result = None
-        elif hashes is None:
-            result = hash_text(key, text, context)
-        else:
-            result = hashes.hash(key, text, context)
+        result = hash_one(key, text, context) if text else None
     elif value.__class__ is list:
         for item in value:
             if item is not None and item != "":
-                _add(acc, key, item, context, dropped, raw_ids, hashes)
+                _add(acc, key, item, context, dropped, raw_ids, hash_one)
         return
     else:
         result = _other_value(key, value, context, raw_ids)
     if not result:
         dropped.setdefault(key, _DROP_REASONS.get(key, "empty after normalization"))
-        return
-    found = acc.get(key)
-    if found is None:
+    elif key not in acc:
         acc[key] = [result]
-    elif result not in found:
-        found.append(result)
+    elif result not in acc[key]:
+        acc[key].append(result)
 
 
 def _other_value(key: str, value: Any, context: str | None, raw_ids: bool) -> str | None:
