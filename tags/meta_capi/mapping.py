@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
@@ -324,7 +323,6 @@ def _ip(text: str) -> str | None:
     return _ipv6(text)
 
 
-@lru_cache(maxsize=1024)
 def _ipv6(text: str) -> str | None:
     try:
         addr = ipaddress.ip_address(text)

@@ -125,11 +125,11 @@ class MetaCapiTag(Tag):
         accept = _RAW_IDS_ACCEPT if params.get("external_id_hashing") == "raw" else match.ALL_KEYS
         event, gain = match.enrich(event, params, ctx.request, accept)
         target = self._target(params)
-        # a dry run nobody sees decides the same (checks, match keys) without hashing; else
-        # Meta hashes straight away: sharing its hashes through the event's memo (as the other
-        # conversions tags do) cost Meta 4 % and saved the others 1 % (bench/README.md)
+        # through the event's memo, as the other conversions tags: a phone number is parsed
+        # once per event for all of them; a dry run nobody sees decides the same (checks,
+        # match keys) without hashing
         seen = target.route is not None or ctx.shows_dry_runs
-        built = build(event, params, ctx.request, None if seen else Hashes(ctx.memo, digest=False))
+        built = build(event, params, ctx.request, Hashes(ctx.memo, digest=seen))
         server = built.event
         quality = assess(server["user_data"])
         ctx.report_match(
