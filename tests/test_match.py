@@ -24,10 +24,11 @@ from starlette.testclient import TestClient
 from support import NO_GA4, NO_VENDOR, app_client, minimal_container, write_container
 
 from tagserver import metrics
+from tagserver.event import RequestContext
 from tagserver.settings import Settings
 from tagserver.toolkit import identity
-from tagserver.visitor import match
-from tagserver.visitor.identity_cookie import COOKIE, KEYS, Keyring
+from tagserver.visitor import identity_cookie, match
+from tagserver.visitor.identity_cookie import COOKIE, KEYS, Keyring, keyring
 from tagserver.web.app import create_app
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -510,3 +511,96 @@ def test_the_keys_an_event_gives_are_found_wherever_sgtm_puts_them(
         want.add("external_id")
     want.update(k for k in identity.HASHED_KEYS if event.get("x-fb-ud-" + k))
     assert match._present(event, configured)[0] == want
+
+
+# -- one answer per event for the tags that enrich it alike (FireContext.memo) ------------------
+
+SHARED_SETTINGS = Settings.from_env(
+    {}, secret_key="memo-test-secret-key-memo-test-secret-key", trusted_proxies="127.0.0.1"
+)
+# what a visitor's identity cookie may hold: none, an email, a person in the US or in France
+STORED = [
+    {},
+    identity_cookie.hashed_keys({"email_address": EMAIL}),
+    identity_cookie.hashed_keys(
+        {"email_address": EMAIL, "phone_number": "+1 650 555 1212",
+         "address": {"first_name": "Jane", "city": "Paris", "country": "US"}}, "c-1"
+    ),
+    identity_cookie.hashed_keys({"address": {"city": "Lyon", "country": "FR"}}),
+]  # fmt: skip
+requests_ = st.builds(
+    lambda stored, geo: RequestContext.from_scope(
+        method="POST",
+        url="http://sgtm.shop.test/collect",
+        path="/collect",
+        query={},
+        headers={"host": "sgtm.shop.test", **(CF if geo else {})},
+        cookies={COOKIE: keyring(SHARED_SETTINGS).seal(stored, int(time.time()))} if stored else {},
+        peer_ip="127.0.0.1",
+        scheme="https",
+        settings=SHARED_SETTINGS,
+    ),  # fmt: skip
+    st.sampled_from(STORED),
+    st.booleans(),
+)
+events = st.fixed_dictionaries(
+    {"event_name": st.just("purchase")},
+    optional={
+        "user_data": st.sampled_from(
+            [
+                {},
+                {"email_address": "x@y.org"},
+                {"address": {"country": "US"}},
+                {"address": [{"city": "Nice", "country": "FR"}]},
+                {"sha256_phone_number": "ab" * 32},
+            ]
+        ),  # fmt: skip
+        "consent": st.sampled_from(
+            [
+                {"ad_user_data": "denied"},
+                {"ad_storage": "denied"},
+                {"ad_storage": "granted"},
+            ]
+        ),  # fmt: skip
+        "ip_override": st.sampled_from(["127.0.0.1", "198.51.100.9", ""]),
+        "user_id": st.just("c-2"),
+    },
+)
+# the ways tags enrich: their accepted stored keys (all, TikTok's, Meta's with raw
+# external_id) and the params that change the answer, each way once
+TAG_SETUPS = [
+    ({**cookie, **geo, **own}, accept)
+    for accept in (match.ALL_KEYS, frozenset({"em", "external_id"}), match.ALL_KEYS - {"external_id"})
+    for cookie in ({}, {"use_identity_cookie": False}, {"use_identity_cookie": True})
+    for geo in ({}, {"use_geography": False})
+    for own in (
+        {}, {"user_data": {}}, {"user_data": {"em": "x@y.org"}}, {"user_data": {"country": "FR"}},
+        {"user_data": {"ct": "Paris", "country": "us"}},
+    )
+]  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    requests=st.lists(requests_, min_size=1, max_size=3),
+    hit_events=st.lists(events, min_size=1, max_size=3),
+    setups=st.permutations(TAG_SETUPS),
+)
+def test_tags_share_an_enrichment_only_when_it_is_the_same(
+    requests: list[RequestContext],
+    hit_events: list[dict[str, Any]],
+    setups: list[tuple[dict[str, Any], frozenset[str]]],
+) -> None:
+    """With one memo, every tag gets the answer it gets alone: never another tag's (other
+    accepted keys, identity params or `user_data`), another event's or another request's,
+    even from a memo wrongly kept across them."""
+    memo: dict[Any, Any] = {}
+    for given_event in hit_events:
+        event = dict(given_event)  # each event its own object, equal ones included
+        for request in requests:
+            for params, accept in setups:
+                alone = match.enrich(event, params, request, accept)
+                shared = match.enrich(event, dict(params), request, accept, memo=memo)
+                assert shared == alone
+                assert event == given_event  # nobody changes the event
+    assert 0 < len(memo) <= 4  # one reading per use_identity_cookie × use_geography

@@ -123,7 +123,7 @@ class MetaCapiTag(Tag):
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
         accept = _RAW_IDS_ACCEPT if params.get("external_id_hashing") == "raw" else match.ALL_KEYS
-        event, gain = match.enrich(event, params, ctx.request, accept)
+        event, gain = match.enrich(event, params, ctx.request, accept, memo=ctx.memo)
         target = self._target(params)
         # through the event's memo, as the other conversions tags: a phone number is parsed
         # once per event for all of them; a dry run nobody sees decides the same (checks,

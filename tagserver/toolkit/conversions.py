@@ -909,7 +909,7 @@ class ConversionsTag(Tag):
         return {**target.shown, "data": [payload]}
 
     def fire(self, event: Event, params: dict[str, Any], ctx: FireContext) -> list[Outgoing]:
-        event, gain = match.enrich(event, params, ctx.request, self.identity_keys)
+        event, gain = match.enrich(event, params, ctx.request, self.identity_keys, memo=ctx.memo)
         target = self._target(params)
         # a dry run nobody sees decides the same (checks, match keys) without hashing
         hashes = Hashes(ctx.memo, digest=target.route is not None or ctx.shows_dry_runs)

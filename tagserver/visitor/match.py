@@ -87,26 +87,36 @@ def enrich(
     params: dict[str, Any],
     request: RequestContext,
     accept: frozenset[str] = ALL_KEYS,
+    *,
+    memo: dict[Any, Any] | None = None,
 ) -> tuple[Event, Gain]:
     """`event` with the keys it lacks from the identity cookie and geography (a copy; the
     event itself when nothing is added), and what was added.
 
     `accept`: the stored hashes the tag can use (geography is raw: every tag can). Nothing is
     added when the event denies `ad_user_data`; the cookie is not used when it denies
-    `ad_storage` either."""
+    `ad_storage` either.
+
+    `memo`: the event's `FireContext.memo`. The tags of one event that read it alike (the same
+    event and request, `use_identity_cookie`, `use_geography` and `user_data` param) then
+    share what the event and the request give (`_Given`), worked out once."""
     use_cookie = params.get("use_identity_cookie") is not False
     use_geo = params.get("use_geography") is not False
-    consent = event.get("consent")
-    if consent and consent_denied(consent, "ad_user_data"):
+    configured = params.get("user_data")
+    given: _Given | None
+    if memo is None:
+        given = _given(event, request, use_cookie, use_geo, configured)
+    else:
+        memo_key = ("match.enrich", use_cookie, use_geo)
+        seen = memo.get(memo_key)
+        if seen is not None and seen[0] is event and seen[1] is request and seen[2] == configured:
+            given = seen[3]
+        else:
+            given = _given(event, request, use_cookie, use_geo, configured)
+            memo[memo_key] = (event, request, configured, given)  # holds `event`: no id reuse
+    if given is None:
         return event, NO_GAIN
-    stored = request.identity.keys if use_cookie else None
-    if stored and consent and consent_denied(consent, "ad_storage"):
-        stored = None
-    geo = geography(event, request).as_dict() if use_geo else None
-    if not stored and not geo:
-        return event, NO_GAIN
-
-    present, country = _present(event, params.get("user_data"))
+    stored, geo, present, country = given
     added: dict[str, str] = {}
     person: dict[str, Any] = {}
     place: dict[str, Any] = {}
@@ -139,6 +149,32 @@ def enrich(
     if not added:
         return event, NO_GAIN
     return _with(event, person, place), Gain(added)
+
+
+class _Given(NamedTuple):
+    """What an event and its request give every tag that reads them alike (read-only)."""
+
+    stored: dict[str, str] | None  # the identity cookie's hashes, when the tag may use them
+    geo: dict[str, str] | None  # the event's geography, when the tag may use it
+    present: set[str]  # the shared keys the event (or the tag's `user_data` param) gives
+    country: str | None  # its country, when it names one
+
+
+def _given(
+    event: Event, request: RequestContext, use_cookie: bool, use_geo: bool, configured: Any
+) -> _Given | None:
+    """None when nothing can be added: consent denies it, or neither source knows anything."""
+    consent = event.get("consent")
+    if consent and consent_denied(consent, "ad_user_data"):
+        return None
+    stored = request.identity.keys if use_cookie else None
+    if stored and consent and consent_denied(consent, "ad_storage"):
+        stored = None
+    geo = geography(event, request).as_dict() if use_geo else None
+    if not stored and not geo:
+        return None
+    present, country = _present(event, configured)
+    return _Given(stored, geo, present, country)
 
 
 _GEO_FIELDS = (("country", "country"), ("region", "st"), ("city", "ct"), ("postal_code", "zp"))
