@@ -1,6 +1,7 @@
 """Meta's written normalization rules, field by field, and Meta's published hash examples."""
 
 import hashlib
+import random
 
 import phonenumbers
 import pytest
@@ -312,3 +313,20 @@ def test_only_low_cardinality_fields_are_remembered_and_the_memory_is_bounded():
     for i in range(normalize._MEMO_MAX + 10):
         hash_value("ct", f"Town {i}")
     assert len(normalize._MEMO) <= normalize._MEMO_MAX
+
+
+def test_phone_fast_path_agrees_with_libphonenumber_on_random_international_numbers():
+    """Numbers written with their country code, random digits after it (trunk prefixes,
+    carrier codes, impossible lengths included): the fast path answers as libphonenumber."""
+    rng = random.Random(14)
+    codes = sorted(
+        str(cc) for cc, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()
+        if regions[0] != "001"
+    )  # fmt: skip
+    for _ in range(20_000):
+        cc = rng.choice(codes)
+        national = "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 13)))
+        if rng.random() < 0.3:  # a trunk prefix or a national prefix for parsing written first
+            national = rng.choice(("0", "00", "1", "8", "180020", "9", "15")) + national
+        for text in (f"+{cc}{national}", f"+{cc} {national[:3]} {national[3:]}"):
+            assert normalize.phone(text) == _libphonenumber(text, None), text

@@ -349,20 +349,40 @@ def _region_info(region: str) -> tuple[str, str | None, re.Pattern[str]] | None:
     return info
 
 
+_ABROAD_INFO: dict[str, tuple[re.Pattern[str], re.Pattern[str] | None] | None] = {}
+
+
+def _abroad_info(region: str) -> tuple[re.Pattern[str], re.Pattern[str] | None] | None:
+    """(national number pattern, what the parser may strip first) of a region's numbers
+    written with their country code: the fast path's rules for "+44 20 …"."""
+    if region in _ABROAD_INFO:
+        return _ABROAD_INFO[region]
+    meta = PhoneMetadata.metadata_for_region(region)
+    info = None
+    if meta is not None and meta.general_desc is not None and meta.general_desc.national_number_pattern:  # fmt: skip
+        strip = meta.national_prefix_for_parsing
+        info = (
+            re.compile(meta.general_desc.national_number_pattern),
+            re.compile(strip) if strip else None,
+        )
+    _ABROAD_INFO[region] = info
+    return info
+
+
 def _fast_international(digits: str) -> str | None:
     for size in (1, 2, 3):
         region = _CALLING_CODES.get(digits[:size])
         if region is None:
             continue
-        info = _REGION_INFO.get(region, _MISSING)
+        info = _ABROAD_INFO.get(region, _MISSING)
         if info is _MISSING:
-            info = _region_info(region)
+            info = _abroad_info(region)
         if info is None:
             return None
-        national, trunk = digits[size:], info[1]
-        if trunk and national.startswith(trunk):
-            return None  # "+44 020 …": a trunk prefix written after the country code
-        return digits if info[2].fullmatch(national) else None
+        national = digits[size:]
+        if info[1] is not None and info[1].match(national):
+            return None  # "+44 020 …": the parser may strip a trunk or carrier prefix
+        return digits if info[0].fullmatch(national) else None
     return None
 
 
