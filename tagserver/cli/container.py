@@ -20,10 +20,9 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -41,30 +40,15 @@ from ..container.history_backend import open_history
 from ..container.model import ContainerError, load, parse_json
 from ..container.problems import plural
 from ..container.status import iso
+from . import options
+from .options import json_option
 
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    envvar="TAGSERVER_DATA_DIR",
-    default="data",
-    show_default=True,
-    help="The server's data directory.  [env: TAGSERVER_DATA_DIR]",
-)
-url_option = click.option(
-    "--outbox-url",
-    envvar="TAGSERVER_OUTBOX_URL",
-    default="",
-    show_default=False,
-    help="The PostgreSQL outbox's URL, if the servers have one: the history every instance "
-    "shares is there (else in --data-dir).  [env: TAGSERVER_OUTBOX_URL]",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 REFS = {"ignore_unknown_options": True}  # so that `-1` is a REF, not an option
-
-
-def where(function: Callable[..., Any]) -> Callable[..., Any]:
-    """--data-dir and --outbox-url: where the servers keep the history."""
-    return data_dir_option(url_option(function))
+# --data-dir and --outbox-url: where the servers keep the history
+where = options.where(
+    "The PostgreSQL outbox's URL, if the servers have one: the history every instance "
+    "shares is there (else in --data-dir).  [env: TAGSERVER_OUTBOX_URL]"
+)
 
 
 @contextmanager

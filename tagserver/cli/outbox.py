@@ -24,32 +24,17 @@ import click
 
 from ..delivery.outbox_backend import OutboxAdmin, open_admin
 from ..settings import Settings, SettingsError
+from . import options
+from .options import json_option
 
 if TYPE_CHECKING:
     from ..container.model import Container
 
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    envvar="TAGSERVER_DATA_DIR",
-    default="data",
-    show_default=True,
-    help="The server's data directory.  [env: TAGSERVER_DATA_DIR]",
+# --data-dir and --outbox-url: the same settings the server reads
+where = options.where(
+    "The server's PostgreSQL outbox, if it has one (else the SQLite one in --data-dir).  "
+    "[env: TAGSERVER_OUTBOX_URL]"
 )
-url_option = click.option(
-    "--outbox-url",
-    envvar="TAGSERVER_OUTBOX_URL",
-    default="",
-    show_default=False,
-    help="The server's PostgreSQL outbox, if it has one (else the SQLite one in --data-dir).  "
-    "[env: TAGSERVER_OUTBOX_URL]",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def where(function: Callable[..., Any]) -> Callable[..., Any]:
-    """--data-dir and --outbox-url: the same settings the server reads."""
-    return data_dir_option(url_option(function))
 
 
 def open_outbox(data_dir: str, outbox_url: str) -> OutboxAdmin:

@@ -52,6 +52,7 @@ from ..plugins import (
     TagRejected,
 )
 from ..redact import Redactor
+from ..visitor.identity_cookie import ADDRESS_FIELDS, PERSON_FIELDS
 from . import identity, match
 
 __all__ = [
@@ -182,23 +183,6 @@ CUSTOM_DATA = Param(
 
 # -- reading the event -----------------------------------------------------------------------------
 
-# key, sGTM user_data fields in order of preference (the sha256_* forms pass through hashing)
-_PERSON: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("em", ("email_address", "sha256_email_address", "email")),
-    ("ph", ("phone_number", "sha256_phone_number", "phone")),
-    ("ge", ("gender",)),
-    ("db", ("date_of_birth",)),
-    ("external_id", ("external_id",)),
-)
-_ADDRESS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("fn", ("first_name", "sha256_first_name")),
-    ("ln", ("last_name", "sha256_last_name")),
-    ("ct", ("city",)),
-    ("st", ("region",)),
-    ("zp", ("postal_code",)),
-    ("country", ("country",)),
-)
-
 
 class RawIdentity(NamedTuple):
     values: dict[str, list[Any]]  # key → raw values, in order, blanks left out
@@ -237,7 +221,7 @@ def _raw_identity(event: Event, configured: Any) -> RawIdentity:
     ud = event.get("user_data")
     if ud.__class__ is not dict:
         ud = {}
-    for key, fields in _PERSON:
+    for key, fields in PERSON_FIELDS:
         if key in out:
             continue
         value = event.get("user_id") if key == "external_id" else None
@@ -259,7 +243,7 @@ def _raw_identity(event: Event, configured: Any) -> RawIdentity:
             given = address.get("country")
             if country is None and given.__class__ is str and given.strip():
                 country = given
-            for key, names in _ADDRESS:
+            for key, names in ADDRESS_FIELDS:
                 if key in taken:
                     continue
                 for field in names:

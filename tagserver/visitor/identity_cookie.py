@@ -212,7 +212,7 @@ def hashed_keys(user_data: Any, user_id: Any = None) -> dict[str, str]:
     given = _keys_given(user_data, _PERSON_KEY)  # two or three of the fifteen, at most
     if user_id:
         given.add("external_id")
-    for key, fields in _PERSON_FIELDS:
+    for key, fields in PERSON_FIELDS:
         if key in given:
             values = [user_id] if key == "external_id" and user_id else []
             values += [user_data.get(f) for f in fields]
@@ -220,20 +220,23 @@ def hashed_keys(user_data: Any, user_id: Any = None) -> dict[str, str]:
     for address in addresses:
         if isinstance(address, dict):
             given = _keys_given(address, _ADDRESS_KEY)
-            for key, fields in _ADDRESS_FIELDS:
+            for key, fields in ADDRESS_FIELDS:
                 if key in given and key not in out:
                     _first(out, key, [address.get(f) for f in fields], country)
     return out
 
 
-_PERSON_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+# Where each match key may be found in sGTM's `user_data` (and in each of its `address`
+# entries), fields in order of preference; the sha256_* forms pass through hashing: the one
+# table for each reader of user_data by key (here and `tagserver.toolkit.conversions`).
+PERSON_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("em", ("email_address", "sha256_email_address", "email")),
     ("ph", ("phone_number", "sha256_phone_number", "phone")),
     ("ge", ("gender",)),
     ("db", ("date_of_birth",)),
     ("external_id", ("external_id",)),
 )
-_ADDRESS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+ADDRESS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fn", ("first_name", "sha256_first_name")),
     ("ln", ("last_name", "sha256_last_name")),
     ("ct", ("city",)),
@@ -243,8 +246,8 @@ _ADDRESS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 # field → the key it gives (fields of one key are tried in the order above)
-_PERSON_KEY = {f: key for key, fields in _PERSON_FIELDS for f in fields}
-_ADDRESS_KEY = {f: key for key, fields in _ADDRESS_FIELDS for f in fields}
+_PERSON_KEY = {f: key for key, fields in PERSON_FIELDS for f in fields}
+_ADDRESS_KEY = {f: key for key, fields in ADDRESS_FIELDS for f in fields}
 
 
 def _keys_given(data: dict[Any, Any], keys: dict[str, str]) -> set[str]:
