@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..event import RequestContext
+from .consent import consent_denied
 
 __all__ = ["CookieKeeper", "compile_keeper", "problems", "SCHEMA"]
 
@@ -102,7 +103,7 @@ class CookieKeeper:
             rule = next((r for r in self.rules if r.matches(name)), None)
             if rule is None:
                 continue
-            if rule.consent != "none" and _denied(consent, rule.consent):
+            if rule.consent != "none" and consent_denied(consent, rule.consent):
                 actions[name] = f"not kept: {rule.consent} denied"
                 continue
             if not _VALUE.fullmatch(value):
@@ -164,12 +165,3 @@ def problems(data: Any) -> list[tuple[str, str]]:
             (f"{base}.max_age_days", f"must be a whole number of days, 1 to {MAX_AGE_DAYS_LIMIT}")
         )
     return out
-
-
-def _denied(consent: Any, ctype: str) -> bool:
-    if not isinstance(consent, dict):
-        return False
-    value = consent.get(ctype)
-    if isinstance(value, str):
-        return value.strip().lower() == "denied"
-    return value is False

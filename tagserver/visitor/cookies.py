@@ -67,6 +67,7 @@ from ..event import RequestContext
 from ..settings import Settings
 from . import clickids
 from .clickids import has_click_id
+from .consent import consent_denied
 
 if TYPE_CHECKING:
     from publicsuffixlist import PublicSuffixList
@@ -212,16 +213,6 @@ def apply(response: Response, cookies: VisitorCookies) -> Response:
 
 
 # -- rules --------------------------------------------------------------------------------------
-
-
-def consent_denied(consent: Any, ctype: str) -> bool:
-    """True only for an explicit denial ("denied" or false); absent counts as granted."""
-    if not isinstance(consent, dict):
-        return False
-    value = consent.get(ctype)
-    if isinstance(value, str):
-        return value.strip().lower() == "denied"
-    return value is False
 
 
 def fbclid_from(page_location: str | None) -> str | None:
