@@ -304,24 +304,27 @@ class Hashes:
             shared = self.memo["conversions.hashes"] = ({}, {}, {})
         # (rule, text, context) → hash | UNHASHED | None, see `hash`;
         # (key, rule, hashed, context, then) → (raw values, digested, results), see
-        # `user_values`; (text, region) → a phone number's digits or None, see `normalized`
+        # `user_values`; (text, region) → a phone number's digits or None, see `phone`
         self._done: dict[tuple[Any, str, str | None], str | None] = shared[0]
         self._keys: dict[tuple[Any, ...], tuple[list[Any], bool, list[str]]] = shared[1]
         self._phones: dict[tuple[str, str | None], str | None] = shared[2]
         self.digest = digest
 
-    def normalized(self, rule: str | Rule, text: str, context: str | None) -> str | None:
-        """`rule`'s normal form of `text` (None: unusable). A phone number is parsed once per
-        event whichever tags and rules read it: a number outside the parser's fast path (a UK
-        one, a national format) costs ~11 µs, and no number is kept past the event."""
-        if rule != "ph":
-            normalize = identity.NORMALIZERS[rule] if isinstance(rule, str) else rule
-            return normalize(text, context)
+    def normalizer(self, rule: str | Rule) -> Rule:
+        """`rule`'s function: a key of `identity.NORMALIZERS`, or the vendor's own. Phone
+        numbers go through `phone`, parsed once per event whichever tags read them."""
+        if rule == "ph":
+            return self.phone
+        return identity.NORMALIZERS[rule] if isinstance(rule, str) else rule
+
+    def phone(self, text: str, region: str | None) -> str | None:
+        """The shared phone rule, remembered for the event: a number outside the parser's
+        fast path (a national format) costs ~11 µs, and no number is kept past the event."""
         if text[0] == "+":  # an international number reads the same in every region
-            context = None
-        found = self._phones.get((text, context), _MISSING)
+            region = None
+        found = self._phones.get((text, region), _MISSING)
         if found is _MISSING:
-            found = self._phones[text, context] = identity.NORMALIZERS["ph"](text, context)
+            found = self._phones[text, region] = identity.NORMALIZERS["ph"](text, region)
         return found  # type: ignore[no-any-return]  # a str or None, as stored
 
     def hash(self, rule: str | Rule, text: str, context: str | None = None) -> str | None:
@@ -338,7 +341,7 @@ class Hashes:
             if len(text) == 64 and identity.is_hashed(text):
                 found = text.lower()
             else:
-                normalized = self.normalized(rule, text, key[2])
+                normalized = self.normalizer(rule)(text, key[2])
                 if not normalized:
                     found = None
                 elif self.digest:
@@ -365,6 +368,7 @@ class Hashes:
         seen = self._keys.get(memo_key)
         if seen is not None and seen[0] is given and (seen[1] or not self.digest):
             return seen[2]
+        normalize = self.normalizer(rule)
         digest = self.digest
         result: str | None
         found: list[str] = []
@@ -383,7 +387,7 @@ class Hashes:
             elif hashed and digest and rule in identity.REMEMBERED_KEYS:
                 result = identity.hash_text(rule, text, context)  # kept across events there
             else:
-                result = self.normalized(rule, text, context)
+                result = normalize(text, context)
                 if result and then is not None:
                     result = then(result)
                 if result and hashed:
