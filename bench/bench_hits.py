@@ -80,7 +80,19 @@ BODY = {
     "transaction_id": "T-1",
     "items": [{"item_id": "SKU-1", "price": 42.5, "quantity": 1}],
 }
-LUA = """
+# wrk calls `request` in each of its threads, each with its own counter: the thread's number
+# keeps the event ids unique. Two threads counting alike sent every id twice, and the outbox
+# stored each once: until 2026-12-06 half of every run's hits were repeats (`unique_ids`).
+LUA_THREADS = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_no", threads)
+end
+"""
+LUA = (
+    LUA_THREADS
+    + """
 local counter = 0
 local body = [[%s]]
 wrk.method = "POST"
@@ -89,10 +101,11 @@ wrk.headers["Authorization"] = "Bearer %s"
 %s
 request = function()
   counter = counter + 1
-  local id = string.format("bench-%%d-%%d", os.time(), counter)
+  local id = string.format("bench-%%d-%%d-%%d", os.time(), thread_no, counter)
   return wrk.format(nil, "/api/events", nil, (body:gsub("EVENT_ID", id)))
 end
 """
+)
 # for CM and CI (--identity): a browser's User-Agent; CI adds the cookie and geo headers
 IDENTITY_SECRET = "bench-identity-secret-key"
 UA_HEADER = 'wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0"'
@@ -170,7 +183,9 @@ COLLECT = {
                   "language": "en-GB", "screen_resolution": "1920x1080"}}
     ],
 }  # fmt: skip
-LUA_EVENTS = """
+LUA_EVENTS = (
+    LUA_THREADS
+    + """
 local counter = 0
 local body = [[%s]]
 wrk.method = "POST"
@@ -179,11 +194,14 @@ wrk.headers["Authorization"] = "Bearer %s"
 wrk.headers["User-Agent"] = "%s"
 request = function()
   counter = counter + 1
-  local id = string.format("bench-%%d-%%d-%%d", os.time(), counter, math.random(1000000))
+  local id = string.format("bench-%%d-%%d-%%d", os.time(), thread_no, counter)
   return wrk.format(nil, "/api/events", nil, (body:gsub("EVENT_ID", id)))
 end
 """
-LUA_COLLECT = """
+)
+LUA_COLLECT = (
+    LUA_THREADS
+    + """
 local counter = 0
 local body = [[%s]]
 wrk.method = "POST"
@@ -193,12 +211,13 @@ wrk.headers["User-Agent"] = "%s"
 wrk.headers["Cookie"] = "%s"
 request = function()
   counter = counter + 1
-  local id = string.format("bench-%%d-%%d-%%d", os.time(), counter, math.random(1000000))
+  local id = string.format("bench-%%d-%%d-%%d", os.time(), thread_no, counter)
   local name = (counter %% 2 == 0) and "purchase" or "page_view"
   local text = body:gsub("EVENT_ID", id):gsub("EVENT_NAME", name)
   return wrk.format(nil, "/collect", nil, text)
 end
 """
+)
 BARE_REAL_APP = """
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -618,6 +637,8 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
         for _label, server, script in plan:  # warm up
             only(server)
             wrk(started[server][0], 2, args.connections, scripts[script], wrk_core)
+        only("E")
+        unique_ids(started["E"][0], args.connections, scripts["events"], graph, wrk_core)
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
         for round_no in range(args.rounds):
             for label, server, script in plan:
@@ -829,6 +850,23 @@ def probe(url: str, graph: Any) -> None:
     if not graph.requests or graph.requests[-1].status != 200:
         raise SystemExit("the fake Graph API did not accept the probe's event")
     print(f"probe: fired {result['tags_fired']}; Graph API accepted it")
+
+
+def unique_ids(url: str, connections: int, script: Path, graph: Any, core: int | None) -> None:
+    """Every hit wrk sends carries an event id of its own: each one reaches the fake Graph API
+    as its own event. A script whose threads repeat ids measures repeats, which the outbox
+    stores once and nobody delivers (until 2026-12-06, half of every run's hits)."""
+    before = len(graph.accepted_events())
+    sent = wrk(url, 2, connections, script, core)["requests"]
+    deadline = time.monotonic() + 30
+    while len(graph.accepted_events()) - before < sent and time.monotonic() < deadline:
+        time.sleep(0.2)
+    delivered = len(graph.accepted_events()) - before
+    if delivered < sent:
+        raise SystemExit(
+            f"{sent} hits sent, {delivered} events reached the Graph API: repeated ids?"
+        )
+    print(f"unique ids: each of {sent} hits reached the Graph API as its own event")
 
 
 def run_hits(args: argparse.Namespace) -> dict[str, Any]:
