@@ -643,8 +643,11 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
         for round_no in range(args.rounds):
             for label, server, script in plan:
                 only(server)
+                cpu, idle = process_cpu(started[server][1].pid), machine_idle()
                 result = wrk(started[server][0], args.duration, args.connections,
                              scripts[script], wrk_core)  # fmt: skip
+                result["cpu"] = cpu_split(cpu, process_cpu(started[server][1].pid), result)
+                result["idle"] = (machine_idle() - idle) / args.duration
                 runs[label].append(result)
                 print(
                     f"round {round_no + 1} {label:<26} {result['rps']:>7.0f} hits/s  "
@@ -685,6 +688,16 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
                       f"target ≤ 5 % for 100)")  # fmt: skip
             if label.startswith("W2"):
                 print(f"  --workers 2: {row['rps'] / base:.2f}× one worker (target ≥ 1.6)")
+        print("where the CPU went (medians; µs per hit from /proc, cores over the run):")
+        for label, results in runs.items():
+            if label.startswith(("E", "K", "W2")):
+                split = {
+                    k: statistics.median(r["cpu"][k] for r in results) for k in results[0]["cpu"]
+                }
+                idle = statistics.median(r["idle"] for r in results)
+                print(f"  {label:<26} worker(s) {split['server_us']:5.0f} µs, outbox writer(s) "
+                      f"{split['writer_us']:4.0f} µs per hit; the server used {split['cores']:.2f} "
+                      f"cores, {idle:.2f} of the machine's stood idle")  # fmt: skip
         bodies = {"events": work / "events.json", "collect": work / "collect.json"}
         bodies["events"].write_text(json.dumps(PURCHASE))  # EVENT_ID: unique per request
         bodies["collect"].write_text(json.dumps(COLLECT).replace("EVENT_NAME", "purchase"))
@@ -713,6 +726,26 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
         servers.close()
         graph.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def cpu_split(
+    before: dict[str, float], after: dict[str, float], result: dict[str, Any]
+) -> dict[str, float]:
+    """A wrk run's CPU: µs per hit of the worker(s) and of the outbox writer(s), and the
+    cores the server's processes used together."""
+    hits = max(result["requests"], 1)
+    used = {name: after[name] - before[name] for name in before}
+    return {
+        "server_us": used["server"] / hits * 1e6,
+        "writer_us": used["writer"] / hits * 1e6,
+        "cores": sum(used.values()) / (result["requests"] / max(result["rps"], 1e-9)),
+    }
+
+
+def machine_idle() -> float:
+    """CPU seconds the whole machine has stood idle since boot (all cores, from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")  # idle, iowait
 
 
 def process_cpu(pgid: int) -> dict[str, float]:
