@@ -2,6 +2,7 @@
 
     python bench/bench_hits.py                      # the real job (default), then idle tags
     python bench/bench_hits.py --mode real --workers2   # + tagserver --workers 2
+    python bench/bench_hits.py --mode real --workers2 --tree ../before   # W2 from each, too
     python bench/bench_hits.py --tree ../before     # + E and K from another checkout
     python bench/bench_hits.py --mode one-tag       # the one-`http_request`-tag stand-in
     python bench/bench_hits.py --mode all           # real job, one tag, then a vendor outage
@@ -22,7 +23,8 @@ with `taskset` to the same core (`--server-core`), wrk runs on the other one, an
 alternate A E K I30 I100 A E K ... (the servers not measured are frozen with SIGSTOP).
 Prints hits/s, p50/p99, the ratios to A and the idle tags' cost; then p99 at half of each
 one's maximum rate (open loop, `bench/steady.py`); `--workers2` adds E on `--workers 2`
-(on every core) and its ratio to E.
+(on every core) and its ratio to E; with `--tree`, W2 from each checkout too, each against
+that checkout's E.
 
 One tag (`one-tag`, was `hits`): A = a bare Starlette app answering 204; B = `tagserver serve` handling the
 same POST /api/events end to end (events API client → container with one `http_request` tag
@@ -617,11 +619,23 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             plan.append((f"{name}   E from {Path(tree).resolve().name}"[:26], name, "events"))
             plan.append((f"K{number}   K from {Path(tree).resolve().name}"[:26], name, "collect"))
+        # W2 beside each E it is compared with: E's checkout, E's run of the same round
+        own_e = {"W2 E on --workers 2": "E  events API purchase"}
         if args.workers2:
             started["W2"] = servers.start_tagserver(
                 "tagserver-w2", container=real_container(), extra_env=env, workers=2
             )
             plan.append(("W2 E on --workers 2", "W2", "events"))
+            for number, tree in enumerate(args.tree or [], start=1):
+                root = Path(tree).resolve()
+                name = f"W2{number}"
+                started[name] = servers.start_tagserver(
+                    f"tagserver-w2{number}", container=real_container(root=root),
+                    extra_env=env, tree=root, workers=2,
+                )  # fmt: skip
+                label = f"{name}  W2 from {root.name}"[:26]
+                plan.append((label, name, "events"))
+                own_e[label] = next(lbl for lbl, server, _ in plan if server == f"E{number}")
 
         def only(name: str) -> None:
             """Freeze the others (SIGSTOP): no background delivery steals the measured one's CPU."""
@@ -687,7 +701,9 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {idle} idle tags: {row['rps'] / base:.3f} of E ({cost:+.1f} % per hit; "
                       f"target ≤ 5 % for 100)")  # fmt: skip
             if label.startswith("W2"):
-                print(f"  --workers 2: {row['rps'] / base:.2f}× one worker (target ≥ 1.6)")
+                one = summary[own_e[label]]["rps"]
+                print(f"  {label.split()[0]} --workers 2: {row['rps'] / one:.2f}× one worker of "
+                      f"the same checkout ({own_e[label].split()[0]}; target ≥ 1.6)")  # fmt: skip
         print("where the CPU went (medians; µs per hit from /proc, cores over the run):")
         for label, results in runs.items():
             if label.startswith(("E", "K", "W2")):
