@@ -713,7 +713,7 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
                 idle = statistics.median(r["idle"] for r in results)
                 print(f"  {label:<26} worker(s) {split['server_us']:5.0f} µs, outbox writer(s) "
                       f"{split['writer_us']:4.0f} µs per hit; the server used {split['cores']:.2f} "
-                      f"cores, {idle:.2f} of the machine's stood idle")  # fmt: skip
+                      f"cores; {idle:.2f} of the machine's cores stood idle")  # fmt: skip
         bodies = {"events": work / "events.json", "collect": work / "collect.json"}
         bodies["events"].write_text(json.dumps(PURCHASE))  # EVENT_ID: unique per request
         bodies["collect"].write_text(json.dumps(COLLECT).replace("EVENT_NAME", "purchase"))
