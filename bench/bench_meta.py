@@ -42,6 +42,7 @@ more there than on the machine.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -62,6 +63,7 @@ from tagserver.tags.pinterest_capi import PinterestCapiTag
 from tagserver.tags.snapchat_capi import SnapchatCapiTag
 from tagserver.tags.tiktok_events import TikTokEventsTag
 
+from tagserver import metrics
 from tagserver.event import RequestContext
 from tagserver.plugins import FireContext
 from tagserver.settings import Settings
@@ -347,9 +349,17 @@ CLOCK = time.perf_counter  # `--cpu`: time.process_time
 
 
 def timed(fn: Any, *args: Any) -> tuple[float, Any]:
-    started = CLOCK()
-    result = fn(*args)
-    return CLOCK() - started, result
+    """`fn(*args)` and its time, inside an event loop as a server runs its tags: the tags'
+    metrics are gathered and handed to prometheus-client in one flush, timed too (a server
+    flushes every 0.1 s; outside a loop each metric call would flush at once, ~5 % of a tag)."""
+
+    async def run() -> tuple[float, Any]:
+        started = CLOCK()
+        result = fn(*args)
+        metrics.flush()
+        return CLOCK() - started, result
+
+    return asyncio.run(run())
 
 
 def line(round_no: int, label: str, seconds: float, events: int) -> None:
