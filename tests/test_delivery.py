@@ -452,11 +452,21 @@ async def test_a_sender_that_raises_counts_as_retry(tmp_path, outbox_backend, ve
         sender_class = Flaky
 
     settings = Settings(data_dir=str(tmp_path), **outbox_backend, **FAST)
+    route = {"url": vendor.url + "/batch", "token": SECRET}
+    await deliver_one_message(settings, FlakyTag, route, vendor)
+    assert [r.json() for r in vendor.accepted] == [[{"n": 1}]]
+    assert Flaky.calls == 2
+
+
+async def deliver_one_message(
+    settings: Settings, tag: type[BatchTag], route: dict[str, str], vendor
+) -> None:
+    """One message for `tag` through a running dispatcher, until the vendor accepts it (5 s
+    at most)."""
     outbox = open_outbox(settings)
     await outbox.start()
-    route = {"url": vendor.url + "/batch", "token": SECRET}
     await outbox.put([Outgoing("batch:1", {"n": 1}, "m1", "batch_test", route=route)])
-    dispatcher = Dispatcher(outbox, Registry(tags={"batch_test": FlakyTag}), settings)
+    dispatcher = Dispatcher(outbox, Registry(tags={"batch_test": tag}), settings)
     await dispatcher.start()
     try:
         for _ in range(100):
@@ -466,8 +476,6 @@ async def test_a_sender_that_raises_counts_as_retry(tmp_path, outbox_backend, ve
     finally:
         await dispatcher.close()
         await outbox.close()
-    assert [r.json() for r in vendor.accepted] == [[{"n": 1}]]
-    assert Flaky.calls == 2
 
 
 async def test_a_delivery_that_fails_after_its_send_returns_after_the_lease(
@@ -490,20 +498,7 @@ async def test_a_delivery_that_fails_after_its_send_returns_after_the_lease(
         sender_class = Garbled
 
     settings = Settings(data_dir=str(tmp_path), outbox_lease_seconds=0.5, **outbox_backend, **FAST)
-    outbox = open_outbox(settings)
-    await outbox.start()
-    route = {"url": vendor.url + "/batch"}
-    await outbox.put([Outgoing("batch:1", {"n": 1}, "m1", "batch_test", route=route)])
-    dispatcher = Dispatcher(outbox, Registry(tags={"batch_test": GarbledTag}), settings)
-    await dispatcher.start()
-    try:
-        for _ in range(100):
-            if vendor.accepted:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await dispatcher.close()
-        await outbox.close()
+    await deliver_one_message(settings, GarbledTag, {"url": vendor.url + "/batch"}, vendor)
     assert [r.json() for r in vendor.accepted] == [[{"n": 1}]]
     assert Garbled.calls == 2
 
